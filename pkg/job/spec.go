@@ -1,0 +1,254 @@
+// Package job defines a training job's specification: what the coordinator
+// reads from flags and an optional YAML file, replicates through raft and
+// hands to every worker. Every field has a YAML key (its json tag: the YAML
+// decoder is sigs.k8s.io/yaml, which goes through JSON tags).
+package job
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// ErrInvalid is wrapped by every validation error.
+var ErrInvalid = errors.New("job: invalid spec")
+
+// Model selects the network.
+type Model struct {
+	Arch    string  `json:"arch"`    // resnet18, resnet34, resnet50, resnet101, resnet152
+	Stem    string  `json:"stem"`    // imagenet (7x7/2 + max-pool) or cifar (3x3/1)
+	Width   float64 `json:"width"`   // channel multiplier; 1 = the standard model
+	Classes int     `json:"classes"` // 0 = the dataset's class count
+	Dropout float32 `json:"dropout"` // dropout before the classifier; 0 = none
+}
+
+// Data selects the dataset and its pipeline.
+type Data struct {
+	Dataset       string `json:"dataset"`   // cifar10, synthetic, folder
+	Dir           string `json:"dir"`       // data directory (cifar10: downloaded here when missing)
+	Folder        string `json:"folder"`    // image folder root (dataset folder): root/<class>/*.png|jpg
+	Augment       bool   `json:"augment"`   // random crop + flip (train only)
+	Shuffle       bool   `json:"shuffle"`   // per-epoch permutation; false = the dataset's order
+	DropLast      bool   `json:"drop_last"` // drop the epoch's last partial batch
+	Mirror        string `json:"mirror"`    // alternative CIFAR-10 archive URL or local path
+	MirrorMD5     string `json:"mirror_md5"`
+	SyntheticSize int    `json:"synthetic_size"` // training samples of the synthetic set
+}
+
+// Optimizer holds the optimizer and its settings (torch.optim names).
+type Optimizer struct {
+	Name        string  `json:"name"` // sgd, adam, adamw, adagrad, rmsprop
+	LR          float64 `json:"lr"`
+	Momentum    float64 `json:"momentum"`
+	Dampening   float64 `json:"dampening"`
+	Nesterov    bool    `json:"nesterov"`
+	WeightDecay float64 `json:"weight_decay"`
+	Beta1       float64 `json:"beta1"`
+	Beta2       float64 `json:"beta2"`
+	Eps         float64 `json:"eps"`
+	Alpha       float64 `json:"alpha"` // RMSprop smoothing
+	Centered    bool    `json:"centered"`
+	LRDecay     float64 `json:"lr_decay"` // Adagrad
+}
+
+// Schedule is the learning-rate schedule.
+type Schedule struct {
+	Name         string  `json:"name"`       // none, step, multistep, cosine, onecycle
+	StepSize     int     `json:"step_size"`  // step: epochs between decays
+	Gamma        float64 `json:"gamma"`      // step, multistep
+	Milestones   []int   `json:"milestones"` // multistep: epochs
+	WarmupEpochs float64 `json:"warmup_epochs"`
+	WarmupStart  float64 `json:"warmup_start_factor"`
+	MaxLR        float64 `json:"max_lr"` // onecycle
+}
+
+// Transfer describes initial weights and freezing (the tutorial's transfer learning).
+type Transfer struct {
+	Weights        string `json:"weights"`         // safetensors file with torchvision names
+	FreezeBackbone bool   `json:"freeze_backbone"` // train only the (new) head
+}
+
+// Checkpoint controls checkpointing.
+type Checkpoint struct {
+	EverySteps int  `json:"every_steps"` // also written at every epoch end
+	Keep       int  `json:"keep"`        // last K kept, plus the best
+	Resume     bool `json:"resume"`      // resume from the newest verified checkpoint when one exists
+}
+
+// Spec is a whole job.
+type Spec struct {
+	Name           string     `json:"name"`
+	Model          Model      `json:"model"`
+	Data           Data       `json:"data"`
+	Epochs         int        `json:"epochs"`
+	MaxSteps       int        `json:"max_steps"` // stop after this many steps in all (0 = no limit); for demos and tests
+	GlobalBatch    int        `json:"global_batch"`
+	Optimizer      Optimizer  `json:"optimizer"`
+	Schedule       Schedule   `json:"schedule"`
+	LabelSmoothing float64    `json:"label_smoothing"`
+	Seed           int64      `json:"seed"`
+	BatchNorm      string     `json:"batch_norm"` // average (running stats averaged with the last bucket) or sync (SyncBatchNorm)
+	MinWorkers     int        `json:"min_workers"`
+	MaxWorkers     int        `json:"max_workers"`
+	OutputDir      string     `json:"output_dir"`
+	Transfer       Transfer   `json:"transfer"`
+	Checkpoint     Checkpoint `json:"checkpoint"`
+	Device         string     `json:"device"`  // cpu, cuda, auto
+	Threads        int        `json:"threads"` // compute threads per worker; 0 = all cores / workers
+	BucketMB       float64    `json:"bucket_mb"`
+	Compression    string     `json:"compression"`  // none, bf16
+	DeadlineSec    float64    `json:"deadline_sec"` // all-reduce deadline
+}
+
+// Default returns the tutorial's recipe: ResNet-18 (imagenet stem) on
+// CIFAR-10, batch 128, SGD lr 0.1 momentum 0.9 weight decay 5e-4, crop +
+// flip augmentation, shuffled.
+func Default() Spec {
+	return Spec{
+		Name:        "ringtrain",
+		Model:       Model{Arch: "resnet18", Stem: "imagenet", Width: 1},
+		Data:        Data{Dataset: "cifar10", Dir: "data", Augment: true, Shuffle: true, SyntheticSize: 10000},
+		Epochs:      10,
+		GlobalBatch: 128,
+		Optimizer: Optimizer{Name: "sgd", LR: 0.1, Momentum: 0.9, WeightDecay: 5e-4,
+			Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, Alpha: 0.99},
+		Schedule:    Schedule{Name: "none", Gamma: 0.1, WarmupStart: 0.1},
+		Seed:        1,
+		BatchNorm:   "average",
+		MinWorkers:  1,
+		MaxWorkers:  64,
+		OutputDir:   "runs/ringtrain",
+		Checkpoint:  Checkpoint{EverySteps: 200, Keep: 3, Resume: true},
+		Device:      "auto",
+		BucketMB:    25,
+		Compression: "none",
+		DeadlineSec: 10,
+	}
+}
+
+// LoadYAML overlays the YAML (or JSON) file at path onto s. Unknown keys
+// are an error, so a typo never silently falls back to a default.
+func (s *Spec) LoadYAML(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("job: read spec: %w", err)
+	}
+	if err := yaml.UnmarshalStrict(b, s); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalid, path, err)
+	}
+	return nil
+}
+
+func oneOf(field, v string, allowed ...string) error {
+	for _, a := range allowed {
+		if v == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s %q is not one of %s", ErrInvalid, field, v, strings.Join(allowed, ", "))
+}
+
+// Validate checks every field and says which one is wrong.
+func (s *Spec) Validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...))
+	}
+	add(oneOf("model.arch", s.Model.Arch, "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"))
+	add(oneOf("model.stem", s.Model.Stem, "imagenet", "cifar"))
+	if s.Model.Width <= 0 || s.Model.Width > 8 {
+		bad("model.width %g must be in (0, 8]", s.Model.Width)
+	}
+	if s.Model.Classes < 0 {
+		bad("model.classes %d is negative", s.Model.Classes)
+	}
+	if s.Model.Dropout < 0 || s.Model.Dropout >= 1 {
+		bad("model.dropout %g must be in [0, 1)", s.Model.Dropout)
+	}
+	add(oneOf("data.dataset", s.Data.Dataset, "cifar10", "synthetic", "folder"))
+	if s.Data.Dataset == "folder" && s.Data.Folder == "" {
+		bad("data.folder is required with dataset folder")
+	}
+	if s.Data.Dataset == "synthetic" && s.Data.SyntheticSize <= 0 {
+		bad("data.synthetic_size %d must be positive", s.Data.SyntheticSize)
+	}
+	if s.Epochs <= 0 {
+		bad("epochs %d must be positive", s.Epochs)
+	}
+	if s.MaxSteps < 0 {
+		bad("max_steps %d is negative", s.MaxSteps)
+	}
+	if s.GlobalBatch <= 0 {
+		bad("global_batch %d must be positive", s.GlobalBatch)
+	}
+	add(oneOf("optimizer.name", s.Optimizer.Name, "sgd", "adam", "adamw", "adagrad", "rmsprop"))
+	if s.Optimizer.LR <= 0 {
+		bad("optimizer.lr %g must be positive", s.Optimizer.LR)
+	}
+	if s.Optimizer.Nesterov && (s.Optimizer.Momentum <= 0 || s.Optimizer.Dampening != 0) {
+		bad("optimizer.nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD)")
+	}
+	add(oneOf("schedule.name", s.Schedule.Name, "none", "step", "multistep", "cosine", "onecycle"))
+	if s.Schedule.Name == "step" && s.Schedule.StepSize <= 0 {
+		bad("schedule.step_size must be positive for the step schedule")
+	}
+	if s.LabelSmoothing < 0 || s.LabelSmoothing > 1 {
+		bad("label_smoothing %g must be in [0, 1]", s.LabelSmoothing)
+	}
+	add(oneOf("batch_norm", s.BatchNorm, "average", "sync"))
+	if s.MinWorkers < 1 || s.MaxWorkers < s.MinWorkers {
+		bad("workers: need 1 <= min_workers (%d) <= max_workers (%d)", s.MinWorkers, s.MaxWorkers)
+	}
+	if s.GlobalBatch < s.MinWorkers {
+		bad("global_batch %d is smaller than min_workers %d", s.GlobalBatch, s.MinWorkers)
+	}
+	add(oneOf("device", s.Device, "cpu", "cuda", "auto"))
+	add(oneOf("compression", s.Compression, "none", "bf16"))
+	if s.BucketMB <= 0 {
+		bad("bucket_mb %g must be positive", s.BucketMB)
+	}
+	if s.DeadlineSec <= 0 {
+		bad("deadline_sec %g must be positive", s.DeadlineSec)
+	}
+	if s.Checkpoint.EverySteps < 0 || s.Checkpoint.Keep < 1 {
+		bad("checkpoint: every_steps must be >= 0 and keep >= 1")
+	}
+	return errors.Join(errs...)
+}
+
+// Hash is a SHA-256 over the fields that change the computation (not
+// worker counts, output paths or deadlines): a checkpoint is resumed only
+// into a job with the same hash.
+func (s *Spec) Hash() string {
+	c := *s
+	c.Name, c.OutputDir, c.MinWorkers, c.MaxWorkers = "", "", 0, 0
+	c.Device, c.Threads, c.DeadlineSec, c.BucketMB = "", 0, 0, 0
+	c.Checkpoint = Checkpoint{}
+	c.Data.Dir, c.Data.Mirror, c.Data.MirrorMD5 = "", "", ""
+	b, _ := json.Marshal(c) // a struct of plain fields always marshals
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// Marshal encodes the spec as JSON (the form replicated through raft).
+func (s *Spec) Marshal() ([]byte, error) { return json.Marshal(s) }
+
+// Unmarshal decodes a spec produced by Marshal.
+func Unmarshal(b []byte) (Spec, error) {
+	var s Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return s, nil
+}

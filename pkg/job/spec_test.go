@@ -1,0 +1,81 @@
+package job
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestDefaultIsValidTutorialRecipe(t *testing.T) {
+	s := Default()
+	if err := s.Validate(); err != nil {
+		t.Fatalf("default spec invalid: %v", err)
+	}
+	if s.GlobalBatch != 128 || s.Optimizer.LR != 0.1 || s.Optimizer.Momentum != 0.9 || s.Optimizer.WeightDecay != 5e-4 {
+		t.Fatalf("default is not the tutorial's recipe: %+v", s)
+	}
+}
+
+func TestLoadYAMLOverlaysAndRejectsUnknownKeys(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "job.yaml")
+	os.WriteFile(p, []byte("model:\n  arch: resnet50\n  stem: cifar\noptimizer:\n  name: adam\n  lr: 0.001\nepochs: 3\n"), 0o644)
+	s := Default()
+	if err := s.LoadYAML(p); err != nil {
+		t.Fatal(err)
+	}
+	if s.Model.Arch != "resnet50" || s.Model.Stem != "cifar" || s.Optimizer.Name != "adam" || s.Epochs != 3 {
+		t.Fatalf("overlay not applied: %+v", s)
+	}
+	if s.GlobalBatch != 128 {
+		t.Fatalf("untouched default changed: %d", s.GlobalBatch)
+	}
+	os.WriteFile(p, []byte("epochz: 3\n"), 0o644)
+	s = Default()
+	if err := s.LoadYAML(p); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "epochz") {
+		t.Fatalf("unknown key: got %v", err)
+	}
+}
+
+func TestValidateNamesTheField(t *testing.T) {
+	cases := map[string]func(*Spec){
+		"model.arch":    func(s *Spec) { s.Model.Arch = "vgg" },
+		"optimizer.lr":  func(s *Spec) { s.Optimizer.LR = 0 },
+		"min_workers":   func(s *Spec) { s.MinWorkers = 3; s.MaxWorkers = 2 },
+		"data.folder":   func(s *Spec) { s.Data.Dataset = "folder" },
+		"nesterov":      func(s *Spec) { s.Optimizer.Nesterov = true; s.Optimizer.Momentum = 0 },
+		"global_batch":  func(s *Spec) { s.GlobalBatch = 0 },
+		"batch_norm":    func(s *Spec) { s.BatchNorm = "none" },
+		"model.dropout": func(s *Spec) { s.Model.Dropout = 1 },
+	}
+	for field, mut := range cases {
+		s := Default()
+		mut(&s)
+		err := s.Validate()
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: got %v", field, err)
+		}
+	}
+}
+
+func TestHashIgnoresPlacementButNotMath(t *testing.T) {
+	a, b := Default(), Default()
+	b.OutputDir, b.MaxWorkers, b.Device = "elsewhere", 7, "cpu"
+	if a.Hash() != b.Hash() {
+		t.Fatal("placement fields changed the hash")
+	}
+	b.Optimizer.LR = 0.2
+	if a.Hash() == b.Hash() {
+		t.Fatal("learning rate did not change the hash")
+	}
+	m, err := a.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Unmarshal(m)
+	if err != nil || c.Hash() != a.Hash() {
+		t.Fatalf("round trip: %v", err)
+	}
+}
