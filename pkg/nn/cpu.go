@@ -6,6 +6,14 @@ import "runtime"
 // that results never depend on the number of threads.
 type CPU struct {
 	threads int
+
+	// Scratch memory, grown on demand and reused across calls (the backend
+	// is used from one goroutine at a time, so one set suffices).
+	col  []float32 // im2col / col2im buffer of one chunk of images
+	tmp  []float32 // gathered dy / GEMM output of one chunk of images
+	acc  []float64 // float64 partial sums of per-channel reductions
+	chn  []float64 // per-channel float64 sums
+	rows []float64 // per-row values of the loss
 }
 
 // NewCPU returns a CPU backend using threads goroutines (<= 0: GOMAXPROCS).

@@ -5,44 +5,285 @@
 // where op(X) is X or X^T. The result must be bit-identical whatever the
 // number of goroutines used: work is partitioned over C only, and every
 // element of C is computed with the same summation order over k.
+//
+// The implementation follows the Goto/BLIS scheme: op(A) is packed into
+// MR-row micro-panels and op(B) into NR-column micro-panels (packing absorbs
+// the transposes, so one micro-kernel serves all four cases), the k
+// dimension is cut into fixed KC blocks, and a register-blocked micro-kernel
+// computes one MR x NR tile of C per call. Micro-kernels exist for AVX-512
+// (14x32, zmm), AVX2+FMA (6x16, ymm) and in pure Go (4x4); the best one the
+// CPU supports is chosen at start-up, and RINGTRAIN_GEMM=avx512|avx2|generic
+// forces one (see SetPath).
+//
+// Determinism: every element of C is the sum over k computed by the same
+// micro-kernel in the same order (KC blocks in increasing k, each block
+// accumulated from zero and then added to C), whatever the number of
+// threads and however C is split among them; partial edge tiles go through
+// the same kernel via a scratch tile. Results differ between kernel paths
+// (different FMA use), never between thread counts.
+//
+// Concurrency: Sgemm may be called from many goroutines at once. Calls with
+// threads > 1 borrow goroutines from a package-level pool; those goroutines
+// stay parked between calls and exit after a few seconds idle. Leak checkers
+// should ignore them: goleak.IgnoreAnyFunction(gemm.WorkerFunction).
 package gemm
+
+import (
+	"fmt"
+	"runtime"
+)
 
 // Sgemm: C (m x n, leading dimension ldc) = alpha * op(A) * op(B) + beta * C.
 // op(A) is m x k: A is m x k (lda >= k) when !transA, k x m (lda >= m) when transA.
 // op(B) is k x n: B is k x n (ldb >= n) when !transB, n x k (ldb >= k) when transB.
 // When beta == 0, C is not read (NaNs in C do not propagate).
+// When alpha == 0 or k == 0, A and B are not read and C = beta*C.
 // threads <= 1 runs on the calling goroutine.
+//
+// Negative sizes, leading dimensions smaller than the rows they hold, or
+// slices too short for the sizes given are programming errors: Sgemm panics
+// with a message naming the argument (the kernels are assembly and must not
+// read or write outside the slices).
 func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
 	b []float32, ldb int, beta float32, c []float32, ldc int, threads int) {
-	sgemmRef(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+	if err := checkArgs(transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc); err != nil {
+		panic(err)
+	}
+	sgemm(active(), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads)
 }
 
-// sgemmRef is the plain reference: the definition that faster kernels are
-// tested against.
-func sgemmRef(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
-	b []float32, ldb int, beta float32, c []float32, ldc int) {
+// ArgError describes an invalid Sgemm argument.
+type ArgError struct {
+	Arg    string // the argument's name, e.g. "lda"
+	Reason string
+}
+
+func (e *ArgError) Error() string { return "gemm: bad argument " + e.Arg + ": " + e.Reason }
+
+// checkArgs validates sizes, leading dimensions and slice lengths.
+func checkArgs(transA, transB bool, m, n, k, lenA, lda, lenB, ldb, lenC, ldc int) error {
+	switch {
+	case m < 0:
+		return &ArgError{"m", fmt.Sprintf("negative (%d)", m)}
+	case n < 0:
+		return &ArgError{"n", fmt.Sprintf("negative (%d)", n)}
+	case k < 0:
+		return &ArgError{"k", fmt.Sprintf("negative (%d)", k)}
+	}
+	// rows x cols of A, B and C as stored.
+	ar, ac := m, k
+	if transA {
+		ar, ac = k, m
+	}
+	br, bc := k, n
+	if transB {
+		br, bc = n, k
+	}
+	if err := checkMatrix("a", "lda", ar, ac, lenA, lda); err != nil {
+		return err
+	}
+	if err := checkMatrix("b", "ldb", br, bc, lenB, ldb); err != nil {
+		return err
+	}
+	return checkMatrix("c", "ldc", m, n, lenC, ldc)
+}
+
+func checkMatrix(name, ldName string, rows, cols, length, ld int) error {
+	if ld < max(cols, 1) {
+		return &ArgError{ldName, fmt.Sprintf("%d < max(1, %d columns)", ld, cols)}
+	}
+	if rows == 0 || cols == 0 {
+		return nil
+	}
+	if need := (rows-1)*ld + cols; length < need {
+		return &ArgError{name, fmt.Sprintf("len %d < %d needed for %dx%d with leading dimension %d",
+			length, need, rows, cols, ld)}
+	}
+	return nil
+}
+
+// maxThreads bounds the goroutines one call uses; minChunkFlop is the least
+// work (2*m*n*k) worth handing to one more goroutine (about 20 µs).
+const (
+	maxThreads   = 256
+	minChunkFlop = 2 << 20
+)
+
+// sgemm is Sgemm on validated arguments with an explicit kernel.
+func sgemm(kern *kernel, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
+	b []float32, ldb int, beta float32, c []float32, ldc int, threads int) {
+	if m == 0 || n == 0 {
+		return
+	}
+	if k == 0 || alpha == 0 {
+		scaleC(m, n, beta, c, ldc)
+		return
+	}
+	// Waking a helper costs microseconds: give each at least minChunkFlop.
+	flop := 2 * float64(m) * float64(n) * float64(k)
+	threads = max(1, min(threads, int(min(flop/minChunkFlop, maxThreads))))
+	p := &problem{
+		kern: kern, transA: transA, transB: transB, m: m, n: n, k: k,
+		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+	}
+	nch := p.plan(threads)
+	if nch == 1 || threads == 1 {
+		buf := getBuffers(kern)
+		for i := 0; i < nch; i++ {
+			p.chunk(buf, i)
+		}
+		putBuffers(buf)
+		return
+	}
+	runParallel(p, nch, threads)
+}
+
+// scaleC sets C = beta*C (C = 0 when beta == 0, without reading C).
+func scaleC(m, n int, beta float32, c []float32, ldc int) {
 	for i := 0; i < m; i++ {
-		for j := 0; j < n; j++ {
-			var s float32
-			for p := 0; p < k; p++ {
-				var av, bv float32
-				if transA {
-					av = a[p*lda+i]
-				} else {
-					av = a[i*lda+p]
-				}
-				if transB {
-					bv = b[j*ldb+p]
-				} else {
-					bv = b[p*ldb+j]
-				}
-				s += av * bv
+		row := c[i*ldc : i*ldc+n]
+		if beta == 0 {
+			clear(row)
+			continue
+		}
+		if beta == 1 {
+			continue
+		}
+		for j := range row {
+			row[j] *= beta
+		}
+	}
+}
+
+// problem is one validated Sgemm call and its split into chunks.
+type problem struct {
+	kern           *kernel
+	transA, transB bool
+	m, n, k        int
+	alpha, beta    float32
+	a, b, c        []float32
+	lda, ldb, ldc  int
+
+	// Chunks: C is cut along one dimension into nch slabs of step rows
+	// (splitM) or columns; slab i is [i*step, min((i+1)*step, dim)).
+	splitM bool
+	step   int
+}
+
+// plan decides how C is split among at most threads goroutines and returns
+// the number of chunks. The split never changes any element's arithmetic.
+func (p *problem) plan(threads int) int {
+	mr, nr := p.kern.mr, p.kern.nr
+	mt, nt := ceilDiv(p.m, mr), ceilDiv(p.n, nr)
+	if threads == 1 {
+		p.splitM, p.step = false, p.n
+		return 1
+	}
+	// A chunk that splits N packs all of op(A) (m*k values) and its share
+	// of op(B); one that splits M packs all of op(B) (k*n). So split the
+	// larger of m and n, as long as it has a tile for every thread.
+	splitM := p.m > p.n
+	if splitM && mt < threads && nt > mt {
+		splitM = false
+	} else if !splitM && nt < threads && mt > nt {
+		splitM = true
+	}
+	if !splitM {
+		want := threads
+		if nt >= 2*threads && p.n >= 2*threads*p.kern.nc {
+			want = 2 * threads // slack against noisy neighbours: chunks stay >= nc wide
+		}
+		tiles := ceilDiv(nt, min(want, nt))
+		p.splitM, p.step = false, tiles*nr
+		return ceilDiv(p.n, p.step)
+	}
+	tiles := ceilDiv(mt, min(threads, mt))
+	p.splitM, p.step = true, tiles*mr
+	return ceilDiv(p.m, p.step)
+}
+
+// chunk computes slab i of C with the scratch buffers buf.
+func (p *problem) chunk(buf *buffers, i int) {
+	i0, i1, j0, j1 := 0, p.m, 0, p.n
+	if p.splitM {
+		i0, i1 = i*p.step, min((i+1)*p.step, p.m)
+	} else {
+		j0, j1 = i*p.step, min((i+1)*p.step, p.n)
+	}
+	p.block(buf, i0, i1, j0, j1)
+}
+
+// block computes C[i0:i1, j0:j1] with the loop nest
+//
+//	for ic (MC rows of A)  for pc (KC of k)  pack A
+//	  for jc (NC columns of B)  pack B
+//	    for each MR micro-panel of A  for each NR micro-panel of B: kernel
+//
+// The pc loop runs in increasing k for every element, whatever the caller.
+func (p *problem) block(buf *buffers, i0, i1, j0, j1 int) {
+	kn := p.kern
+	mr, nr, kcMax, mcMax, ncMax := kn.mr, kn.nr, kn.kc, kn.mc, kn.nc
+	for ic := i0; ic < i1; ic += mcMax {
+		mc := min(mcMax, i1-ic)
+		for pc := 0; pc < p.k; pc += kcMax {
+			kc := min(kcMax, p.k-pc)
+			beta := p.beta
+			if pc > 0 {
+				beta = 1
 			}
-			if beta == 0 {
-				c[i*ldc+j] = alpha * s
-			} else {
-				c[i*ldc+j] = alpha*s + beta*c[i*ldc+j]
+			packA(kn, buf.a, p.a, p.lda, p.transA, ic, mc, pc, kc)
+			for jc := j0; jc < j1; jc += ncMax {
+				nc := min(ncMax, j1-jc)
+				packB(kn, buf.b, p.b, p.ldb, p.transB, pc, kc, jc, nc)
+				for ir := 0; ir < mc; ir += mr {
+					ap := buf.a[ir*kc : (ir+mr)*kc]
+					rows := min(mr, mc-ir)
+					for jr := 0; jr < nc; jr += nr {
+						bp := buf.b[jr*kc : (jr+nr)*kc]
+						cols := min(nr, nc-jr)
+						off := (ic+ir)*p.ldc + jc + jr
+						if rows == mr && cols == nr {
+							kn.fn(kc, ap, bp, p.c[off:], p.ldc, p.alpha, beta)
+							continue
+						}
+						// Edge tile: same kernel on a scratch tile.
+						t := buf.tile
+						if beta != 0 {
+							for r := 0; r < rows; r++ {
+								copy(t[r*nr:r*nr+cols], p.c[off+r*p.ldc:])
+							}
+						}
+						kn.fn(kc, ap, bp, t, nr, p.alpha, beta)
+						for r := 0; r < rows; r++ {
+							copy(p.c[off+r*p.ldc:off+r*p.ldc+cols], t[r*nr:])
+						}
+					}
+				}
 			}
 		}
 	}
 }
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+// buffers are one goroutine's packing space for one kernel shape.
+type buffers struct {
+	kern *kernel
+	a    []float32 // packed A block: mc/mr micro-panels of kc x mr
+	b    []float32 // packed B block: nc/nr micro-panels of kc x nr
+	tile []float32 // mr x nr scratch tile for edges
+}
+
+func newBuffers(kn *kernel) *buffers {
+	mcr := ceilDiv(kn.mc, kn.mr) * kn.mr
+	ncr := ceilDiv(kn.nc, kn.nr) * kn.nr
+	return &buffers{
+		kern: kn,
+		a:    make([]float32, mcr*kn.kc),
+		b:    make([]float32, ncr*kn.kc),
+		tile: make([]float32, kn.mr*kn.nr),
+	}
+}
+
+// numCPU is used by tests and benchmarks for default thread counts.
+var numCPU = runtime.NumCPU()

@@ -1,0 +1,133 @@
+// Command gpubench times ResNet training steps (forward, loss, backward,
+// SGD) on ringtrain's backends and prints images per second, for the
+// device check script (scripts/gpu-check.sh) and by hand:
+//
+//	gpubench -device cuda -stem cifar -batch 512 -precision bf16
+//
+// Inputs are random CIFAR-sized images (3x32x32 by default), uploaded once;
+// the loss is read back only after the timed steps, so the GPU queue never
+// drains inside the timed region except where the engine itself syncs.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"time"
+
+	"github.com/ringtrain/ringtrain/pkg/gpu"
+	"github.com/ringtrain/ringtrain/pkg/nn"
+)
+
+// trainGFLOP is the training cost per image (forward + backward, 3x the
+// forward multiply-adds x 2) of ResNet-18 on 32x32 inputs, per stem.
+var trainGFLOP = map[string]float64{"cifar": 3.33, "imagenet": 0.22}
+
+func main() {
+	device := flag.String("device", "cuda", "cuda, cpu or auto")
+	prec := flag.String("precision", "fp32", "fp32, tf32 or bf16 (cuda only)")
+	stem := flag.String("stem", "cifar", "cifar or imagenet")
+	depth := flag.Int("depth", 18, "ResNet depth")
+	batch := flag.Int("batch", 256, "images per step")
+	size := flag.Int("size", 32, "input height and width")
+	warmup := flag.Int("warmup", 3, "untimed steps")
+	steps := flag.Int("steps", 10, "timed steps")
+	threads := flag.Int("threads", 0, "CPU backend goroutines (0: GOMAXPROCS)")
+	libDir := flag.String("cuda-lib-dir", "", "directory searched first for the CUDA libraries")
+	flag.Parse()
+	if err := run(*device, *prec, *stem, *depth, *batch, *size, *warmup, *steps, *threads, *libDir); err != nil {
+		fmt.Fprintln(os.Stderr, "gpubench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(device, prec, stem string, depth, batch, size, warmup, steps, threads int, libDir string) error {
+	if batch < 1 || steps < 1 || warmup < 0 || size < 8 {
+		return fmt.Errorf("bad sizes: batch %d steps %d warmup %d size %d", batch, steps, warmup, size)
+	}
+	t0 := time.Now()
+	b, err := gpu.SelectBackend(device, threads, gpu.Options{Precision: prec, LibDir: libDir},
+		func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
+	if err != nil {
+		return err
+	}
+	if g, ok := b.(*gpu.Backend); ok {
+		defer g.Close()
+		i := g.Info()
+		fmt.Printf("# device %s (%s, %d SMs), driver %d, NVRTC %s, cuBLAS %d, kernels %s, open %.2fs\n",
+			i.Name, i.Arch, i.SMs, i.DriverVersion, i.NVRTCVersion, i.CUBLASVersion, i.KernelImage, time.Since(t0).Seconds())
+	} else {
+		prec = "fp32"
+	}
+	m, err := nn.NewResNet(b, nn.ResNetConfig{Depth: depth, Stem: stem, Classes: 10, Seed: 1})
+	if err != nil {
+		return err
+	}
+	m.SetTrain(true)
+	m.SetCheckFinite(false)
+	opt, err := nn.NewSGD(b, m.Params(), nn.SGDConfig{LR: 0.1, Momentum: 0.9, WeightDecay: 5e-4})
+	if err != nil {
+		return err
+	}
+	rng := rand.New(rand.NewSource(1))
+	xs := make([]float32, batch*3*size*size)
+	for i := range xs {
+		xs[i] = float32(rng.NormFloat64())
+	}
+	labels := make([]int32, batch)
+	for i := range labels {
+		labels[i] = int32(rng.Intn(10))
+	}
+	x := b.New(batch, 3, size, size)
+	b.FromHost(x, xs)
+	loss, dlogits := b.New(1), b.New(batch, 10)
+
+	step := func() error {
+		logits, err := m.Forward(x)
+		if err != nil {
+			return err
+		}
+		b.SoftmaxCrossEntropy(loss, dlogits, nil, logits, labels, 0, 1)
+		m.ZeroGrad()
+		if err := m.Backward(dlogits); err != nil {
+			return err
+		}
+		return opt.Step()
+	}
+	lossAt := func() (float32, error) {
+		h := make([]float32, 1)
+		b.ToHost(h, loss)
+		return h[0], b.Sync()
+	}
+	tw := time.Now()
+	for i := 0; i < warmup; i++ {
+		if err := step(); err != nil {
+			return fmt.Errorf("warm-up step %d: %w", i, err)
+		}
+	}
+	l0, err := lossAt()
+	if err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	warm := time.Since(tw)
+	ts := time.Now()
+	for i := 0; i < steps; i++ {
+		if err := step(); err != nil {
+			return fmt.Errorf("step %d: %w", i, err)
+		}
+	}
+	l1, err := lossAt()
+	if err != nil {
+		return err
+	}
+	el := time.Since(ts).Seconds()
+	ips := float64(batch*steps) / el
+	gf := trainGFLOP[stem]
+	if size != 32 || depth != 18 {
+		gf = 0
+	}
+	fmt.Printf("RESULT impl=ringtrain backend=%s precision=%s stem=%s batch=%d img_s=%.1f ms_step=%.2f tflops=%.2f warmup_s=%.2f loss_first=%.4f loss_last=%.4f\n",
+		b.Name(), prec, stem, batch, ips, 1000*el/float64(steps), ips*gf/1000, warm.Seconds(), l0, l1)
+	return nil
+}

@@ -1,0 +1,137 @@
+package allreduce
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// grpcFabric starts n GRPCTransports on loopback; shm selects the
+// same-host shared-memory path (all ranks then share a host id).
+func grpcFabric(shm bool) fabric {
+	name := "grpc"
+	if shm {
+		name = "grpc-shm"
+	}
+	return fabric{name, func(t *testing.T, n int) ([]Transport, []string) {
+		ts := make([]Transport, n)
+		peers := make([]string, n)
+		for i := range ts {
+			cfg := GRPCConfig{HandshakeTimeout: 5 * time.Second, MaxChunkBytes: 1 << 20, Window: 1 << 20, ShmSlots: 4}
+			if shm {
+				cfg.HostID = "test-host"
+				cfg.ShmDir = t.TempDir()
+			} else {
+				cfg.HostID = fmt.Sprintf("host-%d", i) // different hosts: no shared memory
+			}
+			g, err := NewGRPCTransport(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr, err := g.Listen("127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = g.Close() })
+			ts[i], peers[i] = g, addr.String()
+		}
+		return ts, peers
+	}}
+}
+
+func TestGRPC(t *testing.T)    { runSuite(t, grpcFabric(false)) }
+func TestGRPCShm(t *testing.T) { runSuite(t, grpcFabric(true)) }
+
+// TestSharedMemoryChosen: same host id => the links use shared memory and
+// the segment files are already unlinked; different ids or the switch off
+// => plain gRPC.
+func TestSharedMemoryChosen(t *testing.T) {
+	if !shmSupported {
+		t.Skip("no shared memory on this OS")
+	}
+	for _, c := range []struct {
+		name    string
+		hosts   [2]string
+		disable bool
+		want    bool
+	}{
+		{"same-host", [2]string{"h", "h"}, false, true},
+		{"other-host", [2]string{"h", "g"}, false, false},
+		{"switched-off", [2]string{"h", "h"}, true, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var ts [2]*GRPCTransport
+			var peers []string
+			for i := range ts {
+				g, err := NewGRPCTransport(GRPCConfig{HostID: c.hosts[i], ShmDir: dir, DisableSharedMemory: c.disable})
+				if err != nil {
+					t.Fatal(err)
+				}
+				addr, err := g.Listen("127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer g.Close()
+				ts[i] = g
+				peers = append(peers, addr.String())
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			links := make([]Link, 2)
+			errs := make(chan error, 2)
+			for i := range ts {
+				go func(i int) {
+					var err error
+					links[i], err = ts[i].Open(ctx, Plan{Job: "j", Generation: 1, Rank: i, Peers: peers})
+					errs <- err
+				}(i)
+			}
+			for range ts {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, l := range links {
+				if got := l.(*grpcLink).SharedMemory(); got != c.want {
+					t.Fatalf("rank %d: shared memory %v, want %v", i, got, c.want)
+				}
+				defer l.Close()
+			}
+			left, _ := filepath.Glob(filepath.Join(dir, "*"))
+			for _, f := range left {
+				if strings.HasPrefix(filepath.Base(f), shmPrefix) {
+					t.Fatalf("segment file %s left behind after the handshake", f)
+				}
+			}
+			// And a real collective over them.
+			rings := make([]*Ring, 2)
+			for i := range rings {
+				var err error
+				if rings[i], err = NewRing(links[i], DefaultConfig("j", 1, i, 2)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			in := inputs(3, 2, 300_000)
+			out := clone(in)
+			for i, err := range allReduceAll(rings, Tag{}, out, Sum) {
+				if err != nil {
+					t.Fatalf("rank %d: %v", i, err)
+				}
+			}
+			for e := range out[0] {
+				if want := ringOrderSum(in, e); out[0][e] != want || out[1][e] != want {
+					t.Fatalf("elem %d: %v %v, want %v", e, out[0][e], out[1][e], want)
+				}
+			}
+			for _, r := range rings {
+				_ = r.Close()
+			}
+		})
+	}
+	_ = os.Getpid
+}

@@ -1,0 +1,151 @@
+package allreduce
+
+import (
+	"encoding/binary"
+	"math"
+	"unsafe"
+)
+
+// The element kernels of the ring. Payload bytes are little-endian; on a
+// little-endian host (checked in NewRing) float32 payloads are copied and
+// added without per-element decoding when the pieces are 4-byte aligned.
+
+// hostLittleEndian reports whether the host stores integers little-endian.
+func hostLittleEndian() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}
+
+// f32Bytes views v as bytes (no copy).
+func f32Bytes(v []float32) []byte {
+	if len(v) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+}
+
+// alignedF32 views b (a multiple of 4 bytes) as float32 when its address is
+// 4-byte aligned.
+func alignedF32(b []byte) ([]float32, bool) {
+	if len(b) == 0 {
+		return nil, true
+	}
+	if uintptr(unsafe.Pointer(&b[0]))%4 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), len(b)/4), true
+}
+
+// bf16FromF32 rounds f to bfloat16, to nearest even; NaN stays NaN.
+func bf16FromF32(f float32) uint16 {
+	b := math.Float32bits(f)
+	if b&0x7fffffff > 0x7f800000 { // NaN: keep it quiet and non-zero
+		return uint16(b>>16) | 0x40
+	}
+	b += 0x7fff + (b>>16)&1
+	return uint16(b >> 16)
+}
+
+// f32FromBF16 widens a bfloat16 exactly.
+func f32FromBF16(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// roundBF16 rounds every element of v to the nearest bfloat16 in place.
+func roundBF16(v []float32) {
+	for i, f := range v {
+		v[i] = f32FromBF16(bf16FromF32(f))
+	}
+}
+
+// encode writes src into dst in dtype d; len(dst) == len(src)*d.Size().
+func encode(dst []byte, src []float32, d DType) {
+	if d == DTypeBF16 {
+		dst = dst[:2*len(src)]
+		for i, f := range src {
+			binary.LittleEndian.PutUint16(dst[2*i:], bf16FromF32(f))
+		}
+		return
+	}
+	copy(dst, f32Bytes(src))
+}
+
+// forEachRun splits the concatenation of pieces into runs of whole elements
+// of esize bytes and calls fn(first element, bytes) for each, in order. An
+// element split across pieces is passed alone, from a small copy.
+func forEachRun(pieces [][]byte, esize int, fn func(elem int, b []byte)) {
+	var carry [4]byte
+	nc, elem := 0, 0
+	for _, p := range pieces {
+		if nc > 0 {
+			k := copy(carry[nc:esize], p)
+			nc += k
+			p = p[k:]
+			if nc < esize {
+				continue
+			}
+			fn(elem, carry[:esize])
+			elem++
+			nc = 0
+		}
+		whole := len(p) / esize * esize
+		if whole > 0 {
+			fn(elem, p[:whole])
+			elem += whole / esize
+		}
+		nc = copy(carry[:], p[whole:])
+	}
+}
+
+// addRun adds the elements in b (dtype d) into dst: dst[i] = b[i] + dst[i].
+func addRun(dst []float32, b []byte, d DType) {
+	if d == DTypeBF16 {
+		n := len(b) / 2
+		dst = dst[:n]
+		for i := range dst {
+			dst[i] += f32FromBF16(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+		return
+	}
+	if src, ok := alignedF32(b); ok {
+		dst = dst[:len(src)]
+		for i, x := range src {
+			dst[i] += x
+		}
+		return
+	}
+	n := len(b) / 4
+	dst = dst[:n]
+	for i := range dst {
+		dst[i] += math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+}
+
+// copyRun stores the elements in b (dtype d) into dst.
+func copyRun(dst []float32, b []byte, d DType) {
+	if d == DTypeBF16 {
+		n := len(b) / 2
+		dst = dst[:n]
+		for i := range dst {
+			dst[i] = f32FromBF16(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+		return
+	}
+	copy(f32Bytes(dst[:len(b)/4]), b)
+}
+
+// addPieces adds a received payload into dst; copyPieces stores it.
+func addPieces(dst []float32, pieces [][]byte, d DType) {
+	forEachRun(pieces, d.Size(), func(e int, b []byte) { addRun(dst[e:], b, d) })
+}
+
+func copyPieces(dst []float32, pieces [][]byte, d DType) {
+	forEachRun(pieces, d.Size(), func(e int, b []byte) { copyRun(dst[e:], b, d) })
+}
+
+// piecesLen returns the total length of pieces.
+func piecesLen(pieces [][]byte) int {
+	n := 0
+	for _, p := range pieces {
+		n += len(p)
+	}
+	return n
+}

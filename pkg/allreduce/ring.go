@@ -1,0 +1,533 @@
+package allreduce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+)
+
+// Reduction says what a collective leaves in every worker's vector.
+type Reduction int
+
+const (
+	// Sum leaves the sum over workers.
+	Sum Reduction = iota
+	// Mean leaves the sum divided by the world size (computed once by the
+	// owner of each segment, so every worker gets the same bits).
+	Mean
+)
+
+// Tag names a collective: the training step and the bucket within it. Both
+// sides of every frame must agree on it.
+type Tag struct {
+	Step   uint64
+	Bucket uint32
+}
+
+// BucketChannel is the Tag.Bucket of the collectives issued through
+// AllReduceSum (SyncBatchNorm's channel statistics).
+const BucketChannel uint32 = math.MaxUint32
+
+// Ring runs collectives over one Link, one at a time, in the order they
+// were started. All workers of a plan must start the same collectives
+// (same tags and lengths) in the same order; Start is safe for concurrent
+// use, but only a single goroutine per worker gives a deterministic order.
+type Ring struct {
+	cfg  Config
+	link Link
+
+	mu     sync.Mutex // guards queue, broken, closed, seq, step
+	cond   *sync.Cond // signalled when queue grows or closed is set
+	queue  []*Op
+	broken error // first failure; every later collective fails with it
+	closed bool
+	seq    uint64 // sequence number of the last collective started
+	step   uint64 // step of the last tagged collective (for AllReduceSum)
+
+	runnerDone chan struct{}
+}
+
+// Op is a collective in progress (see Ring.Start).
+type Op struct {
+	tag  Tag
+	seq  uint64
+	data []float32
+	red  Reduction
+	ctx  context.Context
+
+	done       chan struct{}
+	err        error     // set before done is closed
+	start, end time.Time // when the collective ran
+}
+
+// Done is closed when the collective has finished (successfully or not).
+func (o *Op) Done() <-chan struct{} { return o.done }
+
+// Wait blocks until the collective has finished and returns its error.
+func (o *Op) Wait() error {
+	<-o.done
+	return o.err
+}
+
+// Times returns when the collective started and finished running (zero
+// before Done is closed).
+func (o *Op) Times() (start, end time.Time) {
+	<-o.done
+	return o.start, o.end
+}
+
+// NewRing returns a Ring of the given config over link. link may be nil
+// only when cfg.World is 1. The Ring owns link and closes it in Close.
+func NewRing(link Link, cfg Config) (*Ring, error) {
+	cfg.fill()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if !hostLittleEndian() {
+		return nil, fmt.Errorf("%w: big-endian hosts are not supported", ErrConfig)
+	}
+	if link == nil && cfg.World > 1 {
+		return nil, fmt.Errorf("%w: nil link for world %d", ErrConfig, cfg.World)
+	}
+	if lim, ok := link.(interface{ MaxPayloadBytes() int }); ok && cfg.ChunkBytes > lim.MaxPayloadBytes() {
+		return nil, fmt.Errorf("%w: chunk bytes %d over the transport's limit %d", ErrConfig, cfg.ChunkBytes, lim.MaxPayloadBytes())
+	}
+	r := &Ring{cfg: cfg, link: link, runnerDone: make(chan struct{})}
+	r.cond = sync.NewCond(&r.mu)
+	go r.run()
+	return r, nil
+}
+
+// Open joins the ring of cfg over transport t (peers: every rank's address,
+// in rank order) and returns the Ring. It is Transport.Open + NewRing.
+func Open(ctx context.Context, t Transport, cfg Config, peers []string) (*Ring, error) {
+	cfg.fill()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if len(peers) != cfg.World {
+		return nil, fmt.Errorf("%w: %d peer addresses for world %d", ErrConfig, len(peers), cfg.World)
+	}
+	var link Link
+	if cfg.World > 1 {
+		var err error
+		link, err = t.Open(ctx, Plan{Job: cfg.Job, Generation: cfg.Generation, Rank: cfg.Rank, Peers: peers})
+		if err != nil {
+			return nil, err
+		}
+	}
+	r, err := NewRing(link, cfg)
+	if err != nil && link != nil {
+		_ = link.Close()
+	}
+	return r, err
+}
+
+// Config returns the ring's configuration (defaults filled in).
+func (r *Ring) Config() Config { return r.cfg }
+
+// Err returns the failure that broke the ring, or nil.
+func (r *Ring) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.broken
+}
+
+// Start queues an all-reduce of data (in place) and returns at once. The
+// collective runs after every collective started before it; it must end
+// within the ring's Timeout (and ctx). data must not be touched until the
+// Op is done.
+func (r *Ring) Start(ctx context.Context, tag Tag, data []float32, red Reduction) *Op {
+	op := &Op{tag: tag, data: data, red: red, ctx: ctx, done: make(chan struct{})}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seq++
+	op.seq = r.seq
+	if tag.Bucket != BucketChannel {
+		r.step = tag.Step
+	}
+	switch {
+	case r.closed:
+		op.finish(fmt.Errorf("%w: ring closed", ErrClosed))
+	case r.broken != nil:
+		op.finish(fmt.Errorf("%w: %w", ErrBroken, r.broken))
+	default:
+		r.queue = append(r.queue, op)
+		r.cond.Signal()
+	}
+	return op
+}
+
+// AllReduce all-reduces data in place and returns when done.
+func (r *Ring) AllReduce(ctx context.Context, tag Tag, data []float32, red Reduction) error {
+	return r.Start(ctx, tag, data, red).Wait()
+}
+
+// AllReduceSum sums v over the workers in place. It implements
+// nn.ChannelReducer for SyncBatchNorm: small vectors take the low-latency
+// path. The collective is tagged with the step of the last tagged
+// collective and bucket BucketChannel.
+func (r *Ring) AllReduceSum(v []float32) error {
+	r.mu.Lock()
+	step := r.step
+	r.mu.Unlock()
+	return r.AllReduce(context.Background(), Tag{Step: step, Bucket: BucketChannel}, v, Sum)
+}
+
+// Close fails queued collectives with ErrClosed, waits for the running one
+// to stop, and closes the link. It is idempotent.
+func (r *Ring) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		<-r.runnerDone
+		return nil
+	}
+	r.closed = true
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	var err error
+	if r.link != nil {
+		err = r.link.Close() // unblocks a running collective
+	}
+	<-r.runnerDone
+	return err
+}
+
+func (o *Op) finish(err error) {
+	o.err = err
+	close(o.done)
+}
+
+// run executes queued collectives in order until Close.
+func (r *Ring) run() {
+	defer close(r.runnerDone)
+	for {
+		r.mu.Lock()
+		for len(r.queue) == 0 && !r.closed {
+			r.cond.Wait()
+		}
+		if len(r.queue) == 0 {
+			r.mu.Unlock()
+			return
+		}
+		op := r.queue[0]
+		r.queue[0] = nil
+		r.queue = r.queue[1:]
+		broken, closed := r.broken, r.closed
+		r.mu.Unlock()
+
+		switch {
+		case closed:
+			op.finish(fmt.Errorf("%w: ring closed", ErrClosed))
+			continue
+		case broken != nil:
+			op.finish(fmt.Errorf("%w: %w", ErrBroken, broken))
+			continue
+		}
+		op.start = time.Now()
+		err := r.execute(op)
+		op.end = time.Now()
+		if err != nil {
+			r.mu.Lock()
+			if r.broken == nil {
+				r.broken = err
+			}
+			r.mu.Unlock()
+			if r.link != nil {
+				_ = r.link.Close()
+			}
+		}
+		op.finish(err)
+	}
+}
+
+// execute runs one collective.
+func (r *Ring) execute(op *Op) error {
+	n := r.cfg.World
+	if n == 1 || len(op.data) == 0 {
+		return nil // a sum over one worker; mean divides by 1
+	}
+	if op.ctx == nil {
+		op.ctx = context.Background()
+	}
+	if err := op.ctx.Err(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(op.ctx, r.cfg.Timeout)
+	defer cancel()
+	if 4*len(op.data) <= min(r.cfg.SmallBytes, r.cfg.ChunkBytes) {
+		return r.exec(ctx, op, r.smallPath(op))
+	}
+	return r.exec(ctx, op, r.ringPath(op))
+}
+
+// schedule is one collective split into its sending and receiving halves.
+// send runs in its own goroutine and must return when abort is closed;
+// recv runs in the calling goroutine.
+type schedule struct {
+	send func(abort <-chan struct{}) error
+	recv func() error
+}
+
+// errAborted is what a half returns when the other half failed first; it is
+// never the error reported.
+var errAborted = errors.New("allreduce: aborted")
+
+// exec runs a schedule under ctx. The first failure (a half's error, or
+// the deadline) closes the link, which unblocks the other half, and is the
+// error returned.
+func (r *Ring) exec(ctx context.Context, op *Op, s schedule) error {
+	var (
+		once  sync.Once
+		first error
+	)
+	abort := make(chan struct{})
+	fail := func(err error) {
+		once.Do(func() {
+			first = err
+			close(abort)
+			_ = r.link.Close()
+		})
+	}
+	sendDone := make(chan struct{})
+	go func() {
+		defer close(sendDone)
+		if err := s.send(abort); err != nil {
+			fail(fmt.Errorf("send to rank %d: %w", (r.cfg.Rank+1)%r.cfg.World, err))
+		}
+	}()
+	finished := make(chan struct{})
+	watchDone := make(chan struct{})
+	go func() { // the deadline: closing the link unblocks both halves
+		defer close(watchDone)
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				fail(fmt.Errorf("%w: collective seq %d (step %d, bucket %d) not done after %v",
+					ErrTimeout, op.seq, op.tag.Step, op.tag.Bucket, time.Since(op.start).Round(time.Millisecond)))
+			} else {
+				fail(ctx.Err())
+			}
+		case <-finished:
+		}
+	}()
+	if err := s.recv(); err != nil {
+		fail(fmt.Errorf("receive from rank %d: %w", (r.cfg.Rank-1+r.cfg.World)%r.cfg.World, err))
+	}
+	<-sendDone // still under the deadline
+	close(finished)
+	<-watchDone
+	return first
+}
+
+// header returns the tag fields of op's frames.
+func (r *Ring) header(op *Op, dt DType) Header {
+	return Header{
+		Job: r.cfg.Job, Generation: r.cfg.Generation,
+		Step: op.tag.Step, Bucket: op.tag.Bucket, Seq: op.seq,
+		Total: uint64(len(op.data)), DType: dt,
+	}
+}
+
+// check compares a received header with the expected one.
+func check(got, want *Header) error {
+	switch {
+	case got.Job != want.Job:
+		return fmt.Errorf("%w: frame of job %q, expected %q", ErrJob, got.Job, want.Job)
+	case got.Generation != want.Generation:
+		return fmt.Errorf("%w: frame of generation %d, expected %d", ErrGeneration, got.Generation, want.Generation)
+	case got.Step != want.Step || got.Bucket != want.Bucket || got.Seq != want.Seq:
+		return fmt.Errorf("%w: frame (step %d, bucket %d, seq %d), expected (step %d, bucket %d, seq %d)",
+			ErrTag, got.Step, got.Bucket, got.Seq, want.Step, want.Bucket, want.Seq)
+	case got.Total != want.Total:
+		return fmt.Errorf("%w: peer vector has %d elements, here %d", ErrLength, got.Total, want.Total)
+	case got.Round != want.Round || got.Segment != want.Segment || got.Chunk != want.Chunk ||
+		got.Offset != want.Offset || got.Count != want.Count || got.DType != want.DType:
+		return fmt.Errorf("%w: frame (round %d, segment %d, chunk %d, offset %d, count %d, dtype %d), expected (%d, %d, %d, %d, %d, %d)",
+			ErrMalformed, got.Round, got.Segment, got.Chunk, got.Offset, got.Count, got.DType,
+			want.Round, want.Segment, want.Chunk, want.Offset, want.Count, want.DType)
+	}
+	return nil
+}
+
+func mod(a, n int) int { return ((a % n) + n) % n }
+
+// segBounds returns segment s of a vector of length l split into n
+// near-equal parts (sizes differ by at most one).
+func segBounds(l, n, s int) (lo, hi int) {
+	return int(int64(l) * int64(s) / int64(n)), int(int64(l) * int64(s+1) / int64(n))
+}
+
+// ringPath is the bandwidth-optimal ring: 2(N-1) rounds. In round R rank k
+// sends segment k-R and receives segment k-R-1 (mod N); in rounds
+// 0..N-2 (reduce-scatter) the receiver adds the incoming partial sum into
+// its own values, in rounds N-1..2N-3 (all-gather) it stores the final
+// values. Segment s is therefore summed as ((x_s + x_{s+1}) + x_{s+2}) ...
+// in ring order starting at rank s, on every worker and in every run.
+// Each segment moves in chunks: chunk c of round R+1 leaves as soon as
+// chunk c of round R has arrived and been added.
+func (r *Ring) ringPath(op *Op) schedule {
+	n, rank := r.cfg.World, r.cfg.Rank
+	data := op.data
+	l := len(data)
+	dt := DTypeF32
+	if r.cfg.Compression == CompressBF16 {
+		dt = DTypeBF16
+	}
+	ce := r.cfg.ChunkBytes / dt.Size() // elements per chunk
+	nchunks := func(seg int) int {
+		lo, hi := segBounds(l, n, seg)
+		return (hi - lo + ce - 1) / ce
+	}
+	rounds := 2 * (n - 1)
+	tokens := 0
+	for R := 0; R < rounds-1; R++ {
+		tokens += nchunks(mod(rank-R-1, n))
+	}
+	ready := make(chan struct{}, tokens)
+	base := r.header(op, dt)
+
+	send := func(abort <-chan struct{}) error {
+		for R := 0; R < rounds; R++ {
+			seg := mod(rank-R, n)
+			lo, hi := segBounds(l, n, seg)
+			for c, off := 0, lo; off < hi; c, off = c+1, off+ce {
+				if R > 0 {
+					select {
+					case <-ready:
+					case <-abort:
+						return errAborted
+					}
+				}
+				cnt := min(ce, hi-off)
+				h := base
+				h.Round, h.Segment, h.Chunk = uint32(R), uint32(seg), uint32(c)
+				h.Offset, h.Count = uint64(off), uint32(cnt)
+				src := data[off : off+cnt]
+				if err := r.link.Send(&h, cnt*dt.Size(), func(dst []byte) { encode(dst, src, dt) }); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+
+	recv := func() error {
+		want := base
+		for R := 0; R < rounds; R++ {
+			seg := mod(rank-R-1, n)
+			lo, hi := segBounds(l, n, seg)
+			for c, off := 0, lo; off < hi; c, off = c+1, off+ce {
+				cnt := min(ce, hi-off)
+				want.Round, want.Segment, want.Chunk = uint32(R), uint32(seg), uint32(c)
+				want.Offset, want.Count = uint64(off), uint32(cnt)
+				dst := data[off : off+cnt]
+				err := r.link.Recv(func(h *Header, p [][]byte) error {
+					if err := check(h, &want); err != nil {
+						return err
+					}
+					if got := piecesLen(p); got != cnt*dt.Size() {
+						return fmt.Errorf("%w: payload of %d bytes for %d elements of dtype %d", ErrMalformed, got, cnt, dt)
+					}
+					if R >= n-1 {
+						copyPieces(dst, p, dt)
+						return nil
+					}
+					addPieces(dst, p, dt)
+					if R == n-2 { // this rank now owns the full sum of seg
+						if op.red == Mean {
+							inv := float32(n)
+							for i := range dst {
+								dst[i] /= inv
+							}
+						}
+						if dt == DTypeBF16 {
+							roundBF16(dst) // what the others will receive
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				if R < rounds-1 {
+					ready <- struct{}{}
+				}
+			}
+		}
+		return nil
+	}
+	return schedule{send: send, recv: recv}
+}
+
+// smallPath is the latency path: N-1 rounds of a ring all-gather of the raw
+// vectors (round R forwards the vector of rank k-R), then every worker sums
+// the N vectors locally in rank order 0..N-1, in float64, and rounds once.
+func (r *Ring) smallPath(op *Op) schedule {
+	n, rank := r.cfg.World, r.cfg.Rank
+	data := op.data
+	l := len(data)
+	all := make([]float32, n*l) // vector of rank k at all[k*l:]
+	copy(all[rank*l:], data)
+	ready := make(chan struct{}, n)
+	base := r.header(op, DTypeF32)
+	base.Count = uint32(l)
+
+	send := func(abort <-chan struct{}) error {
+		for R := 0; R < n-1; R++ {
+			if R > 0 {
+				select {
+				case <-ready:
+				case <-abort:
+					return errAborted
+				}
+			}
+			origin := mod(rank-R, n)
+			h := base
+			h.Round, h.Segment = uint32(R), uint32(origin)
+			src := all[origin*l : (origin+1)*l]
+			if err := r.link.Send(&h, 4*l, func(dst []byte) { encode(dst, src, DTypeF32) }); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	recv := func() error {
+		want := base
+		for R := 0; R < n-1; R++ {
+			origin := mod(rank-R-1, n)
+			want.Round, want.Segment = uint32(R), uint32(origin)
+			dst := all[origin*l : (origin+1)*l]
+			err := r.link.Recv(func(h *Header, p [][]byte) error {
+				if err := check(h, &want); err != nil {
+					return err
+				}
+				if got := piecesLen(p); got != 4*l {
+					return fmt.Errorf("%w: payload of %d bytes for %d float32", ErrMalformed, got, l)
+				}
+				copyPieces(dst, p, DTypeF32)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			ready <- struct{}{}
+		}
+		for i := range data {
+			s := 0.0
+			for k := 0; k < n; k++ {
+				s += float64(all[k*l+i])
+			}
+			if op.red == Mean {
+				s /= float64(n)
+			}
+			data[i] = float32(s)
+		}
+		return nil
+	}
+	return schedule{send: send, recv: recv}
+}

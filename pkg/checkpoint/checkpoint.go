@@ -1,0 +1,443 @@
+// Package checkpoint turns a worker's full training state into files and
+// back: parameters and batch-norm buffers as safetensors with torchvision
+// names (so safetensors.torch.load_file + load_state_dict works in
+// PyTorch), optimizer state as a second safetensors file, and everything
+// else (step, epoch, data cursor, seeds, schedule position, configuration
+// hash) as JSON.
+//
+// Promises:
+//   - A checkpoint directory appears under its final name only when all of
+//     its files are written and fsynced (write into a temporary directory,
+//     fsync every file, rename, fsync the parent). A crash or a full disk
+//     leaves the previous checkpoints untouched.
+//   - Every file's SHA-256 is recorded in the checkpoint's MANIFEST.json and
+//     verified on load; a checkpoint that fails verification is never
+//     loaded, and LoadLatest falls back to older ones, saying why.
+//   - Retention keeps the newest Keep checkpoints plus the one with the best
+//     accuracy.
+package checkpoint
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/nn"
+)
+
+// Errors.
+var (
+	ErrCorrupt  = errors.New("checkpoint: corrupt")
+	ErrNotFound = errors.New("checkpoint: none found")
+	ErrMismatch = errors.New("checkpoint: does not match this job")
+)
+
+// File names inside a checkpoint directory.
+const (
+	ModelFile     = "model.safetensors"
+	OptimizerFile = "optimizer.safetensors"
+	MetaFile      = "meta.json"
+	ManifestFile  = "MANIFEST.json"
+	dirPrefix     = "ckpt-"
+)
+
+// Meta is the non-tensor part of the training state.
+type Meta struct {
+	Step        int64             `json:"step"`   // optimizer steps completed
+	Epoch       int64             `json:"epoch"`  // epoch the cursor is in
+	Cursor      int64             `json:"cursor"` // samples of that epoch already consumed (global)
+	WorldSize   int               `json:"world_size"`
+	ConfigHash  string            `json:"config_hash"`
+	Seed        int64             `json:"seed"`
+	DropoutStep int64             `json:"dropout_step"`
+	LR          float64           `json:"lr"`
+	Accuracy    *float64          `json:"accuracy,omitempty"` // test accuracy when evaluated at this step
+	Loss        *float64          `json:"loss,omitempty"`
+	Created     time.Time         `json:"created"`
+	Extra       map[string]string `json:"extra,omitempty"`
+}
+
+// Snapshot is a host copy of the training state, taken between steps.
+// Capturing is the only part that stalls training; writing it can run in
+// the background.
+type Snapshot struct {
+	Meta      Meta
+	Model     []*nn.STTensor
+	Optimizer []*nn.STTensor
+	OptMeta   map[string]string
+}
+
+// Capture copies the model's parameters and buffers and the optimizer's
+// state into host memory. opt may be nil (weights only).
+func Capture(b nn.Backend, params []*nn.Param, buffers []*nn.Buffer, opt nn.Optimizer, meta Meta) (*Snapshot, error) {
+	model, err := nn.WeightTensors(b, params, buffers)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: capture weights: %w", err)
+	}
+	s := &Snapshot{Meta: meta, Model: model}
+	if opt != nil {
+		st, err := opt.State()
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint: capture optimizer: %w", err)
+		}
+		s.Optimizer, s.OptMeta, err = nn.OptimizerStateTensors(st)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint: capture optimizer: %w", err)
+		}
+	}
+	if s.Meta.Created.IsZero() {
+		s.Meta.Created = time.Now().UTC()
+	}
+	return s, nil
+}
+
+// Store is a directory of checkpoints.
+type Store struct {
+	Dir  string
+	Keep int // newest checkpoints kept (plus the best); < 1 means 3
+}
+
+// NewStore creates dir if needed.
+func NewStore(dir string, keep int) (*Store, error) {
+	if keep < 1 {
+		keep = 3
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	return &Store{Dir: dir, Keep: keep}, nil
+}
+
+// StepDir is the directory of the checkpoint of a step.
+func (s *Store) StepDir(step int64) string {
+	return filepath.Join(s.Dir, fmt.Sprintf("%s%010d", dirPrefix, step))
+}
+
+// Write stores snap atomically and applies retention. It returns the
+// manifest (also written as MANIFEST.json inside the directory). On any
+// error the previous checkpoints are intact and no partial directory is
+// left under a final name.
+func (s *Store) Write(snap *Snapshot) (m cluster.Manifest, err error) {
+	final := s.StepDir(snap.Meta.Step)
+	tmp, err := os.MkdirTemp(s.Dir, ".tmp-"+filepath.Base(final)+"-")
+	if err != nil {
+		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(tmp)
+		}
+	}()
+	var files []cluster.ManifestFile
+	put := func(name string, write func(io.Writer) error) error {
+		f, err := os.OpenFile(filepath.Join(tmp, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		h := sha256.New()
+		cw := &countWriter{w: io.MultiWriter(f, h)}
+		if err := write(cw); err != nil {
+			f.Close()
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("%s: fsync: %w", name, err)
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		files = append(files, cluster.ManifestFile{Name: name, Size: cw.n, SHA256: hex.EncodeToString(h.Sum(nil))})
+		return nil
+	}
+	if err = put(ModelFile, func(w io.Writer) error {
+		return nn.EncodeSafetensors(w, snap.Model, map[string]string{"format": "pt", "step": strconv.FormatInt(snap.Meta.Step, 10)})
+	}); err != nil {
+		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+	}
+	if snap.Optimizer != nil {
+		if err = put(OptimizerFile, func(w io.Writer) error { return nn.EncodeSafetensors(w, snap.Optimizer, snap.OptMeta) }); err != nil {
+			return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+		}
+	}
+	if err = put(MetaFile, func(w io.Writer) error {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(snap.Meta)
+	}); err != nil {
+		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+	}
+	m = cluster.Manifest{
+		Step: snap.Meta.Step, Epoch: snap.Meta.Epoch, Cursor: snap.Meta.Cursor,
+		Dir: final, Files: files, WorldSize: max(snap.Meta.WorldSize, 1),
+		ConfigHash: snap.Meta.ConfigHash, Accuracy: snap.Meta.Accuracy, Created: snap.Meta.Created,
+	}
+	if err = put(ManifestFile, func(w io.Writer) error {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(m)
+	}); err != nil {
+		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+	}
+	if err = syncDir(tmp); err != nil {
+		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+	}
+	// A checkpoint of the same step (a re-run after a rollback) is replaced.
+	old := ""
+	if _, statErr := os.Stat(final); statErr == nil {
+		old = final + ".old"
+		os.RemoveAll(old)
+		if err = os.Rename(final, old); err != nil {
+			return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+		}
+	}
+	if err = os.Rename(tmp, final); err != nil {
+		if old != "" {
+			os.Rename(old, final)
+		}
+		return m, fmt.Errorf("checkpoint: step %d: rename: %w", snap.Meta.Step, err)
+	}
+	if old != "" {
+		os.RemoveAll(old)
+	}
+	if err = syncDir(s.Dir); err != nil {
+		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+	}
+	s.retain()
+	return m, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Info describes a checkpoint on disk.
+type Info struct {
+	Step     int64
+	Dir      string
+	Manifest cluster.Manifest
+	Verified error // nil when every file's size and SHA-256 match
+}
+
+// Steps lists the steps that have a checkpoint directory, newest first.
+func (s *Store) Steps() ([]int64, error) {
+	ents, err := os.ReadDir(s.Dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	var steps []int64
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), dirPrefix) {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimPrefix(e.Name(), dirPrefix), 10, 64)
+		if err == nil && n >= 0 {
+			steps = append(steps, n)
+		}
+	}
+	sort.Slice(steps, func(i, j int) bool { return steps[i] > steps[j] })
+	return steps, nil
+}
+
+// List returns every checkpoint, newest first, each verified.
+func (s *Store) List() ([]Info, error) {
+	steps, err := s.Steps()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Info, 0, len(steps))
+	for _, st := range steps {
+		m, verr := s.Verify(st)
+		out = append(out, Info{Step: st, Dir: s.StepDir(st), Manifest: m, Verified: verr})
+	}
+	return out, nil
+}
+
+// Verify reads the checkpoint's manifest and checks every file's size and
+// SHA-256. Errors wrap ErrCorrupt and name the file.
+func (s *Store) Verify(step int64) (cluster.Manifest, error) {
+	dir := s.StepDir(step)
+	var m cluster.Manifest
+	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return m, fmt.Errorf("%w: step %d: %v", ErrCorrupt, step, err)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("%w: step %d: %s: %v", ErrCorrupt, step, ManifestFile, err)
+	}
+	if err := m.Validate(); err != nil {
+		return m, fmt.Errorf("%w: step %d: %v", ErrCorrupt, step, err)
+	}
+	if m.Step != step {
+		return m, fmt.Errorf("%w: directory of step %d holds the manifest of step %d", ErrCorrupt, step, m.Step)
+	}
+	for _, f := range m.Files {
+		if err := verifyFile(filepath.Join(dir, f.Name), f); err != nil {
+			return m, fmt.Errorf("%w: step %d: %v", ErrCorrupt, step, err)
+		}
+	}
+	return m, nil
+}
+
+func verifyFile(path string, want cluster.ManifestFile) error {
+	if strings.ContainsAny(want.Name, `/\`) || want.Name == ".." {
+		return fmt.Errorf("manifest names an unsafe file %q", want.Name)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return fmt.Errorf("%s: %v", want.Name, err)
+	}
+	if n != want.Size {
+		return fmt.Errorf("%s: %d bytes, manifest says %d", want.Name, n, want.Size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
+		return fmt.Errorf("%s: SHA-256 %s, manifest says %s", want.Name, got[:12], want.SHA256[:12])
+	}
+	return nil
+}
+
+// Loaded is a verified checkpoint read into host memory.
+type Loaded struct {
+	Meta      Meta
+	Manifest  cluster.Manifest
+	Weights   *nn.Safetensors
+	Optimizer *nn.OptimizerState // nil for weights-only checkpoints
+}
+
+// Load verifies and reads the checkpoint of step.
+func (s *Store) Load(step int64) (*Loaded, error) {
+	m, err := s.Verify(step)
+	if err != nil {
+		return nil, err
+	}
+	dir := s.StepDir(step)
+	l := &Loaded{Manifest: m}
+	b, err := os.ReadFile(filepath.Join(dir, MetaFile))
+	if err != nil {
+		return nil, fmt.Errorf("%w: step %d: %v", ErrCorrupt, step, err)
+	}
+	if err := json.Unmarshal(b, &l.Meta); err != nil {
+		return nil, fmt.Errorf("%w: step %d: %s: %v", ErrCorrupt, step, MetaFile, err)
+	}
+	if l.Weights, err = nn.ReadSafetensorsFile(filepath.Join(dir, ModelFile)); err != nil {
+		return nil, fmt.Errorf("%w: step %d: %v", ErrCorrupt, step, err)
+	}
+	for _, f := range m.Files {
+		if f.Name == OptimizerFile {
+			st, err := nn.ReadSafetensorsFile(filepath.Join(dir, OptimizerFile))
+			if err != nil {
+				return nil, fmt.Errorf("%w: step %d: %v", ErrCorrupt, step, err)
+			}
+			if l.Optimizer, err = nn.OptimizerStateFrom(st); err != nil {
+				return nil, fmt.Errorf("%w: step %d: %v", ErrCorrupt, step, err)
+			}
+		}
+	}
+	return l, nil
+}
+
+// Skipped says why a newer checkpoint was not used.
+type Skipped struct {
+	Step int64
+	Err  error
+}
+
+// LoadLatest loads the newest checkpoint that verifies and, when
+// configHash is not empty, belongs to a job with that hash. skipped lists
+// the newer ones it passed over and why (for a log line each). It returns
+// ErrNotFound when none qualifies.
+func (s *Store) LoadLatest(configHash string) (l *Loaded, skipped []Skipped, err error) {
+	steps, err := s.Steps()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, st := range steps {
+		l, err := s.Load(st)
+		if err == nil && configHash != "" && l.Meta.ConfigHash != configHash {
+			err = fmt.Errorf("%w: step %d has config hash %.12s, this job %.12s", ErrMismatch, st, l.Meta.ConfigHash, configHash)
+		}
+		if err != nil {
+			skipped = append(skipped, Skipped{Step: st, Err: err})
+			continue
+		}
+		return l, skipped, nil
+	}
+	return nil, skipped, fmt.Errorf("%w in %s", ErrNotFound, s.Dir)
+}
+
+// Apply loads the checkpoint's weights (and optimizer state, when opt is
+// not nil and the checkpoint has one) into a model on backend b.
+func (l *Loaded) Apply(b nn.Backend, params []*nn.Param, buffers []*nn.Buffer, opt nn.Optimizer) error {
+	if err := nn.ApplyWeights(l.Weights, b, params, buffers, nn.LoadOptions{}); err != nil {
+		return fmt.Errorf("checkpoint: step %d: %w", l.Meta.Step, err)
+	}
+	if opt != nil && l.Optimizer != nil {
+		if err := opt.LoadState(l.Optimizer); err != nil {
+			return fmt.Errorf("checkpoint: step %d: %w", l.Meta.Step, err)
+		}
+	}
+	return nil
+}
+
+// retain deletes all but the newest Keep checkpoints and the best one.
+// Failures are ignored: retention never endangers a newer checkpoint.
+func (s *Store) retain() {
+	steps, err := s.Steps()
+	if err != nil || len(steps) <= s.Keep {
+		return
+	}
+	best, bestAcc := int64(-1), -1.0
+	for _, st := range steps {
+		b, err := os.ReadFile(filepath.Join(s.StepDir(st), MetaFile))
+		if err != nil {
+			continue
+		}
+		var m Meta
+		if json.Unmarshal(b, &m) == nil && m.Accuracy != nil && *m.Accuracy > bestAcc {
+			best, bestAcc = st, *m.Accuracy
+		}
+	}
+	for _, st := range steps[s.Keep:] {
+		if st != best {
+			os.RemoveAll(s.StepDir(st))
+		}
+	}
+}

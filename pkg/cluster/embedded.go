@@ -1,0 +1,169 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// EmbeddedConfig configures an in-process etcd server.
+type EmbeddedConfig struct {
+	// Dir is the state directory; etcd's data lives in Dir/etcd. Required.
+	// Restarting with the same Dir keeps all keys.
+	Dir string
+	// Name is the etcd member name (default "ringtrain").
+	Name string
+	// StartTimeout bounds the wait for the server to become ready
+	// (default 20 s).
+	StartTimeout time.Duration
+	// Logger receives etcd's logs at warn level and above (default: none).
+	Logger *zap.Logger
+}
+
+// Embedded is a running single-member etcd server listening on free
+// loopback ports. It is safe for concurrent use.
+type Embedded struct {
+	etcd      *embed.Etcd
+	endpoints []string
+
+	mu     sync.Mutex // guards closed
+	closed bool
+}
+
+// maxPortTries is how often StartEmbedded retries when a chosen free port
+// was taken by someone else before etcd bound it.
+const maxPortTries = 3
+
+// StartEmbedded starts an etcd server in cfg.Dir on two free 127.0.0.1
+// ports (client and peer) and waits until it is ready or ctx or
+// cfg.StartTimeout expires (ErrStartTimeout). On error nothing is left
+// running.
+func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
+	if cfg.Dir == "" {
+		return nil, fmt.Errorf("%w: embedded etcd needs a state directory", ErrInvalid)
+	}
+	if cfg.Name == "" {
+		cfg.Name = "ringtrain"
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 20 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	dataDir := filepath.Join(cfg.Dir, "etcd")
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cluster: state directory: %w", err)
+	}
+	var lastErr error
+	for try := 0; try < maxPortTries; try++ {
+		e, err := startOnce(ctx, cfg, dataDir)
+		if err == nil {
+			return e, nil
+		}
+		lastErr = err
+		if !isAddrInUse(err) {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+func startOnce(ctx context.Context, cfg EmbeddedConfig, dataDir string) (*Embedded, error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	clientURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	peerURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
+
+	ec := embed.NewConfig()
+	ec.Name = cfg.Name
+	ec.Dir = dataDir
+	ec.ListenClientUrls = []url.URL{clientURL}
+	ec.AdvertiseClientUrls = []url.URL{clientURL}
+	ec.ListenPeerUrls = []url.URL{peerURL}
+	ec.AdvertisePeerUrls = []url.URL{peerURL}
+	ec.InitialCluster = ec.InitialClusterFromName(cfg.Name)
+	ec.Logger = "zap"
+	ec.LogLevel = "warn"
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(cfg.Logger.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
+	// A restart in the same directory must see the old data: etcd only
+	// reads InitialCluster on the first start, so "new" is always right.
+	ec.ClusterState = embed.ClusterStateFlagNew
+
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: start embedded etcd: %w", err)
+	}
+	timer := time.NewTimer(cfg.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("cluster: embedded etcd failed while starting: %w", err)
+	case <-timer.C:
+		e.Close()
+		return nil, fmt.Errorf("%w (%s)", ErrStartTimeout, cfg.StartTimeout)
+	case <-ctx.Done():
+		e.Close()
+		return nil, fmt.Errorf("%w: %w", ErrStartTimeout, ctx.Err())
+	}
+	return &Embedded{etcd: e, endpoints: []string{clientURL.String()}}, nil
+}
+
+// Endpoints returns the client URLs of the server (one http://127.0.0.1:port).
+func (e *Embedded) Endpoints() []string { return append([]string(nil), e.endpoints...) }
+
+// Err returns a channel that receives a fatal server error, if one occurs.
+func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
+
+// Close stops the server and waits for it. It is idempotent and always
+// returns nil; it exists to satisfy io.Closer.
+func (e *Embedded) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil
+	}
+	e.closed = true
+	e.etcd.Close()
+	<-e.etcd.Server.StopNotify()
+	return nil
+}
+
+// freePorts returns n distinct TCP ports that were free on 127.0.0.1 a
+// moment ago.
+func freePorts(n int) ([]int, error) {
+	ls := make([]net.Listener, 0, n)
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("cluster: pick a free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func isAddrInUse(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "listen"
+}

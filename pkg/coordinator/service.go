@@ -1,0 +1,464 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/proto/controlpb"
+)
+
+// MembershipSource delivers live-membership snapshots; *cluster.Job is the
+// real one. The channel closes when ctx ends or the source fails.
+type MembershipSource interface {
+	WatchMembers(ctx context.Context) (<-chan cluster.MemberSnapshot, error)
+}
+
+var _ MembershipSource = (*cluster.Job)(nil)
+
+// SpecInput is the job spec a coordinator replica imposes when it becomes
+// leader (set from its flags or job file).
+type SpecInput struct {
+	Spec       []byte
+	ConfigHash string // ConfigHash(Spec) when empty
+	MinWorkers int
+	MaxWorkers int
+}
+
+// ServiceConfig configures the Control service of one replica.
+type ServiceConfig struct {
+	// Job is the job name handed to joining workers. Required.
+	Job string
+	// EtcdEndpoints are handed to joining workers for their registration.
+	EtcdEndpoints []string
+	// MemberTTL is the lease TTL workers must use (default
+	// cluster.DefaultMemberTTL).
+	MemberTTL time.Duration
+	// Members is followed while this replica leads; nil disables planning
+	// from membership (tests may apply UpdateMembers themselves).
+	Members MembershipSource
+	// Spec, when set, is applied each time this replica becomes leader
+	// and the replicated spec differs.
+	Spec *SpecInput
+	// SettleDelay batches membership changes that arrive close together
+	// into one plan (default 200 ms).
+	SettleDelay time.Duration
+	// OnMetrics, if set, is called (on the leader) with every report.
+	OnMetrics func(*controlpb.MetricsReport)
+	// Logger (default: none).
+	Logger *zap.Logger
+}
+
+// Service implements controlpb.ControlServer over a Node, and while its
+// node leads, turns membership snapshots into plans. It is safe for
+// concurrent use.
+type Service struct {
+	controlpb.UnimplementedControlServer
+	node *Node
+	cfg  ServiceConfig
+	log  *zap.Logger
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex // guards metrics
+	metrics map[string]*controlpb.MetricsReport
+}
+
+var _ controlpb.ControlServer = (*Service)(nil)
+
+// NewService starts the leadership loop of node and returns the service.
+// Close stops it; it does not close node.
+func NewService(node *Node, cfg ServiceConfig) (*Service, error) {
+	if node == nil {
+		return nil, fmt.Errorf("%w: service needs a node", ErrInvalid)
+	}
+	if err := cluster.ValidateName("job name", cfg.Job); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if cfg.MemberTTL < 0 || cfg.SettleDelay < 0 {
+		return nil, fmt.Errorf("%w: negative member TTL or settle delay", ErrInvalid)
+	}
+	if cfg.MemberTTL == 0 {
+		cfg.MemberTTL = cluster.DefaultMemberTTL
+	}
+	if cfg.SettleDelay == 0 {
+		cfg.SettleDelay = 200 * time.Millisecond
+	}
+	if cfg.Spec != nil {
+		if cfg.Spec.MinWorkers < 1 || (cfg.Spec.MaxWorkers != 0 && cfg.Spec.MaxWorkers < cfg.Spec.MinWorkers) {
+			return nil, fmt.Errorf("%w: workers min %d max %d", ErrInvalid, cfg.Spec.MinWorkers, cfg.Spec.MaxWorkers)
+		}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Service{node: node, cfg: cfg, log: log, cancel: cancel, metrics: map[string]*controlpb.MetricsReport{}}
+	s.wg.Add(1)
+	go s.leadershipLoop(ctx)
+	return s, nil
+}
+
+// Close stops the leadership loop. It is idempotent.
+func (s *Service) Close() error {
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// leadershipLoop runs leaderDuties while the node leads.
+func (s *Service) leadershipLoop(ctx context.Context) {
+	defer s.wg.Done()
+	var duty *leaderDuty
+	defer func() { duty.stop() }()
+	check := time.NewTicker(250 * time.Millisecond)
+	defer check.Stop()
+	for {
+		var lead bool
+		select {
+		case <-ctx.Done():
+			return
+		case lead = <-s.node.LeadershipCh():
+		case <-check.C: // a missed transition must not leave duties running
+			lead = s.node.IsLeader()
+		}
+		switch {
+		case lead && duty == nil:
+			duty = s.startDuty(ctx)
+			s.log.Info("coordinator leads", zap.String("node", s.node.ID()))
+		case !lead && duty != nil:
+			duty.stop()
+			duty = nil
+			s.log.Info("coordinator lost leadership", zap.String("node", s.node.ID()))
+		}
+	}
+}
+
+// leaderDuty is a running leaderDuties goroutine.
+type leaderDuty struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (s *Service) startDuty(ctx context.Context) *leaderDuty {
+	lctx, cancel := context.WithCancel(ctx)
+	d := &leaderDuty{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		s.leaderDuties(lctx)
+	}()
+	return d
+}
+
+// stop cancels the duty and waits for it; a nil duty is a no-op.
+func (d *leaderDuty) stop() {
+	if d == nil {
+		return
+	}
+	d.cancel()
+	<-d.done
+}
+
+// leaderDuties imposes the configured spec and follows membership until
+// ctx ends (leadership lost or service closed).
+func (s *Service) leaderDuties(ctx context.Context) {
+	if sp := s.cfg.Spec; sp != nil {
+		hash := sp.ConfigHash
+		if hash == "" {
+			hash = ConfigHash(sp.Spec)
+		}
+		st := s.node.State()
+		if st.ConfigHash != hash || st.MinWorkers != sp.MinWorkers || st.MaxWorkers != sp.MaxWorkers {
+			_, err := s.node.Apply(ctx, Command{Op: opSetSpec, Spec: &SetSpecCommand{
+				Spec: sp.Spec, ConfigHash: hash, MinWorkers: sp.MinWorkers, MaxWorkers: sp.MaxWorkers}})
+			if err != nil {
+				s.log.Error("apply job spec", zap.Error(err))
+			}
+		}
+	}
+	if s.cfg.Members == nil {
+		<-ctx.Done()
+		return
+	}
+	for ctx.Err() == nil {
+		ch, err := s.cfg.Members.WatchMembers(ctx)
+		if err != nil {
+			s.log.Warn("watch membership", zap.Error(err))
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		s.followMembers(ctx, ch)
+		sleepCtx(ctx, 100*time.Millisecond)
+	}
+}
+
+// followMembers applies membership snapshots, waiting SettleDelay after
+// the first of a burst so that one plan covers the whole burst.
+func (s *Service) followMembers(ctx context.Context, ch <-chan cluster.MemberSnapshot) {
+	var pending *cluster.MemberSnapshot
+	var settle <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case snap, ok := <-ch:
+			if !ok {
+				return
+			}
+			if pending == nil {
+				settle = time.After(s.cfg.SettleDelay)
+			}
+			pending = &snap
+		case <-settle:
+			snap := *pending
+			pending, settle = nil, nil
+			ws := make([]Worker, len(snap.Members))
+			for i, m := range snap.Members {
+				ws[i] = WorkerFromMember(m)
+			}
+			st, err := s.node.Apply(ctx, Command{Op: opUpdateMembers, Members: &UpdateMembersCommand{Members: ws, Revision: snap.Revision}})
+			if err != nil {
+				s.log.Warn("apply membership", zap.Error(err))
+				if errors.Is(err, ErrNotLeader) || errors.Is(err, ErrClosed) {
+					return
+				}
+				continue
+			}
+			s.log.Info("plan", zap.Uint64("generation", st.Generation), zap.String("status", string(st.Status)),
+				zap.Int("workers", len(st.Plan)), zap.Int("live", len(st.Live)))
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// notLeader returns the gRPC error a follower answers with.
+func (s *Service) notLeader() error {
+	li := s.node.Leader()
+	return toStatus(fmt.Errorf("%w: node %s; leader %q at %q", ErrNotLeader, s.node.ID(), li.ID, li.ControlAddr), &li)
+}
+
+// apply applies cmd and converts its error for gRPC.
+func (s *Service) apply(ctx context.Context, cmd Command) (JobState, error) {
+	st, err := s.node.Apply(ctx, cmd)
+	if errors.Is(err, ErrNotLeader) {
+		return st, s.notLeader()
+	}
+	return st, toStatus(err, nil)
+}
+
+// Join returns what a worker needs to register and train. Until the job
+// has a spec it fails with UNAVAILABLE, which Client retries.
+func (s *Service) Join(ctx context.Context, req *controlpb.JoinRequest) (*controlpb.JoinResponse, error) {
+	if !s.node.IsLeader() {
+		return nil, s.notLeader()
+	}
+	w := req.GetWorker()
+	if err := cluster.ValidateName("worker id", w.GetId()); err != nil {
+		return nil, toStatus(fmt.Errorf("%w: %w", ErrInvalid, err), nil)
+	}
+	st := s.node.State()
+	if len(st.Spec) == 0 && st.ConfigHash == "" {
+		// Retryable: the leader applies its spec right after election.
+		return nil, status.Error(codes.Unavailable, "coordinator: job spec not set yet")
+	}
+	return &controlpb.JoinResponse{
+		Job:           s.cfg.Job,
+		EtcdEndpoints: slices.Clone(s.cfg.EtcdEndpoints),
+		MemberTtlMs:   s.cfg.MemberTTL.Milliseconds(),
+		Spec:          st.Spec,
+		ConfigHash:    st.ConfigHash,
+		Plan:          PlanProto(st, w.GetId()),
+	}, nil
+}
+
+// WatchPlan streams plans newer than req.AfterGeneration until the client
+// goes away or this replica stops leading.
+func (s *Service) WatchPlan(req *controlpb.WatchPlanRequest, stream controlpb.Control_WatchPlanServer) error {
+	after := req.GetAfterGeneration()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if !s.node.IsLeader() {
+			return s.notLeader()
+		}
+		st, changed := s.node.Watch()
+		if st.Generation > after {
+			if err := stream.Send(PlanProto(st, req.GetWorkerId())); err != nil {
+				return err
+			}
+			after = st.Generation
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changed:
+		case <-tick.C: // re-check leadership
+		}
+	}
+}
+
+// ReportMetrics keeps the latest report per worker.
+func (s *Service) ReportMetrics(ctx context.Context, m *controlpb.MetricsReport) (*controlpb.MetricsAck, error) {
+	if !s.node.IsLeader() {
+		return nil, s.notLeader()
+	}
+	if err := cluster.ValidateName("worker id", m.GetWorkerId()); err != nil {
+		return nil, toStatus(fmt.Errorf("%w: %w", ErrInvalid, err), nil)
+	}
+	c := cloneMetrics(m)
+	c.UnixNano = time.Now().UnixNano()
+	s.mu.Lock()
+	s.metrics[c.WorkerId] = c
+	s.mu.Unlock()
+	if s.cfg.OnMetrics != nil {
+		s.cfg.OnMetrics(cloneMetrics(c))
+	}
+	return &controlpb.MetricsAck{}, nil
+}
+
+func cloneMetrics(m *controlpb.MetricsReport) *controlpb.MetricsReport {
+	return &controlpb.MetricsReport{
+		WorkerId: m.GetWorkerId(), Generation: m.GetGeneration(), Rank: m.GetRank(), Step: m.GetStep(),
+		Epoch: m.GetEpoch(), Loss: m.GetLoss(), Accuracy: m.GetAccuracy(), ImagesPerSec: m.GetImagesPerSec(),
+		Phase: m.GetPhase(), Samples: m.GetSamples(), UnixNano: m.GetUnixNano(),
+	}
+}
+
+// ReportFailure re-plans when the report is about the current generation.
+func (s *Service) ReportFailure(ctx context.Context, r *controlpb.FailureReport) (*controlpb.Plan, error) {
+	st, err := s.apply(ctx, Command{Op: opReportFailure, Failure: &FailureCommand{
+		WorkerID: r.GetWorkerId(), Generation: r.GetGeneration(), Reason: r.GetReason(), SuspectID: r.GetSuspectId()}})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Warn("failure reported", zap.String("worker", r.GetWorkerId()), zap.Uint64("generation", r.GetGeneration()),
+		zap.String("suspect", r.GetSuspectId()), zap.String("reason", r.GetReason()), zap.Uint64("new_generation", st.Generation))
+	return PlanProto(st, r.GetWorkerId()), nil
+}
+
+// CommitStep records rank 0's committed step.
+func (s *Service) CommitStep(ctx context.Context, r *controlpb.CommitStepRequest) (*controlpb.CommitStepResponse, error) {
+	st, err := s.apply(ctx, Command{Op: opCommitStep, Commit: &CommitCommand{
+		WorkerID: r.GetWorkerId(), Generation: r.GetGeneration(), Step: r.GetStep(), Epoch: r.GetEpoch(),
+		Cursor: r.GetCursor(), Done: r.GetDone()}})
+	if err != nil {
+		return nil, err
+	}
+	return &controlpb.CommitStepResponse{Committed: committedProto(st.Committed), State: statusProto(st.Status)}, nil
+}
+
+// RecordCheckpoint stores the newest checkpoint reference.
+func (s *Service) RecordCheckpoint(ctx context.Context, r *controlpb.RecordCheckpointRequest) (*controlpb.RecordCheckpointResponse, error) {
+	c := r.GetCheckpoint()
+	st, err := s.apply(ctx, Command{Op: opRecordCheckpoint, Checkpoint: &CheckpointCommand{WorkerID: r.GetWorkerId(), Ref: CheckpointRef{
+		Step: c.GetStep(), Epoch: c.GetEpoch(), Key: c.GetKey(), Accuracy: c.GetAccuracy(), ConfigHash: c.GetConfigHash()}}})
+	if err != nil {
+		return nil, err
+	}
+	return &controlpb.RecordCheckpointResponse{Latest: checkpointProto(st.Checkpoint)}, nil
+}
+
+// GetJob returns the job state and the latest metrics.
+func (s *Service) GetJob(ctx context.Context, _ *controlpb.GetJobRequest) (*controlpb.JobStatus, error) {
+	if !s.node.IsLeader() {
+		return nil, s.notLeader()
+	}
+	st := s.node.State()
+	li, _ := s.Leader(ctx, nil)
+	js := &controlpb.JobStatus{Job: s.cfg.Job, Plan: PlanProto(st, ""), Spec: st.Spec, Leader: li}
+	planned := map[string]bool{}
+	for _, w := range st.Plan {
+		planned[w.ID] = true
+	}
+	s.mu.Lock()
+	for _, m := range s.metrics {
+		js.Metrics = append(js.Metrics, cloneMetrics(m))
+		if planned[m.WorkerId] && m.Phase != "eval" && m.Generation == st.Generation {
+			js.ImagesPerSec += m.ImagesPerSec
+		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(js.Metrics, func(a, b *controlpb.MetricsReport) int {
+		switch {
+		case a.WorkerId < b.WorkerId:
+			return -1
+		case a.WorkerId > b.WorkerId:
+			return 1
+		}
+		return 0
+	})
+	for _, w := range st.Live {
+		js.Live = append(js.Live, workerProto(w))
+	}
+	return js, nil
+}
+
+// Leader names the leader; every replica answers it.
+func (s *Service) Leader(context.Context, *controlpb.LeaderRequest) (*controlpb.LeaderInfo, error) {
+	li := s.node.Leader()
+	return &controlpb.LeaderInfo{LeaderId: li.ID, LeaderAddress: li.ControlAddr, NodeId: s.node.ID(), IsLeader: s.node.IsLeader()}, nil
+}
+
+// PlanProto converts the state's plan for worker id (YourRank is -1 when
+// id is not planned).
+func PlanProto(st JobState, id string) *controlpb.Plan {
+	p := &controlpb.Plan{
+		Generation:       st.Generation,
+		State:            statusProto(st.Status),
+		YourRank:         int32(st.Rank(id)),
+		Committed:        committedProto(st.Committed),
+		LatestCheckpoint: checkpointProto(st.Checkpoint),
+		ConfigHash:       st.ConfigHash,
+		MinWorkers:       int32(st.MinWorkers),
+		MaxWorkers:       int32(st.MaxWorkers),
+	}
+	for i, w := range st.Plan {
+		p.Members = append(p.Members, &controlpb.PlanMember{Rank: int32(i), Id: w.ID, Address: w.Address, HostId: w.HostID, Device: w.Device})
+	}
+	return p
+}
+
+func workerProto(w Worker) *controlpb.WorkerInfo {
+	return &controlpb.WorkerInfo{Id: w.ID, Address: w.Address, HostId: w.HostID, Device: w.Device, Pid: int64(w.PID)}
+}
+
+func committedProto(c Committed) *controlpb.Committed {
+	return &controlpb.Committed{Step: c.Step, Epoch: c.Epoch, Cursor: c.Cursor, Generation: c.Generation}
+}
+
+func checkpointProto(c *CheckpointRef) *controlpb.CheckpointRef {
+	if c == nil {
+		return nil
+	}
+	return &controlpb.CheckpointRef{Step: c.Step, Epoch: c.Epoch, Key: c.Key, Accuracy: c.Accuracy, ConfigHash: c.ConfigHash}
+}
+
+func statusProto(s Status) controlpb.JobState {
+	switch s {
+	case StatusWaiting:
+		return controlpb.JobState_JOB_STATE_WAITING
+	case StatusRunning:
+		return controlpb.JobState_JOB_STATE_RUNNING
+	case StatusPaused:
+		return controlpb.JobState_JOB_STATE_PAUSED
+	case StatusDone:
+		return controlpb.JobState_JOB_STATE_DONE
+	}
+	return controlpb.JobState_JOB_STATE_UNSPECIFIED
+}

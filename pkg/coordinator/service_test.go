@@ -1,0 +1,342 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/proto/controlpb"
+)
+
+// etcd is the one embedded etcd of this test binary.
+var etcd *cluster.Embedded
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "coordinator-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	etcd, err = cluster.StartEmbedded(context.Background(), cluster.EmbeddedConfig{Dir: dir})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start etcd:", err)
+		os.Exit(2)
+	}
+	code := m.Run()
+	etcd.Close()
+	os.RemoveAll(dir)
+	if code == 0 {
+		// Every node, service, server and client of the tests is closed:
+		// nothing of ours may still run.
+		if err := goleak.Find(
+			goleak.IgnoreAnyFunction("go.etcd.io/etcd/pkg/v3/schedule.(*fifo).run"),
+			// raft's NetworkTransport.Close stops its listener but leaves
+			// accepted connections to end when the peer drops them.
+			goleak.IgnoreAnyFunction("github.com/hashicorp/raft.(*NetworkTransport).handleConn"),
+			goleak.IgnoreTopFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+		); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func etcdJob(t *testing.T, name string) (*cluster.Client, *cluster.Job) {
+	t.Helper()
+	c, err := cluster.Connect(ctxT(t, 10*time.Second), cluster.Options{Endpoints: etcd.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	j, err := c.Job(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, j
+}
+
+// nextPlan waits for the next plan from a WatchPlan goroutine.
+func nextPlan(t *testing.T, ch <-chan *controlpb.Plan, d time.Duration) *controlpb.Plan {
+	t.Helper()
+	select {
+	case p := <-ch:
+		return p
+	case <-time.After(d):
+		t.Fatalf("no plan within %s", d)
+	}
+	return nil
+}
+
+func planMembers(p *controlpb.Plan) string {
+	s := ""
+	for i, m := range p.GetMembers() {
+		if i > 0 {
+			s += ","
+		}
+		s += m.GetId()
+	}
+	return s
+}
+
+func TestControlServiceOverGRPCWithEtcdMembership(t *testing.T) {
+	_, job := etcdJob(t, "svc")
+	co, err := Start(Config{
+		ListenAddr: "127.0.0.1:0",
+		Node:       NodeConfig{ID: "c0", Dir: t.TempDir(), BindAddr: "127.0.0.1:0", Bootstrap: true, HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout},
+		Service: ServiceConfig{Job: "svc", EtcdEndpoints: etcd.Endpoints(), MemberTTL: time.Second, Members: job,
+			Spec: &SpecInput{Spec: []byte(`{"model":"resnet18"}`), MinWorkers: 2, MaxWorkers: 3}, SettleDelay: 50 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer co.Close()
+	cl, err := NewClient([]string{co.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := ctxT(t, 30*time.Second)
+
+	jr, err := cl.Join(ctx, &controlpb.WorkerInfo{Id: "w0", Address: "127.0.0.1:5000", HostId: "h", Device: "cpu", Pid: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jr.GetJob() != "svc" || len(jr.GetEtcdEndpoints()) != 1 || jr.GetMemberTtlMs() != 1000 || string(jr.GetSpec()) != `{"model":"resnet18"}` ||
+		jr.GetPlan().GetYourRank() != -1 || jr.GetConfigHash() != ConfigHash([]byte(`{"model":"resnet18"}`)) {
+		t.Fatalf("join response %v", jr)
+	}
+	if _, err := cl.Join(ctx, &controlpb.WorkerInfo{Id: "bad/id"}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad worker id: %v", err)
+	}
+
+	plans := make(chan *controlpb.Plan, 16)
+	wctx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan error, 1)
+	go func() {
+		watchDone <- cl.WatchPlan(wctx, "w0", jr.GetPlan().GetGeneration(), func(p *controlpb.Plan) error { plans <- p; return nil })
+	}()
+
+	// Two workers register in etcd, each with its own client (process).
+	reg := func(id string) (*cluster.Client, *cluster.Registration) {
+		c, j := etcdJob(t, jr.GetJob())
+		r, err := j.Register(ctx, cluster.Member{ID: id, Address: "127.0.0.1:500" + id[1:], HostID: "h", Device: "cpu"}, time.Duration(jr.GetMemberTtlMs())*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, r
+	}
+	_, r0 := reg("w0")
+	c1, _ := reg("w1")
+	var p *controlpb.Plan
+	for planMembers(p) != "w0,w1" || p.GetState() != controlpb.JobState_JOB_STATE_RUNNING {
+		p = nextPlan(t, plans, 5*time.Second)
+	}
+	if p.GetYourRank() != 0 || p.GetMembers()[1].GetAddress() != "127.0.0.1:5001" || p.GetMinWorkers() != 2 {
+		t.Fatalf("plan %v", p)
+	}
+	gen := p.GetGeneration()
+
+	// Commits: rank 0 only, current generation only; sentinels survive gRPC.
+	if _, err := cl.CommitStep(ctx, &controlpb.CommitStepRequest{WorkerId: "w1", Generation: gen, Step: 1}); !errors.Is(err, ErrNotRankZero) {
+		t.Fatalf("commit from rank 1: %v", err)
+	}
+	if _, err := cl.CommitStep(ctx, &controlpb.CommitStepRequest{WorkerId: "w0", Generation: gen - 1, Step: 1}); !errors.Is(err, ErrStaleGeneration) {
+		t.Fatalf("stale commit: %v", err)
+	}
+	cr, err := cl.CommitStep(ctx, &controlpb.CommitStepRequest{WorkerId: "w0", Generation: gen, Step: 3, Epoch: 0, Cursor: 384})
+	if err != nil || cr.GetCommitted().GetStep() != 3 {
+		t.Fatalf("commit: %v %v", cr, err)
+	}
+	if err := cl.ReportMetrics(ctx, &controlpb.MetricsReport{WorkerId: "w0", Generation: gen, Step: 3, Loss: 2.1, ImagesPerSec: 100, Phase: "train"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.ReportMetrics(ctx, &controlpb.MetricsReport{WorkerId: "w1", Generation: gen, Rank: 1, Step: 3, Loss: 2.2, ImagesPerSec: 50, Phase: "train"}); err != nil {
+		t.Fatal(err)
+	}
+	if rr, err := cl.RecordCheckpoint(ctx, &controlpb.RecordCheckpointRequest{WorkerId: "w0", Checkpoint: &controlpb.CheckpointRef{Step: 3, Key: cluster.CheckpointKey("svc", 3)}}); err != nil || rr.GetLatest().GetStep() != 3 {
+		t.Fatalf("record checkpoint: %v %v", rr, err)
+	}
+	js, err := cl.GetJob(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if js.GetImagesPerSec() != 150 || len(js.GetMetrics()) != 2 || js.GetMetrics()[0].GetUnixNano() == 0 || len(js.GetLive()) != 2 ||
+		!js.GetLeader().GetIsLeader() || js.GetPlan().GetLatestCheckpoint().GetStep() != 3 || js.GetPlan().GetCommitted().GetCursor() != 384 {
+		t.Fatalf("job status %v", js)
+	}
+
+	// w1 dies (its client closes without revoking): below min 2, paused.
+	killed := time.Now()
+	c1.Close()
+	for planMembers(p) != "w0" {
+		p = nextPlan(t, plans, 6*time.Second)
+	}
+	if p.GetState() != controlpb.JobState_JOB_STATE_PAUSED || p.GetGeneration() <= gen {
+		t.Fatalf("after w1 died: %v", p)
+	}
+	t.Logf("plan without the killed worker %s after its death (TTL 1s)", time.Since(killed).Round(time.Millisecond))
+	gen = p.GetGeneration()
+
+	// A replacement joins: running again, w0 keeps rank 0.
+	reg("w2")
+	for planMembers(p) != "w0,w2" {
+		p = nextPlan(t, plans, 5*time.Second)
+	}
+	if p.GetState() != controlpb.JobState_JOB_STATE_RUNNING || p.GetGeneration() <= gen || p.GetYourRank() != 0 {
+		t.Fatalf("after replacement: %v", p)
+	}
+	// A failure report for the current generation excludes the suspect.
+	fp, err := cl.ReportFailure(ctx, &controlpb.FailureReport{WorkerId: "w0", Generation: p.GetGeneration(), Reason: "ring deadline", SuspectId: "w2"})
+	if err != nil || planMembers(fp) != "w0" || fp.GetGeneration() != p.GetGeneration()+1 {
+		t.Fatalf("failure report: %v %v", fp, err)
+	}
+	// The job finishes.
+	if _, err := cl.CommitStep(ctx, &controlpb.CommitStepRequest{WorkerId: "w0", Generation: fp.GetGeneration(), Step: 9, Done: true}); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("commit while paused: %v", err)
+	}
+	r0.Close()
+	stopWatch()
+	if err := <-watchDone; err != nil {
+		t.Fatalf("WatchPlan: %v", err)
+	}
+}
+
+func TestClientUnreachableFailsFast(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cl, err := NewClient([]string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	start := time.Now()
+	_, err = cl.Join(ctxT(t, 2*time.Second), &controlpb.WorkerInfo{Id: "w"})
+	if !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("got %v, want ErrUnreachable", err)
+	}
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("took %s", d)
+	}
+	if _, err := NewClient(nil); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("no addresses: %v", err)
+	}
+}
+
+// TestThreeReplicasRedirectAndFailover runs three full replicas (raft over
+// TCP, Control over gRPC): a client pointed at a follower is redirected to
+// the leader, and after the leader stops it finds the new one with the
+// state intact.
+func TestThreeReplicasRedirectAndFailover(t *testing.T) {
+	var peers []Peer
+	type rep struct {
+		co  *Coordinator
+		cfg Config
+	}
+	reps := make([]*rep, 3)
+	for i := range reps {
+		tr, err := NewTCPTransport("127.0.0.1:0", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := fmt.Sprintf("r%d", i)
+		peers = append(peers, Peer{ID: id, RaftAddr: string(tr.LocalAddr())})
+		reps[i] = &rep{cfg: Config{ListenAddr: "127.0.0.1:0",
+			Node:    NodeConfig{ID: id, Dir: t.TempDir(), Transport: tr, Bootstrap: true, HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout},
+			Service: ServiceConfig{Job: "ha", Spec: &SpecInput{Spec: []byte(`{}`), MinWorkers: 1}}}}
+		t.Cleanup(func() { tr.Close() })
+	}
+	var addrs []string
+	for _, r := range reps {
+		r.cfg.Node.Peers = peers
+		co, err := Start(r.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.co = co
+		t.Cleanup(func() { co.Close() })
+		addrs = append(addrs, co.Addr())
+	}
+	var leader *rep
+	waitFor(t, 10*time.Second, "leader announced", func() bool {
+		for _, r := range reps {
+			if r.co.Node().IsLeader() && r.co.Node().State().Leader.ID == r.co.Node().ID() {
+				leader = r
+				return true
+			}
+		}
+		return false
+	})
+	// Seed a membership and a commit through raft.
+	st, err := leader.co.Node().Apply(ctxT(t, 5*time.Second), Command{Op: opUpdateMembers, Members: &UpdateMembersCommand{Members: []Worker{{ID: "w0", JoinRevision: 1}}, Revision: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var follower *rep
+	for _, r := range reps {
+		if r != leader {
+			follower = r
+		}
+	}
+	waitFor(t, 5*time.Second, "follower catch-up", func() bool { return follower.co.Node().State().Leader.ID == leader.co.Node().ID() })
+
+	// A raw call to the follower is refused with the leader's address.
+	direct, err := NewClient([]string{follower.co.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	cc, err := direct.conn(follower.co.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rawErr := cc.GetJob(ctxT(t, 5*time.Second), &controlpb.GetJobRequest{})
+	conv, nl := fromStatus(rawErr)
+	if !errors.Is(conv, ErrNotLeader) || nl.GetLeaderAddress() != leader.co.Addr() {
+		t.Fatalf("follower answered %v (detail %v), want a redirect to %s", rawErr, nl, leader.co.Addr())
+	}
+	li, err := cc.Leader(ctxT(t, 5*time.Second), &controlpb.LeaderRequest{})
+	if err != nil || li.GetIsLeader() || li.GetLeaderAddress() != leader.co.Addr() {
+		t.Fatalf("Leader on follower: %v %v", li, err)
+	}
+	// The redirecting client reaches the leader through the follower.
+	cr, err := direct.CommitStep(ctxT(t, 5*time.Second), &controlpb.CommitStepRequest{WorkerId: "w0", Generation: st.Generation, Step: 11, Cursor: 7})
+	if err != nil || cr.GetCommitted().GetStep() != 11 {
+		t.Fatalf("commit via follower: %v %v", cr, err)
+	}
+	if direct.Leader() != leader.co.Addr() {
+		t.Fatalf("client settled on %s, want the leader %s", direct.Leader(), leader.co.Addr())
+	}
+
+	// The leader dies; a client knowing all replicas finds the new one.
+	all, err := NewClient(addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer all.Close()
+	stopped := time.Now()
+	leader.co.Close()
+	js, err := all.GetJob(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("control service answered from the new leader %s %s after the old one stopped",
+		js.GetLeader().GetNodeId(), time.Since(stopped).Round(time.Millisecond))
+	if js.GetLeader().GetNodeId() == leader.co.Node().ID() || js.GetPlan().GetCommitted().GetStep() != 11 || planMembers(js.GetPlan()) != "w0" {
+		t.Fatalf("after failover: %v", js)
+	}
+	if d := time.Since(stopped); d > 5*time.Second {
+		t.Fatalf("failover took %s", d)
+	}
+}

@@ -1,0 +1,415 @@
+package gpu
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"unsafe"
+
+	"github.com/ringtrain/ringtrain/pkg/nn"
+)
+
+// Precisions accepted by Options.Precision.
+const (
+	PrecisionFP32 = "fp32"
+	PrecisionTF32 = "tf32"
+	PrecisionBF16 = "bf16"
+)
+
+// Options configure Open. The zero value is valid: device 0, fp32,
+// libraries from the standard search, kernels cached in the user's cache.
+type Options struct {
+	Device    int    // CUDA device ordinal
+	LibDir    string // searched first for libcuda, libnvrtc, libcublas
+	Precision string // "fp32" (default), "tf32" or "bf16"; see the package doc
+	// CacheDir holds compiled kernels; "" means
+	// os.UserCacheDir()/ringtrain/kernels, "off" disables the cache.
+	CacheDir string
+	// ScratchBytes caps the im2col scratch of one convolution chunk;
+	// 0 means 1 GiB. Larger chunks mean fewer, larger GEMMs.
+	ScratchBytes int64
+	// SyncEveryOp synchronises after every op so that an asynchronous
+	// kernel fault is reported by the op that caused it (debugging).
+	SyncEveryOp bool
+	// Log, if set, receives informational messages.
+	Log func(format string, args ...any)
+
+	// getenv and glob default to os.Getenv and filepath.Glob (tests fake them).
+	getenv func(string) string
+	glob   func(string) ([]string, error)
+}
+
+func (o *Options) validate() error {
+	switch o.Precision {
+	case "":
+		o.Precision = PrecisionFP32
+	case PrecisionFP32, PrecisionTF32, PrecisionBF16:
+	default:
+		return fmt.Errorf("%w: precision %q (want fp32, tf32 or bf16)", ErrOptions, o.Precision)
+	}
+	if o.Device < 0 {
+		return fmt.Errorf("%w: device %d", ErrOptions, o.Device)
+	}
+	if o.ScratchBytes < 0 {
+		return fmt.Errorf("%w: scratch bytes %d", ErrOptions, o.ScratchBytes)
+	}
+	if o.ScratchBytes == 0 {
+		o.ScratchBytes = 1 << 30
+	}
+	if o.ScratchBytes < 1<<20 {
+		return fmt.Errorf("%w: scratch bytes %d below 1 MiB", ErrOptions, o.ScratchBytes)
+	}
+	if o.getenv == nil {
+		o.getenv = os.Getenv
+	}
+	if o.glob == nil {
+		o.glob = filepath.Glob
+	}
+	return nil
+}
+
+func (o Options) cacheDir() string {
+	switch o.CacheDir {
+	case "off":
+		return ""
+	case "":
+		return defaultCacheDir()
+	}
+	return o.CacheDir
+}
+
+// Backend is the CUDA implementation of nn.Backend. Create it with Open;
+// Close it when done. See the package doc for its promises.
+type Backend struct {
+	opts Options
+	dev  deviceAPI
+	info DeviceInfo
+	pool *pool
+	sms  int
+	bf16 bool
+
+	err    error // sticky: the first error; every op is a no-op after it
+	closed bool
+
+	scratch map[string]*scratchBuf // named scratch buffers, grown on demand
+	labels  []int32                // reused host copy of labels (int32)
+}
+
+var _ nn.Backend = (*Backend)(nil)
+
+type scratchBuf struct {
+	ptr, bytes uint64
+}
+
+// Open opens a CUDA device as an nn.Backend. It fails with an error
+// wrapping ErrLibraryNotFound (naming every path searched), ErrNoDevice,
+// ErrOptions, ErrCUDA, ErrNVRTC or ErrCUBLAS.
+func Open(o Options) (*Backend, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	d, err := openCUDA(o)
+	if err != nil {
+		return nil, err
+	}
+	b := newBackend(o, d, d.info.SMs)
+	b.info = d.info
+	return b, nil
+}
+
+func newBackend(o Options, d deviceAPI, sms int) *Backend {
+	if sms <= 0 {
+		sms = 1
+	}
+	return &Backend{opts: o, dev: d, pool: newPool(d), sms: sms, bf16: o.Precision == PrecisionBF16,
+		scratch: map[string]*scratchBuf{}}
+}
+
+// Info describes the device and libraries.
+func (b *Backend) Info() DeviceInfo { return b.info }
+
+// Precision is the GEMM precision in use.
+func (b *Backend) Precision() string { return b.opts.Precision }
+
+// PoolStats reports the memory pool's counters.
+func (b *Backend) PoolStats() PoolStats { return b.pool.stats }
+
+// Err returns the sticky error without synchronising.
+func (b *Backend) Err() error { return b.err }
+
+// Close waits for queued work, frees all device memory (tensors included)
+// and releases the device. It is idempotent.
+func (b *Backend) Close() error {
+	if b.closed {
+		return nil
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	b.closed = true
+	_ = b.dev.enter()
+	serr := b.dev.sync()
+	perr := b.pool.releaseAll()
+	cerr := b.dev.close()
+	if e := firstErr(serr, perr, cerr); e != nil {
+		return fmt.Errorf("gpu: close: %w", e)
+	}
+	return nil
+}
+
+// begin starts an op: it locks the OS thread and makes the context
+// current. It reports false when the op must be skipped (sticky error or
+// closed backend). Always pair with defer b.end().
+func (b *Backend) begin() bool {
+	runtime.LockOSThread()
+	if b.closed {
+		b.fail(ErrClosed)
+		return false
+	}
+	if b.err != nil {
+		return false
+	}
+	return b.ok(b.dev.enter())
+}
+
+func (b *Backend) end() {
+	if b.opts.SyncEveryOp && b.err == nil && !b.closed {
+		b.ok(b.dev.sync())
+	}
+	runtime.UnlockOSThread()
+}
+
+// fail records err as the sticky error if none is recorded yet.
+func (b *Backend) fail(err error) {
+	if b.err == nil {
+		b.err = err
+	}
+}
+
+// ok records err (if any) and reports whether everything is fine.
+func (b *Backend) ok(err error) bool {
+	if err != nil {
+		b.fail(err)
+	}
+	return b.err == nil
+}
+
+// devs checks that every non-nil tensor is a device tensor.
+func (b *Backend) devs(ts ...*nn.Tensor) bool {
+	for _, t := range ts {
+		if t != nil && t.Ptr == 0 {
+			b.fail(fmt.Errorf("%w: host tensor of shape %v passed to the cuda backend", ErrBadInput, t.Shape))
+			return false
+		}
+	}
+	return b.err == nil
+}
+
+func ptr(t *nn.Tensor) uint64 {
+	if t == nil {
+		return 0
+	}
+	return uint64(t.Ptr)
+}
+
+// getScratch returns the named scratch buffer with at least bytes bytes,
+// growing it (through the pool) when needed. Its contents are undefined.
+func (b *Backend) getScratch(name string, bytes uint64) uint64 {
+	s := b.scratch[name]
+	if s == nil {
+		s = &scratchBuf{}
+		b.scratch[name] = s
+	}
+	if s.bytes >= bytes && s.ptr != 0 {
+		return s.ptr
+	}
+	if s.ptr != 0 {
+		// Stream order makes reuse of the freed block by later work safe.
+		if !b.ok(b.pool.put(s.ptr)) {
+			return 0
+		}
+		s.ptr, s.bytes = 0, 0
+	}
+	p, err := b.pool.get(bytes)
+	if !b.ok(err) {
+		return 0
+	}
+	s.ptr, s.bytes = p, sizeClass(bytes)
+	return p
+}
+
+// ---- kernel launch helpers ----
+
+const blockSize = 256
+
+// a builds kernel arguments: *nn.Tensor and uint64 become pointers, int
+// and uint32 32-bit integers, float32 floats, float64 doubles, bool ints.
+func a(vals ...any) []karg {
+	out := make([]karg, len(vals))
+	for i, v := range vals {
+		switch x := v.(type) {
+		case *nn.Tensor:
+			out[i] = karg{'p', ptr(x)}
+		case uint64:
+			out[i] = karg{'p', x}
+		case int:
+			out[i] = karg{'i', uint64(uint32(int32(x)))}
+		case uint32:
+			out[i] = karg{'i', uint64(x)}
+		case float32:
+			out[i] = karg{'f', uint64(math.Float32bits(x))}
+		case float64:
+			out[i] = karg{'d', math.Float64bits(x)}
+		case bool:
+			var n uint64
+			if x {
+				n = 1
+			}
+			out[i] = karg{'i', n}
+		default:
+			panic(fmt.Sprintf("gpu: kernel argument %d of type %T", i, v)) // programming error
+		}
+	}
+	return out
+}
+
+// gridFor is the 1-D grid for n elements of a grid-stride kernel.
+func (b *Backend) gridFor(n int) dim3 {
+	blocks := (n + blockSize - 1) / blockSize
+	if max := b.sms * 32; blocks > max {
+		blocks = max
+	}
+	if blocks < 1 {
+		blocks = 1
+	}
+	return dim3{uint32(blocks), 1, 1}
+}
+
+// elem launches a grid-stride kernel over n elements.
+func (b *Backend) elem(name string, n int, args []karg) {
+	if n == 0 {
+		return
+	}
+	b.ok(b.dev.launch(name, b.gridFor(n), dim3{blockSize, 1, 1}, args))
+}
+
+// maxElems bounds every tensor: kernels index with 32-bit integers.
+const maxElems = 1<<31 - 1
+
+// ---- memory ----
+
+// Name implements nn.Backend.
+func (b *Backend) Name() string { return "cuda" }
+
+// New implements nn.Backend: a zero-filled device tensor from the pool.
+// On failure the sticky error is set and the tensor has Ptr == 0.
+func (b *Backend) New(shape ...int) *nn.Tensor {
+	t := &nn.Tensor{Shape: append([]int(nil), shape...)}
+	defer b.end()
+	if !b.begin() {
+		return t
+	}
+	n := t.Numel()
+	if n < 0 || n > maxElems {
+		b.fail(fmt.Errorf("%w: tensor of shape %v has %d elements (max %d)", ErrBadInput, shape, n, maxElems))
+		return t
+	}
+	p, err := b.pool.get(uint64(n) * 4)
+	if !b.ok(err) {
+		return t
+	}
+	t.Ptr = uintptr(p)
+	if n > 0 {
+		b.ok(b.dev.memsetD32(p, 0, uint64(n)))
+	}
+	return t
+}
+
+// Free implements nn.Backend; freeing a view or twice sets the sticky error.
+func (b *Backend) Free(t *nn.Tensor) {
+	if t == nil || t.Ptr == 0 || b.closed {
+		return
+	}
+	defer b.end()
+	if !b.begin() {
+		return
+	}
+	b.ok(b.pool.put(uint64(t.Ptr)))
+	t.Ptr = 0
+}
+
+// FromHost implements nn.Backend.
+func (b *Backend) FromHost(dst *nn.Tensor, src []float32) {
+	defer b.end()
+	if !b.begin() || !b.devs(dst) {
+		return
+	}
+	if len(src) != dst.Numel() {
+		b.fail(fmt.Errorf("%w: FromHost of %d values into shape %v", nn.ErrShape, len(src), dst.Shape))
+		return
+	}
+	if len(src) == 0 {
+		return
+	}
+	b.ok(b.dev.upload(ptr(dst), unsafe.Pointer(&src[0]), uint64(len(src))*4))
+	runtime.KeepAlive(src)
+}
+
+// ToHost implements nn.Backend (it synchronises first).
+func (b *Backend) ToHost(dst []float32, src *nn.Tensor) {
+	defer b.end()
+	if !b.begin() || !b.devs(src) {
+		return
+	}
+	if len(dst) != src.Numel() {
+		b.fail(fmt.Errorf("%w: ToHost of shape %v into %d values", nn.ErrShape, src.Shape, len(dst)))
+		return
+	}
+	if len(dst) == 0 {
+		b.ok(b.dev.sync())
+		return
+	}
+	b.ok(b.dev.download(unsafe.Pointer(&dst[0]), ptr(src), uint64(len(dst))*4))
+	runtime.KeepAlive(dst)
+}
+
+// Copy implements nn.Backend.
+func (b *Backend) Copy(dst, src *nn.Tensor) {
+	defer b.end()
+	if !b.begin() || !b.devs(dst, src) {
+		return
+	}
+	if dst.Numel() != src.Numel() {
+		b.fail(fmt.Errorf("%w: Copy of %v into %v", nn.ErrShape, src.Shape, dst.Shape))
+		return
+	}
+	if n := dst.Numel(); n > 0 {
+		b.ok(b.dev.copyDtoD(ptr(dst), ptr(src), uint64(n)*4))
+	}
+}
+
+// Fill implements nn.Backend.
+func (b *Backend) Fill(t *nn.Tensor, v float32) {
+	defer b.end()
+	if !b.begin() || !b.devs(t) {
+		return
+	}
+	if n := t.Numel(); n > 0 {
+		b.ok(b.dev.memsetD32(ptr(t), math.Float32bits(v), uint64(n)))
+	}
+}
+
+// Sync implements nn.Backend: it waits for queued work and returns the
+// sticky error.
+func (b *Backend) Sync() error {
+	if b.closed {
+		return ErrClosed
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if b.err == nil && b.ok(b.dev.enter()) {
+		b.ok(b.dev.sync())
+	}
+	return b.err
+}

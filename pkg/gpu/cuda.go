@@ -1,0 +1,408 @@
+package gpu
+
+import (
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"regexp"
+	"runtime"
+	"sort"
+	"strings"
+	"unsafe"
+)
+
+//go:embed kernels/*.cu
+var kernelFS embed.FS
+
+// kernelSource returns the kernels' CUDA C: kernels/*.cu concatenated in
+// name order, each preceded by a #line marker naming its file.
+func kernelSource() string {
+	names, err := fs.Glob(kernelFS, "kernels/*.cu")
+	if err != nil {
+		panic(err) // the pattern is a constant: a programming error
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, n := range names {
+		src, err := kernelFS.ReadFile(n)
+		if err != nil {
+			panic(err) // embedded at build time
+		}
+		fmt.Fprintf(&b, "#line 1 %q\n%s\n", n, src)
+	}
+	return b.String()
+}
+
+var kernelDecl = regexp.MustCompile(`extern "C" __global__ void (k_\w+)\(([^)]*)\)`)
+
+// kernelSignatures parses every kernel's parameter kinds ('p', 'i', 'f',
+// 'd' as in karg) from the source.
+func kernelSignatures(src string) map[string]string {
+	out := map[string]string{}
+	for _, m := range kernelDecl.FindAllStringSubmatch(src, -1) {
+		var kinds []byte
+		for _, p := range strings.Split(m[2], ",") {
+			p = strings.TrimSpace(p)
+			switch {
+			case p == "":
+				continue
+			case strings.Contains(p, "*"):
+				kinds = append(kinds, 'p')
+			case strings.HasPrefix(p, "double"):
+				kinds = append(kinds, 'd')
+			case strings.HasPrefix(p, "float"):
+				kinds = append(kinds, 'f')
+			default: // int, u32
+				kinds = append(kinds, 'i')
+			}
+		}
+		out[m[1]] = string(kinds)
+	}
+	return out
+}
+
+// DeviceInfo describes the opened GPU and the libraries in use.
+type DeviceInfo struct {
+	Name          string
+	Ordinal       int
+	Arch          string // e.g. "sm_90"
+	SMs           int
+	TotalMemory   uint64
+	DriverVersion int // e.g. 13000
+	NVRTCVersion  string
+	CUBLASVersion int
+	KernelImage   string // "cubin (cached)", "cubin (compiled)", "ptx (compiled)" ...
+	Libraries     []string
+}
+
+// cudaDevice is the real deviceAPI: one device, its primary context, one
+// stream, one cuBLAS handle and the compiled kernel module.
+type cudaDevice struct {
+	drv  *driver
+	rtc  *nvrtc
+	blas *cublas
+	info DeviceInfo
+
+	dev    int32
+	ctx    uintptr
+	stream uintptr
+	handle uintptr
+	module uintptr
+	funcs  map[string]uintptr
+
+	// Kernel arguments: slots hold values, ptrs the slots' addresses (the
+	// kernelParams array of cuLaunchKernel). Pinned for the device's life.
+	args *argBlock
+	pin  runtime.Pinner
+
+	// Pinned staging for uploads; stagingEv is recorded after each copy
+	// from it and waited on before it is overwritten.
+	staging     unsafe.Pointer
+	stagingSize uint64
+	stagingEv   uintptr
+}
+
+const maxKernelArgs = 32
+
+type argBlock struct {
+	slots [maxKernelArgs]uint64
+	ptrs  [maxKernelArgs]uintptr
+}
+
+// openCUDA loads the libraries, creates the context, stream and cuBLAS
+// handle, and compiles (or loads from cache) the kernels.
+func openCUDA(o Options) (d *cudaDevice, err error) {
+	dirs := searchDirs(o.LibDir, o.getenv, o.glob)
+	drv, err := loadDriver(dirs)
+	if err != nil {
+		return nil, err
+	}
+	d = &cudaDevice{drv: drv, funcs: map[string]uintptr{}}
+	d.info.Libraries = append(d.info.Libraries, drv.lib.path)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	if err := drv.check("cuInit", drv.cuInit(0)); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoDevice, err)
+	}
+	var count, ver int32
+	if err := drv.check("cuDeviceGetCount", drv.cuDeviceGetCount(&count)); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoDevice, err)
+	}
+	if count == 0 {
+		return nil, fmt.Errorf("%w: the driver reports 0 devices", ErrNoDevice)
+	}
+	if o.Device < 0 || o.Device >= int(count) {
+		return nil, fmt.Errorf("%w: device %d requested, %d present", ErrNoDevice, o.Device, count)
+	}
+	_ = drv.cuDriverGetVersion(&ver)
+	d.info.DriverVersion = int(ver)
+	if err := drv.check("cuDeviceGet", drv.cuDeviceGet(&d.dev, int32(o.Device))); err != nil {
+		return nil, err
+	}
+	d.info.Ordinal = o.Device
+	var name [256]byte
+	if err := drv.check("cuDeviceGetName", drv.cuDeviceGetName(&name[0], int32(len(name)), d.dev)); err != nil {
+		return nil, err
+	}
+	d.info.Name = cString(&name[0])
+	var major, minor, sms int32
+	for _, a := range []struct {
+		v    *int32
+		attr int32
+	}{{&major, cuDevAttrComputeCapMajor}, {&minor, cuDevAttrComputeCapMinor}, {&sms, cuDevAttrMultiprocessorCount}} {
+		if err := drv.check("cuDeviceGetAttribute", drv.cuDeviceGetAttribute(a.v, a.attr, d.dev)); err != nil {
+			return nil, err
+		}
+	}
+	d.info.Arch = fmt.Sprintf("sm_%d%d", major, minor)
+	d.info.SMs = int(sms)
+	if err := drv.check("cuDeviceTotalMem", drv.cuDeviceTotalMem(&d.info.TotalMemory, d.dev)); err != nil {
+		return nil, err
+	}
+	if err := drv.check("cuDevicePrimaryCtxRetain", drv.cuDevicePrimaryCtxRetain(&d.ctx, d.dev)); err != nil {
+		return nil, err
+	}
+	if err := d.enter(); err != nil {
+		return nil, err
+	}
+	if err := drv.check("cuStreamCreate", drv.cuStreamCreate(&d.stream, 0)); err != nil {
+		return nil, err
+	}
+	if err := drv.check("cuEventCreate", drv.cuEventCreate(&d.stagingEv, cuEventDisableTiming)); err != nil {
+		return nil, err
+	}
+	d.args = new(argBlock)
+	d.pin.Pin(d.args)
+	for i := range d.args.ptrs {
+		d.args.ptrs[i] = uintptr(unsafe.Pointer(&d.args.slots[i]))
+	}
+
+	if d.rtc, err = loadNVRTC(dirs); err != nil {
+		return nil, err
+	}
+	d.info.Libraries = append(d.info.Libraries, d.rtc.lib.path)
+	if d.info.NVRTCVersion, err = d.rtc.version(); err != nil {
+		return nil, err
+	}
+	if d.blas, err = loadCUBLAS(dirs); err != nil {
+		return nil, err
+	}
+	d.info.Libraries = append(d.info.Libraries, d.blas.lib.path)
+	if err := d.blas.check("cublasCreate", d.blas.cublasCreate(&d.handle)); err != nil {
+		return nil, err
+	}
+	var bv int32
+	if err := d.blas.check("cublasGetVersion", d.blas.cublasGetVersion(d.handle, &bv)); err != nil {
+		return nil, err
+	}
+	d.info.CUBLASVersion = int(bv)
+	if err := d.blas.check("cublasSetStream", d.blas.cublasSetStream(d.handle, d.stream)); err != nil {
+		return nil, err
+	}
+	mode := int32(cublasDefaultMath)
+	if o.Precision == PrecisionTF32 {
+		mode = cublasTF32TensorOp
+	}
+	if err := d.blas.check("cublasSetMathMode", d.blas.cublasSetMathMode(d.handle, mode)); err != nil {
+		return nil, err
+	}
+	if err := d.loadKernels(o); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// loadKernels gets the kernel image (disk cache, else NVRTC: a CUBIN for
+// the device's sm_XY, falling back to PTX for compute_XY), loads it and
+// resolves every kernel.
+func (d *cudaDevice) loadKernels(o Options) error {
+	src := kernelSource()
+	cache := kernelCache{dir: o.cacheDir()}
+	sm := d.info.Arch
+	compute := "compute_" + strings.TrimPrefix(sm, "sm_")
+	var errs []error
+	for _, t := range []struct{ arch, ext string }{{sm, "cubin"}, {compute, "ptx"}} {
+		key := kernelCacheKey(src, t.arch, d.info.NVRTCVersion, nil)
+		img := cache.load(key, t.ext)
+		how := t.ext + " (cached)"
+		if img == nil {
+			var err error
+			img, err = d.rtc.compile(src, "ringtrain_kernels.cu", t.arch, nil)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			how = t.ext + " (compiled)"
+			if err := cache.store(key, t.ext, img); err != nil && o.Log != nil {
+				o.Log("gpu: not caching kernels: %v", err)
+			}
+		}
+		var mod uintptr
+		if err := d.drv.check("cuModuleLoadData("+t.ext+")", d.drv.cuModuleLoadData(&mod, unsafe.Pointer(&img[0]))); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d.module = mod
+		d.info.KernelImage = how
+		for name := range kernelSignatures(src) {
+			var f uintptr
+			if err := d.drv.check("cuModuleGetFunction("+name+")", d.drv.cuModuleGetFunction(&f, mod, name)); err != nil {
+				return err
+			}
+			d.funcs[name] = f
+		}
+		return nil
+	}
+	return fmt.Errorf("gpu: no usable kernel image for %s: %w", sm, errors.Join(errs...))
+}
+
+func (d *cudaDevice) enter() error {
+	return d.drv.check("cuCtxSetCurrent", d.drv.cuCtxSetCurrent(d.ctx))
+}
+
+func (d *cudaDevice) alloc(bytes uint64) (uint64, error) {
+	var p uint64
+	if err := d.drv.check(fmt.Sprintf("cuMemAlloc(%d)", bytes), d.drv.cuMemAlloc(&p, bytes)); err != nil {
+		return 0, err
+	}
+	return p, nil
+}
+
+func (d *cudaDevice) free(p uint64) error { return d.drv.check("cuMemFree", d.drv.cuMemFree(p)) }
+
+func (d *cudaDevice) launch(name string, grid, block dim3, args []karg) error {
+	f, ok := d.funcs[name]
+	if !ok {
+		return fmt.Errorf("%w: kernel %s not in the module", ErrCUDA, name)
+	}
+	if len(args) > maxKernelArgs {
+		return fmt.Errorf("%w: kernel %s: %d arguments", ErrBadInput, name, len(args))
+	}
+	for i, a := range args {
+		d.args.slots[i] = a.v
+	}
+	code := d.drv.cuLaunchKernel(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], 0, d.stream,
+		uintptr(unsafe.Pointer(&d.args.ptrs[0])), 0)
+	return d.drv.check("cuLaunchKernel("+name+")", code)
+}
+
+func (d *cudaDevice) gemm(g gemmCall) error {
+	// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T:
+	// swap the operands and the m/n sizes; each operand keeps its own
+	// transpose flag.
+	ta, tb := int32(cublasOpN), int32(cublasOpN)
+	if g.transB {
+		ta = cublasOpT
+	}
+	if g.transA {
+		tb = cublasOpT
+	}
+	alpha, beta := g.alpha, g.beta
+	if !g.bf16Operands {
+		return d.blas.check("cublasSgemm", d.blas.cublasSgemm(d.handle, ta, tb, int32(g.n), int32(g.m), int32(g.k),
+			&alpha, g.b, int32(g.ldb), g.a, int32(g.lda), &beta, g.c, int32(g.ldc)))
+	}
+	return d.blas.check("cublasGemmEx(bf16)", d.blas.cublasGemmEx(d.handle, ta, tb, int32(g.n), int32(g.m), int32(g.k),
+		&alpha, g.b, cudaR16BF, int32(g.ldb), g.a, cudaR16BF, int32(g.lda), &beta, g.c, cudaR32F, int32(g.ldc),
+		cublasCompute32F, cublasGemmDefault))
+}
+
+func (d *cudaDevice) memsetD32(p uint64, v uint32, n uint64) error {
+	return d.drv.check("cuMemsetD32Async", d.drv.cuMemsetD32Async(p, v, n, d.stream))
+}
+
+func (d *cudaDevice) copyDtoD(dst, src, bytes uint64) error {
+	return d.drv.check("cuMemcpyDtoDAsync", d.drv.cuMemcpyDtoDAsync(dst, src, bytes, d.stream))
+}
+
+func (d *cudaDevice) upload(dst uint64, src unsafe.Pointer, bytes uint64) error {
+	if bytes == 0 {
+		return nil
+	}
+	// The previous copy out of the staging buffer must be done first.
+	if err := d.drv.check("cuEventSynchronize", d.drv.cuEventSynchronize(d.stagingEv)); err != nil {
+		return err
+	}
+	if bytes > d.stagingSize {
+		if d.staging != nil {
+			if err := d.drv.check("cuMemFreeHost", d.drv.cuMemFreeHost(d.staging)); err != nil {
+				return err
+			}
+			d.staging, d.stagingSize = nil, 0
+		}
+		size := sizeClass(bytes)
+		var p unsafe.Pointer
+		if err := d.drv.check("cuMemHostAlloc", d.drv.cuMemHostAlloc(&p, size, cuMemHostAllocPortable)); err != nil {
+			return err
+		}
+		d.staging, d.stagingSize = p, size
+	}
+	copy(unsafe.Slice((*byte)(d.staging), bytes), unsafe.Slice((*byte)(src), bytes))
+	if err := d.drv.check("cuMemcpyHtoDAsync", d.drv.cuMemcpyHtoDAsync(dst, d.staging, bytes, d.stream)); err != nil {
+		return err
+	}
+	return d.drv.check("cuEventRecord", d.drv.cuEventRecord(d.stagingEv, d.stream))
+}
+
+func (d *cudaDevice) download(dst unsafe.Pointer, src uint64, bytes uint64) error {
+	if err := d.sync(); err != nil {
+		return err
+	}
+	if bytes == 0 {
+		return nil
+	}
+	return d.drv.check("cuMemcpyDtoH", d.drv.cuMemcpyDtoH(dst, src, bytes))
+}
+
+func (d *cudaDevice) sync() error {
+	return d.drv.check("cuStreamSynchronize", d.drv.cuStreamSynchronize(d.stream))
+}
+
+// close releases the module, handle, stream, staging and context; it is
+// safe on a partly opened device.
+func (d *cudaDevice) close() error {
+	var errs []error
+	keep := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.ctx != 0 {
+		keep(d.enter())
+	}
+	if d.stream != 0 {
+		keep(d.sync())
+	}
+	if d.handle != 0 {
+		keep(d.blas.check("cublasDestroy", d.blas.cublasDestroy(d.handle)))
+		d.handle = 0
+	}
+	if d.module != 0 {
+		keep(d.drv.check("cuModuleUnload", d.drv.cuModuleUnload(d.module)))
+		d.module = 0
+	}
+	if d.staging != nil {
+		keep(d.drv.check("cuMemFreeHost", d.drv.cuMemFreeHost(d.staging)))
+		d.staging = nil
+	}
+	if d.stagingEv != 0 {
+		keep(d.drv.check("cuEventDestroy", d.drv.cuEventDestroy(d.stagingEv)))
+		d.stagingEv = 0
+	}
+	if d.stream != 0 {
+		keep(d.drv.check("cuStreamDestroy", d.drv.cuStreamDestroy(d.stream)))
+		d.stream = 0
+	}
+	if d.ctx != 0 {
+		keep(d.drv.check("cuDevicePrimaryCtxRelease", d.drv.cuDevicePrimaryCtxRelease(d.dev)))
+		d.ctx = 0
+	}
+	d.pin.Unpin()
+	return errors.Join(errs...)
+}
