@@ -1,0 +1,241 @@
+package checkpoint
+
+import (
+	"errors"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/nn"
+)
+
+// trained returns a tiny model and optimizer after two SGD steps, so that
+// weights, BN buffers and momentum buffers are all non-trivial.
+func trained(t *testing.T, seed int64) (*nn.Model, nn.Optimizer) {
+	t.Helper()
+	b := nn.NewCPU(1)
+	m, err := nn.NewResNet(b, nn.ResNetConfig{Depth: 18, Stem: "cifar", Width: 1.0 / 16, Classes: 10, Seed: seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt, err := nn.NewSGD(b, m.Params(), nn.SGDConfig{LR: 0.1, Momentum: 0.9, WeightDecay: 5e-4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(seed))
+	x := nn.NewTensor(4, 3, 8, 8)
+	for i := range x.Data {
+		x.Data[i] = float32(rng.NormFloat64())
+	}
+	labels := []int32{1, 2, 3, 4}
+	ce := &nn.CrossEntropy{}
+	m.SetTrain(true)
+	for step := 0; step < 2; step++ {
+		logits, err := m.Forward(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, dl, err := ce.Compute(b, logits, labels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.ZeroGrad()
+		if err := m.Backward(dl); err != nil {
+			t.Fatal(err)
+		}
+		if err := opt.Step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return m, opt
+}
+
+func capture(t *testing.T, m *nn.Model, opt nn.Optimizer, step int64, acc float64) *Snapshot {
+	t.Helper()
+	s, err := Capture(m.Backend(), m.Params(), m.Buffers(), opt, Meta{Step: step, Epoch: 1, Cursor: 256, WorldSize: 2, ConfigHash: "abc", Seed: 7, Accuracy: &acc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func equalState(t *testing.T, a, b *nn.Model) {
+	t.Helper()
+	pa, pb := a.ParamsFlat().Data, b.ParamsFlat().Data
+	for i := range pa {
+		if pa[i] != pb[i] {
+			t.Fatalf("param %d differs: %v vs %v", i, pa[i], pb[i])
+		}
+	}
+	ba, bb := a.BuffersFlat().Data, b.BuffersFlat().Data
+	for i := range ba {
+		if ba[i] != bb[i] {
+			t.Fatalf("buffer %d differs", i)
+		}
+	}
+	for i, buf := range a.Buffers() {
+		if buf.Count != nil && *buf.Count != *b.Buffers()[i].Count {
+			t.Fatalf("%s differs", buf.Name)
+		}
+	}
+}
+
+func TestWriteLoadRoundTripIsExact(t *testing.T) {
+	m, opt := trained(t, 1)
+	st, err := NewStore(t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	man, err := st.Write(capture(t, m, opt, 10, 0.5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if man.Step != 10 || len(man.Files) != 3 || man.WorldSize != 2 {
+		t.Fatalf("manifest: %+v", man)
+	}
+	l, skipped, err := st.LoadLatest("abc")
+	if err != nil || len(skipped) != 0 {
+		t.Fatalf("load: %v %v", err, skipped)
+	}
+	if l.Meta.Step != 10 || l.Meta.Cursor != 256 || l.Meta.Seed != 7 || *l.Meta.Accuracy != 0.5 {
+		t.Fatalf("meta: %+v", l.Meta)
+	}
+	m2, opt2 := trained(t, 2) // different weights and optimizer state
+	if err := l.Apply(m2.Backend(), m2.Params(), m2.Buffers(), opt2); err != nil {
+		t.Fatal(err)
+	}
+	equalState(t, m, m2)
+	s1, _ := opt.State()
+	s2, _ := opt2.State()
+	for k, v := range s1.Tensors {
+		w := s2.Tensors[k]
+		for i := range v.Data {
+			if v.Data[i] != w.Data[i] {
+				t.Fatalf("optimizer %s[%d] differs", k, i)
+			}
+		}
+	}
+}
+
+func TestCorruptNewestFallsBackToPrevious(t *testing.T) {
+	for _, damage := range []string{"flip", "truncate", "delete"} {
+		t.Run(damage, func(t *testing.T) {
+			m, opt := trained(t, 1)
+			st, _ := NewStore(t.TempDir(), 5)
+			if _, err := st.Write(capture(t, m, opt, 10, 0.1)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.Write(capture(t, m, opt, 20, 0.2)); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(st.StepDir(20), ModelFile)
+			b, _ := os.ReadFile(p)
+			switch damage {
+			case "flip":
+				b[len(b)/2] ^= 0x40
+				os.WriteFile(p, b, 0o644)
+			case "truncate":
+				os.WriteFile(p, b[:len(b)-100], 0o644)
+			case "delete":
+				os.Remove(p)
+			}
+			if _, err := st.Verify(20); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("verify of damaged checkpoint: %v", err)
+			}
+			l, skipped, err := st.LoadLatest("abc")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Meta.Step != 10 || len(skipped) != 1 || skipped[0].Step != 20 || !errors.Is(skipped[0].Err, ErrCorrupt) {
+				t.Fatalf("got step %d, skipped %+v", l.Meta.Step, skipped)
+			}
+		})
+	}
+}
+
+func TestConfigMismatchIsSkipped(t *testing.T) {
+	m, opt := trained(t, 1)
+	st, _ := NewStore(t.TempDir(), 3)
+	st.Write(capture(t, m, opt, 5, 0))
+	_, skipped, err := st.LoadLatest("other")
+	if !errors.Is(err, ErrNotFound) || len(skipped) != 1 || !errors.Is(skipped[0].Err, ErrMismatch) {
+		t.Fatalf("err %v skipped %+v", err, skipped)
+	}
+}
+
+func TestFailedWriteLeavesPreviousIntact(t *testing.T) {
+	m, opt := trained(t, 1)
+	dir := t.TempDir()
+	st, _ := NewStore(dir, 3)
+	if _, err := st.Write(capture(t, m, opt, 10, 0.1)); err != nil {
+		t.Fatal(err)
+	}
+	// Make the next write fail: a tensor whose data is shorter than its shape says.
+	bad := capture(t, m, opt, 20, 0.2)
+	bad.Model[0].Data = bad.Model[0].Data[:3]
+	if _, err := st.Write(bad); err == nil {
+		t.Fatal("write of a malformed snapshot succeeded")
+	}
+	steps, _ := st.Steps()
+	if len(steps) != 1 || steps[0] != 10 {
+		t.Fatalf("steps after failed write: %v", steps)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 {
+		t.Fatalf("leftovers after failed write: %v", ents)
+	}
+	if _, err := st.Verify(10); err != nil {
+		t.Fatal(err)
+	}
+	// A store whose directory vanished (e.g. an unmounted volume) reports an error too.
+	gone := &Store{Dir: filepath.Join(dir, "missing", "deeper"), Keep: 3}
+	if _, err := gone.Write(capture(t, m, opt, 30, 0)); err == nil {
+		t.Fatal("write into a missing directory succeeded")
+	}
+}
+
+func TestRetentionKeepsNewestAndBest(t *testing.T) {
+	m, opt := trained(t, 1)
+	st, _ := NewStore(t.TempDir(), 2)
+	accs := []float64{0.3, 0.9, 0.4, 0.5, 0.6}
+	for i, a := range accs {
+		if _, err := st.Write(capture(t, m, opt, int64(i+1)*10, a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps, _ := st.Steps()
+	want := []int64{50, 40, 20}
+	if len(steps) != len(want) {
+		t.Fatalf("steps %v, want %v", steps, want)
+	}
+	for i := range want {
+		if steps[i] != want[i] {
+			t.Fatalf("steps %v, want %v", steps, want)
+		}
+	}
+}
+
+func TestWriterWritesInBackgroundAndCloseFlushes(t *testing.T) {
+	m, opt := trained(t, 1)
+	st, _ := NewStore(t.TempDir(), 10)
+	var done []int64
+	w := NewWriter(st, func(man cluster.Manifest, err error) {
+		if err != nil {
+			t.Error(err)
+		}
+		done = append(done, man.Step)
+	})
+	for i := int64(1); i <= 3; i++ {
+		w.Submit(capture(t, m, opt, i, 0))
+	}
+	w.Close()
+	w.Close() // idempotent
+	if len(done) == 0 || done[len(done)-1] != 3 {
+		t.Fatalf("written: %v (the newest must always be written)", done)
+	}
+	if _, err := st.Verify(3); err != nil {
+		t.Fatal(err)
+	}
+}
