@@ -39,6 +39,8 @@ type Data struct {
 	Mirror        string `json:"mirror"`    // alternative CIFAR-10 archive URL or local path
 	MirrorMD5     string `json:"mirror_md5"`
 	SyntheticSize int    `json:"synthetic_size"` // training samples of the synthetic set
+	ImageSize     int    `json:"image_size"`     // folder: images are resized and centre-cropped to this size
+	Offline       bool   `json:"offline"`        // never download (cifar10)
 }
 
 // Optimizer holds the optimizer and its settings (torch.optim names).
@@ -113,7 +115,7 @@ func Default() Spec {
 	return Spec{
 		Name:        "ringtrain",
 		Model:       Model{Arch: "resnet18", Stem: "imagenet", Width: 1},
-		Data:        Data{Dataset: "cifar10", Dir: "data", Augment: true, Shuffle: true, SyntheticSize: 10000},
+		Data:        Data{Dataset: "cifar10", Dir: "data", Augment: true, Shuffle: true, SyntheticSize: 10000, ImageSize: 32},
 		Epochs:      10,
 		GlobalBatch: 128,
 		Optimizer: Optimizer{Name: "sgd", LR: 0.1, Momentum: 0.9, WeightDecay: 5e-4,

@@ -1,0 +1,223 @@
+// Package worker is the training side of ringtrain: it turns a job spec
+// into a model, an optimizer, a schedule and data, runs training steps
+// (locally or over the ring all-reduce), evaluates, and talks to the
+// coordinator.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"path/filepath"
+
+	"github.com/ringtrain/ringtrain/pkg/data"
+	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/nn"
+)
+
+// ErrSpec is wrapped by errors about a spec that cannot be built.
+var ErrSpec = errors.New("worker: cannot build job")
+
+// OpenDatasets returns the training and test sets a spec names. CIFAR-10 is
+// downloaded into spec.Data.Dir when missing (unless offline).
+func OpenDatasets(ctx context.Context, spec job.Spec) (train, test data.Dataset, err error) {
+	switch spec.Data.Dataset {
+	case "synthetic":
+		tr, err := data.NewSynthetic(spec.Data.SyntheticSize, uint64(spec.Seed))
+		if err != nil {
+			return nil, nil, err
+		}
+		te, err := data.NewSynthetic(max(spec.Data.SyntheticSize/5, 1), uint64(spec.Seed)+0x9e3779b97f4a7c15)
+		if err != nil {
+			return nil, nil, err
+		}
+		return tr, te, nil
+	case "cifar10":
+		o := data.CIFAROptions{Dir: spec.Data.Dir, Offline: spec.Data.Offline}
+		if spec.Data.Mirror != "" {
+			if filepath.IsAbs(spec.Data.Mirror) || !hasScheme(spec.Data.Mirror) {
+				o.Archive, o.ArchiveSum = spec.Data.Mirror, data.Checksum{MD5: spec.Data.MirrorMD5}
+			} else {
+				o.Mirror, o.MirrorSum = spec.Data.Mirror, data.Checksum{MD5: spec.Data.MirrorMD5}
+			}
+		}
+		dir, err := data.EnsureCIFAR10(ctx, o)
+		if err != nil {
+			return nil, nil, err
+		}
+		tr, err := data.LoadCIFAR10(dir, data.Train)
+		if err != nil {
+			return nil, nil, err
+		}
+		te, err := data.LoadCIFAR10(dir, data.Test)
+		if err != nil {
+			return nil, nil, err
+		}
+		return tr, te, nil
+	case "folder":
+		size := spec.Data.ImageSize
+		if size <= 0 {
+			size = 32
+		}
+		return openFolder(spec.Data.Folder, size)
+	}
+	return nil, nil, fmt.Errorf("%w: unknown dataset %q", ErrSpec, spec.Data.Dataset)
+}
+
+func hasScheme(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == ':' {
+			return i > 1 && i+2 < len(s) && s[i+1] == '/' && s[i+2] == '/'
+		}
+	}
+	return false
+}
+
+// openFolder uses root/train and root/val (or root/test) when they exist;
+// otherwise every tenth image of root is held out for evaluation.
+func openFolder(root string, size int) (data.Dataset, data.Dataset, error) {
+	tr, errTrain := data.NewImageFolder(filepath.Join(root, "train"), size)
+	if errTrain == nil {
+		for _, name := range []string{"val", "test"} {
+			if te, err := data.NewImageFolder(filepath.Join(root, name), size); err == nil {
+				return tr, te, nil
+			}
+		}
+	}
+	all, err := data.NewImageFolder(root, size)
+	if err != nil {
+		return nil, nil, err
+	}
+	var trIdx, teIdx []int
+	for i := 0; i < all.Len(); i++ {
+		if i%10 == 9 {
+			teIdx = append(teIdx, i)
+		} else {
+			trIdx = append(trIdx, i)
+		}
+	}
+	if len(teIdx) == 0 {
+		teIdx = trIdx
+	}
+	return &subset{all, trIdx}, &subset{all, teIdx}, nil
+}
+
+type subset struct {
+	data.Dataset
+	idx []int
+}
+
+func (s *subset) Len() int { return len(s.idx) }
+func (s *subset) Get(i int, dst []float32) (int, error) {
+	return s.Dataset.Get(s.idx[i], dst)
+}
+
+// BuildModel creates the spec's model on b, with initial weights and
+// freezing applied (the tutorial's transfer learning: load a backbone,
+// replace the head when the class count differs, freeze the rest).
+func BuildModel(b nn.Backend, spec job.Spec, classes int) (*nn.Model, error) {
+	depth, err := nn.ModelDepth(spec.Model.Arch)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSpec, err)
+	}
+	if spec.Model.Classes > 0 {
+		classes = spec.Model.Classes
+	}
+	m, err := nn.NewResNet(b, nn.ResNetConfig{Depth: depth, Stem: spec.Model.Stem, Width: spec.Model.Width,
+		Classes: classes, Dropout: spec.Model.Dropout, Seed: spec.Seed})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSpec, err)
+	}
+	if w := spec.Transfer.Weights; w != "" {
+		st, err := nn.ReadSafetensorsFile(w)
+		if err != nil {
+			m.Free()
+			return nil, fmt.Errorf("worker: initial weights: %w", err)
+		}
+		skipHead := false
+		if fc, err := st.Get("fc.weight"); err == nil && len(fc.Shape) == 2 && fc.Shape[0] != classes {
+			skipHead = true
+		}
+		if fc, err := st.Get("linear.weight"); err == nil && len(fc.Shape) == 2 && fc.Shape[0] != classes {
+			skipHead = true
+		}
+		if err := nn.ApplyWeights(st, b, m.Params(), m.Buffers(), nn.LoadOptions{SkipHead: skipHead}); err != nil {
+			m.Free()
+			return nil, fmt.Errorf("worker: initial weights %s: %w", w, err)
+		}
+	}
+	if spec.Transfer.FreezeBackbone {
+		m.FreezeBackbone()
+	}
+	return m, nil
+}
+
+// BuildOptimizer creates the spec's optimizer over the model's parameters.
+func BuildOptimizer(b nn.Backend, spec job.Spec, params []*nn.Param) (nn.Optimizer, error) {
+	o := spec.Optimizer
+	switch o.Name {
+	case "sgd":
+		return nn.NewSGD(b, params, nn.SGDConfig{LR: o.LR, Momentum: o.Momentum, Dampening: o.Dampening, WeightDecay: o.WeightDecay, Nesterov: o.Nesterov})
+	case "adam":
+		return nn.NewAdam(b, params, nn.AdamConfig{LR: o.LR, Beta1: o.Beta1, Beta2: o.Beta2, Eps: o.Eps, WeightDecay: o.WeightDecay})
+	case "adamw":
+		return nn.NewAdamW(b, params, nn.AdamConfig{LR: o.LR, Beta1: o.Beta1, Beta2: o.Beta2, Eps: o.Eps, WeightDecay: o.WeightDecay})
+	case "adagrad":
+		return nn.NewAdagrad(b, params, nn.AdagradConfig{LR: o.LR, LRDecay: o.LRDecay, WeightDecay: o.WeightDecay, Eps: adagradEps(o.Eps)})
+	case "rmsprop":
+		return nn.NewRMSprop(b, params, nn.RMSpropConfig{LR: o.LR, Alpha: o.Alpha, Eps: o.Eps, WeightDecay: o.WeightDecay, Momentum: o.Momentum, Centered: o.Centered})
+	}
+	return nil, fmt.Errorf("%w: unknown optimizer %q", ErrSpec, o.Name)
+}
+
+// adagradEps maps the spec's shared eps default (1e-8, Adam's) to
+// Adagrad's own default (1e-10) unless the user set something else.
+func adagradEps(eps float64) float64 {
+	if eps == 1e-8 {
+		return 1e-10
+	}
+	return eps
+}
+
+// BuildSchedule converts the spec's epoch-based schedule into a
+// per-step one for stepsPerEpoch steps an epoch.
+func BuildSchedule(spec job.Spec, stepsPerEpoch int) (nn.Schedule, error) {
+	s := spec.Schedule
+	base := spec.Optimizer.LR
+	total := spec.Epochs * stepsPerEpoch
+	var sch nn.Schedule
+	var err error
+	switch s.Name {
+	case "none", "":
+		sch = nn.ConstantLR(base)
+	case "step":
+		sch, err = nn.NewStepLR(base, s.StepSize*stepsPerEpoch, s.Gamma)
+	case "multistep":
+		ms := make([]int, len(s.Milestones))
+		for i, e := range s.Milestones {
+			ms[i] = e * stepsPerEpoch
+		}
+		sch, err = nn.NewMultiStepLR(base, ms, s.Gamma)
+	case "cosine":
+		sch, err = nn.NewCosineAnnealingLR(base, max(total, 1), 0)
+	case "onecycle":
+		maxLR := s.MaxLR
+		if maxLR <= 0 {
+			maxLR = base
+		}
+		sch, err = nn.NewOneCycleLR(nn.DefaultOneCycleConfig(maxLR, max(total, 1)))
+	default:
+		return nil, fmt.Errorf("%w: unknown schedule %q", ErrSpec, s.Name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSpec, err)
+	}
+	if w := int(math.Round(s.WarmupEpochs * float64(stepsPerEpoch))); w > 0 && s.Name != "onecycle" {
+		sch, err = nn.NewWarmup(w, s.WarmupStart, sch)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrSpec, err)
+		}
+	}
+	return sch, nil
+}

@@ -1,0 +1,336 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+	"unsafe"
+
+	"github.com/ringtrain/ringtrain/pkg/allreduce"
+	"github.com/ringtrain/ringtrain/pkg/data"
+	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/nn"
+)
+
+// Trainer is one replica of the model with everything needed to train and
+// evaluate it. It is not safe for concurrent use.
+type Trainer struct {
+	Spec          job.Spec
+	B             nn.Backend
+	Model         *nn.Model
+	Opt           nn.Optimizer
+	Sched         nn.Schedule
+	CE            *nn.CrossEntropy
+	Train, Test   data.Dataset
+	Sampler       *data.Sampler
+	StepsPerEpoch int
+
+	// Committed state: Step optimizer steps done; Pos where the next step starts.
+	Step int64
+	Pos  data.Position
+
+	x        *nn.Tensor // input batch buffer (max local batch)
+	xCap     int
+	hostGrad []float32 // host mirror of the gradients for device backends
+	hostBuf  []float32 // host mirror of the BN buffers for device backends
+	metrics  []float32 // [loss*n, correct, n] of this step, averaged with the last bucket
+}
+
+// NewTrainer builds model, optimizer, schedule and sampler for spec on b.
+func NewTrainer(spec job.Spec, b nn.Backend, train, test data.Dataset) (*Trainer, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	m, err := BuildModel(b, spec, len(train.Classes()))
+	if err != nil {
+		return nil, err
+	}
+	opt, err := BuildOptimizer(b, spec, m.Params())
+	if err != nil {
+		m.Free()
+		return nil, err
+	}
+	s, err := data.NewSampler(train.Len(), data.SamplerConfig{Seed: uint64(spec.Seed), Shuffle: spec.Data.Shuffle, DropLast: spec.Data.DropLast})
+	if err != nil {
+		m.Free()
+		return nil, err
+	}
+	spe := s.StepsPerEpoch(spec.GlobalBatch)
+	sch, err := BuildSchedule(spec, spe)
+	if err != nil {
+		m.Free()
+		return nil, err
+	}
+	t := &Trainer{Spec: spec, B: b, Model: m, Opt: opt, Sched: sch,
+		CE: &nn.CrossEntropy{Smoothing: float32(spec.LabelSmoothing)}, Train: train, Test: test,
+		Sampler: s, StepsPerEpoch: spe, metrics: make([]float32, 3)}
+	if m.GradsFlat().OnDevice() {
+		t.hostGrad = make([]float32, m.GradsFlat().Numel())
+		t.hostBuf = make([]float32, m.BuffersFlat().Numel())
+	}
+	return t, nil
+}
+
+// Close frees the model.
+func (t *Trainer) Close() { t.Model.Free() }
+
+// Done reports whether the job's length (epochs, max steps) is reached.
+func (t *Trainer) Done() bool {
+	if t.Spec.MaxSteps > 0 && t.Step >= int64(t.Spec.MaxSteps) {
+		return true
+	}
+	return t.Pos.Epoch >= t.Spec.Epochs
+}
+
+// Loader returns a loader of this rank's slices from the committed position.
+func (t *Trainer) Loader(ctx context.Context, rank, world int) (*data.Loader, error) {
+	var tr data.Transform = data.EvalTransform()
+	if t.Spec.Data.Augment {
+		tr = data.TrainTransform()
+	}
+	return data.NewLoader(ctx, data.LoaderConfig{Dataset: t.Train, Sampler: t.Sampler, Transform: tr,
+		Seed: uint64(t.Spec.Seed), GlobalBatch: t.Spec.GlobalBatch, Rank: rank, World: world,
+		Start: t.Pos, StopEpoch: t.Spec.Epochs})
+}
+
+// gradSpans lists every parameter's span in the flat gradient.
+func (t *Trainer) gradSpans() []allreduce.Span {
+	flat := t.Model.GradsFlat()
+	spans := make([]allreduce.Span, len(t.Model.Params()))
+	for i, p := range t.Model.Params() {
+		spans[i] = allreduce.Span{Offset: offsetOf(flat, p.Grad), Len: p.Grad.Numel()}
+	}
+	return spans
+}
+
+// offsetOf is the element offset of view v inside flat.
+func offsetOf(flat, v *nn.Tensor) int {
+	if flat.OnDevice() {
+		return int((v.Ptr - flat.Ptr) / 4)
+	}
+	if len(v.Data) == 0 {
+		return 0
+	}
+	return int((uintptr(unsafe.Pointer(&v.Data[0])) - uintptr(unsafe.Pointer(&flat.Data[0]))) / 4)
+}
+
+// NewReducer makes the bucketed reducer of this trainer's gradients over
+// ring. BN running statistics (average mode) and the step's metrics ride
+// with the last bucket.
+func (t *Trainer) NewReducer(ring *allreduce.Ring) (*allreduce.Reducer, error) {
+	grad, bufs := t.hostGrad, t.hostBuf
+	if grad == nil {
+		grad, bufs = t.Model.GradsFlat().Data, t.Model.BuffersFlat().Data
+	}
+	extra := [][]float32{t.metrics}
+	if t.Spec.BatchNorm == "average" && len(bufs) > 0 {
+		extra = append(extra, bufs)
+	}
+	return allreduce.NewReducer(ring, grad, t.gradSpans(), allreduce.ReducerConfig{
+		BucketBytes: int(t.Spec.BucketMB * (1 << 20)), Extra: extra})
+}
+
+// StepResult is what one training step measured, over all workers.
+type StepResult struct {
+	Loss     float64 // mean loss over the global batch
+	Correct  int     // correct top-1 predictions over the global batch
+	N        int     // samples in the global batch
+	LocalN   int
+	Comm     allreduce.StepStats
+	Duration time.Duration
+	LR       float64
+}
+
+// TrainStep runs one step on this rank's slice b: forward, loss, backward
+// with the all-reduce of every gradient bucket overlapping it, then the
+// identical optimizer step on every replica. On error nothing is
+// committed: the caller rolls back (the parameters may be half-updated
+// only if the error came from the optimizer itself, which checks
+// gradients before touching anything).
+func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.Reducer, world int) (StepResult, error) {
+	start := time.Now()
+	res := StepResult{LocalN: b.N, N: b.GlobalSize}
+	m := t.Model
+	m.SetTrain(true)
+	m.ZeroGrad()
+	if err := red.Begin(ctx, uint64(t.Step)); err != nil {
+		return res, err
+	}
+	onDevice := t.hostGrad != nil
+	var hookErr error
+	if !onDevice {
+		m.SetGradReadyHook(func(i int) {
+			if err := red.MarkReady(i); err != nil && hookErr == nil {
+				hookErr = err
+			}
+		})
+	} else {
+		m.SetGradReadyHook(nil)
+	}
+	var lossSum float64
+	var correct int
+	if b.N > 0 {
+		x, err := t.input(b)
+		if err != nil {
+			return res, err
+		}
+		m.SetDropoutStep(t.Step)
+		logits, err := m.Forward(x)
+		if err != nil {
+			return res, fmt.Errorf("worker: step %d forward: %w", t.Step, err)
+		}
+		t.CE.GradScale = float32(b.N) / float32(b.GlobalSize)
+		loss, dl, err := t.CE.Compute(t.B, logits, b.Labels[:b.N])
+		if err != nil {
+			return res, fmt.Errorf("worker: step %d loss: %w", t.Step, err)
+		}
+		if correct, err = nn.Accuracy(t.B, logits, b.Labels[:b.N]); err != nil {
+			return res, err
+		}
+		lossSum = float64(loss) * float64(b.N)
+		if err := m.Backward(dl); err != nil {
+			return res, fmt.Errorf("worker: step %d backward: %w", t.Step, err)
+		}
+	}
+	if onDevice {
+		t.B.ToHost(t.hostGrad, m.GradsFlat())
+		t.B.ToHost(t.hostBuf, m.BuffersFlat())
+	}
+	// Metrics ride with the last bucket, which averages: scale by world
+	// so that the average is the sum.
+	t.metrics[0], t.metrics[1], t.metrics[2] = float32(lossSum), float32(correct), float32(b.N)
+	if onDevice || b.N == 0 {
+		for i := len(m.Params()) - 1; i >= 0; i-- {
+			if err := red.MarkReady(i); err != nil && hookErr == nil {
+				hookErr = err
+			}
+		}
+	}
+	if hookErr != nil {
+		return res, hookErr
+	}
+	stats, err := red.Wait(ctx)
+	m.SetGradReadyHook(nil)
+	if err != nil {
+		return res, err
+	}
+	res.Comm = stats
+	if onDevice {
+		t.B.FromHost(m.GradsFlat(), t.hostGrad)
+		t.B.FromHost(m.BuffersFlat(), t.hostBuf)
+	}
+	w := float64(world)
+	res.Loss = float64(t.metrics[0]) * w / float64(max(b.GlobalSize, 1))
+	res.Correct = int(float64(t.metrics[1])*w + 0.5)
+	nn.ApplySchedule(t.Opt, t.Sched, int(t.Step))
+	res.LR = t.Opt.LR()
+	if err := t.Opt.Step(); err != nil {
+		return res, fmt.Errorf("worker: step %d: %w", t.Step, err)
+	}
+	if err := t.B.Sync(); err != nil {
+		return res, err
+	}
+	t.Step++
+	t.Pos = b.Next
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+func (t *Trainer) input(b *data.Batch) (*nn.Tensor, error) {
+	s := b.Shape
+	if t.x == nil || t.xCap < b.N || t.x.Dim(2) != s.H || t.x.Dim(3) != s.W {
+		if t.x != nil {
+			t.B.Free(t.x)
+		}
+		t.x = t.B.New(b.N, s.C, s.H, s.W)
+		t.xCap = b.N
+	}
+	x := t.x.View(0, b.N, s.C, s.H, s.W)
+	t.B.FromHost(x, b.X[:b.N*s.Len()])
+	return x, nil
+}
+
+// EvalResult is an evaluation over the whole test set (all ranks).
+type EvalResult struct {
+	Loss     float64
+	Accuracy float64
+	N        int
+}
+
+// Evaluate runs the model in eval mode on this rank's contiguous shard of
+// the test set and sums the counts over the ring (nil ring: one worker).
+func (t *Trainer) Evaluate(ctx context.Context, ring *allreduce.Ring, rank, world int, tag allreduce.Tag) (EvalResult, error) {
+	lo, hi := data.ShardRange(t.Test.Len(), rank, world)
+	var lossSum float64
+	var correct, n int
+	if hi > lo {
+		sub := &subset{Dataset: t.Test, idx: seq(lo, hi)}
+		ss, err := data.NewSampler(sub.Len(), data.SamplerConfig{})
+		if err != nil {
+			return EvalResult{}, err
+		}
+		bs := min(t.Spec.GlobalBatch, 256)
+		ld, err := data.NewLoader(ctx, data.LoaderConfig{Dataset: sub, Sampler: ss, Transform: data.EvalTransform(),
+			GlobalBatch: bs, Rank: 0, World: 1, StopEpoch: 1})
+		if err != nil {
+			return EvalResult{}, err
+		}
+		defer ld.Close()
+		t.Model.SetTrain(false)
+		defer t.Model.SetTrain(true)
+		for {
+			b, err := ld.Next(ctx)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return EvalResult{}, err
+			}
+			if b.N == 0 {
+				continue
+			}
+			x, err := t.input(b)
+			if err != nil {
+				return EvalResult{}, err
+			}
+			logits, err := t.Model.Forward(x)
+			if err != nil {
+				return EvalResult{}, err
+			}
+			ce := nn.CrossEntropy{}
+			loss, _, err := ce.Compute(t.B, logits, b.Labels[:b.N])
+			if err != nil {
+				return EvalResult{}, err
+			}
+			c, err := nn.Accuracy(t.B, logits, b.Labels[:b.N])
+			if err != nil {
+				return EvalResult{}, err
+			}
+			lossSum += float64(loss) * float64(b.N)
+			correct += c
+			n += b.N
+		}
+	}
+	v := []float32{float32(lossSum), float32(correct), float32(n)}
+	if ring != nil && world > 1 {
+		if err := ring.AllReduce(ctx, tag, v, allreduce.Sum); err != nil {
+			return EvalResult{}, err
+		}
+	}
+	r := EvalResult{N: int(v[2] + 0.5)}
+	if r.N > 0 {
+		r.Loss = float64(v[0]) / float64(r.N)
+		r.Accuracy = float64(v[1]) / float64(r.N)
+	}
+	return r, nil
+}
+
+func seq(lo, hi int) []int {
+	s := make([]int, hi-lo)
+	for i := range s {
+		s[i] = lo + i
+	}
+	return s
+}
