@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 )
 
 func TestDefaultIsValidTutorialRecipe(t *testing.T) {
@@ -77,5 +79,32 @@ func TestHashIgnoresPlacementButNotMath(t *testing.T) {
 	c, err := Unmarshal(m)
 	if err != nil || c.Hash() != a.Hash() {
 		t.Fatalf("round trip: %v", err)
+	}
+}
+
+func TestFlagsOverrideYAML(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "job.yaml")
+	os.WriteFile(p, []byte("epochs: 7\noptimizer:\n  lr: 0.05\nschedule:\n  name: multistep\n  milestones: [3, 5]\n"), 0o644)
+	flagged := Default()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	BindFlags(fs, &flagged)
+	if err := fs.Parse([]string{"--lr=0.2", "--milestones=1,2", "--model=resnet34"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Resolve(fs, &flagged, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Epochs != 7 || s.Optimizer.LR != 0.2 || s.Model.Arch != "resnet34" || len(s.Schedule.Milestones) != 2 || s.Schedule.Milestones[1] != 2 {
+		t.Fatalf("resolved %+v", s)
+	}
+	// every YAML key has a flag: each json tag of the spec appears in a usage string
+	var usage strings.Builder
+	fs.VisitAll(func(f *pflag.Flag) { usage.WriteString(f.Usage) })
+	for _, key := range []string{"model.arch", "data.dir", "optimizer.nesterov", "schedule.max_lr", "transfer.freeze_backbone", "checkpoint.every_steps", "deadline_sec", "compression", "batch_norm"} {
+		if !strings.Contains(usage.String(), "[yaml: "+key+"]") {
+			t.Errorf("no flag for yaml key %s", key)
+		}
 	}
 }

@@ -1,0 +1,30 @@
+// Command worker is ringtrain's compute process: it joins a job through
+// the coordinator and trains; it also holds the user tools (summary,
+// evaluate).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	root := &cobra.Command{
+		Use:           "worker",
+		Short:         "ringtrain worker: trains its shard of a job, plus model tools",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(summaryCmd(), evaluateCmd())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,42 @@
+// Package cli holds what the ringtrain binaries share: logging setup and
+// backend selection.
+package cli
+
+import (
+	"os"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/term"
+)
+
+// NewLogger returns a zap logger: human-readable with colours on a
+// terminal, JSON lines otherwise (files, pipes, log collectors). The
+// environment variable RINGTRAIN_LOG=json|console overrides the choice and
+// RINGTRAIN_LOG_LEVEL=debug|info|warn|error sets the level.
+func NewLogger(name string) *zap.Logger {
+	console := term.IsTerminal(int(os.Stderr.Fd()))
+	switch os.Getenv("RINGTRAIN_LOG") {
+	case "json":
+		console = false
+	case "console":
+		console = true
+	}
+	level := zapcore.InfoLevel
+	if l := os.Getenv("RINGTRAIN_LOG_LEVEL"); l != "" {
+		_ = level.Set(l)
+	}
+	var enc zapcore.Encoder
+	if console {
+		cfg := zap.NewDevelopmentEncoderConfig()
+		cfg.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		cfg.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
+		enc = zapcore.NewConsoleEncoder(cfg)
+	} else {
+		cfg := zap.NewProductionEncoderConfig()
+		cfg.EncodeTime = zapcore.ISO8601TimeEncoder
+		enc = zapcore.NewJSONEncoder(cfg)
+	}
+	core := zapcore.NewCore(enc, zapcore.Lock(os.Stderr), level)
+	return zap.New(core).Named(name)
+}
