@@ -1,4 +1,5 @@
-# Protobuf/gRPC code generation. Every proto/*.proto is compiled into
+# Protobuf/gRPC code generation. Every proto/*.proto and proto/*/*.proto
+# is compiled (with -I proto) into
 # proto/<go package dir>/ (the go_package option decides the directory).
 # Pinned tools: protoc from Debian's protobuf-compiler (3.21.x; install with
 # `apt-get install -y protobuf-compiler`), protoc-gen-go and
@@ -7,7 +8,7 @@ PROTOC ?= protoc
 PROTOC_GEN_GO_VERSION ?= v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.0
 PROTO_TOOLS := $(CURDIR)/bin/tools
-PROTO_FILES := $(wildcard proto/*.proto)
+PROTO_FILES := $(wildcard proto/*.proto proto/*/*.proto)
 
 .PHONY: proto proto-tools
 proto-tools: $(PROTO_TOOLS)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(PROTO_TOOLS)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)

@@ -40,3 +40,13 @@ func NewLogger(name string) *zap.Logger {
 	core := zapcore.NewCore(enc, zapcore.Lock(os.Stderr), level)
 	return zap.New(core).Named(name)
 }
+
+// Quiet returns l restricted to errors that matter: libraries (etcd, raft)
+// log routine events (elections, shutdown) at warn and error levels. With
+// RINGTRAIN_LOG_LEVEL=debug everything is kept.
+func Quiet(l *zap.Logger) *zap.Logger {
+	if os.Getenv("RINGTRAIN_LOG_LEVEL") == "debug" {
+		return l
+	}
+	return l.WithOptions(zap.IncreaseLevel(zapcore.DPanicLevel))
+}

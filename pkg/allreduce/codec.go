@@ -179,7 +179,7 @@ func toWire(h *Header, w *ringpb.ChunkHeader) {
 	w.Round, w.Segment, w.Chunk, w.Offset, w.Count = h.Round, h.Segment, h.Chunk, h.Offset, h.Count
 	w.Total = h.Total
 	w.Dtype = ringpb.DType(h.DType)
-	w.ShmSlot = 0
+	w.ShmSlot, w.PayloadBytes = 0, 0
 	w.Hello = nil
 }
 

@@ -11,20 +11,25 @@ import (
 )
 
 // grpcFabric starts n GRPCTransports on loopback; shm selects the
-// same-host shared-memory path (all ranks then share a host id).
-func grpcFabric(shm bool) fabric {
-	name := "grpc"
+// same-host shared-memory path (all ranks then share a host id), otherwise
+// frames take the TCP frame connections (tcpFrames) or the gRPC stream.
+func grpcFabric(shm, tcpFrames bool) fabric {
+	name := "grpc-stream"
 	if shm {
 		name = "grpc-shm"
+	} else if tcpFrames {
+		name = "grpc-tcp"
 	}
 	return fabric{name, func(t *testing.T, n int) ([]Transport, []string) {
 		ts := make([]Transport, n)
 		peers := make([]string, n)
+		shmDir := t.TempDir()
 		for i := range ts {
-			cfg := GRPCConfig{HandshakeTimeout: 5 * time.Second, MaxChunkBytes: 1 << 20, Window: 1 << 20, ShmSlots: 4}
+			cfg := GRPCConfig{HandshakeTimeout: 5 * time.Second, MaxChunkBytes: 1 << 20, Window: 1 << 20, ShmSlots: 4,
+				DisableTCPFrames: !tcpFrames}
 			if shm {
 				cfg.HostID = "test-host"
-				cfg.ShmDir = t.TempDir()
+				cfg.ShmDir = shmDir
 			} else {
 				cfg.HostID = fmt.Sprintf("host-%d", i) // different hosts: no shared memory
 			}
@@ -43,8 +48,9 @@ func grpcFabric(shm bool) fabric {
 	}}
 }
 
-func TestGRPC(t *testing.T)    { runSuite(t, grpcFabric(false)) }
-func TestGRPCShm(t *testing.T) { runSuite(t, grpcFabric(true)) }
+func TestGRPCStream(t *testing.T) { runSuite(t, grpcFabric(false, false)) }
+func TestGRPCTCP(t *testing.T)    { runSuite(t, grpcFabric(false, true)) }
+func TestGRPCShm(t *testing.T)    { runSuite(t, grpcFabric(true, false)) }
 
 // TestSharedMemoryChosen: same host id => the links use shared memory and
 // the segment files are already unlinked; different ids or the switch off

@@ -11,7 +11,7 @@ import (
 // for tests: frames move through bounded channels, and Partition cuts a
 // transport off as a dead host would be.
 type InmemNetwork struct {
-	mu    sync.Mutex              // guards nodes
+	mu    sync.Mutex // guards nodes
 	nodes map[string]*InmemTransport
 }
 
@@ -30,7 +30,7 @@ type InmemTransport struct {
 	net  *InmemNetwork
 	name string
 
-	mu        sync.Mutex // guards endpoints, links, cut
+	mu        sync.Mutex    // guards endpoints, links, cut
 	changed   chan struct{} // closed and replaced whenever endpoints changes
 	endpoints map[ringKey]*inmemEndpoint
 	links     map[*inmemLink]struct{}
@@ -215,6 +215,11 @@ func (l *inmemLink) Send(h *Header, size int, fill func(dst []byte)) error {
 }
 
 func (l *inmemLink) Recv(fn func(h *Header, payload [][]byte) error) error {
+	select { // frames sent before a close are still delivered
+	case f := <-l.in.frames:
+		return fn(&f.h, [][]byte{f.payload})
+	default:
+	}
 	select {
 	case f := <-l.in.frames:
 		return fn(&f.h, [][]byte{f.payload})

@@ -55,13 +55,13 @@ type Reducer struct {
 	owner   []int // param index -> bucket (-1: not reduced)
 
 	// per step
-	mu       sync.Mutex // guards the fields below
-	active   bool
-	ctx      context.Context
-	cancel   context.CancelFunc
-	step     uint64
-	ready    []bool
-	next     int // next bucket to start
+	mu     sync.Mutex // guards the fields below
+	active bool
+	ctx    context.Context
+	cancel context.CancelFunc
+	step   uint64
+	ready  []bool
+	next   int // next bucket to start
 }
 
 type bucket struct {

@@ -39,13 +39,14 @@ type Ring struct {
 	cfg  Config
 	link Link
 
-	mu     sync.Mutex // guards queue, broken, closed, seq, step
-	cond   *sync.Cond // signalled when queue grows or closed is set
-	queue  []*Op
-	broken error // first failure; every later collective fails with it
-	closed bool
-	seq    uint64 // sequence number of the last collective started
-	step   uint64 // step of the last tagged collective (for AllReduceSum)
+	mu      sync.Mutex // guards queue, broken, closed, seq, step
+	cond    *sync.Cond // signalled when queue grows or closed is set
+	queue   []*Op
+	broken  error // first failure; every later collective fails with it
+	closed  bool
+	running bool   // a collective is executing
+	seq     uint64 // sequence number of the last collective started
+	step    uint64 // step of the last tagged collective (for AllReduceSum)
 
 	runnerDone chan struct{}
 }
@@ -177,8 +178,9 @@ func (r *Ring) AllReduceSum(v []float32) error {
 	return r.AllReduce(context.Background(), Tag{Step: step, Bucket: BucketChannel}, v, Sum)
 }
 
-// Close fails queued collectives with ErrClosed, waits for the running one
-// to stop, and closes the link. It is idempotent.
+// Close fails queued collectives with ErrClosed and aborts a running one.
+// When the ring is idle and healthy it first lets the right neighbour read
+// the frames already sent (at most a second). It is idempotent.
 func (r *Ring) Close() error {
 	r.mu.Lock()
 	if r.closed {
@@ -188,14 +190,31 @@ func (r *Ring) Close() error {
 	}
 	r.closed = true
 	r.cond.Broadcast()
+	running := r.running
 	r.mu.Unlock()
-	var err error
-	if r.link != nil {
-		err = r.link.Close() // unblocks a running collective
+	if running && r.link != nil {
+		_ = r.link.Close() // abort the collective in progress
 	}
 	<-r.runnerDone
+	r.mu.Lock()
+	healthy := r.broken == nil
+	r.mu.Unlock()
+	if d, ok := r.link.(drainer); ok && healthy {
+		d.Drain(drainTimeout)
+	}
+	var err error
+	if r.link != nil {
+		err = r.link.Close()
+	}
 	return err
 }
+
+// drainer is a Link that can flush its outgoing frames before Close.
+type drainer interface{ Drain(d time.Duration) }
+
+// drainTimeout bounds how long Close waits for the right neighbour to read
+// the last frames.
+const drainTimeout = time.Second
 
 func (o *Op) finish(err error) {
 	o.err = err
@@ -218,6 +237,7 @@ func (r *Ring) run() {
 		r.queue[0] = nil
 		r.queue = r.queue[1:]
 		broken, closed := r.broken, r.closed
+		r.running = broken == nil && !closed
 		r.mu.Unlock()
 
 		switch {
@@ -231,12 +251,13 @@ func (r *Ring) run() {
 		op.start = time.Now()
 		err := r.execute(op)
 		op.end = time.Now()
+		r.mu.Lock()
+		r.running = false
+		if err != nil && r.broken == nil {
+			r.broken = err
+		}
+		r.mu.Unlock()
 		if err != nil {
-			r.mu.Lock()
-			if r.broken == nil {
-				r.broken = err
-			}
-			r.mu.Unlock()
 			if r.link != nil {
 				_ = r.link.Close()
 			}

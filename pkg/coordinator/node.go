@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -73,7 +74,8 @@ type Node struct {
 	ownTrans bool
 	log      *zap.Logger
 	notify   chan bool
-	leaderCh chan bool // latest leadership value, capacity 1
+	leaderCh chan bool   // latest leadership value, capacity 1
+	ready    atomic.Bool // leader and its FSM has applied every earlier entry
 	done     chan struct{}
 	wg       sync.WaitGroup
 
@@ -257,8 +259,13 @@ func (n *Node) watchLeadership() {
 		case <-n.done:
 			return
 		case isLeader := <-n.notify:
+			n.ready.Store(false)
 			if isLeader {
+				// The announcement is applied after every entry of earlier
+				// terms, so once it is, this node's state is complete.
 				n.announce()
+				isLeader = n.raft.State() == raft.Leader
+				n.ready.Store(isLeader)
 			}
 			select { // keep only the latest value
 			case <-n.leaderCh:
@@ -270,7 +277,7 @@ func (n *Node) watchLeadership() {
 }
 
 func (n *Node) announce() {
-	for n.raft.State() == raft.Leader {
+	for n.raft.State() == raft.Leader && !n.isClosed() {
 		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
 		_, err := n.Apply(ctx, Command{Op: opSetLeader, Leader: &LeaderRef{ID: n.cfg.ID, ControlAddr: n.cfg.ControlAddr}})
 		cancel()
@@ -296,8 +303,10 @@ func (n *Node) RaftAddr() string { return string(n.trans.LocalAddr()) }
 // stops; only the latest value is kept. It has one reader: the Service.
 func (n *Node) LeadershipCh() <-chan bool { return n.leaderCh }
 
-// IsLeader reports whether this node is the raft leader now.
-func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+// IsLeader reports whether this node is the raft leader and has applied
+// every entry committed before its term (so its State is complete). A new
+// leader becomes ready once its announcement is applied.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader && n.ready.Load() }
 
 // LeaderInfo names the current leader as this node sees it.
 type LeaderInfo struct {

@@ -14,9 +14,9 @@
 //   - Pure augmentation. The random crop and flip applied to a sample are a
 //     function of (seed, epoch, dataset index) only (see [Key]), so a sample
 //     looks the same whichever worker, goroutine or world size handles it.
-//   - Bounded memory. A [Loader] owns a fixed ring of batch buffers and never
-//     allocates per batch after start-up; Close stops every goroutine it
-//     started.
+//   - Bounded memory. A [Loader] decodes into a fixed ring of batch buffers
+//     allocated when it starts, so prefetching never runs ahead by more
+//     than that ring; Close stops every goroutine it started.
 //
 // Images are float32, channel-major (C, H, W); batches are contiguous NCHW.
 package data

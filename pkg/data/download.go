@@ -189,6 +189,12 @@ func (d *Downloader) Download(ctx context.Context, url, dest string, sum Checksu
 		return fmt.Errorf("data: download: %w", err)
 	}
 	part := dest + ".part"
+	defer func() {
+		// Keep a partial download to resume later, but not an empty file.
+		if fi, err := os.Stat(part); err == nil && fi.Size() == 0 {
+			_ = os.Remove(part)
+		}
+	}()
 	for i := 1; ; i++ {
 		err := d.fetchOnce(ctx, url, part, sum.Size)
 		if err == nil {

@@ -53,6 +53,10 @@ type Batch struct {
 // a pure function of the configuration: the same (dataset, sampler, seed,
 // position, rank, world) gives the same batches, however many workers run.
 //
+// A loader serves one (rank, world size). When the world changes, Close it
+// and start a new one whose Start is the Next position of the last
+// committed step: the sampler guarantees that no sample is lost or repeated.
+//
 // Next and Close may be called from different goroutines, but Next must
 // not be called concurrently with itself.
 type Loader struct {
@@ -66,11 +70,11 @@ type Loader struct {
 	ready chan *slot // buffers in step order; closed after the last step
 	jobs  chan job
 
-	cur      *slot // held by the caller since the last Next; owned by Next
-	waiting  *slot // taken from ready but not yet done; owned by Next
-	mu       sync.Mutex
-	closed   bool  // guarded by mu
-	finalErr error // sticky error once Next failed; owned by Next
+	cur      *slot      // held by the caller since the last Next; owned by Next
+	waiting  *slot      // taken from ready but not yet done; owned by Next
+	mu       sync.Mutex // guards closed and finalErr
+	closed   bool
+	finalErr error // sticky error once Next failed
 }
 
 type slot struct {
@@ -245,13 +249,16 @@ func (l *Loader) fill(j job, scratch []float32, classes int) {
 // that error again.
 func (l *Loader) Next(ctx context.Context) (*Batch, error) {
 	l.mu.Lock()
-	closed := l.closed
+	closed, final := l.closed, l.finalErr
 	l.mu.Unlock()
 	if closed {
 		return nil, ErrClosed
 	}
-	if l.finalErr != nil {
-		return nil, l.finalErr
+	if final != nil {
+		return nil, final
+	}
+	if err := l.ctx.Err(); err != nil { // cancelled: prefetched batches are dropped
+		return nil, l.stopErr(err)
 	}
 	if l.cur != nil {
 		l.free <- l.cur // never blocks: free has room for every slot
@@ -284,8 +291,7 @@ func (l *Loader) Next(ctx context.Context) (*Batch, error) {
 	l.waiting = nil
 	l.cur = s
 	if s.err != nil {
-		l.finalErr = s.err
-		return nil, s.err
+		return nil, l.stopErr(s.err)
 	}
 	n, sz := len(s.shard.Indices), l.shape.Len()
 	return &Batch{
@@ -297,8 +303,9 @@ func (l *Loader) Next(ctx context.Context) (*Batch, error) {
 	}, nil
 }
 
-// stopErr maps the end of the ready queue or loader cancellation to the
-// error Next reports.
+// stopErr records err (the end of the data, the loader's cancellation or
+// a failed sample) as the error every later Next returns, unless the
+// loader was closed, which reports ErrClosed.
 func (l *Loader) stopErr(err error) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -34,6 +34,14 @@ func kernelSource() string {
 	return b.String()
 }
 
+// kernelOptions are the NVRTC options every kernel build uses.
+// --fmad=false stops NVRTC from contracting a*b+c into one FMA (its
+// default), so that each kernel rounds after every operation exactly as
+// the CPU backend's Go code does (Go on amd64 fuses only where math.FMA
+// or an explicit fused helper is written); kernels that want an FMA say
+// fmaf. The kernels are memory-bound, so the cost is nil.
+var kernelOptions = []string{"--fmad=false"}
+
 var kernelDecl = regexp.MustCompile(`extern "C" __global__ void (k_\w+)\(([^)]*)\)`)
 
 // kernelSignatures parses every kernel's parameter kinds ('p', 'i', 'f',
@@ -228,12 +236,12 @@ func (d *cudaDevice) loadKernels(o Options) error {
 	compute := "compute_" + strings.TrimPrefix(sm, "sm_")
 	var errs []error
 	for _, t := range []struct{ arch, ext string }{{sm, "cubin"}, {compute, "ptx"}} {
-		key := kernelCacheKey(src, t.arch, d.info.NVRTCVersion, nil)
+		key := kernelCacheKey(src, t.arch, d.info.NVRTCVersion, kernelOptions)
 		img := cache.load(key, t.ext)
 		how := t.ext + " (cached)"
 		if img == nil {
 			var err error
-			img, err = d.rtc.compile(src, "ringtrain_kernels.cu", t.arch, nil)
+			img, err = d.rtc.compile(src, "ringtrain_kernels.cu", t.arch, kernelOptions)
 			if err != nil {
 				errs = append(errs, err)
 				continue

@@ -71,10 +71,14 @@ func TestKernelsCompileWithClang(t *testing.T) {
 	}
 	shim, _ := filepath.Abs("testdata/cuda_shim.h")
 	out, err := exec.Command(clang, "-x", "cuda", "--cuda-device-only", "-nocudainc", "-nocudalib",
-		"--cuda-gpu-arch=sm_80", "-std=c++17", "-O2", "-Wall", "-Werror", "-S", "-include", shim,
+		"--cuda-gpu-arch=sm_80", "-std=c++17", "-O2", "-Wall", "-Werror",
+		// An installed CUDA newer than this clang knows is irrelevant: no
+		// CUDA header or library is used (-nocudainc, -nocudalib).
+		"-Wno-unknown-cuda-version", "-S", "-include", shim,
 		src, "-o", filepath.Join(dir, "k.ptx")).CombinedOutput()
 	if err != nil {
-		if strings.Contains(string(out), "cannot find") || strings.Contains(string(out), "unsupported") {
+		if strings.Contains(string(out), "cannot find") || strings.Contains(string(out), "unsupported") ||
+			strings.Contains(string(out), "unknown-cuda-version") || strings.Contains(string(out), "unknown argument") {
 			t.Skipf("this clang cannot compile CUDA: %s", out)
 		}
 		t.Fatalf("clang: %v\n%s", err, out)

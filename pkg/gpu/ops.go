@@ -226,6 +226,7 @@ func (b *Backend) LinearBackward(dx, dw, db, dy, x, w *nn.Tensor) {
 
 // chanReduce runs k_chan_partial + k_chan_finish: per-channel sums over
 // (N, C, HW) in a fixed partition and order (see kernels/batchnorm.cu).
+// In mode 1 the second sum is multiplied by invStd at the end.
 func (b *Backend) chanReduce(mode int, x, x2, mean, invStd *nn.Tensor, n, c, hw int, out0, out1 *nn.Tensor, accumulate bool) {
 	m := n * hw
 	splits := chanSplits(c, m, b.sms)
@@ -235,8 +236,12 @@ func (b *Backend) chanReduce(mode int, x, x2, mean, invStd *nn.Tensor, n, c, hw 
 	}
 	b.ok(b.dev.launch("k_chan_partial", dim3{uint32(splits), uint32(c), 1}, dim3{blockSize, 1, 1},
 		a(mode, x, x2, mean, invStd, n, c, hw, splits, part)))
+	var scale1 *nn.Tensor
+	if mode == 1 {
+		scale1 = invStd
+	}
 	b.ok(b.dev.launch("k_chan_finish", dim3{uint32((c + 127) / 128), 1, 1}, dim3{128, 1, 1},
-		a(part, c, splits, out0, out1, accumulate)))
+		a(part, c, splits, scale1, out0, out1, accumulate)))
 }
 
 // chanSplits picks how many chunks each channel's m elements are cut into:
@@ -290,7 +295,7 @@ func (b *Backend) BatchNormBackward(dx, dy, x, mean, invStd, gamma, sumDy, sumDy
 		return
 	}
 	_, c, hw := dims4(x)
-	b.elem("k_bn_backward", x.Numel(), a(dx, dy, x, mean, invStd, gamma, sumDy, sumDyXhat, c, hw, x.Numel(), float32(m)))
+	b.elem("k_bn_backward", x.Numel(), a(dx, dy, x, mean, invStd, gamma, sumDy, sumDyXhat, c, hw, x.Numel(), float64(m)))
 }
 
 // BatchNormStatsFinish implements nn.Backend.

@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"fmt"
+	"os"
 	"math"
 	"math/rand"
 	"testing"
@@ -49,19 +50,97 @@ func learnable(seed int64, nb, n, size int) ([][]float32, [][]int32) {
 	return xs, ls
 }
 
+// flatNormErr is ||gpu-cpu|| / ||cpu|| of two tensors.
+func flatNormErr(e *env, g, c *nn.Tensor) float64 { return e.normErr(tp{g, c}) }
+
+// hostNormErr is ||a-b|| / ||b||.
+func hostNormErr(a, b []float32) float64 {
+	var d, n float64
+	for i := range a {
+		d += (float64(a[i]) - float64(b[i])) * (float64(a[i]) - float64(b[i]))
+		n += float64(b[i]) * float64(b[i])
+	}
+	return math.Sqrt(d / math.Max(n, 1e-300))
+}
+
+// roundingResponse measures how far the CPU's own logits and gradients
+// move when every weight of ref is perturbed by one rounding (a relative
+// ±2^-24, random signs): the step's sensitivity to rounding. A GEMM that
+// rounds in float32 returns the exact product of operands perturbed by up
+// to k·u (typically about sqrt(k)·u, 68u for ResNet-18's longest sums of
+// 4608), so a correct GPU step is expected within ~100x this response;
+// gradients that nearly cancel make the response, and so the allowance,
+// large.
+func roundingResponse(t *testing.T, c nn.Backend, cfg nn.ResNetConfig, ref *nn.Model, x *nn.Tensor, labels []int32, logits0, grads0 []float32) (dLogits, dGrads float64) {
+	t.Helper()
+	m, err := nn.NewResNet(c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Free()
+	copyModel(t, m, ref)
+	rng := rand.New(rand.NewSource(77))
+	w := make([]float32, m.ParamsFlat().Numel())
+	c.ToHost(w, m.ParamsFlat())
+	for i := range w {
+		if rng.Intn(2) == 0 {
+			w[i] *= 1 + 1.0/(1<<24)
+		} else {
+			w[i] *= 1 - 1.0/(1<<24)
+		}
+	}
+	c.FromHost(m.ParamsFlat(), w)
+	lg, err := m.Forward(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, dl, err := (&nn.CrossEntropy{Smoothing: 0.1}).Compute(c, lg, labels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ZeroGrad()
+	if err := m.Backward(dl); err != nil {
+		t.Fatal(err)
+	}
+	l := make([]float32, lg.Numel())
+	c.ToHost(l, lg)
+	g := make([]float32, m.GradsFlat().Numel())
+	c.ToHost(g, m.GradsFlat())
+	return hostNormErr(l, logits0), hostNormErr(g, grads0)
+}
+
+// responseFactor: see roundingResponse.
+const responseFactor = 100
+
 // TestGPUResNet18Step runs one full training step of ResNet-18 (both
-// stems) on the GPU and on the CPU from the same weights and compares
-// logits, loss, every gradient and the updated parameters.
+// stems) on the GPU and on the CPU from the same weights.
+//
+// Per op (the shadow backend): every op of the step, run on the CPU with
+// the GPU's own inputs, must be within that op's tolerance (exact, one
+// rounding, or the rounding bound of its sums). This is the check that
+// can blame an op; the first op over its tolerance is reported.
+//
+// End to end, norm-wise over the whole model, within fp32Tol (1e-4):
+// logits, loss, the flat gradient, parameters after one SGD step, running
+// statistics. Single small gradients (a BN bias whose gradient is a sum
+// that nearly cancels) amplify rounding differences of upstream sums by
+// the cancellation factor, so per-parameter norms are reported, not
+// asserted.
 func TestGPUResNet18Step(t *testing.T) {
 	g := openGPU(t, PrecisionFP32)
 	c := nn.NewCPU(0)
+	emulated := g.info.Arch == "host"
 	for _, tc := range []struct {
 		stem string
 		n, s int
 	}{{"cifar", 4, 32}, {"imagenet", 4, 64}} {
 		t.Run(tc.stem, func(t *testing.T) {
+			if emulated && tc.stem == "cifar" {
+				tc.n = 2 // the emulator is slow; two images still exercise every path
+			}
+			sh := newShadow(g)
 			cfg := nn.ResNetConfig{Depth: 18, Stem: tc.stem, Classes: 10, Seed: 5}
-			mg, err := nn.NewResNet(g, cfg)
+			mg, err := nn.NewResNet(sh, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,6 +150,7 @@ func TestGPUResNet18Step(t *testing.T) {
 				t.Fatal(err)
 			}
 			copyModel(t, mg, mc)
+			mg.SetGradReadyHook(func(i int) { sh.label = "backward, after " + mg.Params()[i].Name + "'s gradient" })
 			xs, ls := learnable(9, 1, tc.n, tc.s)
 			e := &env{t: t, g: g, c: c}
 			x := e.from(xs[0], tc.n, 3, tc.s, tc.s)
@@ -82,9 +162,10 @@ func TestGPUResNet18Step(t *testing.T) {
 			if err != nil {
 				t.Fatal("cpu forward:", err)
 			}
-			e.check("logits", tp{lg, lc}, fp32Tol)
+			hl := make([]float32, lc.Numel())
+			c.ToHost(hl, lc)
 			ceg, cec := &nn.CrossEntropy{Smoothing: 0.1}, &nn.CrossEntropy{Smoothing: 0.1}
-			lossG, dg, err := ceg.Compute(g, lg, ls[0])
+			lossG, dg, err := ceg.Compute(sh, lg, ls[0])
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -103,22 +184,45 @@ func TestGPUResNet18Step(t *testing.T) {
 			if err := mc.Backward(dc); err != nil {
 				t.Fatal(err)
 			}
-			// Gradients: norm-wise per parameter (small gradients of deep
-			// layers are sums of many terms in different orders).
+			hg := make([]float32, mc.GradsFlat().Numel())
+			c.ToHost(hg, mc.GradsFlat())
+			rl, rg := roundingResponse(t, c, cfg, mc, x[1], ls[0], hl, hg)
+			for _, o := range []struct {
+				name string
+				g, c *nn.Tensor
+				resp float64
+			}{{"logits", lg, lc, rl}, {"gradients", mg.GradsFlat(), mc.GradsFlat(), rg}} {
+				tol := math.Max(fp32Tol, responseFactor*o.resp)
+				if r := flatNormErr(e, o.g, o.c); r > tol {
+					t.Errorf("%s: ||gpu-cpu||/||cpu|| over the model = %.3g > %.3g (the CPU's response to one rounding of every weight: %.3g)", o.name, r, tol, o.resp)
+				} else {
+					t.Logf("%s: ||gpu-cpu||/||cpu|| over the model = %.3g <= %.3g (the CPU's response to one rounding of every weight: %.3g)", o.name, r, tol, o.resp)
+				}
+			}
 			worst, wn := 0.0, ""
 			for i, p := range mg.Params() {
-				r := e.normErr(tp{p.Grad, mc.Params()[i].Grad})
-				if r > worst {
+				if r := e.normErr(tp{p.Grad, mc.Params()[i].Grad}); r > worst {
 					worst, wn = r, p.Name
 				}
 			}
-			if worst > 1e-3 {
-				t.Errorf("gradients: worst ||gpu-cpu||/||cpu|| = %.3g (%s) > 1e-3", worst, wn)
-			} else {
-				t.Logf("gradients: worst norm error %.3g (%s)", worst, wn)
+			if os.Getenv("RINGTRAIN_GPU_DEBUG") != "" {
+				for i, p := range mg.Params() {
+					hg1 := make([]float32, p.Grad.Numel())
+					hc1 := make([]float32, p.Grad.Numel())
+					g.ToHost(hg1, p.Grad)
+					c.ToHost(hc1, mc.Params()[i].Grad)
+					var d, n float64
+					for j := range hg1 {
+						d += (float64(hg1[j]) - float64(hc1[j])) * (float64(hg1[j]) - float64(hc1[j]))
+						n += float64(hc1[j]) * float64(hc1[j])
+					}
+					t.Logf("  %-28s |d| %.3g |c| %.3g rel %.3g", p.Name, math.Sqrt(d), math.Sqrt(n), math.Sqrt(d/n))
+				}
 			}
+			t.Logf("gradients: worst single-parameter ||gpu-cpu||/||cpu|| = %.3g (%s) (information)", worst, wn)
 			sgd := nn.SGDConfig{LR: 0.1, Momentum: 0.9, WeightDecay: 5e-4}
-			og, err := nn.NewSGD(g, mg.Params(), sgd)
+			sh.label = "optimizer"
+			og, err := nn.NewSGD(sh, mg.Params(), sgd)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -132,8 +236,21 @@ func TestGPUResNet18Step(t *testing.T) {
 			if err := oc.Step(); err != nil {
 				t.Fatal(err)
 			}
-			e.check("params after SGD", tp{mg.ParamsFlat(), mc.ParamsFlat()}, fp32Tol)
-			e.check("running stats", tp{mg.BuffersFlat(), mc.BuffersFlat()}, fp32Tol)
+			for _, o := range []struct {
+				name string
+				g, c *nn.Tensor
+			}{{"params after SGD", mg.ParamsFlat(), mc.ParamsFlat()}, {"running stats", mg.BuffersFlat(), mc.BuffersFlat()}} {
+				if r := flatNormErr(e, o.g, o.c); r > fp32Tol {
+					t.Errorf("%s: ||gpu-cpu||/||cpu|| = %.3g > %g", o.name, r, fp32Tol)
+				} else {
+					t.Logf("%s: ||gpu-cpu||/||cpu|| = %.3g", o.name, r)
+				}
+			}
+			first, summary := sh.report()
+			if first != "" {
+				t.Errorf("per-op check: first op over its tolerance: %s", first)
+			}
+			t.Logf("per-op check (%d ops, each from the GPU's own inputs):%s", sh.seq, summary)
 		})
 	}
 }

@@ -470,7 +470,7 @@ func EncodeSafetensors(w io.Writer, tensors []*STTensor, meta map[string]string)
 // WriteSafetensorsFile writes a safetensors file atomically: to a temporary
 // file in the same directory, fsynced, renamed over path, then the
 // directory fsynced. A crash leaves either the old file or the new one.
-func WriteSafetensorsFile(path string, tensors []*STTensor, meta map[string]string) (err error) {
+func WriteSafetensorsFile(path string, tensors []*STTensor, meta map[string]string) error {
 	var buf bytes.Buffer
 	if err := EncodeSafetensors(&buf, tensors, meta); err != nil {
 		return err

@@ -168,6 +168,7 @@ func TestSafetensorsRejects(t *testing.T) {
 		{"bad utf8", stFile("{\"\xff\":1}", nil), ErrSTHeader, ""},
 		{"trailing", stFile("{} {}", nil), ErrSTHeader, ""},
 		{"entry not object", stFile(`{"w":5}`, nil), ErrSTHeader, "w"},
+		{"empty name", stFile("{"+f32("", "[1]", "[0,4]")+"}", make([]byte, 4)), ErrSTHeader, ""},
 		{"missing field", stFile(`{"w":{"dtype":"F32","shape":[1]}}`, make([]byte, 4)), ErrSTHeader, "w"},
 		{"unknown dtype", stFile(`{"w":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}}`, make([]byte, 4)), ErrSTDType, "w"},
 		{"duplicate", stFile("{"+f32("w", "[1]", "[0,4]")+","+f32("w", "[1]", "[4,8]")+"}", make([]byte, 8)), ErrSTDuplicate, "w"},

@@ -190,6 +190,9 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 			return res, err
 		}
 		lossSum = float64(loss) * float64(b.N)
+		// Metrics ride with the last bucket, which launches during
+		// backward: they must be in place before it.
+		t.metrics[0], t.metrics[1], t.metrics[2] = float32(lossSum), float32(correct), float32(b.N)
 		if err := m.Backward(dl); err != nil {
 			return res, fmt.Errorf("worker: step %d backward: %w", t.Step, err)
 		}
@@ -198,9 +201,9 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		t.B.ToHost(t.hostGrad, m.GradsFlat())
 		t.B.ToHost(t.hostBuf, m.BuffersFlat())
 	}
-	// Metrics ride with the last bucket, which averages: scale by world
-	// so that the average is the sum.
-	t.metrics[0], t.metrics[1], t.metrics[2] = float32(lossSum), float32(correct), float32(b.N)
+	if b.N == 0 {
+		t.metrics[0], t.metrics[1], t.metrics[2] = 0, 0, 0
+	}
 	if onDevice || b.N == 0 {
 		for i := len(m.Params()) - 1; i >= 0; i-- {
 			if err := red.MarkReady(i); err != nil && hookErr == nil {
@@ -221,6 +224,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		t.B.FromHost(m.GradsFlat(), t.hostGrad)
 		t.B.FromHost(m.BuffersFlat(), t.hostBuf)
 	}
+	// The last bucket averages its extras: scale by world for the sums.
 	w := float64(world)
 	res.Loss = float64(t.metrics[0]) * w / float64(max(b.GlobalSize, 1))
 	res.Correct = int(float64(t.metrics[1])*w + 0.5)

@@ -160,3 +160,30 @@ func TestBuildScheduleAndOptimizers(t *testing.T) {
 	}
 	_ = data.Position{}
 }
+
+func TestStepMetricsAreGlobal(t *testing.T) {
+	spec := tinySpec()
+	spec.BatchNorm = "average"
+	train, test, _ := OpenDatasets(context.Background(), spec)
+	tr, err := NewTrainer(spec, nn.NewCPU(1), train, test)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ring, err := allreduce.Open(context.Background(), allreduce.NewInmemNetwork().Transport("a"), allreduce.DefaultConfig("j", 1, 0, 1), []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ring.Close()
+	red, _ := tr.NewReducer(ring)
+	ld, _ := tr.Loader(context.Background(), 0, 1)
+	defer ld.Close()
+	b, _ := ld.Next(context.Background())
+	res, err := tr.TrainStep(context.Background(), b, red, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Loss < 1 || res.Loss > 5 || res.N != spec.GlobalBatch || res.Correct < 0 || res.Correct > res.N {
+		t.Fatalf("step metrics %+v (a 10-class loss at init is about ln 10)", res)
+	}
+}

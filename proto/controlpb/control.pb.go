@@ -6,7 +6,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: proto/controlpb/control.proto
+// source: controlpb/control.proto
 
 package controlpb
 
@@ -69,11 +69,11 @@ func (x JobState) String() string {
 }
 
 func (JobState) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_controlpb_control_proto_enumTypes[0].Descriptor()
+	return file_controlpb_control_proto_enumTypes[0].Descriptor()
 }
 
 func (JobState) Type() protoreflect.EnumType {
-	return &file_proto_controlpb_control_proto_enumTypes[0]
+	return &file_controlpb_control_proto_enumTypes[0]
 }
 
 func (x JobState) Number() protoreflect.EnumNumber {
@@ -82,7 +82,7 @@ func (x JobState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use JobState.Descriptor instead.
 func (JobState) EnumDescriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{0}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{0}
 }
 
 // WorkerInfo describes one worker process.
@@ -99,7 +99,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[0]
+	mi := &file_controlpb_control_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -111,7 +111,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[0]
+	mi := &file_controlpb_control_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -124,7 +124,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{0}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -171,7 +171,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[1]
+	mi := &file_controlpb_control_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -183,7 +183,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[1]
+	mi := &file_controlpb_control_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -196,7 +196,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{1}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *JoinRequest) GetWorker() *WorkerInfo {
@@ -220,7 +220,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[2]
+	mi := &file_controlpb_control_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -232,7 +232,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[2]
+	mi := &file_controlpb_control_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -245,7 +245,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{2}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *JoinResponse) GetJob() string {
@@ -304,7 +304,7 @@ type PlanMember struct {
 
 func (x *PlanMember) Reset() {
 	*x = PlanMember{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[3]
+	mi := &file_controlpb_control_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -316,7 +316,7 @@ func (x *PlanMember) String() string {
 func (*PlanMember) ProtoMessage() {}
 
 func (x *PlanMember) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[3]
+	mi := &file_controlpb_control_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -329,7 +329,7 @@ func (x *PlanMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanMember.ProtoReflect.Descriptor instead.
 func (*PlanMember) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{3}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PlanMember) GetRank() int32 {
@@ -380,7 +380,7 @@ type Committed struct {
 
 func (x *Committed) Reset() {
 	*x = Committed{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[4]
+	mi := &file_controlpb_control_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -392,7 +392,7 @@ func (x *Committed) String() string {
 func (*Committed) ProtoMessage() {}
 
 func (x *Committed) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[4]
+	mi := &file_controlpb_control_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -405,7 +405,7 @@ func (x *Committed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Committed.ProtoReflect.Descriptor instead.
 func (*Committed) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{4}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Committed) GetStep() int64 {
@@ -450,7 +450,7 @@ type CheckpointRef struct {
 
 func (x *CheckpointRef) Reset() {
 	*x = CheckpointRef{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[5]
+	mi := &file_controlpb_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +462,7 @@ func (x *CheckpointRef) String() string {
 func (*CheckpointRef) ProtoMessage() {}
 
 func (x *CheckpointRef) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[5]
+	mi := &file_controlpb_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +475,7 @@ func (x *CheckpointRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRef.ProtoReflect.Descriptor instead.
 func (*CheckpointRef) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{5}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CheckpointRef) GetStep() int64 {
@@ -532,7 +532,7 @@ type Plan struct {
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[6]
+	mi := &file_controlpb_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +544,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[6]
+	mi := &file_controlpb_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +557,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{6}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Plan) GetGeneration() uint64 {
@@ -633,7 +633,7 @@ type WatchPlanRequest struct {
 
 func (x *WatchPlanRequest) Reset() {
 	*x = WatchPlanRequest{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[7]
+	mi := &file_controlpb_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +645,7 @@ func (x *WatchPlanRequest) String() string {
 func (*WatchPlanRequest) ProtoMessage() {}
 
 func (x *WatchPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[7]
+	mi := &file_controlpb_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +658,7 @@ func (x *WatchPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPlanRequest.ProtoReflect.Descriptor instead.
 func (*WatchPlanRequest) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{7}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchPlanRequest) GetWorkerId() string {
@@ -694,7 +694,7 @@ type MetricsReport struct {
 
 func (x *MetricsReport) Reset() {
 	*x = MetricsReport{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[8]
+	mi := &file_controlpb_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -706,7 +706,7 @@ func (x *MetricsReport) String() string {
 func (*MetricsReport) ProtoMessage() {}
 
 func (x *MetricsReport) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[8]
+	mi := &file_controlpb_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -719,7 +719,7 @@ func (x *MetricsReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsReport.ProtoReflect.Descriptor instead.
 func (*MetricsReport) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{8}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MetricsReport) GetWorkerId() string {
@@ -807,7 +807,7 @@ type MetricsAck struct {
 
 func (x *MetricsAck) Reset() {
 	*x = MetricsAck{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[9]
+	mi := &file_controlpb_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +819,7 @@ func (x *MetricsAck) String() string {
 func (*MetricsAck) ProtoMessage() {}
 
 func (x *MetricsAck) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[9]
+	mi := &file_controlpb_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +832,7 @@ func (x *MetricsAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsAck.ProtoReflect.Descriptor instead.
 func (*MetricsAck) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{9}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{9}
 }
 
 type FailureReport struct {
@@ -847,7 +847,7 @@ type FailureReport struct {
 
 func (x *FailureReport) Reset() {
 	*x = FailureReport{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[10]
+	mi := &file_controlpb_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +859,7 @@ func (x *FailureReport) String() string {
 func (*FailureReport) ProtoMessage() {}
 
 func (x *FailureReport) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[10]
+	mi := &file_controlpb_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +872,7 @@ func (x *FailureReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailureReport.ProtoReflect.Descriptor instead.
 func (*FailureReport) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{10}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FailureReport) GetWorkerId() string {
@@ -917,7 +917,7 @@ type CommitStepRequest struct {
 
 func (x *CommitStepRequest) Reset() {
 	*x = CommitStepRequest{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[11]
+	mi := &file_controlpb_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +929,7 @@ func (x *CommitStepRequest) String() string {
 func (*CommitStepRequest) ProtoMessage() {}
 
 func (x *CommitStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[11]
+	mi := &file_controlpb_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +942,7 @@ func (x *CommitStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitStepRequest.ProtoReflect.Descriptor instead.
 func (*CommitStepRequest) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{11}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CommitStepRequest) GetWorkerId() string {
@@ -997,7 +997,7 @@ type CommitStepResponse struct {
 
 func (x *CommitStepResponse) Reset() {
 	*x = CommitStepResponse{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[12]
+	mi := &file_controlpb_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1009,7 @@ func (x *CommitStepResponse) String() string {
 func (*CommitStepResponse) ProtoMessage() {}
 
 func (x *CommitStepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[12]
+	mi := &file_controlpb_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1022,7 @@ func (x *CommitStepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitStepResponse.ProtoReflect.Descriptor instead.
 func (*CommitStepResponse) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{12}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CommitStepResponse) GetCommitted() *Committed {
@@ -1050,7 +1050,7 @@ type RecordCheckpointRequest struct {
 
 func (x *RecordCheckpointRequest) Reset() {
 	*x = RecordCheckpointRequest{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[13]
+	mi := &file_controlpb_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1062,7 @@ func (x *RecordCheckpointRequest) String() string {
 func (*RecordCheckpointRequest) ProtoMessage() {}
 
 func (x *RecordCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[13]
+	mi := &file_controlpb_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1075,7 @@ func (x *RecordCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*RecordCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{13}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RecordCheckpointRequest) GetWorkerId() string {
@@ -1108,7 +1108,7 @@ type RecordCheckpointResponse struct {
 
 func (x *RecordCheckpointResponse) Reset() {
 	*x = RecordCheckpointResponse{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[14]
+	mi := &file_controlpb_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1120,7 @@ func (x *RecordCheckpointResponse) String() string {
 func (*RecordCheckpointResponse) ProtoMessage() {}
 
 func (x *RecordCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[14]
+	mi := &file_controlpb_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1133,7 @@ func (x *RecordCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*RecordCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{14}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RecordCheckpointResponse) GetLatest() *CheckpointRef {
@@ -1151,7 +1151,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[15]
+	mi := &file_controlpb_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1163,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[15]
+	mi := &file_controlpb_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1176,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{15}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{15}
 }
 
 type JobStatus struct {
@@ -1194,7 +1194,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[16]
+	mi := &file_controlpb_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1206,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[16]
+	mi := &file_controlpb_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1219,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{16}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *JobStatus) GetJob() string {
@@ -1279,7 +1279,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[17]
+	mi := &file_controlpb_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1291,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[17]
+	mi := &file_controlpb_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1304,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{17}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{17}
 }
 
 type LeaderInfo struct {
@@ -1319,7 +1319,7 @@ type LeaderInfo struct {
 
 func (x *LeaderInfo) Reset() {
 	*x = LeaderInfo{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[18]
+	mi := &file_controlpb_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1331,7 @@ func (x *LeaderInfo) String() string {
 func (*LeaderInfo) ProtoMessage() {}
 
 func (x *LeaderInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[18]
+	mi := &file_controlpb_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1344,7 @@ func (x *LeaderInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderInfo.ProtoReflect.Descriptor instead.
 func (*LeaderInfo) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{18}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LeaderInfo) GetLeaderId() string {
@@ -1386,7 +1386,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_proto_controlpb_control_proto_msgTypes[19]
+	mi := &file_controlpb_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +1398,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_controlpb_control_proto_msgTypes[19]
+	mi := &file_controlpb_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +1411,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_proto_controlpb_control_proto_rawDescGZIP(), []int{19}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NotLeader) GetLeaderId() string {
@@ -1428,11 +1428,11 @@ func (x *NotLeader) GetLeaderAddress() string {
 	return ""
 }
 
-var File_proto_controlpb_control_proto protoreflect.FileDescriptor
+var File_controlpb_control_proto protoreflect.FileDescriptor
 
-const file_proto_controlpb_control_proto_rawDesc = "" +
+const file_controlpb_control_proto_rawDesc = "" +
 	"\n" +
-	"\x1dproto/controlpb/control.proto\x12\x14ringtrain.control.v1\"y\n" +
+	"\x17controlpb/control.proto\x12\x14ringtrain.control.v1\"y\n" +
 	"\n" +
 	"WorkerInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
@@ -1573,20 +1573,20 @@ const file_proto_controlpb_control_proto_rawDesc = "" +
 	"\x06Leader\x12#.ringtrain.control.v1.LeaderRequest\x1a .ringtrain.control.v1.LeaderInfoB0Z.github.com/ringtrain/ringtrain/proto/controlpbb\x06proto3"
 
 var (
-	file_proto_controlpb_control_proto_rawDescOnce sync.Once
-	file_proto_controlpb_control_proto_rawDescData []byte
+	file_controlpb_control_proto_rawDescOnce sync.Once
+	file_controlpb_control_proto_rawDescData []byte
 )
 
-func file_proto_controlpb_control_proto_rawDescGZIP() []byte {
-	file_proto_controlpb_control_proto_rawDescOnce.Do(func() {
-		file_proto_controlpb_control_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_proto_controlpb_control_proto_rawDesc), len(file_proto_controlpb_control_proto_rawDesc)))
+func file_controlpb_control_proto_rawDescGZIP() []byte {
+	file_controlpb_control_proto_rawDescOnce.Do(func() {
+		file_controlpb_control_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_controlpb_control_proto_rawDesc), len(file_controlpb_control_proto_rawDesc)))
 	})
-	return file_proto_controlpb_control_proto_rawDescData
+	return file_controlpb_control_proto_rawDescData
 }
 
-var file_proto_controlpb_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_controlpb_control_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
-var file_proto_controlpb_control_proto_goTypes = []any{
+var file_controlpb_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_controlpb_control_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_controlpb_control_proto_goTypes = []any{
 	(JobState)(0),                    // 0: ringtrain.control.v1.JobState
 	(*WorkerInfo)(nil),               // 1: ringtrain.control.v1.WorkerInfo
 	(*JoinRequest)(nil),              // 2: ringtrain.control.v1.JoinRequest
@@ -1609,7 +1609,7 @@ var file_proto_controlpb_control_proto_goTypes = []any{
 	(*LeaderInfo)(nil),               // 19: ringtrain.control.v1.LeaderInfo
 	(*NotLeader)(nil),                // 20: ringtrain.control.v1.NotLeader
 }
-var file_proto_controlpb_control_proto_depIdxs = []int32{
+var file_controlpb_control_proto_depIdxs = []int32{
 	1,  // 0: ringtrain.control.v1.JoinRequest.worker:type_name -> ringtrain.control.v1.WorkerInfo
 	7,  // 1: ringtrain.control.v1.JoinResponse.plan:type_name -> ringtrain.control.v1.Plan
 	0,  // 2: ringtrain.control.v1.Plan.state:type_name -> ringtrain.control.v1.JobState
@@ -1647,27 +1647,27 @@ var file_proto_controlpb_control_proto_depIdxs = []int32{
 	0,  // [0:14] is the sub-list for field type_name
 }
 
-func init() { file_proto_controlpb_control_proto_init() }
-func file_proto_controlpb_control_proto_init() {
-	if File_proto_controlpb_control_proto != nil {
+func init() { file_controlpb_control_proto_init() }
+func file_controlpb_control_proto_init() {
+	if File_controlpb_control_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_controlpb_control_proto_rawDesc), len(file_proto_controlpb_control_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlpb_control_proto_rawDesc), len(file_controlpb_control_proto_rawDesc)),
 			NumEnums:      1,
 			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_proto_controlpb_control_proto_goTypes,
-		DependencyIndexes: file_proto_controlpb_control_proto_depIdxs,
-		EnumInfos:         file_proto_controlpb_control_proto_enumTypes,
-		MessageInfos:      file_proto_controlpb_control_proto_msgTypes,
+		GoTypes:           file_controlpb_control_proto_goTypes,
+		DependencyIndexes: file_controlpb_control_proto_depIdxs,
+		EnumInfos:         file_controlpb_control_proto_enumTypes,
+		MessageInfos:      file_controlpb_control_proto_msgTypes,
 	}.Build()
-	File_proto_controlpb_control_proto = out.File
-	file_proto_controlpb_control_proto_goTypes = nil
-	file_proto_controlpb_control_proto_depIdxs = nil
+	File_controlpb_control_proto = out.File
+	file_controlpb_control_proto_goTypes = nil
+	file_controlpb_control_proto_depIdxs = nil
 }

@@ -204,6 +204,7 @@ type Hello struct {
 	ShmPath       string                 `protobuf:"bytes,6,opt,name=shm_path,json=shmPath,proto3" json:"shm_path,omitempty"` // empty: no offer
 	ShmSlots      uint32                 `protobuf:"varint,7,opt,name=shm_slots,json=shmSlots,proto3" json:"shm_slots,omitempty"`
 	ShmSlotBytes  uint64                 `protobuf:"varint,8,opt,name=shm_slot_bytes,json=shmSlotBytes,proto3" json:"shm_slot_bytes,omitempty"`
+	WantTcpData   bool                   `protobuf:"varint,9,opt,name=want_tcp_data,json=wantTcpData,proto3" json:"want_tcp_data,omitempty"` // the caller can move frames over a raw TCP connection
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -294,6 +295,13 @@ func (x *Hello) GetShmSlotBytes() uint64 {
 	return 0
 }
 
+func (x *Hello) GetWantTcpData() bool {
+	if x != nil {
+		return x.WantTcpData
+	}
+	return false
+}
+
 // ChunkHeader tags every frame. A receiver refuses a frame whose job,
 // generation, step, bucket, sequence, round, segment or size differs from
 // what it expects.
@@ -311,9 +319,10 @@ type ChunkHeader struct {
 	Offset        uint64                 `protobuf:"varint,10,opt,name=offset,proto3" json:"offset,omitempty"`  // first element of the chunk in the vector
 	Count         uint32                 `protobuf:"varint,11,opt,name=count,proto3" json:"count,omitempty"`    // elements in the chunk
 	Dtype         DType                  `protobuf:"varint,12,opt,name=dtype,proto3,enum=ringtrain.ring.v1.DType" json:"dtype,omitempty"`
-	ShmSlot       uint32                 `protobuf:"varint,13,opt,name=shm_slot,json=shmSlot,proto3" json:"shm_slot,omitempty"` // 0: payload inline; s>0: payload in slot s-1
-	Hello         *Hello                 `protobuf:"bytes,14,opt,name=hello,proto3" json:"hello,omitempty"`                     // KIND_HELLO only
-	Total         uint64                 `protobuf:"varint,15,opt,name=total,proto3" json:"total,omitempty"`                    // elements in the whole vector
+	ShmSlot       uint32                 `protobuf:"varint,13,opt,name=shm_slot,json=shmSlot,proto3" json:"shm_slot,omitempty"`                // 0: payload inline; s>0: payload in slot s-1
+	Hello         *Hello                 `protobuf:"bytes,14,opt,name=hello,proto3" json:"hello,omitempty"`                                    // KIND_HELLO only
+	Total         uint64                 `protobuf:"varint,15,opt,name=total,proto3" json:"total,omitempty"`                                   // elements in the whole vector
+	PayloadBytes  uint32                 `protobuf:"varint,16,opt,name=payload_bytes,json=payloadBytes,proto3" json:"payload_bytes,omitempty"` // payload length (frame connection, shared memory)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -453,6 +462,13 @@ func (x *ChunkHeader) GetTotal() uint64 {
 	return 0
 }
 
+func (x *ChunkHeader) GetPayloadBytes() uint32 {
+	if x != nil {
+		return x.PayloadBytes
+	}
+	return 0
+}
+
 // Chunk is the message of Exchange. payload holds raw little-endian values.
 type Chunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -509,13 +525,19 @@ func (x *Chunk) GetPayload() []byte {
 // Ack answers a HELLO (accepted, or refused with a reason) and returns
 // shared-memory slots to the sender.
 type Ack struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          Kind                   `protobuf:"varint,1,opt,name=kind,proto3,enum=ringtrain.ring.v1.Kind" json:"kind,omitempty"`
-	Refusal       Refusal                `protobuf:"varint,2,opt,name=refusal,proto3,enum=ringtrain.ring.v1.Refusal" json:"refusal,omitempty"`
-	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
-	HostId        string                 `protobuf:"bytes,4,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
-	ShmAccepted   bool                   `protobuf:"varint,5,opt,name=shm_accepted,json=shmAccepted,proto3" json:"shm_accepted,omitempty"`
-	ShmSlot       uint32                 `protobuf:"varint,6,opt,name=shm_slot,json=shmSlot,proto3" json:"shm_slot,omitempty"` // slot s-1 is free again (s>0)
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Kind        Kind                   `protobuf:"varint,1,opt,name=kind,proto3,enum=ringtrain.ring.v1.Kind" json:"kind,omitempty"`
+	Refusal     Refusal                `protobuf:"varint,2,opt,name=refusal,proto3,enum=ringtrain.ring.v1.Refusal" json:"refusal,omitempty"`
+	Detail      string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	HostId      string                 `protobuf:"bytes,4,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	ShmAccepted bool                   `protobuf:"varint,5,opt,name=shm_accepted,json=shmAccepted,proto3" json:"shm_accepted,omitempty"`
+	ShmSlot     uint32                 `protobuf:"varint,6,opt,name=shm_slot,json=shmSlot,proto3" json:"shm_slot,omitempty"` // slot s-1 is free again (s>0)
+	// Where the caller connects its frame connection (HELLO answers with
+	// TCP data accepted): it dials data_addr, runs the transport's TLS
+	// handshake if any, and writes data_token. Frames on that connection are
+	// uint32 LE n | ChunkHeader (n bytes) | payload, as on the stream.
+	DataAddr      string `protobuf:"bytes,7,opt,name=data_addr,json=dataAddr,proto3" json:"data_addr,omitempty"`
+	DataToken     []byte `protobuf:"bytes,8,opt,name=data_token,json=dataToken,proto3" json:"data_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -592,12 +614,26 @@ func (x *Ack) GetShmSlot() uint32 {
 	return 0
 }
 
+func (x *Ack) GetDataAddr() string {
+	if x != nil {
+		return x.DataAddr
+	}
+	return ""
+}
+
+func (x *Ack) GetDataToken() []byte {
+	if x != nil {
+		return x.DataToken
+	}
+	return nil
+}
+
 var File_ring_proto protoreflect.FileDescriptor
 
 const file_ring_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"ring.proto\x12\x11ringtrain.ring.v1\"\xe3\x01\n" +
+	"ring.proto\x12\x11ringtrain.ring.v1\"\x87\x02\n" +
 	"\x05Hello\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
@@ -608,7 +644,8 @@ const file_ring_proto_rawDesc = "" +
 	"\ahost_id\x18\x05 \x01(\tR\x06hostId\x12\x19\n" +
 	"\bshm_path\x18\x06 \x01(\tR\ashmPath\x12\x1b\n" +
 	"\tshm_slots\x18\a \x01(\rR\bshmSlots\x12$\n" +
-	"\x0eshm_slot_bytes\x18\b \x01(\x04R\fshmSlotBytes\"\xaf\x03\n" +
+	"\x0eshm_slot_bytes\x18\b \x01(\x04R\fshmSlotBytes\x12\"\n" +
+	"\rwant_tcp_data\x18\t \x01(\bR\vwantTcpData\"\xd4\x03\n" +
 	"\vChunkHeader\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.ringtrain.ring.v1.KindR\x04kind\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x1e\n" +
@@ -627,17 +664,21 @@ const file_ring_proto_rawDesc = "" +
 	"\x05dtype\x18\f \x01(\x0e2\x18.ringtrain.ring.v1.DTypeR\x05dtype\x12\x19\n" +
 	"\bshm_slot\x18\r \x01(\rR\ashmSlot\x12.\n" +
 	"\x05hello\x18\x0e \x01(\v2\x18.ringtrain.ring.v1.HelloR\x05hello\x12\x14\n" +
-	"\x05total\x18\x0f \x01(\x04R\x05total\"Y\n" +
+	"\x05total\x18\x0f \x01(\x04R\x05total\x12#\n" +
+	"\rpayload_bytes\x18\x10 \x01(\rR\fpayloadBytes\"Y\n" +
 	"\x05Chunk\x126\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.ringtrain.ring.v1.ChunkHeaderR\x06header\x12\x18\n" +
-	"\apayload\x18\x02 \x01(\fR\apayload\"\xd7\x01\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\"\x93\x02\n" +
 	"\x03Ack\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.ringtrain.ring.v1.KindR\x04kind\x124\n" +
 	"\arefusal\x18\x02 \x01(\x0e2\x1a.ringtrain.ring.v1.RefusalR\arefusal\x12\x16\n" +
 	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x17\n" +
 	"\ahost_id\x18\x04 \x01(\tR\x06hostId\x12!\n" +
 	"\fshm_accepted\x18\x05 \x01(\bR\vshmAccepted\x12\x19\n" +
-	"\bshm_slot\x18\x06 \x01(\rR\ashmSlot*;\n" +
+	"\bshm_slot\x18\x06 \x01(\rR\ashmSlot\x12\x1b\n" +
+	"\tdata_addr\x18\a \x01(\tR\bdataAddr\x12\x1d\n" +
+	"\n" +
+	"data_token\x18\b \x01(\fR\tdataToken*;\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +

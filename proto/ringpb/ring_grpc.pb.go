@@ -39,6 +39,9 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // Ring is served by every worker; its left neighbour in the ring calls it.
+// The stream always carries the handshake; the frames then take the fastest
+// path both ends support: shared memory (same host), a raw TCP connection
+// set up by the handshake, or the stream itself.
 type RingClient interface {
 	// Exchange carries every frame from the caller (rank r) to the callee
 	// (rank r+1 mod N). The first Chunk is a HELLO, answered by one Ack of
@@ -73,6 +76,9 @@ type Ring_ExchangeClient = grpc.BidiStreamingClient[Chunk, Ack]
 // for forward compatibility.
 //
 // Ring is served by every worker; its left neighbour in the ring calls it.
+// The stream always carries the handshake; the frames then take the fastest
+// path both ends support: shared memory (same host), a raw TCP connection
+// set up by the handshake, or the stream itself.
 type RingServer interface {
 	// Exchange carries every frame from the caller (rank r) to the callee
 	// (rank r+1 mod N). The first Chunk is a HELLO, answered by one Ack of

@@ -1,11 +1,12 @@
 // openblas_bench: times cblas_sgemm on the GEMM shapes listed in a file
 // (pkg/nn/internal/gemm/testdata/shapes.txt format: name transA transB M N K,
 // '#' comments) and prints one line per shape: "name GFLOPS", the median over
-// REPS timed calls after one warm-up call. Row-major, alpha = 1, beta = 0,
+// REPS timed samples (each >= 2 ms of calls) after warm-up. With NAME, only
+// that shape runs. Row-major, alpha = 1, beta = 0,
 // tight leading dimensions, like the Go benchmark.
 //
 // Build: gcc -O2 -o openblas_bench openblas_bench.c -lopenblas
-// Run:   OPENBLAS_CORETYPE=SapphireRapids OPENBLAS_NUM_THREADS=2 ./openblas_bench shapes.txt [REPS]
+// Run:   OPENBLAS_CORETYPE=SapphireRapids OPENBLAS_NUM_THREADS=2 ./openblas_bench shapes.txt [REPS [NAME]]
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,10 +36,12 @@ static float *randf(size_t n) {
 
 int main(int argc, char **argv) {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s SHAPES_FILE [REPS]\n", argv[0]);
+		fprintf(stderr, "usage: %s SHAPES_FILE [REPS [NAME]]\n", argv[0]);
 		return 2;
 	}
 	int reps = argc > 2 ? atoi(argv[2]) : 7;
+	const char *only = argc > 3 ? argv[3] : NULL;
+	int found = 0;
 	if (reps < 1) reps = 1;
 	FILE *f = fopen(argv[1], "r");
 	if (!f) {
@@ -55,6 +58,8 @@ int main(int argc, char **argv) {
 			fprintf(stderr, "openblas_bench: bad line: %s", line);
 			return 1;
 		}
+		if (only && strcmp(only, name) != 0) continue;
+		found++;
 		float *a = randf((size_t)m * k), *b = randf((size_t)k * n), *c = randf((size_t)m * n);
 		int lda = ta ? m : k, ldb = tb ? k : n;
 		enum CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
@@ -81,5 +86,9 @@ int main(int argc, char **argv) {
 	}
 	free(t);
 	fclose(f);
+	if (only && !found) {
+		fprintf(stderr, "openblas_bench: no shape named %s\n", only);
+		return 1;
+	}
 	return 0;
 }

@@ -7,7 +7,8 @@
 // fixed tree, and a second kernel adds the chunks in index order.
 
 // mode 0: s0 = sum a, s1 = sum a*a          (BN stats; a = x)
-// mode 1: s0 = sum a, s1 = sum a*xhat       (BN backward stats; a = dy, b = x)
+// mode 1: s0 = sum a, s1 = sum a*(b-mean)   (BN backward stats; a = dy, b = x;
+//         k_chan_finish multiplies by invstd, as the CPU does)
 // mode 2: s0 = sum a                        (bias gradient)
 extern "C" __global__ void k_chan_partial(int mode, const float* a, const float* b,
                                           const float* mean, const float* invstd,
@@ -18,11 +19,8 @@ extern "C" __global__ void k_chan_partial(int mode, const float* a, const float*
   u32 chunk = (M + splits - 1) / splits;
   u32 lo = j * chunk;
   u32 hi = min(M, lo + chunk);
-  float mu = 0.f, is = 0.f;
-  if (mode == 1) {
-    mu = mean[c];
-    is = invstd[c];
-  }
+  float mu = 0.f;
+  if (mode == 1) mu = mean[c];
   double s0 = 0.0, s1 = 0.0;
   for (u32 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
     u32 n = i / HW;
@@ -33,7 +31,7 @@ extern "C" __global__ void k_chan_partial(int mode, const float* a, const float*
     if (mode == 0) {
       s1 += v * v;
     } else if (mode == 1) {
-      s1 += v * ((double)b[idx] - (double)mu) * (double)is;
+      s1 += v * ((double)b[idx] - (double)mu);
     }
   }
   s0 = block_sum<double>(s0, sh);
@@ -45,8 +43,8 @@ extern "C" __global__ void k_chan_partial(int mode, const float* a, const float*
 }
 
 // out0[c] (=, or += when accumulate) sum of the chunks' s0; out1 likewise
-// for s1 when not null.
-extern "C" __global__ void k_chan_finish(const double* part, u32 C, u32 splits,
+// for s1 (times scale1[c] when scale1 is not null) when out1 is not null.
+extern "C" __global__ void k_chan_finish(const double* part, u32 C, u32 splits, const float* scale1,
                                          float* out0, float* out1, int accumulate) {
   u32 c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
@@ -55,6 +53,7 @@ extern "C" __global__ void k_chan_finish(const double* part, u32 C, u32 splits,
     s0 += part[((u64)c * splits + j) * 2];
     s1 += part[((u64)c * splits + j) * 2 + 1];
   }
+  if (scale1) s1 *= (double)scale1[c];
   if (accumulate) {
     out0[c] += (float)s0;
     if (out1) out1[c] += (float)s1;
@@ -75,10 +74,11 @@ extern "C" __global__ void k_bn_stats_finish(float* mean, float* invstd, float* 
   if (var < 0.0) var = 0.0;
   mean[c] = (float)mu;
   invstd[c] = (float)(1.0 / sqrt(var + (double)eps));
-  if (rmean) rmean[c] = (1.f - momentum) * rmean[c] + momentum * (float)mu;
+  double mom = (double)momentum;
+  if (rmean) rmean[c] = (float)(mom * mu + (1.0 - mom) * (double)rmean[c]);
   if (rvar) {
     double unb = m > 1.0 ? var * m / (m - 1.0) : var;
-    rvar[c] = (1.f - momentum) * rvar[c] + momentum * (float)unb;
+    rvar[c] = (float)(mom * unb + (1.0 - mom) * (double)rvar[c]);
   }
 }
 
@@ -90,20 +90,28 @@ extern "C" __global__ void k_bn_invstd(float* invstd, const float* v, u32 C, flo
 
 extern "C" __global__ void k_bn_forward(float* y, const float* x, const float* mean, const float* invstd,
                                         const float* gamma, const float* beta, u32 C, u32 HW, u32 n) {
+  // torch's CPU formula, as pkg/nn: alpha = invStd*gamma,
+  // shift = beta - mean*alpha, y = x*alpha + shift.
   GRID_LOOP(i, n) {
     u32 c = (i / HW) % C;
-    y[i] = (x[i] - mean[c]) * invstd[c] * gamma[c] + beta[c];
+    float alpha = invstd[c] * gamma[c];
+    float shift = beta[c] - mean[c] * alpha;
+    y[i] = x[i] * alpha + shift;
   }
 }
 
-// dx = gamma*invStd*(dy - sumDy/m - xhat*sumDyXhat/m)
+// dx = gamma*invStd*(dy - sumDy/m - xhat*sumDyXhat/m), in torch's CPU
+// form as pkg/nn: proj = sumDyXhat*invStd/m and gradMean = sumDy/m (in
+// double, rounded once), dx = (dy - (x-mean)*proj - gradMean) * (invStd*gamma).
 extern "C" __global__ void k_bn_backward(float* dx, const float* dy, const float* x, const float* mean,
                                          const float* invstd, const float* gamma, const float* sumdy,
-                                         const float* sumdyxhat, u32 C, u32 HW, u32 n, float m) {
+                                         const float* sumdyxhat, u32 C, u32 HW, u32 n, double m) {
   GRID_LOOP(i, n) {
     u32 c = (i / HW) % C;
     float is = invstd[c];
-    float xhat = (x[i] - mean[c]) * is;
-    dx[i] = gamma[c] * is * (dy[i] - sumdy[c] / m - xhat * sumdyxhat[c] / m);
+    float proj = (float)((double)sumdyxhat[c] * (double)is / m);
+    float gradMean = (float)((double)sumdy[c] / m);
+    float ws = is * gamma[c];
+    dx[i] = (dy[i] - (x[i] - mean[c]) * proj - gradMean) * ws;
   }
 }

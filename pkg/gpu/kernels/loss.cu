@@ -27,13 +27,16 @@ extern "C" __global__ void k_xent_rows(const float* logits, const int* labels, u
     double smooth = lse - sl / (double)K;  // -(1/K) sum_k logp[k]
     rowloss[n] = (float)((1.0 - (double)eps) * nll + (double)eps * smooth);
   }
-  float scale = gradScale / (float)N;
+  // In double, rounded once, as pkg/nn's CPU kernel.
+  double scale = (double)gradScale / (double)N;
+  double de = (double)eps;
   for (u32 k = threadIdx.x; k < K; k += blockDim.x) {
-    float p = (float)exp((double)l[k] - lse);
-    if (probs) probs[(u64)n * K + k] = p;
+    double p = exp((double)l[k] - lse);
+    if (probs) probs[(u64)n * K + k] = (float)p;
     if (dlogits) {
-      float t = eps / (float)K + ((int)k == y ? 1.f - eps : 0.f);
-      dlogits[(u64)n * K + k] = (p - t) * scale;
+      double g = p - de / (double)K;
+      if ((int)k == y) g -= 1.0 - de;
+      dlogits[(u64)n * K + k] = (float)(g * scale);
     }
   }
 }

@@ -1,7 +1,8 @@
 // optim: one update of p given g, torch.optim's single-tensor
 // (foreach=False) updates, written operation by operation as pkg/nn's CPU
 // kernels (cpu_optim.go) so that both backends round identically: fmaf
-// where torch's t.add(u, alpha=a) fuses, and explicit round-to-nearest
+// where torch's t.add(u, alpha=a) fuses, fmaf(v*u1, u2, t) for addcmul
+// (t + v*u1*u2: the product v*u1 rounded, the rest fused), and explicit round-to-nearest
 // intrinsics (__fmul_rn, __fadd_rn, ...) everywhere else, which the
 // compiler never contracts into FMAs. Scalars derived in Python (1-beta1,
 // lr/bc1, 1-lr*wd, ...) are computed in float64 on the host and passed in.
@@ -38,7 +39,7 @@ extern "C" __global__ void k_adam(float* p, const float* g, float* m, float* v, 
       d = fmaf(pi, wd, d);
     }
     float mi = fmaf(d, omb1, __fmul_rn(m[i], b1));
-    float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(__fmul_rn(omb2, d), d));
+    float vi = fmaf(__fmul_rn(omb2, d), d, __fmul_rn(v[i], b2));
     m[i] = mi;
     v[i] = vi;
     if (amsgrad) {
@@ -57,7 +58,7 @@ extern "C" __global__ void k_adagrad(float* p, const float* g, float* sum, u32 n
   GRID_LOOP(i, n) {
     float d = g[i];
     if (wd != 0.f) d = fmaf(p[i], wd, d);
-    float s = __fadd_rn(sum[i], __fmul_rn(d, d));
+    float s = fmaf(d, d, sum[i]);
     sum[i] = s;
     float std = __fadd_rn(__fsqrt_rn(s), eps);
     p[i] = __fadd_rn(p[i], __fdiv_rn(__fmul_rn(negCLR, d), std));
@@ -71,13 +72,13 @@ extern "C" __global__ void k_rmsprop(float* p, const float* g, float* sq, float*
   GRID_LOOP(i, n) {
     float d = g[i];
     if (wd != 0.f) d = fmaf(p[i], wd, d);
-    float s = __fadd_rn(__fmul_rn(sq[i], alpha), __fmul_rn(__fmul_rn(oma, d), d));
+    float s = fmaf(__fmul_rn(oma, d), d, __fmul_rn(sq[i], alpha));
     sq[i] = s;
     float avg;
     if (centered) {
       float ga = fmaf(d, oma, __fmul_rn(gavg[i], alpha));
       gavg[i] = ga;
-      avg = __fsqrt_rn(__fsub_rn(s, __fmul_rn(ga, ga)));
+      avg = __fsqrt_rn(fmaf(-ga, ga, s));  // square_avg.addcmul(ga, ga, value=-1)
     } else {
       avg = __fsqrt_rn(s);
     }

@@ -65,5 +65,6 @@ extern "C" __global__ void k_gap(float* y, const float* x, u32 NC, u32 HW) {
 
 extern "C" __global__ void k_gap_bwd(float* dx, const float* dy, u32 NC, u32 HW) {
   u32 n = NC * HW;
-  GRID_LOOP(i, n) { dx[i] = dy[i / HW] / (float)HW; }
+  float inv = 1.f / (float)HW;  // as pkg/nn: dy * (1/HW)
+  GRID_LOOP(i, n) { dx[i] = dy[i / HW] * inv; }
 }

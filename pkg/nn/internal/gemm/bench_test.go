@@ -128,11 +128,13 @@ func gflopsOurs(s shape, o *operands, threads, reps int) float64 {
 	return s.flop() / ts[reps/2] * 1e-9
 }
 
-// TestCompareOpenBLAS prints ours vs OpenBLAS on every shape, run
-// interleaved (rounds alternate the two programs) with medians. It runs
-// only when GEMM_OPENBLAS_BENCH names the compiled
-// scripts/gemm/openblas_bench (make bench-gemm does that); GEMM_ROUNDS
-// (default 3) and GEMM_REPS (default 5) set the effort.
+// TestCompareOpenBLAS prints ours vs OpenBLAS on every shape. The two are
+// interleaved shape by shape (each round, each shape: both programs back to
+// back, the order alternating between rounds), so a neighbour's load hits
+// both alike; the table shows medians over rounds. It runs only when
+// GEMM_OPENBLAS_BENCH names the compiled scripts/gemm/openblas_bench
+// (make bench-gemm does that); GEMM_ROUNDS (default 3) and GEMM_REPS
+// (default 5 samples per measurement) set the effort.
 func TestCompareOpenBLAS(t *testing.T) {
 	bin := os.Getenv("GEMM_OPENBLAS_BENCH")
 	if bin == "" {
@@ -145,13 +147,8 @@ func TestCompareOpenBLAS(t *testing.T) {
 	for i, s := range shapes {
 		ops[i] = benchOperands(s)
 	}
-	ours := make([][]float64, len(shapes))
-	theirs := make([][]float64, len(shapes))
-	for r := 0; r < rounds; r++ {
-		for i, s := range shapes {
-			ours[i] = append(ours[i], gflopsOurs(s, ops[i], th, reps))
-		}
-		cmd := exec.Command(bin, shapesFile, strconv.Itoa(reps))
+	openblas := func(s shape) float64 {
+		cmd := exec.Command(bin, shapesFile, strconv.Itoa(reps), s.name)
 		cmd.Env = append(os.Environ(), "OPENBLAS_NUM_THREADS="+strconv.Itoa(th))
 		if os.Getenv("OPENBLAS_CORETYPE") == "" {
 			cmd.Env = append(cmd.Env, "OPENBLAS_CORETYPE=SapphireRapids")
@@ -162,25 +159,28 @@ func TestCompareOpenBLAS(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", bin, err, stderr.String())
 		}
-		got := map[string]float64{}
-		for _, ln := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			var name string
-			var g float64
-			if _, err := fmt.Sscanf(ln, "%s %g", &name, &g); err != nil {
-				t.Fatalf("openblas_bench output %q: %v", ln, err)
-			}
-			got[name] = g
+		var name string
+		var g float64
+		if _, err := fmt.Sscanf(string(out), "%s %g", &name, &g); err != nil || name != s.name {
+			t.Fatalf("openblas_bench output %q for %s: %v", out, s.name, err)
 		}
+		return g
+	}
+	ours := make([][]float64, len(shapes))
+	theirs := make([][]float64, len(shapes))
+	for r := 0; r < rounds; r++ {
 		for i, s := range shapes {
-			g, ok := got[s.name]
-			if !ok {
-				t.Fatalf("openblas_bench printed no result for %s", s.name)
+			if r%2 == 0 {
+				ours[i] = append(ours[i], gflopsOurs(s, ops[i], th, reps))
+				theirs[i] = append(theirs[i], openblas(s))
+			} else {
+				theirs[i] = append(theirs[i], openblas(s))
+				ours[i] = append(ours[i], gflopsOurs(s, ops[i], th, reps))
 			}
-			theirs[i] = append(theirs[i], g)
 		}
 	}
 	var report strings.Builder
-	fmt.Fprintf(&report, "gemm path %s, %d threads, medians of %d rounds x %d samples (interleaved with OpenBLAS)\n",
+	fmt.Fprintf(&report, "gemm path %s, %d threads, GFLOP/s, medians of %d rounds x %d samples (interleaved with OpenBLAS)\n",
 		Path(), th, rounds, reps)
 	fmt.Fprintf(&report, "%-14s %-3s %5s %6s %5s  %9s %9s %6s\n", "shape", "op", "M", "N", "K", "ours", "openblas", "ratio")
 	var ratios []float64

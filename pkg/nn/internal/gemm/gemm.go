@@ -164,19 +164,32 @@ type problem struct {
 	a, b, c        []float32
 	lda, ldb, ldc  int
 
-	// Chunks: C is cut along one dimension into nch slabs of step rows
-	// (splitM) or columns; slab i is [i*step, min((i+1)*step, dim)).
+	// Chunks: C is cut along one dimension (rows if splitM, else columns)
+	// into nch slabs; slab i is [bound(i), bound(i+1)).
 	splitM bool
-	step   int
+	nch    int
+}
+
+// bound is where slab i starts: i/nch of the way along the split
+// dimension, rounded to the nearest whole tile so that slabs hold as equal
+// a share of the work as tiles allow (edge tiles stay at the matrix edge).
+func (p *problem) bound(i int) int {
+	dim, tile := p.n, p.kern.nr
+	if p.splitM {
+		dim, tile = p.m, p.kern.mr
+	}
+	if i >= p.nch {
+		return dim
+	}
+	return min(dim, (i*dim+p.nch*tile/2)/(p.nch*tile)*tile)
 }
 
 // plan decides how C is split among at most threads goroutines and returns
 // the number of chunks. The split never changes any element's arithmetic.
 func (p *problem) plan(threads int) int {
-	mr, nr := p.kern.mr, p.kern.nr
-	mt, nt := ceilDiv(p.m, mr), ceilDiv(p.n, nr)
+	mt, nt := ceilDiv(p.m, p.kern.mr), ceilDiv(p.n, p.kern.nr)
+	p.splitM, p.nch = false, 1
 	if threads == 1 {
-		p.splitM, p.step = false, p.n
 		return 1
 	}
 	// A chunk that splits N packs all of op(A) (m*k values) and its share
@@ -188,29 +201,29 @@ func (p *problem) plan(threads int) int {
 	} else if !splitM && nt < threads && mt > nt {
 		splitM = true
 	}
-	if !splitM {
-		want := threads
-		if nt >= 2*threads && p.n >= 2*threads*p.kern.nc {
-			want = 2 * threads // slack against noisy neighbours: chunks stay >= nc wide
-		}
-		tiles := ceilDiv(nt, min(want, nt))
-		p.splitM, p.step = false, tiles*nr
-		return ceilDiv(p.n, p.step)
+	p.splitM = splitM
+	if splitM {
+		p.nch = min(threads, mt)
+		return p.nch
 	}
-	tiles := ceilDiv(mt, min(threads, mt))
-	p.splitM, p.step = true, tiles*mr
-	return ceilDiv(p.m, p.step)
+	p.nch = min(threads, nt)
+	if nt >= 2*threads && p.n >= 2*threads*p.kern.nc {
+		p.nch = 2 * threads // slack against noisy neighbours: chunks stay >= nc wide
+	}
+	return p.nch
 }
 
 // chunk computes slab i of C with the scratch buffers buf.
 func (p *problem) chunk(buf *buffers, i int) {
 	i0, i1, j0, j1 := 0, p.m, 0, p.n
 	if p.splitM {
-		i0, i1 = i*p.step, min((i+1)*p.step, p.m)
+		i0, i1 = p.bound(i), p.bound(i+1)
 	} else {
-		j0, j1 = i*p.step, min((i+1)*p.step, p.n)
+		j0, j1 = p.bound(i), p.bound(i+1)
 	}
-	p.block(buf, i0, i1, j0, j1)
+	if i0 < i1 && j0 < j1 { // rounding may leave a slab empty
+		p.block(buf, i0, i1, j0, j1)
+	}
 }
 
 // block computes C[i0:i1, j0:j1] with the loop nest

@@ -23,8 +23,8 @@ const idleExit = 5 * time.Second
 var pool struct {
 	jobs chan *job // helpers wanted; each receive is one helper joining a job
 
-	mu     sync.Mutex // guards parked
-	parked int        // workers waiting on jobs (approximate: used to size the pool)
+	mu    sync.Mutex // guards alive
+	alive int        // workers started and not yet exited
 }
 
 func init() { pool.jobs = make(chan *job, maxThreads) }
@@ -85,12 +85,13 @@ func (j *job) release() {
 	}
 }
 
-// ensureWorkers starts workers until at least n are parked or busy enough
-// that the queue will be served; it is cheap when the pool is warm.
+// ensureWorkers starts workers until at least n exist. Busy workers count:
+// a job they cannot take at once is done by its caller, so the pool never
+// grows past the largest thread count asked for.
 func ensureWorkers(n int) {
 	pool.mu.Lock()
-	for pool.parked < n {
-		pool.parked++
+	for pool.alive < n {
+		pool.alive++
 		go worker()
 	}
 	pool.mu.Unlock()
@@ -105,21 +106,15 @@ func worker() {
 	for {
 		select {
 		case j := <-pool.jobs:
-			pool.mu.Lock()
-			pool.parked--
-			pool.mu.Unlock()
 			if buf == nil || buf.kern != j.p.kern {
 				buf = newBuffers(j.p.kern)
 			}
 			j.work(buf)
 			j.release()
-			pool.mu.Lock()
-			pool.parked++
-			pool.mu.Unlock()
 			t.Reset(idleExit) // Go >= 1.23 timers: no stale tick after Reset
 		case <-t.C:
 			pool.mu.Lock()
-			pool.parked--
+			pool.alive--
 			pool.mu.Unlock()
 			return
 		}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ringtrain/ringtrain/pkg/checkpoint"
+	"github.com/ringtrain/ringtrain/pkg/cluster"
+)
+
+func checkpointsCmd() *cobra.Command {
+	var stateDir, output, jobName string
+	var endpoints []string
+	cmd := &cobra.Command{
+		Use:   "checkpoints",
+		Short: "List a job's checkpoints from etcd: step, epoch, accuracy, size, verified",
+		Example: `  coordinator checkpoints --output runs/ringtrain
+  coordinator checkpoints --etcd-endpoints http://etcd:2379 --job cifar --output /shared/runs/cifar`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if stateDir == "" {
+				stateDir = filepath.Join(output, "state")
+			}
+			cl, err := cluster.Open(cmd.Context(), cluster.Options{Endpoints: endpoints, Dir: stateDir, DialTimeout: 5 * time.Second})
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			j, err := cl.Job(jobName)
+			if err != nil {
+				return err
+			}
+			ms, err := j.ListManifests(cmd.Context())
+			if err != nil {
+				return err
+			}
+			store := &checkpoint.Store{Dir: filepath.Join(output, "checkpoints")}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "STEP\tEPOCH\tCURSOR\tACCURACY\tSIZE\tWORLD\tCREATED\tVERIFIED")
+			for _, m := range ms {
+				acc := "-"
+				if m.Accuracy != nil {
+					acc = fmt.Sprintf("%.2f%%", 100**m.Accuracy)
+				}
+				ver := "yes"
+				if _, err := store.Verify(m.Step); err != nil {
+					ver = "NO: " + err.Error()
+				}
+				fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%.1f MB\t%d\t%s\t%s\n", m.Step, m.Epoch, m.Cursor, acc,
+					float64(m.TotalSize())/1e6, m.WorldSize, m.Created.Local().Format(time.DateTime), ver)
+			}
+			return tw.Flush()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&output, "output", "runs/ringtrain", "the job's output directory (holds checkpoints/)")
+	f.StringVar(&stateDir, "state-dir", "", "the job's state directory (default <output>/state)")
+	f.StringVar(&jobName, "job", "ringtrain", "job name")
+	f.StringSliceVar(&endpoints, "etcd-endpoints", nil, "external etcd (default: the embedded one in the state directory)")
+	return cmd
+}

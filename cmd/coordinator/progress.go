@@ -1,0 +1,133 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"go.uber.org/zap"
+
+	"github.com/ringtrain/ringtrain/pkg/report"
+	"github.com/ringtrain/ringtrain/proto/controlpb"
+)
+
+// progress turns the workers' metric reports into a progress bar per
+// epoch on the coordinator's terminal and into the history files.
+type progress struct {
+	out           io.Writer
+	log           *zap.Logger
+	outputDir     string
+	stepsPerEpoch int
+	bar           bool
+
+	mu       sync.Mutex // guards everything below
+	hist     report.History
+	epoch    int64 // epoch of the current bar, -1 before the first report
+	pb       *progressbar.ProgressBar
+	lossSum  float64
+	accSum   float64
+	n        int64
+	ips      map[int32]float64 // latest images/s per rank
+	started  time.Time
+	lastStep int64
+	lastLR   float64
+	world    int
+}
+
+func newProgress(out io.Writer, log *zap.Logger, outputDir string, stepsPerEpoch int, bar bool) *progress {
+	return &progress{out: out, log: log, outputDir: outputDir, stepsPerEpoch: stepsPerEpoch, bar: bar,
+		epoch: -1, ips: map[int32]float64{}, hist: report.History{Job: filepath.Base(outputDir)}}
+}
+
+func (p *progress) imagesPerSec() float64 {
+	s := 0.0
+	for _, v := range p.ips {
+		s += v
+	}
+	return s
+}
+
+// onMetrics is the coordinator service's OnMetrics hook.
+func (p *progress) onMetrics(m *controlpb.MetricsReport) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch m.GetPhase() {
+	case "train":
+		p.ips[m.GetRank()] = m.GetImagesPerSec()
+		if m.GetRank() != 0 || m.GetStep() <= p.lastStep {
+			return // loss and accuracy are global: rank 0's reports suffice
+		}
+		p.lastStep = m.GetStep()
+		if m.GetEpoch() != p.epoch {
+			p.newEpoch(m.GetEpoch())
+		}
+		w := float64(m.GetSamples())
+		p.lossSum += m.GetLoss() * w
+		p.accSum += m.GetAccuracy() * w
+		p.n += m.GetSamples()
+		if p.pb != nil {
+			inEpoch := int(m.GetStep()) - int(m.GetEpoch())*p.stepsPerEpoch
+			p.pb.Describe(fmt.Sprintf("epoch %d  loss %.4f  acc %5.1f%%  %6.0f img/s",
+				m.GetEpoch()+1, p.lossSum/float64(max(p.n, 1)), 100*p.accSum/float64(max(p.n, 1)), p.imagesPerSec()))
+			_ = p.pb.Set(max(inEpoch, 0))
+		}
+	case "eval":
+		if m.GetRank() != 0 {
+			return
+		}
+		if p.pb != nil {
+			_ = p.pb.Finish()
+			fmt.Fprintln(p.out)
+			p.pb = nil
+		}
+		e := report.Epoch{Epoch: int(m.GetEpoch()) + 1, Steps: m.GetStep(),
+			TrainLoss: p.lossSum / float64(max(p.n, 1)), TrainAcc: p.accSum / float64(max(p.n, 1)),
+			ValLoss: m.GetLoss(), ValAcc: m.GetAccuracy(), ImagesPerSec: p.imagesPerSec(),
+			Seconds: time.Since(p.started).Seconds(), Workers: len(p.ips)}
+		p.hist.Add(e)
+		p.log.Info("epoch", zap.Int("epoch", e.Epoch), zap.Float64("train_loss", e.TrainLoss), zap.Float64("train_acc", e.TrainAcc),
+			zap.Float64("val_loss", e.ValLoss), zap.Float64("val_acc", e.ValAcc), zap.Float64("images_per_sec", e.ImagesPerSec))
+		if err := p.hist.Write(p.outputDir); err != nil {
+			p.log.Error("history not written", zap.Error(err))
+		}
+	}
+}
+
+func (p *progress) newEpoch(epoch int64) {
+	if p.pb != nil {
+		_ = p.pb.Finish()
+		fmt.Fprintln(p.out)
+	}
+	p.epoch, p.lossSum, p.accSum, p.n, p.started = epoch, 0, 0, 0, time.Now()
+	if p.bar {
+		p.pb = progressbar.NewOptions(p.stepsPerEpoch,
+			progressbar.OptionSetWriter(p.out),
+			progressbar.OptionSetDescription(fmt.Sprintf("epoch %d", epoch+1)),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionSetWidth(24),
+			progressbar.OptionThrottle(200*time.Millisecond),
+			progressbar.OptionClearOnFinish())
+	}
+}
+
+// finish writes the history one last time.
+func (p *progress) finish() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pb != nil {
+		_ = p.pb.Finish()
+		fmt.Fprintln(p.out)
+		p.pb = nil
+	}
+	return p.hist.Write(p.outputDir)
+}
+
+func (p *progress) history() report.History {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hist
+}

@@ -1,0 +1,12 @@
+# pkg/allreduce: tests and the all-reduce benchmark (see docs/allreduce.md).
+ARBENCH_FLAGS ?=
+
+.PHONY: test-allreduce bench-allreduce
+test-allreduce:
+	$(GO) test -count=1 ./pkg/allreduce/...
+
+# 2 and 4 local processes over loopback gRPC+TCP and over the same-host
+# shared-memory path, the gloo peer (python3-torch) and raw TCP, in one run.
+bench-allreduce:
+	$(GO) build -o bin/arbench ./pkg/allreduce/internal/arbench
+	./bin/arbench $(ARBENCH_FLAGS)

@@ -1,0 +1,379 @@
+// Command arbench measures ring all-reduce between local processes over
+// loopback gRPC and over the same-host shared-memory path, next to gloo
+// (PyTorch) and raw TCP, and prints a table (make bench-allreduce).
+//
+// Definitions as in nccl-tests: algbw = bytes / time, busbw = algbw *
+// 2(n-1)/n. Raw TCP is one large write between two of the same processes,
+// timed until the receiver has read every byte: the loopback's ceiling.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime/pprof"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ringtrain/ringtrain/pkg/allreduce"
+)
+
+const resnet18Params = 11_173_962
+
+var (
+	child    = flag.Bool("child", false, "internal: run one rank")
+	rank     = flag.Int("rank", 0, "internal: rank of the child")
+	world    = flag.Int("world", 2, "internal: world of the child")
+	mode     = flag.String("mode", "tcp", "internal: tcp or shm")
+	worlds   = flag.String("worlds", "2,4", "ring sizes")
+	modes    = flag.String("modes", "tcp,shm", "paths to measure: tcp (gRPC over loopback), shm (same-host shared memory)")
+	sizes    = flag.String("sizes", fmt.Sprintf("16384,262144,2097152,%d", resnet18Params), "vector lengths (float32 elements)")
+	iters    = flag.Int("iters", 10, "timed iterations per size (median reported)")
+	chunk    = flag.Int("chunk", allreduce.DefaultChunkBytes, "ring chunk bytes")
+	gloo     = flag.String("gloo", "../shared/reference/torch_gloo_allreduce.py", "gloo reference script (empty: skip)")
+	python   = flag.String("python", "/usr/bin/python3", "python with torch")
+	rawIters = flag.Int("raw-iters", 5, "raw TCP repetitions (best reported)")
+	cpuProf  = flag.String("cpuprofile", "", "write rank 0's CPU profile here")
+)
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	if *child {
+		if *cpuProf != "" && *rank == 0 {
+			f, err := os.Create(*cpuProf)
+			if err != nil {
+				log.Fatal(err)
+			}
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+		if err := runChild(); err != nil {
+			log.Fatalf("rank %d: %v", *rank, err)
+		}
+		return
+	}
+	if err := runParent(); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func ints(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			log.Fatalf("bad list %q: %v", s, err)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// ---- child ----
+
+func runChild() error {
+	g, err := allreduce.NewGRPCTransport(allreduce.GRPCConfig{
+		HostID: "bench", DisableSharedMemory: *mode != "shm", MaxChunkBytes: max(*chunk, 1<<20)})
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	addr, err := g.Listen("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer raw.Close()
+	fmt.Printf("ADDR %s %s\n", addr, raw.Addr())
+	in := bufio.NewReader(os.Stdin)
+	line, err := in.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	f := strings.Fields(line)
+	peers, raws := f[:*world], f[*world:]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := allreduce.DefaultConfig("bench", 1, *rank, *world)
+	cfg.ChunkBytes = *chunk
+	cfg.Timeout = time.Minute
+	r, err := allreduce.Open(ctx, g, cfg, peers)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	step := uint64(0)
+	barrier := make([]float32, 1)
+	op := func(v []float32) error {
+		step++
+		return r.AllReduce(context.Background(), allreduce.Tag{Step: step}, v, allreduce.Sum)
+	}
+	for _, n := range ints(*sizes) {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = 1
+		}
+		for i := 0; i < 2; i++ { // warm-up
+			if err := op(v); err != nil {
+				return err
+			}
+		}
+		var ts []float64
+		for i := 0; i < *iters; i++ {
+			if err := op(barrier); err != nil {
+				return err
+			}
+			t0 := time.Now()
+			if err := op(v); err != nil {
+				return err
+			}
+			ts = append(ts, time.Since(t0).Seconds())
+		}
+		sort.Float64s(ts)
+		if *rank == 0 {
+			fmt.Printf("RESULT %d %g\n", 4*n, ts[len(ts)/2])
+		}
+	}
+	if *world == 2 && *mode == "tcp" {
+		return rawTCP(raw, raws)
+	}
+	return nil
+}
+
+// rawTCP: rank 0 writes the ResNet-18 gradient bytes to rank 1 in one
+// Write; rank 1 reads them all and answers one byte.
+func rawTCP(lis net.Listener, raws []string) error {
+	size := 4 * resnet18Params
+	buf := make([]byte, size)
+	if *rank == 1 {
+		for i := 0; i < *rawIters; i++ {
+			c, err := lis.Accept()
+			if err != nil {
+				return err
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return err
+			}
+			if _, err := c.Write([]byte{1}); err != nil {
+				return err
+			}
+			c.Close()
+		}
+		return nil
+	}
+	best := 1e9
+	for i := 0; i < *rawIters; i++ {
+		c, err := net.Dial("tcp", raws[1])
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if _, err := c.Write(buf); err != nil {
+			return err
+		}
+		var ack [1]byte
+		if _, err := io.ReadFull(c, ack[:]); err != nil {
+			return err
+		}
+		best = min(best, time.Since(t0).Seconds())
+		c.Close()
+	}
+	fmt.Printf("RAW %d %g\n", size, best)
+	return nil
+}
+
+// ---- parent ----
+
+type result struct {
+	path  string
+	n     int
+	bytes int
+	secs  float64
+}
+
+func (r result) algbw() float64 { return float64(r.bytes) / r.secs / 1e9 }
+func (r result) busbw() float64 { return r.algbw() * 2 * float64(r.n-1) / float64(r.n) }
+
+func runParent() error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var results []result
+	rawGBs := 0.0
+	for _, n := range ints(*worlds) {
+		for _, m := range strings.Split(*modes, ",") {
+			rs, raw, err := runRing(exe, n, m)
+			if err != nil {
+				return fmt.Errorf("n=%d %s: %w", n, m, err)
+			}
+			results = append(results, rs...)
+			if raw > 0 {
+				rawGBs = raw
+			}
+		}
+		if *gloo != "" {
+			g, err := runGloo(n)
+			if err != nil {
+				log.Printf("gloo n=%d: %v (skipped)", n, err)
+			} else {
+				results = append(results, g)
+			}
+		}
+	}
+	fmt.Printf("\n%-10s %3s %-9s %10s %9s %9s %9s\n", "bytes", "n", "path", "time", "algbw", "busbw", "vs gloo")
+	find := func(path string, n, bytes int) (result, bool) {
+		for _, r := range results {
+			if r.path == path && r.n == n && r.bytes == bytes {
+				return r, true
+			}
+		}
+		return result{}, false
+	}
+	sort.SliceStable(results, func(i, j int) bool {
+		if results[i].n != results[j].n {
+			return results[i].n < results[j].n
+		}
+		return results[i].bytes < results[j].bytes
+	})
+	for _, r := range results {
+		vs := ""
+		if g, ok := find("gloo", r.n, 4*resnet18Params); ok && r.bytes == g.bytes && r.path != "gloo" {
+			vs = fmt.Sprintf("%.2fx", r.busbw()/g.busbw())
+		}
+		fmt.Printf("%-10d %3d %-9s %8.2fms %6.2fGB/s %6.2fGB/s %9s\n", r.bytes, r.n, r.path, 1e3*r.secs, r.algbw(), r.busbw(), vs)
+	}
+	if rawGBs > 0 {
+		fmt.Printf("raw TCP (one %d-byte write, loopback): %.2f GB/s\n", 4*resnet18Params, rawGBs)
+	}
+	ratio := func(path string, n int) string {
+		a, ok1 := find(path, n, 4*resnet18Params)
+		g, ok2 := find("gloo", n, 4*resnet18Params)
+		if !ok1 || !ok2 {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.2f", a.busbw()/g.busbw())
+	}
+	pct := "n/a"
+	if rawGBs > 0 {
+		worst := -1.0
+		for _, n := range ints(*worlds) {
+			if a, ok := find("grpc-tcp", n, 4*resnet18Params); ok {
+				if p := 100 * a.busbw() / rawGBs; worst < 0 || p < worst {
+					worst = p
+				}
+			}
+		}
+		if worst >= 0 {
+			pct = fmt.Sprintf("%.0f", worst)
+		}
+	}
+	fmt.Printf("allreduce: busbw vs gloo n=2 %sx n=4 %sx, tcp-path vs raw tcp %s%%, same-host path vs gloo n=2 %sx n=4 %sx\n",
+		ratio("grpc-tcp", 2), ratio("grpc-tcp", 4), pct, ratio("grpc-shm", 2), ratio("grpc-shm", 4))
+	return nil
+}
+
+// runRing starts n child processes in mode m and collects rank 0's results.
+func runRing(exe string, n int, m string) ([]result, float64, error) {
+	path := "grpc-" + m
+	type proc struct {
+		cmd *exec.Cmd
+		in  io.WriteCloser
+		out *bufio.Scanner
+	}
+	procs := make([]proc, n)
+	defer func() {
+		for _, p := range procs {
+			if p.cmd != nil && p.cmd.Process != nil {
+				_ = p.cmd.Process.Kill()
+				_ = p.cmd.Wait()
+			}
+		}
+	}()
+	var addrs, raws []string
+	for i := range procs {
+		cmd := exec.Command(exe, "-child", "-rank", strconv.Itoa(i), "-world", strconv.Itoa(n), "-mode", m,
+			"-sizes", *sizes, "-iters", strconv.Itoa(*iters), "-chunk", strconv.Itoa(*chunk), "-raw-iters", strconv.Itoa(*rawIters), "-cpuprofile", *cpuProf)
+		cmd.Stderr = os.Stderr
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, 0, err
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, 0, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, 0, err
+		}
+		procs[i] = proc{cmd, in, bufio.NewScanner(out)}
+		if !procs[i].out.Scan() {
+			return nil, 0, fmt.Errorf("rank %d printed no address", i)
+		}
+		f := strings.Fields(procs[i].out.Text())
+		if len(f) != 3 || f[0] != "ADDR" {
+			return nil, 0, fmt.Errorf("rank %d: unexpected %q", i, procs[i].out.Text())
+		}
+		addrs, raws = append(addrs, f[1]), append(raws, f[2])
+	}
+	line := strings.Join(append(append([]string{}, addrs...), raws...), " ") + "\n"
+	for _, p := range procs {
+		if _, err := io.WriteString(p.in, line); err != nil {
+			return nil, 0, err
+		}
+	}
+	var rs []result
+	raw := 0.0
+	for procs[0].out.Scan() {
+		f := strings.Fields(procs[0].out.Text())
+		if len(f) != 3 {
+			continue
+		}
+		b, _ := strconv.Atoi(f[1])
+		s, _ := strconv.ParseFloat(f[2], 64)
+		switch f[0] {
+		case "RESULT":
+			rs = append(rs, result{path: path, n: n, bytes: b, secs: s})
+			fmt.Fprintf(os.Stderr, "%s n=%d bytes=%d median %.2fms\n", path, n, b, 1e3*s)
+		case "RAW":
+			raw = float64(b) / s / 1e9
+		}
+	}
+	for i, p := range procs {
+		if err := p.cmd.Wait(); err != nil {
+			return nil, 0, fmt.Errorf("rank %d: %w", i, err)
+		}
+		procs[i].cmd = nil
+	}
+	return rs, raw, nil
+}
+
+var glooLine = regexp.MustCompile(`bytes=(\d+) median_time=([0-9.]+)ms`)
+
+func runGloo(n int) (result, error) {
+	out, err := exec.Command(*python, *gloo, strconv.Itoa(n), strconv.Itoa(resnet18Params), strconv.Itoa(*iters)).CombinedOutput()
+	if err != nil {
+		return result{}, fmt.Errorf("%w: %s", err, out)
+	}
+	m := glooLine.FindSubmatch(out)
+	if m == nil {
+		return result{}, fmt.Errorf("unexpected gloo output %q", out)
+	}
+	b, _ := strconv.Atoi(string(m[1]))
+	ms, _ := strconv.ParseFloat(string(m[2]), 64)
+	fmt.Fprintf(os.Stderr, "%s", out)
+	return result{path: "gloo", n: n, bytes: b, secs: ms / 1e3}, nil
+}

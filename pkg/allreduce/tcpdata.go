@@ -1,0 +1,218 @@
+package allreduce
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ringtrain/ringtrain/proto/ringpb"
+)
+
+// The TCP frame path of GRPCTransport: after the gRPC handshake, frames go
+// over a plain TCP connection (secured with the transport's credentials
+// when it has any), written with one writev per frame and read into one
+// reusable buffer. gRPC's HTTP/2 framing (16 KiB frames, window updates,
+// buffer copies) costs too much at tens of MB per step.
+
+const tokenBytes = 32
+
+// dataListener accepts frame connections and matches them by token to the
+// handshakes that announced them.
+type dataListener struct {
+	lis     net.Listener
+	t       *GRPCTransport
+	mu      sync.Mutex // guards pending
+	pending map[string]chan net.Conn
+	done    chan struct{}
+}
+
+func newDataListener(t *GRPCTransport, host string) (*dataListener, error) {
+	lis, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return nil, fmt.Errorf("allreduce: data listener: %w", err)
+	}
+	d := &dataListener{lis: lis, t: t, pending: make(map[string]chan net.Conn), done: make(chan struct{})}
+	go d.accept()
+	return d, nil
+}
+
+func (d *dataListener) close() {
+	_ = d.lis.Close()
+	<-d.done
+}
+
+func (d *dataListener) accept() {
+	defer close(d.done)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := d.lis.Accept()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.admit(c)
+		}()
+	}
+}
+
+// admit authenticates one connection and hands it to its handshake.
+func (d *dataListener) admit(c net.Conn) {
+	_ = c.SetDeadline(time.Now().Add(d.t.cfg.HandshakeTimeout))
+	if creds := d.t.cfg.ServerCreds; creds != nil {
+		sc, _, err := creds.ServerHandshake(c)
+		if err != nil {
+			_ = c.Close()
+			return
+		}
+		c = sc
+	}
+	var tok [tokenBytes]byte
+	if _, err := io.ReadFull(c, tok[:]); err != nil {
+		_ = c.Close()
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	d.mu.Lock()
+	ch := d.pending[string(tok[:])]
+	delete(d.pending, string(tok[:]))
+	d.mu.Unlock()
+	if ch == nil {
+		_ = c.Close() // unknown token: refused
+		return
+	}
+	ch <- c
+}
+
+// expect registers a fresh token and returns it with the channel its
+// connection will arrive on.
+func (d *dataListener) expect() ([]byte, chan net.Conn, error) {
+	tok := make([]byte, tokenBytes)
+	if _, err := rand.Read(tok); err != nil {
+		return nil, nil, fmt.Errorf("allreduce: token: %w", err)
+	}
+	ch := make(chan net.Conn, 1)
+	d.mu.Lock()
+	d.pending[string(tok)] = ch
+	d.mu.Unlock()
+	return tok, ch, nil
+}
+
+func (d *dataListener) forget(tok []byte) {
+	d.mu.Lock()
+	delete(d.pending, string(tok))
+	d.mu.Unlock()
+}
+
+// dialData opens the frame connection announced by a HELLO answer.
+func (t *GRPCTransport) dialData(ctx context.Context, authority string, ack *ringpb.Ack) (net.Conn, error) {
+	var dl net.Dialer
+	c, err := dl.DialContext(ctx, "tcp", ack.GetDataAddr())
+	if err != nil {
+		return nil, fmt.Errorf("%w: frame connection to %s: %w", ErrClosed, ack.GetDataAddr(), err)
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	if creds := t.cfg.ClientCreds; creds != nil {
+		sc, _, err := creds.ClientHandshake(ctx, authority, c)
+		if err != nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("%w: frame connection handshake: %w", ErrClosed, err)
+		}
+		c = sc
+	}
+	if _, err := c.Write(ack.GetDataToken()); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
+	}
+	return c, nil
+}
+
+// frameWriter writes frames to a frame connection (one goroutine).
+type frameWriter struct {
+	c   net.Conn
+	hdr ringpb.ChunkHeader
+	buf []byte // payload scratch
+	hb  []byte // header scratch
+}
+
+func (w *frameWriter) send(h *Header, size int, fill func(dst []byte)) error {
+	toWire(h, &w.hdr)
+	w.hdr.PayloadBytes = uint32(size)
+	var err error
+	w.hb, err = proto.MarshalOptions{}.MarshalAppend(append(w.hb[:0], 0, 0, 0, 0), &w.hdr)
+	if err != nil {
+		return fmt.Errorf("%w: header: %w", ErrMalformed, err)
+	}
+	binary.LittleEndian.PutUint32(w.hb, uint32(len(w.hb)-4))
+	if cap(w.buf) < size {
+		w.buf = make([]byte, size)
+	}
+	fill(w.buf[:size])
+	bufs := net.Buffers{w.hb, w.buf[:size]}
+	if _, err := bufs.WriteTo(w.c); err != nil {
+		return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
+	}
+	return nil
+}
+
+// frameReader reads frames from a frame connection (one goroutine).
+type frameReader struct {
+	r          *bufio.Reader
+	hdr        ringpb.ChunkHeader
+	h          Header
+	hb, buf    []byte
+	maxPayload int
+}
+
+func newFrameReader(c net.Conn, maxPayload int) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(c, 256<<10), maxPayload: maxPayload}
+}
+
+func (fr *frameReader) recv(fn func(h *Header, payload [][]byte) error) error {
+	var lb [4]byte
+	if _, err := io.ReadFull(fr.r, lb[:]); err != nil {
+		return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
+	}
+	n := binary.LittleEndian.Uint32(lb[:])
+	if n > maxHeaderBytes {
+		return fmt.Errorf("%w: frame header of %d bytes", ErrMalformed, n)
+	}
+	if cap(fr.hb) < int(n) {
+		fr.hb = make([]byte, n)
+	}
+	hb := fr.hb[:n]
+	if _, err := io.ReadFull(fr.r, hb); err != nil {
+		return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
+	}
+	fr.hdr.Reset()
+	if err := proto.Unmarshal(hb, &fr.hdr); err != nil {
+		return fmt.Errorf("%w: frame header: %w", ErrMalformed, err)
+	}
+	if err := fromWire(&fr.hdr, &fr.h); err != nil {
+		return err
+	}
+	size := int(fr.hdr.PayloadBytes)
+	if size > fr.maxPayload {
+		return fmt.Errorf("%w: frame payload of %d bytes (limit %d)", ErrMalformed, size, fr.maxPayload)
+	}
+	if cap(fr.buf) < size {
+		fr.buf = make([]byte, size)
+	}
+	p := fr.buf[:size]
+	if _, err := io.ReadFull(fr.r, p); err != nil {
+		return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
+	}
+	return fn(&fr.h, [][]byte{p})
+}

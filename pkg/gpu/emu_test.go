@@ -1,0 +1,356 @@
+package gpu
+
+// emuDevice is a deviceAPI that runs the real kernel sources on the CPU:
+// kernels/*.cu is compiled as host C++ (g++ or clang++, with a small shim
+// for the CUDA built-ins and -ffp-contract=off, i.e. NVRTC's --fmad=false)
+// into a shared library that purego opens; every launch runs the kernel's
+// blocks serially. Device pointers are host addresses; GEMMs are a plain
+// Go loop (float32 accumulation, bf16 operands widened exactly).
+//
+// It checks the Go side (chunking, scratch, GEMM operands, launch shapes)
+// and the kernels' index arithmetic numerically against the CPU backend
+// on machines without a GPU. It cannot see what only a GPU does
+// (races, FMA contraction if --fmad were on, cuBLAS's own rounding).
+//
+// Kernels that use shared memory (block reductions) run with one thread
+// per block, which their strided loops are written to allow; the others
+// run every thread of the launched grid.
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+)
+
+const emuShim = `
+#include <math.h>
+#include <string.h>
+#include <stdint.h>
+struct emu_dim3 { unsigned x, y, z; };
+static emu_dim3 blockIdx, threadIdx, blockDim, gridDim;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+static inline void __syncthreads() {}
+static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fsqrt_rn(float a) { return sqrtf(a); }
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+static inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+static inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned o = *p; *p = o + v; return o; }
+`
+
+var emuParam = regexp.MustCompile(`^(.*?)\s*\b(\w+)$`)
+
+// emuLaunchers generates one extern "C" launcher per kernel:
+// L_<name>(void** args, gx, gy, gz, bx, by, bz).
+func emuLaunchers(src string) (string, map[string]bool) {
+	var b strings.Builder
+	shared := map[string]bool{}
+	locs := kernelDecl.FindAllStringSubmatchIndex(src, -1)
+	for i, m := range locs {
+		name := src[m[2]:m[3]]
+		end := len(src)
+		if i+1 < len(locs) {
+			end = locs[i+1][0]
+		}
+		body := src[m[1]:end]
+		shared[name] = strings.Contains(body, "__shared__")
+		var args []string
+		for j, p := range strings.Split(src[m[4]:m[5]], ",") {
+			p = strings.Join(strings.Fields(p), " ")
+			if p == "" {
+				continue
+			}
+			pm := emuParam.FindStringSubmatch(p)
+			args = append(args, fmt.Sprintf("*(%s*)a[%d]", pm[1], j))
+		}
+		fmt.Fprintf(&b, `extern "C" void L_%s(void** a, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz) {
+  gridDim.x = gx; gridDim.y = gy; gridDim.z = gz; blockDim.x = bx; blockDim.y = by; blockDim.z = bz;
+  for (unsigned z = 0; z < gz; z++) for (unsigned y = 0; y < gy; y++) for (unsigned x = 0; x < gx; x++) {
+    blockIdx.x = x; blockIdx.y = y; blockIdx.z = z;
+    for (unsigned tz = 0; tz < bz; tz++) for (unsigned ty = 0; ty < by; ty++) for (unsigned tx = 0; tx < bx; tx++) {
+      threadIdx.x = tx; threadIdx.y = ty; threadIdx.z = tz;
+      %s(%s);
+    }
+  }
+}
+`, name, name, strings.Join(args, ", "))
+	}
+	return b.String(), shared
+}
+
+type emuLib struct {
+	handle uintptr
+	shared map[string]bool
+	fns    map[string]func(a uintptr, gx, gy, gz, bx, by, bz uint32)
+}
+
+// errNoCompiler: the emulator cannot be built here (the tests skip).
+var errNoCompiler = errors.New("no C++ compiler (g++ or clang++) to build the kernel emulator")
+
+var (
+	emuOnce   sync.Once
+	emuLoaded *emuLib
+	emuErr    error
+)
+
+// loadEmu compiles and opens the host build of the kernels (once per test
+// binary). It fails when no C++ compiler is installed.
+func loadEmu() (*emuLib, error) {
+	emuOnce.Do(func() { emuLoaded, emuErr = buildEmu() })
+	return emuLoaded, emuErr
+}
+
+func buildEmu() (*emuLib, error) {
+	var cxx string
+	for _, c := range []string{"g++", "clang++"} {
+		if p, err := exec.LookPath(c); err == nil {
+			cxx = p
+			break
+		}
+	}
+	if cxx == "" {
+		return nil, errNoCompiler
+	}
+	src := kernelSource()
+	launchers, shared := emuLaunchers(src)
+	dir, err := os.MkdirTemp("", "ringtrain-emu")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	// #line markers would point diagnostics at files that do not exist here.
+	body := regexp.MustCompile(`(?m)^#line .*$`).ReplaceAllString(src, "")
+	cu := filepath.Join(dir, "k.cpp")
+	if err := os.WriteFile(cu, []byte(emuShim+body+launchers), 0o644); err != nil {
+		return nil, err
+	}
+	so := filepath.Join(dir, "k.so")
+	out, err := exec.Command(cxx, "-x", "c++", "-std=c++17", "-O2", "-ffp-contract=off", "-fno-fast-math",
+		"-shared", "-fPIC", "-w", cu, "-o", so).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("compiling the kernel emulator with %s: %v\n%s", cxx, err, out)
+	}
+	h, err := purego.Dlopen(so, purego.RTLD_NOW|purego.RTLD_LOCAL)
+	if err != nil {
+		return nil, fmt.Errorf("opening the kernel emulator: %w", err)
+	}
+	l := &emuLib{handle: h, shared: shared, fns: map[string]func(a uintptr, gx, gy, gz, bx, by, bz uint32){}}
+	for name := range shared {
+		var f func(a uintptr, gx, gy, gz, bx, by, bz uint32)
+		purego.RegisterLibFunc(&f, h, "L_"+name)
+		l.fns[name] = f
+	}
+	return l, nil
+}
+
+// emuDevice implements deviceAPI on host memory with the emulated kernels.
+type emuDevice struct {
+	lib    *emuLib
+	blocks map[uint64][]uint64 // live allocations (uint64 words: 8-byte aligned)
+	args   *argBlock
+	pin    runtime.Pinner
+	gemms  []gemmCall // every GEMM, for tests that inspect them
+}
+
+func newEmuDevice() (*emuDevice, error) {
+	l, err := loadEmu()
+	if err != nil {
+		return nil, err
+	}
+	d := &emuDevice{lib: l, blocks: map[uint64][]uint64{}, args: new(argBlock)}
+	d.pin.Pin(d.args)
+	for i := range d.args.ptrs {
+		d.args.ptrs[i] = uintptr(unsafe.Pointer(&d.args.slots[i]))
+	}
+	return d, nil
+}
+
+func (d *emuDevice) alloc(n uint64) (uint64, error) {
+	buf := make([]uint64, (n+7)/8+1)
+	p := uint64(uintptr(unsafe.Pointer(&buf[0])))
+	d.blocks[p] = buf
+	return p, nil
+}
+
+func (d *emuDevice) free(p uint64) error {
+	if _, ok := d.blocks[p]; !ok {
+		return fmt.Errorf("emu: free of %#x, not an allocation", p)
+	}
+	delete(d.blocks, p)
+	return nil
+}
+
+func (d *emuDevice) enter() error { return nil }
+func (d *emuDevice) sync() error  { return nil }
+func (d *emuDevice) close() error { d.pin.Unpin(); return nil }
+
+func (d *emuDevice) launch(name string, grid, block dim3, args []karg) error {
+	f, ok := d.lib.fns[name]
+	if !ok {
+		return fmt.Errorf("%w: emu: kernel %s unknown", ErrCUDA, name)
+	}
+	for i, a := range args {
+		d.args.slots[i] = a.v
+	}
+	if d.lib.shared[name] {
+		block = dim3{1, 1, 1}
+	}
+	f(uintptr(unsafe.Pointer(&d.args.ptrs[0])), grid[0], grid[1], grid[2], block[0], block[1], block[2])
+	return nil
+}
+
+// at turns a device address into a Go pointer into its allocation.
+func (d *emuDevice) at(p uint64) unsafe.Pointer {
+	for base, buf := range d.blocks {
+		if p >= base && p < base+uint64(len(buf))*8 {
+			return unsafe.Add(unsafe.Pointer(&buf[0]), p-base)
+		}
+	}
+	panic(fmt.Sprintf("emu: address %#x outside every allocation", p)) // a test bug
+}
+
+func (d *emuDevice) f32s(p uint64, n int) []float32 {
+	if n == 0 {
+		return nil
+	}
+	return unsafe.Slice((*float32)(d.at(p)), n)
+}
+
+// operand reads a rows x cols row-major matrix (leading dimension ld) as
+// float32, from float32 or bf16 storage.
+func (d *emuDevice) operand(p uint64, rows, cols, ld int, bf16 bool) []float32 {
+	out := make([]float32, rows*cols)
+	if !bf16 {
+		src := d.f32s(p, (rows-1)*ld+cols)
+		for r := 0; r < rows; r++ {
+			copy(out[r*cols:(r+1)*cols], src[r*ld:r*ld+cols])
+		}
+		return out
+	}
+	src := unsafe.Slice((*uint16)(d.at(p)), (rows-1)*ld+cols)
+	for r := 0; r < rows; r++ {
+		for c := 0; c < cols; c++ {
+			out[r*cols+c] = math.Float32frombits(uint32(src[r*ld+c]) << 16)
+		}
+	}
+	return out
+}
+
+func (d *emuDevice) gemm(g gemmCall) error {
+	d.gemms = append(d.gemms, g)
+	ar, ac := g.m, g.k
+	if g.transA {
+		ar, ac = g.k, g.m
+	}
+	br, bc := g.k, g.n
+	if g.transB {
+		br, bc = g.n, g.k
+	}
+	A := d.operand(g.a, ar, ac, g.lda, g.bf16Operands)
+	B := d.operand(g.b, br, bc, g.ldb, g.bf16Operands)
+	// Normalise to A (m x k), B (k x n) row-major.
+	if g.transA {
+		A = transpose(A, ar, ac)
+	}
+	if g.transB {
+		B = transpose(B, br, bc)
+	}
+	C := d.f32s(g.c, (g.m-1)*g.ldc+g.n)
+	acc := make([]float32, g.n)
+	for i := 0; i < g.m; i++ {
+		clear(acc)
+		for k := 0; k < g.k; k++ {
+			a := A[i*g.k+k]
+			if a == 0 {
+				continue
+			}
+			row := B[k*g.n : (k+1)*g.n]
+			for j, b := range row {
+				acc[j] += a * b
+			}
+		}
+		crow := C[i*g.ldc : i*g.ldc+g.n]
+		for j := range crow {
+			v := g.alpha * acc[j]
+			if g.beta != 0 {
+				v += g.beta * crow[j]
+			}
+			crow[j] = v
+		}
+	}
+	return nil
+}
+
+func transpose(a []float32, rows, cols int) []float32 {
+	out := make([]float32, len(a))
+	for r := 0; r < rows; r++ {
+		for c := 0; c < cols; c++ {
+			out[c*rows+r] = a[r*cols+c]
+		}
+	}
+	return out
+}
+
+func (d *emuDevice) memsetD32(p uint64, v uint32, n uint64) error {
+	w := unsafe.Slice((*uint32)(d.at(p)), n)
+	for i := range w {
+		w[i] = v
+	}
+	return nil
+}
+
+func (d *emuDevice) bytesAt(p uint64, n uint64) []byte {
+	if n == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(d.at(p)), n)
+}
+
+func (d *emuDevice) copyDtoD(dst, src, n uint64) error {
+	copy(d.bytesAt(dst, n), d.bytesAt(src, n))
+	return nil
+}
+
+func (d *emuDevice) upload(dst uint64, src unsafe.Pointer, n uint64) error {
+	copy(d.bytesAt(dst, n), unsafe.Slice((*byte)(src), n))
+	return nil
+}
+
+func (d *emuDevice) download(dst unsafe.Pointer, src uint64, n uint64) error {
+	copy(unsafe.Slice((*byte)(dst), n), d.bytesAt(src, n))
+	return nil
+}
+
+// openEmu returns a Backend over the emulator with the given precision.
+func openEmu(prec string) (*Backend, error) {
+	d, err := newEmuDevice()
+	if err != nil {
+		return nil, err
+	}
+	o := Options{Precision: prec}
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	b := newBackend(o, d, 4)
+	b.info = DeviceInfo{Name: "emulator (host C++ build of the kernels)", Arch: "host", SMs: 4, KernelImage: "host"}
+	return b, nil
+}
