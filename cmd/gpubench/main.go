@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/ringtrain/ringtrain/pkg/gpu"
@@ -35,19 +36,23 @@ func main() {
 	steps := flag.Int("steps", 10, "timed steps")
 	threads := flag.Int("threads", 0, "CPU backend goroutines (0: GOMAXPROCS)")
 	libDir := flag.String("cuda-lib-dir", "", "directory searched first for the CUDA libraries")
+	conv := flag.String("conv", "auto", "convolutions: auto (cuDNN when found), cudnn or im2col")
+	profile := flag.Int("profile", 0, "after the timed steps, run this many steps with every heavy op timed alone and print a breakdown")
+	scratch := flag.Int64("scratch", 0, "cap of one convolution chunk's scratch in bytes (0: the backend's default); a large value means one chunk per convolution")
 	flag.Parse()
-	if err := run(*device, *prec, *stem, *depth, *batch, *size, *warmup, *steps, *threads, *libDir); err != nil {
+	if err := run(*device, *prec, *stem, *depth, *batch, *size, *warmup, *steps, *threads, *libDir, *scratch, *profile, *conv); err != nil {
 		fmt.Fprintln(os.Stderr, "gpubench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(device, prec, stem string, depth, batch, size, warmup, steps, threads int, libDir string) error {
+func run(device, prec, stem string, depth, batch, size, warmup, steps, threads int, libDir string, scratch int64, profile int, conv string) error {
 	if batch < 1 || steps < 1 || warmup < 0 || size < 8 {
 		return fmt.Errorf("bad sizes: batch %d steps %d warmup %d size %d", batch, steps, warmup, size)
 	}
 	t0 := time.Now()
-	b, err := gpu.SelectBackend(device, threads, gpu.Options{Precision: prec, LibDir: libDir},
+	b, err := gpu.SelectBackend(device, threads, gpu.Options{Precision: prec, LibDir: libDir, ScratchBytes: scratch, Conv: conv,
+		Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }},
 		func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
 	if err != nil {
 		return err
@@ -55,12 +60,18 @@ func run(device, prec, stem string, depth, batch, size, warmup, steps, threads i
 	if g, ok := b.(*gpu.Backend); ok {
 		defer g.Close()
 		i := g.Info()
-		fmt.Printf("# device %s (%s, %d SMs), driver %d, NVRTC %s, cuBLAS %d, kernels %s, open %.2fs\n",
-			i.Name, i.Arch, i.SMs, i.DriverVersion, i.NVRTCVersion, i.CUBLASVersion, i.KernelImage, time.Since(t0).Seconds())
+		fmt.Printf("# device %s (%s, %d SMs), driver %d, NVRTC %s, cuBLAS %d, cuDNN %d, kernels %s, open %.2fs\n",
+			i.Name, i.Arch, i.SMs, i.DriverVersion, i.NVRTCVersion, i.CUBLASVersion, i.CUDNNVersion, i.KernelImage, time.Since(t0).Seconds())
+		if i.CUDNNVersion == 0 {
+			conv = "im2col"
+		} else if conv == "auto" {
+			conv = "cudnn"
+		}
 	} else {
 		prec = "fp32"
 	}
-	m, err := nn.NewResNet(b, nn.ResNetConfig{Depth: depth, Stem: stem, Classes: 10, Seed: 1})
+	prof := newProfiler(b) // off (a pass-through) until the profiled steps
+	m, err := nn.NewResNet(prof, nn.ResNetConfig{Depth: depth, Stem: stem, Classes: 10, Seed: 1})
 	if err != nil {
 		return err
 	}
@@ -82,6 +93,10 @@ func run(device, prec, stem string, depth, batch, size, warmup, steps, threads i
 	x := b.New(batch, 3, size, size)
 	b.FromHost(x, xs)
 	loss, dlogits := b.New(1), b.New(batch, 10)
+	// Every step's loss is copied into losses on the device and read
+	// back once at the end, so the timed loop never waits for the host.
+	losses := b.New(warmup + steps + profile)
+	nstep := 0
 
 	step := func() error {
 		logits, err := m.Forward(x)
@@ -89,6 +104,8 @@ func run(device, prec, stem string, depth, batch, size, warmup, steps, threads i
 			return err
 		}
 		b.SoftmaxCrossEntropy(loss, dlogits, nil, logits, labels, 0, 1)
+		b.Copy(losses.View(nstep, 1), loss)
+		nstep++
 		m.ZeroGrad()
 		if err := m.Backward(dlogits); err != nil {
 			return err
@@ -127,7 +144,26 @@ func run(device, prec, stem string, depth, batch, size, warmup, steps, threads i
 	if size != 32 || depth != 18 {
 		gf = 0
 	}
-	fmt.Printf("RESULT impl=ringtrain backend=%s precision=%s stem=%s batch=%d img_s=%.1f ms_step=%.2f tflops=%.2f warmup_s=%.2f loss_first=%.4f loss_last=%.4f\n",
-		b.Name(), prec, stem, batch, ips, 1000*el/float64(steps), ips*gf/1000, warm.Seconds(), l0, l1)
+	if profile > 0 {
+		prof.on = true
+		for i := 0; i < profile; i++ {
+			if err := step(); err != nil {
+				return fmt.Errorf("profiled step %d: %w", i, err)
+			}
+		}
+		prof.on = false
+		prof.report(os.Stdout, profile)
+	}
+	hl := make([]float32, warmup+steps+profile)
+	b.ToHost(hl, losses)
+	if err := b.Sync(); err != nil {
+		return err
+	}
+	ls := make([]string, len(hl))
+	for i, v := range hl {
+		ls[i] = fmt.Sprintf("%.3f", v)
+	}
+	fmt.Printf("RESULT impl=ringtrain backend=%s precision=%s stem=%s batch=%d img_s=%.1f ms_step=%.2f tflops=%.2f warmup_s=%.2f loss_first=%.4f loss_last=%.4f conv=%s scratch=%d losses=%s\n",
+		b.Name(), prec, stem, batch, ips, 1000*el/float64(steps), ips*gf/1000, warm.Seconds(), l0, l1, conv, scratch, strings.Join(ls, ","))
 	return nil
 }

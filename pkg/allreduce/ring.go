@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -287,11 +289,11 @@ func (r *Ring) execute(op *Op) error {
 }
 
 // schedule is one collective split into its sending and receiving halves.
-// send runs in its own goroutine and must return when abort is closed;
-// recv runs in the calling goroutine.
+// send runs in its own goroutine, recv in the calling one; both must
+// return when abort is closed.
 type schedule struct {
 	send func(abort <-chan struct{}) error
-	recv func() error
+	recv func(abort <-chan struct{}) error
 }
 
 // errAborted is what a half returns when the other half failed first; it is
@@ -336,7 +338,7 @@ func (r *Ring) exec(ctx context.Context, op *Op, s schedule) error {
 		case <-finished:
 		}
 	}()
-	if err := s.recv(); err != nil {
+	if err := s.recv(abort); err != nil {
 		fail(fmt.Errorf("receive from rank %d: %w", (r.cfg.Rank-1+r.cfg.World)%r.cfg.World, err))
 	}
 	<-sendDone // still under the deadline
@@ -411,6 +413,17 @@ func (r *Ring) ringPath(op *Op) schedule {
 	}
 	ready := make(chan struct{}, tokens)
 	base := r.header(op, dt)
+	// filled counts the frames whose payload the sender has encoded, in
+	// send order; first[R] is the index of round R's first frame. In round
+	// R the receiver overwrites (all-gather) the values the sender read in
+	// round R-(N-1). That is ordered by causality round the ring already;
+	// waiting on filled makes the order explicit (and visible to the race
+	// detector, which cannot see through sockets).
+	var filled atomic.Int64
+	first := make([]int64, rounds+1)
+	for R := 0; R < rounds; R++ {
+		first[R+1] = first[R] + int64(nchunks(mod(rank-R, n)))
+	}
 
 	send := func(abort <-chan struct{}) error {
 		for R := 0; R < rounds; R++ {
@@ -429,7 +442,10 @@ func (r *Ring) ringPath(op *Op) schedule {
 				h.Round, h.Segment, h.Chunk = uint32(R), uint32(seg), uint32(c)
 				h.Offset, h.Count = uint64(off), uint32(cnt)
 				src := data[off : off+cnt]
-				if err := r.link.Send(&h, cnt*dt.Size(), func(dst []byte) { encode(dst, src, dt) }); err != nil {
+				if err := r.link.Send(&h, cnt*dt.Size(), func(dst []byte) {
+					encode(dst, src, dt)
+					filled.Add(1)
+				}); err != nil {
 					return err
 				}
 			}
@@ -437,7 +453,7 @@ func (r *Ring) ringPath(op *Op) schedule {
 		return nil
 	}
 
-	recv := func() error {
+	recv := func(abort <-chan struct{}) error {
 		want := base
 		for R := 0; R < rounds; R++ {
 			seg := mod(rank-R-1, n)
@@ -455,6 +471,14 @@ func (r *Ring) ringPath(op *Op) schedule {
 						return fmt.Errorf("%w: payload of %d bytes for %d elements of dtype %d", ErrMalformed, got, cnt, dt)
 					}
 					if R >= n-1 {
+						for idx := first[R-(n-1)] + int64(c); filled.Load() <= idx; {
+							select { // a peer that is ahead of the ring's causality
+							case <-abort:
+								return errAborted
+							default:
+								runtime.Gosched()
+							}
+						}
 						copyPieces(dst, p, dt)
 						return nil
 					}
@@ -517,7 +541,7 @@ func (r *Ring) smallPath(op *Op) schedule {
 		}
 		return nil
 	}
-	recv := func() error {
+	recv := func(<-chan struct{}) error {
 		want := base
 		for R := 0; R < n-1; R++ {
 			origin := mod(rank-R-1, n)

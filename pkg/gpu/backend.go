@@ -18,6 +18,13 @@ const (
 	PrecisionBF16 = "bf16"
 )
 
+// Convolution implementations accepted by Options.Conv.
+const (
+	ConvAuto   = "auto"   // cuDNN when it loads, else im2col
+	ConvCUDNN  = "cudnn"  // cuDNN, or Open fails
+	ConvIm2col = "im2col" // im2col + cuBLAS only
+)
+
 // Options configure Open. The zero value is valid: device 0, fp32,
 // libraries from the standard search, kernels cached in the user's cache.
 type Options struct {
@@ -30,6 +37,9 @@ type Options struct {
 	// ScratchBytes caps the im2col scratch of one convolution chunk;
 	// 0 means 1 GiB. Larger chunks mean fewer, larger GEMMs.
 	ScratchBytes int64
+	// Conv picks the convolution implementation: "auto" (default), "cudnn"
+	// or "im2col"; see the package doc.
+	Conv string
 	// SyncEveryOp synchronises after every op so that an asynchronous
 	// kernel fault is reported by the op that caused it (debugging).
 	SyncEveryOp bool
@@ -48,6 +58,13 @@ func (o *Options) validate() error {
 	case PrecisionFP32, PrecisionTF32, PrecisionBF16:
 	default:
 		return fmt.Errorf("%w: precision %q (want fp32, tf32 or bf16)", ErrOptions, o.Precision)
+	}
+	switch o.Conv {
+	case "":
+		o.Conv = ConvAuto
+	case ConvAuto, ConvCUDNN, ConvIm2col:
+	default:
+		return fmt.Errorf("%w: conv %q (want auto, cudnn or im2col)", ErrOptions, o.Conv)
 	}
 	if o.Device < 0 {
 		return fmt.Errorf("%w: device %d", ErrOptions, o.Device)
@@ -95,6 +112,9 @@ type Backend struct {
 
 	scratch map[string]*scratchBuf // named scratch buffers, grown on demand
 	labels  []int32                // reused host copy of labels (int32)
+
+	plans       map[nn.ConvParams]*convPlan // cuDNN plans by shape (nil: im2col)
+	forceIm2col bool                        // tests: bypass cuDNN
 }
 
 var _ nn.Backend = (*Backend)(nil)
@@ -124,7 +144,7 @@ func newBackend(o Options, d deviceAPI, sms int) *Backend {
 		sms = 1
 	}
 	return &Backend{opts: o, dev: d, pool: newPool(d), sms: sms, bf16: o.Precision == PrecisionBF16,
-		scratch: map[string]*scratchBuf{}}
+		scratch: map[string]*scratchBuf{}, plans: map[nn.ConvParams]*convPlan{}}
 }
 
 // Info describes the device and libraries.
@@ -150,6 +170,14 @@ func (b *Backend) Close() error {
 	b.closed = true
 	_ = b.dev.enter()
 	serr := b.dev.sync()
+	if acc, ok := b.dev.(convAccel); ok {
+		for _, pl := range b.plans {
+			if pl != nil {
+				acc.freeConvPlan(pl)
+			}
+		}
+	}
+	b.plans = nil
 	perr := b.pool.releaseAll()
 	cerr := b.dev.close()
 	if e := firstErr(serr, perr, cerr); e != nil {

@@ -80,6 +80,7 @@ type DeviceInfo struct {
 	DriverVersion int // e.g. 13000
 	NVRTCVersion  string
 	CUBLASVersion int
+	CUDNNVersion  int    // 0: cuDNN not in use
 	KernelImage   string // "cubin (cached)", "cubin (compiled)", "ptx (compiled)" ...
 	Libraries     []string
 }
@@ -90,7 +91,10 @@ type cudaDevice struct {
 	drv  *driver
 	rtc  *nvrtc
 	blas *cublas
-	info DeviceInfo
+	dnn  *cudnnLib // nil: no cuDNN (convolutions use im2col)
+
+	dnnHandle uintptr
+	info      DeviceInfo
 
 	dev    int32
 	ctx    uintptr
@@ -222,6 +226,16 @@ func openCUDA(o Options) (d *cudaDevice, err error) {
 	}
 	if err := d.loadKernels(o); err != nil {
 		return nil, err
+	}
+	if o.Conv != ConvIm2col {
+		if err := d.openCUDNN(dirs); err != nil {
+			if o.Conv == ConvCUDNN {
+				return nil, err
+			}
+			if o.Log != nil {
+				o.Log("gpu: convolutions use im2col + cuBLAS: %v", err)
+			}
+		}
 	}
 	return d, nil
 }
@@ -386,6 +400,10 @@ func (d *cudaDevice) close() error {
 	}
 	if d.stream != 0 {
 		keep(d.sync())
+	}
+	if d.dnnHandle != 0 {
+		keep(d.dnn.check("cudnnDestroy", d.dnn.cudnnDestroy(d.dnnHandle)))
+		d.dnnHandle = 0
 	}
 	if d.handle != 0 {
 		keep(d.blas.check("cublasDestroy", d.blas.cublasDestroy(d.handle)))

@@ -2,7 +2,8 @@
 // whose tensors live in NVIDIA GPU memory.
 //
 // It builds with CGO_ENABLED=0. At run time it opens the CUDA driver
-// (libcuda.so.1), NVRTC and cuBLAS with dlopen (through purego), so one
+// (libcuda.so.1), NVRTC, cuBLAS and, when present, cuDNN with dlopen
+// (through purego), so one
 // static binary runs on CPU-only machines (Open fails with ErrNoDevice or
 // ErrLibraryNotFound, and SelectBackend falls back to the CPU) and on GPU
 // nodes. Libraries are searched in a fixed order: Options.LibDir,
@@ -13,20 +14,29 @@
 // Kernels are CUDA C sources embedded in the binary (kernels/*.cu), compiled
 // by NVRTC for the device's compute capability on first use and cached on
 // disk under os.UserCacheDir()/ringtrain/kernels, keyed by a hash of the
-// source, the architecture and the NVRTC version.
+// source, the architecture, the NVRTC version and the options. They are
+// compiled with --fmad=false: NVRTC never contracts a*b+c into an FMA, so
+// each kernel rounds after every operation as pkg/nn's Go code does, and
+// writes fmaf where the CPU fuses (torch's add(alpha=) and addcmul).
 //
 // Promises:
 //   - Every op of nn.Backend, with the semantics stated there. Convolutions
-//     are im2col + one cuBLAS GEMM per chunk of images; linear layers are
-//     cuBLAS GEMMs; batch norm, pooling, loss, optimizers and reductions are
-//     our own kernels.
+//     use cuDNN's legacy API when libcudnn loads (Options.Conv "auto"; per
+//     shape and direction, cuDNN's heuristic choice among the admissible
+//     algorithms: deterministic always, and in fp32 plain FMA math without
+//     FFT/Winograd), else im2col + one cuBLAS GEMM per chunk of images;
+//     linear layers are cuBLAS GEMMs; batch norm, pooling, loss, optimizers
+//     and reductions are our own kernels, computed operation by operation
+//     as the CPU backend (bit-identical elementwise results).
 //   - Deterministic: no kernel uses floating-point atomics; every reduction
 //     has a fixed partition and a fixed tree order, and all work runs on one
 //     stream, so the same inputs give bit-identical outputs on every call.
-//   - Precision "fp32" (default; cuBLAS in plain fp32, no TF32), "tf32"
-//     (cuBLAS TF32 tensor-core math for GEMMs), or "bf16" (convolution GEMM
-//     operands rounded to bf16, fp32 accumulation and fp32 outputs; all
-//     other tensors, master weights and optimizer state stay fp32).
+//   - Precision "fp32" (default; cuBLAS and cuDNN in plain fp32, no TF32),
+//     "tf32" (TF32 tensor-core math for GEMMs and convolutions), or "bf16"
+//     (convolution operands rounded to bf16 with fp32 accumulation; with
+//     cuDNN, NHWC bf16 copies of x, w and dy around each convolution and a
+//     bf16 result widened back; all other tensors, master weights and
+//     optimizer state stay fp32).
 //   - No per-step device allocations in steady state: tensors and scratch
 //     come from a size-class memory pool.
 //   - Errors are sticky: the first CUDA, NVRTC or cuBLAS failure is kept,

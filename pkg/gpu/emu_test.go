@@ -27,6 +27,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"testing"
 	"unsafe"
 
 	"github.com/ebitengine/purego"
@@ -353,4 +354,73 @@ func openEmu(prec string) (*Backend, error) {
 	b := newBackend(o, d, 4)
 	b.info = DeviceInfo{Name: "emulator (host C++ build of the kernels)", Arch: "host", SMs: 4, KernelImage: "host"}
 	return b, nil
+}
+
+// TestLayoutKernels checks the bf16 NCHW <-> NHWC kernels of the cuDNN
+// path on the emulator: element placement, round-to-nearest-even, and the
+// accumulate flag.
+func TestLayoutKernels(t *testing.T) {
+	b, err := openEmu(PrecisionBF16)
+	if errors.Is(err, errNoCompiler) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	const n, c, hw = 2, 3, 5
+	v := make([]float32, n*c*hw)
+	for i := range v {
+		v[i] = float32(i) - 7 // small integers: exact in bf16
+	}
+	// Ties go to even (bf16 keeps 7 fraction bits: ulp 2^-7 at 1).
+	round := map[float32]float32{
+		1 + 1.0/256: 1,           // tie between 1 and 1+2^-7: even is 1
+		1 + 3.0/256: 1 + 1.0/64,  // tie between 1+2^-7 and 1+2^-6: even is 1+2^-6
+		1 + 3.0/512: 1 + 1.0/128, // above the midpoint: up
+	}
+	v[4], v[5], v[6] = 1+1.0/256, 1+3.0/256, 1+3.0/512
+	bf := func(f float32) float32 {
+		if r, ok := round[f]; ok {
+			return r
+		}
+		return f // exact in bf16
+	}
+	x := b.New(n, c, hw)
+	b.FromHost(x, v)
+	buf := b.toNHWC("test", x, n, c, hw)
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	d := b.dev.(*emuDevice)
+	got := unsafe.Slice((*uint16)(d.at(buf)), n*c*hw)
+	for bi := 0; bi < n; bi++ {
+		for ci := 0; ci < c; ci++ {
+			for p := 0; p < hw; p++ {
+				src := v[(bi*c+ci)*hw+p]
+				want := math.Float32bits(bf(src)) >> 16
+				if g := got[(bi*hw+p)*c+ci]; uint32(g) != want {
+					t.Fatalf("nhwc[%d,%d,%d] = %#x, want %#x (from %v)", bi, p, ci, g, want, src)
+				}
+			}
+		}
+	}
+	y := b.New(n, c, hw)
+	b.Fill(y, 100)
+	b.fromNHWC(y, buf, n, c, hw, false)
+	h := make([]float32, len(v))
+	b.ToHost(h, y)
+	for i := range h {
+		want := bf(v[i])
+		if h[i] != want {
+			t.Fatalf("assign: element %d = %v, want %v", i, h[i], want)
+		}
+	}
+	b.fromNHWC(y, buf, n, c, hw, true)
+	b.ToHost(h, y)
+	for i := range h {
+		if w := 2 * bf(v[i]); h[i] != w {
+			t.Fatalf("accumulate: element %d = %v, want %v", i, h[i], w)
+		}
+	}
 }

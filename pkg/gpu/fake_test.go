@@ -230,9 +230,10 @@ func TestFakeDeviceAllOps(t *testing.T) {
 				}
 			}
 			sort.Strings(never)
-			want := "k_cast_bf16 k_im2col_bf16 k_permute_bf16"
+			// cuDNN's layout kernels run only with cuDNN, which fakes lack.
+			want := "k_cast_bf16 k_im2col_bf16 k_nchw_to_nhwc_bf16 k_nhwc_bf16_to_nchw k_permute_bf16"
 			if prec == PrecisionBF16 {
-				want = "k_im2col_f32"
+				want = "k_im2col_f32 k_nchw_to_nhwc_bf16 k_nhwc_bf16_to_nchw"
 			}
 			if fmt.Sprint(never) != "["+want+"]" {
 				t.Fatalf("kernels never launched: %v, want [%s]", never, want)
@@ -291,13 +292,13 @@ func TestStickyErrors(t *testing.T) {
 }
 
 func TestOptionsValidate(t *testing.T) {
-	for _, o := range []Options{{Precision: "fp16"}, {Device: -1}, {ScratchBytes: 1000}} {
+	for _, o := range []Options{{Precision: "fp16"}, {Device: -1}, {ScratchBytes: 1000}, {Conv: "winograd"}} {
 		if err := o.validate(); !errors.Is(err, ErrOptions) {
 			t.Errorf("%+v: err = %v, want ErrOptions", o, err)
 		}
 	}
 	o := Options{}
-	if err := o.validate(); err != nil || o.Precision != PrecisionFP32 || o.ScratchBytes != 1<<30 {
+	if err := o.validate(); err != nil || o.Precision != PrecisionFP32 || o.ScratchBytes != 1<<30 || o.Conv != ConvAuto {
 		t.Fatalf("defaults: %+v %v", o, err)
 	}
 }

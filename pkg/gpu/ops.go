@@ -72,6 +72,9 @@ func (b *Backend) Conv2d(y, x, w *nn.Tensor, p nn.ConvParams) {
 	if !b.begin() || !b.devs(y, x, w) || !b.checkConv("Conv2d", p, y, x, w) {
 		return
 	}
+	if b.dnnConv(convFwd, p, x, w, y) {
+		return
+	}
 	im2col, _, es := b.colKernels()
 	P, Q := p.P(), p.Q()
 	PQ, CRS := P*Q, p.C*p.R*p.S
@@ -106,6 +109,9 @@ func (b *Backend) Conv2dBackwardData(dx, dy, w *nn.Tensor, p nn.ConvParams) {
 	if !b.begin() || !b.devs(dx, dy, w) || !b.checkConv("Conv2dBackwardData", p, dy, dx, w) {
 		return
 	}
+	if b.dnnConv(convBwdData, p, dx, w, dy) {
+		return
+	}
 	_, permute, es := b.colKernels()
 	P, Q := p.P(), p.Q()
 	PQ, CRS := P*Q, p.C*p.R*p.S
@@ -137,6 +143,9 @@ func (b *Backend) Conv2dBackwardData(dx, dy, w *nn.Tensor, p nn.ConvParams) {
 func (b *Backend) Conv2dBackwardFilter(dw, x, dy *nn.Tensor, p nn.ConvParams) {
 	defer b.end()
 	if !b.begin() || !b.devs(dw, x, dy) || !b.checkConv("Conv2dBackwardFilter", p, dy, x, dw) {
+		return
+	}
+	if b.dnnConv(convBwdFilter, p, x, dw, dy) {
 		return
 	}
 	im2col, permute, es := b.colKernels()

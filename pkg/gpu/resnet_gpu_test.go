@@ -2,9 +2,10 @@ package gpu
 
 import (
 	"fmt"
-	"os"
 	"math"
 	"math/rand"
+	"sort"
+	"strings"
 	"testing"
 
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -52,6 +53,23 @@ func learnable(seed int64, nb, n, size int) ([][]float32, [][]int32) {
 
 // flatNormErr is ||gpu-cpu|| / ||cpu|| of two tensors.
 func flatNormErr(e *env, g, c *nn.Tensor) float64 { return e.normErr(tp{g, c}) }
+
+// bitDiffs counts values of t (on b) whose bits differ from want.
+func bitDiffs(t *testing.T, b *Backend, x *nn.Tensor, want []float32) int {
+	t.Helper()
+	h := make([]float32, x.Numel())
+	b.ToHost(h, x)
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i := range h {
+		if math.Float32bits(h[i]) != math.Float32bits(want[i]) {
+			n++
+		}
+	}
+	return n
+}
 
 // hostNormErr is ||a-b|| / ||b||.
 func hostNormErr(a, b []float32) float64 {
@@ -112,6 +130,16 @@ func roundingResponse(t *testing.T, c nn.Backend, cfg nn.ResNetConfig, ref *nn.M
 // responseFactor: see roundingResponse.
 const responseFactor = 100
 
+// gradTol bounds the whole model's gradient difference. The per-op check
+// holds every op to its rounding bound; end to end, the weight gradients
+// of convolutions followed by BN are sums of N·P·Q products (4096 at
+// 32x32, batch 4) that nearly cancel (BN makes dy zero-mean per channel
+// while the post-ReLU x is not), so a float32 GEMM summing them in a
+// different order than the CPU's blocked one differs by ~1e-3 relative
+// (measured with the emulator: 2e-3 on conv1/layer1, 5e-6 on layer4).
+// 1e-2 still fails a missing, doubled or misplaced term.
+const gradTol = 1e-2
+
 // TestGPUResNet18Step runs one full training step of ResNet-18 (both
 // stems) on the GPU and on the CPU from the same weights.
 //
@@ -150,6 +178,12 @@ func TestGPUResNet18Step(t *testing.T) {
 				t.Fatal(err)
 			}
 			copyModel(t, mg, mc)
+			mc0, err := nn.NewResNet(c, cfg) // the initial weights, for the rerun
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer mc0.Free()
+			copyModel(t, mc0, mc)
 			mg.SetGradReadyHook(func(i int) { sh.label = "backward, after " + mg.Params()[i].Name + "'s gradient" })
 			xs, ls := learnable(9, 1, tc.n, tc.s)
 			e := &env{t: t, g: g, c: c}
@@ -191,8 +225,9 @@ func TestGPUResNet18Step(t *testing.T) {
 				name string
 				g, c *nn.Tensor
 				resp float64
-			}{{"logits", lg, lc, rl}, {"gradients", mg.GradsFlat(), mc.GradsFlat(), rg}} {
-				tol := math.Max(fp32Tol, responseFactor*o.resp)
+				min  float64
+			}{{"logits", lg, lc, rl, fp32Tol}, {"gradients", mg.GradsFlat(), mc.GradsFlat(), rg, gradTol}} {
+				tol := math.Max(o.min, responseFactor*o.resp)
 				if r := flatNormErr(e, o.g, o.c); r > tol {
 					t.Errorf("%s: ||gpu-cpu||/||cpu|| over the model = %.3g > %.3g (the CPU's response to one rounding of every weight: %.3g)", o.name, r, tol, o.resp)
 				} else {
@@ -205,7 +240,12 @@ func TestGPUResNet18Step(t *testing.T) {
 					worst, wn = r, p.Name
 				}
 			}
-			if os.Getenv("RINGTRAIN_GPU_DEBUG") != "" {
+			{ // per-parameter differences, largest first (information)
+				type row struct {
+					name string
+					d, n float64
+				}
+				var rows []row
 				for i, p := range mg.Params() {
 					hg1 := make([]float32, p.Grad.Numel())
 					hc1 := make([]float32, p.Grad.Numel())
@@ -216,10 +256,18 @@ func TestGPUResNet18Step(t *testing.T) {
 						d += (float64(hg1[j]) - float64(hc1[j])) * (float64(hg1[j]) - float64(hc1[j]))
 						n += float64(hc1[j]) * float64(hc1[j])
 					}
-					t.Logf("  %-28s |d| %.3g |c| %.3g rel %.3g", p.Name, math.Sqrt(d), math.Sqrt(n), math.Sqrt(d/n))
+					rows = append(rows, row{p.Name, math.Sqrt(d), math.Sqrt(n)})
 				}
+				sort.Slice(rows, func(i, j int) bool { return rows[i].d > rows[j].d })
+				var b strings.Builder
+				for _, r := range rows[:min(8, len(rows))] {
+					fmt.Fprintf(&b, "\n  %-28s ||gpu-cpu|| %.3g  ||cpu|| %.3g  relative %.3g", r.name, r.d, r.n, r.d/math.Max(r.n, 1e-300))
+				}
+				t.Logf("gradients, largest differences (information):%s", b.String())
 			}
 			t.Logf("gradients: worst single-parameter ||gpu-cpu||/||cpu|| = %.3g (%s) (information)", worst, wn)
+			gradsShadow := make([]float32, mg.GradsFlat().Numel())
+			g.ToHost(gradsShadow, mg.GradsFlat())
 			sgd := nn.SGDConfig{LR: 0.1, Momentum: 0.9, WeightDecay: 5e-4}
 			sh.label = "optimizer"
 			og, err := nn.NewSGD(sh, mg.Params(), sgd)
@@ -246,6 +294,30 @@ func TestGPUResNet18Step(t *testing.T) {
 					t.Logf("%s: ||gpu-cpu||/||cpu|| = %.3g", o.name, r)
 				}
 			}
+			// The same step again without the shadow (which synchronises
+			// before every op): bit-identical gradients, so no result
+			// depends on timing or on a hazard the synchronisation hid.
+			mg2, err := nn.NewResNet(g, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer mg2.Free()
+			copyModel(t, mg2, mc0)
+			lg2, err := mg2.Forward(x[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, dg2, err := (&nn.CrossEntropy{Smoothing: 0.1}).Compute(g, lg2, ls[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			mg2.ZeroGrad()
+			if err := mg2.Backward(dg2); err != nil {
+				t.Fatal(err)
+			}
+			if d := bitDiffs(t, g, mg2.GradsFlat(), gradsShadow); d != 0 {
+				t.Errorf("determinism: %d gradient values differ between the synchronised and the free-running step", d)
+			}
 			first, summary := sh.report()
 			if first != "" {
 				t.Errorf("per-op check: first op over its tolerance: %s", first)
@@ -261,6 +333,9 @@ func TestGPUResNet18Step(t *testing.T) {
 // (final loss below 60% of the first).
 func TestGPUBF16TracksFP32(t *testing.T) {
 	g32 := openGPU(t, PrecisionFP32)
+	if g32.info.Arch == "host" {
+		t.Skip("100 ResNet-18 steps are too slow on the kernel emulator; runs on a GPU")
+	}
 	g16 := openGPU(t, PrecisionBF16)
 	const steps, n = 50, 32
 	cfg := nn.ResNetConfig{Depth: 18, Stem: "cifar", Classes: 10, Seed: 11}

@@ -63,3 +63,29 @@ extern "C" __global__ void k_count_nonfinite(const float* x, u32 n, u32* out) {
   u32 s = block_sum<u32>(c, sh);
   if (threadIdx.x == 0 && s != 0) atomicAdd(out, s);
 }
+
+// Layout changes around cuDNN's bf16 convolutions. out (N, HW, C) bf16 =
+// in (N, C, HW) float, rounded (x, dy, and weights with N=K, HW=R*S).
+extern "C" __global__ void k_nchw_to_nhwc_bf16(bf16* out, const float* in, u32 N, u32 C, u32 HW) {
+  u32 n = N * C * HW;
+  GRID_LOOP(i, n) {
+    u32 c = i % C;
+    u32 t = i / C;
+    u32 p = t % HW;
+    u32 b = t / HW;
+    out[i] = f2bf(in[((u64)b * C + c) * HW + p]);
+  }
+}
+
+// out (N, C, HW) float =, or += when accumulate, in (N, HW, C) bf16.
+extern "C" __global__ void k_nhwc_bf16_to_nchw(float* out, const bf16* in, u32 N, u32 C, u32 HW, int accumulate) {
+  u32 n = N * C * HW;
+  GRID_LOOP(i, n) {
+    u32 p = i % HW;
+    u32 t = i / HW;
+    u32 c = t % C;
+    u32 b = t / C;
+    float v = __uint_as_float((u32)in[((u64)b * HW + p) * C + c] << 16);
+    out[i] = accumulate ? out[i] + v : v;
+  }
+}
