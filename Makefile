@@ -2,11 +2,16 @@
 GO ?= go
 export CGO_ENABLED ?= 0
 
-.PHONY: all build test vet
+.PHONY: all build test vet run
 all: build
 
 build:
-	$(GO) build -o bin/ ./cmd/...
+	$(GO) build -o bin/ ./cmd/coordinator ./cmd/worker ./cmd/gpubench
+
+# The main job: coordinator + 2 local workers, ResNet-18 on CIFAR-10
+# (downloaded into ./data when missing). Extra flags: make run ARGS="--epochs 30".
+run: build
+	bin/coordinator --workers 2 $(ARGS)
 
 vet:
 	$(GO) vet ./...

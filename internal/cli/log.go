@@ -48,5 +48,27 @@ func Quiet(l *zap.Logger) *zap.Logger {
 	if os.Getenv("RINGTRAIN_LOG_LEVEL") == "debug" {
 		return l
 	}
-	return l.WithOptions(zap.IncreaseLevel(zapcore.DPanicLevel))
+	return l.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return minLevelCore{Core: c, min: zapcore.DPanicLevel}
+	}))
+}
+
+// minLevelCore drops entries below min. (zap.IncreaseLevel refuses to
+// raise the level of some cores; this wrapper always works.)
+type minLevelCore struct {
+	zapcore.Core
+	min zapcore.Level
+}
+
+func (c minLevelCore) Enabled(l zapcore.Level) bool { return l >= c.min && c.Core.Enabled(l) }
+
+func (c minLevelCore) With(f []zapcore.Field) zapcore.Core {
+	return minLevelCore{Core: c.Core.With(f), min: c.min}
+}
+
+func (c minLevelCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if !c.Enabled(e.Level) {
+		return ce
+	}
+	return c.Core.Check(e, ce)
 }

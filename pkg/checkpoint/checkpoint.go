@@ -53,7 +53,10 @@ const (
 
 // Meta is the non-tensor part of the training state.
 type Meta struct {
-	Step        int64             `json:"step"`   // optimizer steps completed
+	Step int64 `json:"step"` // optimizer steps completed
+	// Generation is the plan generation whose ring computed this state
+	// (0 when unknown). A state is committed only under that generation.
+	Generation  uint64            `json:"generation,omitempty"`
 	Epoch       int64             `json:"epoch"`  // epoch the cursor is in
 	Cursor      int64             `json:"cursor"` // samples of that epoch already consumed (global)
 	WorldSize   int               `json:"world_size"`
@@ -385,11 +388,21 @@ type Skipped struct {
 // the newer ones it passed over and why (for a log line each). It returns
 // ErrNotFound when none qualifies.
 func (s *Store) LoadLatest(configHash string) (l *Loaded, skipped []Skipped, err error) {
+	return s.LoadAtMost(configHash, -1)
+}
+
+// LoadAtMost is LoadLatest restricted to checkpoints of steps <= maxStep
+// (no limit when maxStep < 0): the newest usable state not ahead of a
+// committed step.
+func (s *Store) LoadAtMost(configHash string, maxStep int64) (l *Loaded, skipped []Skipped, err error) {
 	steps, err := s.Steps()
 	if err != nil {
 		return nil, nil, err
 	}
 	for _, st := range steps {
+		if maxStep >= 0 && st > maxStep {
+			continue
+		}
 		l, err := s.Load(st)
 		if err == nil && configHash != "" && l.Meta.ConfigHash != configHash {
 			err = fmt.Errorf("%w: step %d has config hash %.12s, this job %.12s", ErrMismatch, st, l.Meta.ConfigHash, configHash)

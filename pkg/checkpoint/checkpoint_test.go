@@ -221,7 +221,7 @@ func TestWriterWritesInBackgroundAndCloseFlushes(t *testing.T) {
 	m, opt := trained(t, 1)
 	st, _ := NewStore(t.TempDir(), 10)
 	var done []int64
-	w := NewWriter(st, func(man cluster.Manifest, err error) {
+	w := NewWriter(st, func(_ Meta, man cluster.Manifest, err error) {
 		if err != nil {
 			t.Error(err)
 		}

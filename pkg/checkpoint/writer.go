@@ -12,7 +12,7 @@ import (
 // replaces a waiting one (the newest state is the one worth keeping).
 type Writer struct {
 	store  *Store
-	onDone func(cluster.Manifest, error)
+	onDone func(Meta, cluster.Manifest, error)
 
 	mu      sync.Mutex // guards pending, closed
 	pending *Snapshot
@@ -22,8 +22,9 @@ type Writer struct {
 }
 
 // NewWriter starts the background writer. onDone is called on the writer's
-// goroutine after every write (success or failure); it may be nil.
-func NewWriter(s *Store, onDone func(cluster.Manifest, error)) *Writer {
+// goroutine after every write (success or failure) with the written
+// snapshot's metadata; it may be nil.
+func NewWriter(s *Store, onDone func(Meta, cluster.Manifest, error)) *Writer {
 	w := &Writer{store: s, onDone: onDone, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go w.loop()
 	return w
@@ -57,7 +58,7 @@ func (w *Writer) loop() {
 			}
 			m, err := w.store.Write(snap)
 			if w.onDone != nil {
-				w.onDone(m, err)
+				w.onDone(snap.Meta, m, err)
 			}
 		}
 		w.mu.Lock()

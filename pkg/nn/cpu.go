@@ -14,6 +14,11 @@ type CPU struct {
 	acc  []float64 // float64 partial sums of per-channel reductions
 	chn  []float64 // per-channel float64 sums
 	rows []float64 // per-row values of the loss
+
+	plans  map[ConvParams]*convPlan // convolution plans by shape (N = 0)
+	planes [][]float32              // per-goroutine scratch planes of im2col/col2im
+	wlive  []float32                // weights restricted to the live taps
+	dwlive []float32                // their gradient before it is added to dw
 }
 
 // NewCPU returns a CPU backend using threads goroutines (<= 0: GOMAXPROCS).

@@ -21,6 +21,13 @@ var _ Backend = (*CPU)(nil)
 // ranges. grain is the smallest range worth a goroutine. fn must only write
 // outputs that belong to its own range.
 func (c *CPU) parallel(n, grain int, fn func(lo, hi int)) {
+	c.parallelParts(n, grain, func(_, lo, hi int) { fn(lo, hi) })
+}
+
+// parallelParts is parallel that also tells fn which part (0 <= part <
+// c.threads) it runs, for per-goroutine scratch memory. Part 0 runs on the
+// calling goroutine.
+func (c *CPU) parallelParts(n, grain int, fn func(part, lo, hi int)) {
 	if n <= 0 {
 		return
 	}
@@ -32,7 +39,7 @@ func (c *CPU) parallel(n, grain int, fn func(lo, hi int)) {
 		parts = maxParts
 	}
 	if parts <= 1 {
-		fn(0, n)
+		fn(0, 0, n)
 		return
 	}
 	var wg sync.WaitGroup
@@ -41,10 +48,10 @@ func (c *CPU) parallel(n, grain int, fn func(lo, hi int)) {
 		lo, hi := t*n/parts, (t+1)*n/parts
 		go func() {
 			defer wg.Done()
-			fn(lo, hi)
+			fn(t, lo, hi)
 		}()
 	}
-	fn(0, n/parts)
+	fn(0, 0, n/parts)
 	wg.Wait()
 }
 

@@ -34,6 +34,11 @@ type Config struct {
 	// JoinTimeout bounds reaching the coordinator and etcd (default 15 s):
 	// a worker that cannot reach them fails with a clear error.
 	JoinTimeout time.Duration
+	// SampleLog, when set, is a directory where the worker appends the
+	// dataset indices it trains at every step (one JSON line each, see
+	// SampleRecord) to samples-<id>-<pid>.jsonl. The environment variable
+	// RINGTRAIN_SAMPLE_LOG sets it too.
+	SampleLog string
 	// OpenBackend opens the compute backend (device, threads); required.
 	OpenBackend func(device string, threads int) (nn.Backend, error)
 	Log         *zap.Logger
@@ -42,8 +47,15 @@ type Config struct {
 // ErrUnreachable is returned when the coordinator or etcd cannot be reached.
 var ErrUnreachable = errors.New("worker: cannot reach the control plane")
 
+// probeTimeout bounds the liveness probe of one ring neighbour after a
+// ring failure: a killed peer refuses at once, a stalled one never sends
+// its HTTP/2 preface.
+const probeTimeout = 1 * time.Second
+
 // Run joins the job and trains until it is done, ctx is cancelled, or an
-// unrecoverable error occurs.
+// unrecoverable error occurs. A broken ring, a lost etcd lease or a
+// coordinator failover are not fatal: the worker reports, re-registers or
+// reconnects and goes on with the next plan.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Log
 	if log == nil {
@@ -58,6 +70,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.JoinTimeout <= 0 {
 		cfg.JoinTimeout = 15 * time.Second
+	}
+	if cfg.SampleLog == "" {
+		cfg.SampleLog = os.Getenv("RINGTRAIN_SAMPLE_LOG")
+	}
+	if cfg.OpenBackend == nil {
+		return fmt.Errorf("%w: worker config without OpenBackend", ErrSpec)
 	}
 	log = log.With(zap.String("worker", cfg.ID))
 
@@ -83,7 +101,11 @@ func Run(ctx context.Context, cfg Config) error {
 	jr, err := cl.Join(jctx, info)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("%w: coordinator %v did not answer within %s: %v", ErrUnreachable, cfg.Coordinators, cfg.JoinTimeout, err)
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("%w: coordinator %v did not answer within %s (is it running, and is the address right?): %w",
+			ErrUnreachable, cfg.Coordinators, cfg.JoinTimeout, err)
 	}
 	spec, err := job.Unmarshal(jr.GetSpec())
 	if err != nil {
@@ -100,7 +122,8 @@ func Run(ctx context.Context, cfg Config) error {
 	ec, err := cluster.Connect(ectx, cluster.Options{Endpoints: jr.GetEtcdEndpoints(), DialTimeout: cfg.JoinTimeout})
 	cancel()
 	if err != nil {
-		return fmt.Errorf("%w: etcd %v: %v", ErrUnreachable, jr.GetEtcdEndpoints(), err)
+		return fmt.Errorf("%w: etcd %v (from the coordinator) did not answer within %s: %w",
+			ErrUnreachable, jr.GetEtcdEndpoints(), cfg.JoinTimeout, err)
 	}
 	defer ec.Close()
 	ej, err := ec.Job(jr.GetJob())
@@ -122,46 +145,157 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer t.Close()
 
-	w := &runner{cfg: cfg, log: log, spec: spec, t: t, tr: tr, cl: cl, ej: ej, plans: make(chan *controlpb.Plan, 1),
+	w := &runner{cfg: cfg, log: log, spec: spec, t: t, tr: tr, cl: cl, ej: ej, plans: newPlanBox(),
 		reports: make(chan *controlpb.MetricsReport, 1024)}
-	ttl := time.Duration(jr.GetMemberTtlMs()) * time.Millisecond
-	rctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
-	reg, err := ej.Register(rctx, cluster.Member{ID: cfg.ID, Address: addr.String(), HostID: hostID, Device: b.Name(), PID: os.Getpid()}, ttl)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("%w: register in etcd: %v", ErrUnreachable, err)
+	if cfg.SampleLog != "" {
+		sl, err := openSampleLog(cfg.SampleLog, cfg.ID)
+		if err != nil {
+			return err
+		}
+		defer sl.Close()
+		w.samples = sl
 	}
-	defer reg.Close()
+	ttl := time.Duration(jr.GetMemberTtlMs()) * time.Millisecond
+	member := cluster.Member{ID: cfg.ID, Address: addr.String(), HostID: hostID, Device: b.Name(), PID: os.Getpid()}
+	// A replacement may find its id still held by the lease of the process
+	// it replaces: retry until that lease has expired.
+	reg, err := w.register(ctx, member, ttl, cfg.JoinTimeout+ttl)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("%w: register in etcd %v: %w", ErrUnreachable, jr.GetEtcdEndpoints(), err)
+	}
 	log.Info("joined", zap.String("job", jr.GetJob()), zap.String("ring", addr.String()), zap.String("backend", b.Name()))
 
 	ctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go func() {
-		select {
-		case <-reg.Done():
-			log.Warn("membership lease lost")
-			stop()
-		case <-ctx.Done():
-		}
+	var bg sync.WaitGroup
+	defer func() {
+		stop()
+		bg.Wait()
 	}()
-	go func() {
-		err := cl.WatchPlan(ctx, cfg.ID, 0, func(p *controlpb.Plan) error {
-			select { // latest plan wins
-			case <-w.plans:
-			default:
-			}
-			w.plans <- p
-			return nil
-		})
-		if err != nil && ctx.Err() == nil {
-			log.Warn("plan watch ended", zap.Error(err))
-			stop()
-		}
-	}()
-	go w.reporter(ctx)
+	bg.Add(3)
+	go func() { defer bg.Done(); w.keepRegistered(ctx, reg, member, ttl) }()
+	go func() { defer bg.Done(); w.watchPlans(ctx) }()
+	go func() { defer bg.Done(); w.reporter(ctx) }()
 	err = w.loop(ctx)
 	w.drainReports()
 	return err
+}
+
+// register registers m, retrying while the id is held by an older lease
+// or etcd does not answer, for at most patience.
+func (w *runner) register(ctx context.Context, m cluster.Member, ttl, patience time.Duration) (*cluster.Registration, error) {
+	deadline := time.Now().Add(patience)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		reg, err := w.ej.Register(rctx, m, ttl)
+		cancel()
+		if err == nil {
+			return reg, nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return nil, err
+		}
+		if errors.Is(err, cluster.ErrMemberExists) {
+			w.log.Info("id still registered by an earlier process; waiting for its lease to expire", zap.Error(err))
+		} else {
+			w.log.Warn("registration failed; retrying", zap.Error(err))
+		}
+		sleepCtx(ctx, 500*time.Millisecond)
+	}
+}
+
+// keepRegistered holds the membership: when the lease is lost (etcd was
+// unreachable for longer than the TTL) it registers again, so that the
+// coordinator plans this worker in again. It revokes the lease when ctx
+// ends (a clean leave).
+func (w *runner) keepRegistered(ctx context.Context, reg *cluster.Registration, m cluster.Member, ttl time.Duration) {
+	for {
+		select {
+		case <-ctx.Done():
+			_ = reg.Close()
+			return
+		case <-reg.Done():
+		}
+		w.log.Warn("membership lease lost; registering again")
+		_ = reg.Close()
+		for {
+			var err error
+			reg, err = w.register(ctx, m, ttl, 24*time.Hour)
+			if err == nil {
+				w.log.Info("registered again")
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+		}
+	}
+}
+
+// watchPlans follows the coordinator's plans into w.plans for as long as
+// ctx lives: a plan stream that ends (coordinator restarted, leader
+// failover, network trouble) is opened again.
+func (w *runner) watchPlans(ctx context.Context) {
+	pause := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		after := w.plans.generation()
+		err := w.cl.WatchPlan(ctx, w.cfg.ID, after, func(p *controlpb.Plan) error {
+			w.plans.set(p)
+			pause = 100 * time.Millisecond
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		w.log.Warn("plan watch ended; reconnecting", zap.Error(err))
+		sleepCtx(ctx, pause)
+		pause = min(2*pause, 2*time.Second)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// planBox holds the newest plan seen; changed is closed when it changes.
+type planBox struct {
+	mu      sync.Mutex // guards p and changed
+	p       *controlpb.Plan
+	changed chan struct{}
+}
+
+func newPlanBox() *planBox { return &planBox{changed: make(chan struct{})} }
+
+// set keeps p when it is newer than the held plan.
+func (b *planBox) set(p *controlpb.Plan) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.p != nil && p.GetGeneration() <= b.p.GetGeneration() {
+		return
+	}
+	b.p = p
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// get returns the newest plan (nil before the first) and a channel closed
+// when a newer one arrives.
+func (b *planBox) get() (*controlpb.Plan, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.p, b.changed
+}
+
+func (b *planBox) generation() uint64 {
+	p, _ := b.get()
+	return p.GetGeneration()
 }
 
 // drainReports sends what is still queued (the last epoch's figures).
@@ -186,33 +320,39 @@ type runner struct {
 	tr    *allreduce.GRPCTransport
 	cl    *coordinator.Client
 	ej    *cluster.Job
-	plans chan *controlpb.Plan
+	plans *planBox
 	// reports is the queue of metric reports, sent in order.
 	reports chan *controlpb.MetricsReport
+	samples *sampleLog // nil unless the sample log is on
 
-	plan    *controlpb.Plan
+	plan    *controlpb.Plan // the plan being trained; only the loop goroutine uses it
 	store   *checkpoint.Store
 	writer  *checkpoint.Writer
 	mu      sync.Mutex                     // guards mem
-	mem     map[int64]*checkpoint.Snapshot // in-memory committed states, by step
+	mem     map[int64]*checkpoint.Snapshot // in-memory states at checkpoint steps, by step
 	lastAcc *float64
 }
 
-// nextPlan waits for a plan in which this worker has a rank and the job runs.
-func (w *runner) nextPlan(ctx context.Context) (*controlpb.Plan, error) {
+// nextPlan waits for a plan newer than generation after in which this
+// worker has a rank and the job runs (or the job is done).
+func (w *runner) nextPlan(ctx context.Context, after uint64) (*controlpb.Plan, error) {
 	for {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case p := <-w.plans:
+		p, changed := w.plans.get()
+		if p != nil && p.GetGeneration() > after {
+			after = p.GetGeneration()
 			w.log.Info("plan", zap.Uint64("generation", p.GetGeneration()), zap.String("state", p.GetState().String()),
-				zap.Int32("rank", p.GetYourRank()), zap.Int("world", len(p.GetMembers())))
+				zap.Int32("rank", p.GetYourRank()), zap.Int("world", len(p.GetMembers())), zap.Int64("committed", p.GetCommitted().GetStep()))
 			if p.GetState() == controlpb.JobState_JOB_STATE_DONE {
 				return p, nil
 			}
 			if p.GetState() == controlpb.JobState_JOB_STATE_RUNNING && p.GetYourRank() >= 0 {
 				return p, nil
 			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-changed:
 		}
 	}
 }
@@ -229,19 +369,22 @@ func (w *runner) loop(ctx context.Context) error {
 			w.writer.Close()
 		}
 	}()
+	var seen uint64
 	for {
-		p, err := w.nextPlan(ctx)
+		p, err := w.nextPlan(ctx, seen)
 		if err != nil {
 			return nil // cancelled: a clean stop
 		}
+		seen = p.GetGeneration()
 		if p.GetState() == controlpb.JobState_JOB_STATE_DONE {
 			w.log.Info("job done")
 			return nil
 		}
 		w.plan = p
-		if err := w.syncState(ctx, p); err != nil {
+		if err := w.syncState(p); err != nil {
 			return err
 		}
+		failedAt := time.Now()
 		done, err := w.runPlan(ctx, p)
 		if done {
 			return err
@@ -250,34 +393,154 @@ func (w *runner) loop(ctx context.Context) error {
 			return nil
 		}
 		if err != nil {
-			w.log.Warn("ring failed; waiting for a new plan", zap.Error(err))
-			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, _ = w.cl.ReportFailure(rctx, &controlpb.FailureReport{WorkerId: w.cfg.ID, Generation: p.GetGeneration(), Reason: err.Error()})
-			cancel()
+			failedAt = time.Now()
+			w.reportFailure(ctx, p, err, failedAt)
 		}
 	}
 }
 
+// ringError marks an error of the ring (opening it or a collective): the
+// plan's ring is broken and a new plan is needed.
+type ringError struct {
+	open bool // the ring could not be opened
+	err  error
+}
+
+func (e *ringError) Error() string { return e.err.Error() }
+func (e *ringError) Unwrap() error { return e.err }
+
+// reportFailure tells the coordinator that the ring of plan p failed,
+// naming a suspect when a liveness probe of the ring neighbours (of every
+// member when the ring could not even be opened) finds one that is dead or
+// stalled. Without a suspect it first waits briefly for a newer plan: the
+// dead worker's neighbours report it, and an unqualified report arriving
+// first would make a plan that still contains it.
+func (w *runner) reportFailure(ctx context.Context, p *controlpb.Plan, err error, at time.Time) {
+	var re *ringError
+	openFailed := errors.As(err, &re) && re.open
+	suspect := w.findSuspect(ctx, p, openFailed)
+	w.log.Warn("ring failed; reporting and waiting for a new plan", zap.Error(err), zap.String("suspect", suspect),
+		zap.Uint64("generation", p.GetGeneration()), zap.Int64("step", w.t.Step))
+	if suspect == "" {
+		_, changed := w.plans.get()
+		if w.plans.generation() > p.GetGeneration() {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+			if w.plans.generation() > p.GetGeneration() {
+				return
+			}
+		case <-time.After(2 * time.Second):
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := w.cl.ReportFailure(rctx, &controlpb.FailureReport{WorkerId: w.cfg.ID, Generation: p.GetGeneration(),
+		Reason: err.Error(), SuspectId: suspect}); err != nil && ctx.Err() == nil {
+		w.log.Warn("failure not reported", zap.Error(err))
+	}
+}
+
+// findSuspect probes the ring neighbours of this worker in plan p (every
+// other member when all is true) and returns the id of the first that does
+// not answer, or "".
+func (w *runner) findSuspect(ctx context.Context, p *controlpb.Plan, all bool) string {
+	members := p.GetMembers()
+	world := len(members)
+	rank := int(p.GetYourRank())
+	if world < 2 || rank < 0 {
+		return ""
+	}
+	var cands []*controlpb.PlanMember
+	if all {
+		for _, m := range members {
+			if int(m.GetRank()) != rank {
+				cands = append(cands, m)
+			}
+		}
+	} else {
+		byRank := make(map[int]*controlpb.PlanMember, world)
+		for _, m := range members {
+			byRank[int(m.GetRank())] = m
+		}
+		cands = append(cands, byRank[(rank+world-1)%world])
+		if world > 2 {
+			cands = append(cands, byRank[(rank+1)%world])
+		}
+	}
+	type result struct {
+		id  string
+		err error
+	}
+	res := make(chan result, len(cands))
+	for _, m := range cands {
+		go func(m *controlpb.PlanMember) {
+			res <- result{m.GetId(), probe(ctx, m.GetAddress(), probeTimeout)}
+		}(m)
+	}
+	suspect := ""
+	for range cands {
+		r := <-res
+		if r.err != nil && suspect == "" && ctx.Err() == nil {
+			w.log.Warn("ring neighbour does not answer", zap.String("peer", r.id), zap.Error(r.err))
+			suspect = r.id
+		}
+	}
+	return suspect
+}
+
 // syncState brings the trainer to the plan's committed step: from memory
-// when this worker holds that state, otherwise from the checkpoint on disk.
-func (w *runner) syncState(ctx context.Context, p *controlpb.Plan) error {
+// when this worker holds that state, otherwise from the checkpoint on disk
+// (falling back to the newest verified one before it, with a log line).
+func (w *runner) syncState(p *controlpb.Plan) error {
 	target := p.GetCommitted().GetStep()
 	if target == 0 && w.t.Step == 0 {
 		return w.resumeFromDisk() // a fresh start, or a restarted job
 	}
-	if w.t.Step == target {
+	defer w.forgetAfter(target)
+	if w.t.Step == target && w.memAt(target) != nil {
 		return nil
 	}
 	if s := w.memAt(target); s != nil {
 		w.log.Info("rolling back in memory", zap.Int64("from", w.t.Step), zap.Int64("to", target))
 		return w.t.Restore(s)
 	}
-	l, err := w.store.Load(target)
+	return w.loadAtMost(target)
+}
+
+// loadAtMost loads the newest verified checkpoint of this job at or before
+// step target.
+func (w *runner) loadAtMost(target int64) error {
+	l, skipped, err := w.store.LoadAtMost(w.spec.Hash(), target)
+	for _, s := range skipped {
+		w.log.Warn("checkpoint unusable; falling back to an older one", zap.Int64("step", s.Step), zap.Error(s.Err))
+	}
 	if err != nil {
+		if target == 0 {
+			return w.freshStart()
+		}
 		return fmt.Errorf("worker: state of committed step %d: %w", target, err)
 	}
-	w.log.Info("loaded checkpoint", zap.Int64("step", target))
+	if l.Meta.Step != target {
+		w.log.Warn("committed step's checkpoint unusable; resuming from an older one",
+			zap.Int64("committed", target), zap.Int64("step", l.Meta.Step))
+	}
+	w.log.Info("loaded checkpoint", zap.Int64("step", l.Meta.Step), zap.Int64("epoch", l.Meta.Epoch), zap.Int64("cursor", l.Meta.Cursor))
 	return w.t.Load(l)
+}
+
+// freshStart puts the trainer back to its initial state (step 0).
+func (w *runner) freshStart() error {
+	if s := w.memAt(0); s != nil {
+		return w.t.Restore(s)
+	}
+	if w.t.Step == 0 {
+		return nil
+	}
+	return fmt.Errorf("worker: no state of step 0 to restart from")
 }
 
 // resumeFromDisk loads the newest verified checkpoint of this job when the
@@ -288,16 +551,15 @@ func (w *runner) resumeFromDisk() error {
 	}
 	l, skipped, err := w.store.LoadLatest(w.spec.Hash())
 	for _, s := range skipped {
-		w.log.Warn("skipping checkpoint", zap.Int64("step", s.Step), zap.Error(s.Err))
+		w.log.Warn("checkpoint unusable; falling back to an older one", zap.Int64("step", s.Step), zap.Error(s.Err))
 	}
 	if err != nil {
 		return nil // none: a fresh start
 	}
-	w.log.Info("resuming from checkpoint", zap.Int64("step", l.Meta.Step), zap.Int64("epoch", l.Meta.Epoch))
+	w.log.Info("resuming from checkpoint", zap.Int64("step", l.Meta.Step), zap.Int64("epoch", l.Meta.Epoch),
+		zap.Int64("cursor", l.Meta.Cursor), zap.String("dir", l.Manifest.Dir))
 	return w.t.Load(l)
 }
-
-func (w *runner) haveMem(step int64) bool { return w.memAt(step) != nil }
 
 func (w *runner) memAt(step int64) *checkpoint.Snapshot {
 	w.mu.Lock()
@@ -305,19 +567,74 @@ func (w *runner) memAt(step int64) *checkpoint.Snapshot {
 	return w.mem[step]
 }
 
+// remember keeps s as the in-memory state of its step (the two newest are
+// kept, plus step 0 for a restart from scratch).
 func (w *runner) remember(s *checkpoint.Snapshot) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.mem[s.Meta.Step] = s
-	for k := range w.mem { // keep the two newest
-		if k < s.Meta.Step && len(w.mem) > 2 {
+	for len(w.mem) > 3 {
+		oldest := int64(-1)
+		for k := range w.mem {
+			if k > 0 && (oldest < 0 || k < oldest) {
+				oldest = k
+			}
+		}
+		if oldest < 0 || oldest == s.Meta.Step {
+			break
+		}
+		delete(w.mem, oldest)
+	}
+}
+
+// forgetAfter drops in-memory states newer than step: after a rollback
+// they belong to an abandoned timeline.
+func (w *runner) forgetAfter(step int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for k := range w.mem {
+		if k > step {
 			delete(w.mem, k)
 		}
 	}
 }
 
+// agreeStep checks that every rank starts the plan from the same step
+// (a corrupt checkpoint may have sent a joiner back further than the
+// survivors' memory); when they differ, everybody goes back to the oldest.
+func (w *runner) agreeStep(ctx context.Context, ring *allreduce.Ring, rank, world int) error {
+	if world < 2 {
+		return nil
+	}
+	v := make([]float32, world)
+	v[rank] = float32(w.t.Step)
+	if err := ring.AllReduce(ctx, allreduce.Tag{Step: 0, Bucket: 1<<24 + 1}, v, allreduce.Sum); err != nil {
+		return err
+	}
+	lo := int64(v[0])
+	for _, s := range v[1:] {
+		lo = min(lo, int64(s))
+	}
+	if lo == w.t.Step {
+		return nil
+	}
+	w.log.Warn("ranks start from different steps; going back to the oldest", zap.Int64("mine", w.t.Step), zap.Int64("oldest", lo))
+	if s := w.memAt(lo); s != nil {
+		if err := w.t.Restore(s); err != nil {
+			return err
+		}
+	} else if err := w.loadAtMost(lo); err != nil {
+		return err
+	}
+	w.forgetAfter(lo)
+	if w.t.Step != lo {
+		return fmt.Errorf("worker: no state of step %d to agree on (have %d)", lo, w.t.Step)
+	}
+	return nil
+}
+
 // runPlan trains under one plan until the job is done (done=true), the
-// ring fails, or a newer plan arrives.
+// ring fails (a *ringError), or a newer plan arrives (false, nil).
 func (w *runner) runPlan(ctx context.Context, p *controlpb.Plan) (done bool, err error) {
 	rank, world := int(p.GetYourRank()), len(p.GetMembers())
 	peers := make([]string, world)
@@ -328,16 +645,28 @@ func (w *runner) runPlan(ctx context.Context, p *controlpb.Plan) (done bool, err
 	if err != nil {
 		return true, err
 	}
-	rc := allreduce.DefaultConfig(w.plan.GetConfigHash()[:min(16, len(w.plan.GetConfigHash()))], p.GetGeneration(), rank, world)
+	rc := allreduce.DefaultConfig(p.GetConfigHash()[:min(16, len(p.GetConfigHash()))], p.GetGeneration(), rank, world)
 	rc.Timeout = time.Duration(w.spec.DeadlineSec * float64(time.Second))
 	rc.Compression = comp
 	octx, cancel := context.WithTimeout(ctx, rc.Timeout+5*time.Second)
+	stopOnPlan := w.cancelOnNewPlan(octx, cancel, p.GetGeneration())
 	ring, err := allreduce.Open(octx, w.tr, rc, peers)
+	stopOnPlan()
 	cancel()
 	if err != nil {
-		return false, fmt.Errorf("open ring of generation %d: %w", p.GetGeneration(), err)
+		if w.plans.generation() > p.GetGeneration() {
+			return false, nil // superseded while waiting for the peers
+		}
+		return false, &ringError{open: true, err: fmt.Errorf("open ring of generation %d: %w", p.GetGeneration(), err)}
 	}
 	defer ring.Close()
+	// A newer plan aborts the ring's collectives at once.
+	rctx, rcancel := context.WithCancel(ctx)
+	defer rcancel()
+	defer w.cancelOnNewPlan(rctx, rcancel, p.GetGeneration())()
+	if err := w.agreeStep(rctx, ring, rank, world); err != nil {
+		return w.ringFailed(ctx, p, err)
+	}
 	if w.spec.BatchNorm == "sync" {
 		w.t.Model.SetChannelReducer(ring)
 		defer w.t.Model.SetChannelReducer(nil)
@@ -349,10 +678,14 @@ func (w *runner) runPlan(ctx context.Context, p *controlpb.Plan) (done bool, err
 	if rank == 0 && w.writer == nil {
 		w.writer = checkpoint.NewWriter(w.store, w.onCheckpoint)
 	}
-	if w.t.Step == p.GetCommitted().GetStep() && !w.haveMem(w.t.Step) {
-		w.commitLocal(world, rank)
+	if w.memAt(w.t.Step) == nil {
+		// The starting state must be restorable in memory (a rollback
+		// to it needs no disk read); rank 0 writes it when it is new.
+		if err := w.commitLocal(p.GetGeneration(), world, rank); err != nil {
+			return true, err
+		}
 	}
-	ld, err := w.t.Loader(ctx, rank, world)
+	ld, err := w.t.Loader(rctx, rank, world)
 	if err != nil {
 		return true, err
 	}
@@ -362,13 +695,10 @@ func (w *runner) runPlan(ctx context.Context, p *controlpb.Plan) (done bool, err
 	var imgs int
 	tick := time.Now()
 	for !w.t.Done() {
-		select {
-		case np := <-w.plans: // membership changed: re-plan
-			w.plans <- np
-			return false, nil
-		default:
+		if w.plans.generation() > p.GetGeneration() {
+			return false, nil // membership changed: re-plan
 		}
-		b, err := ld.Next(ctx)
+		b, err := ld.Next(rctx)
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -376,27 +706,33 @@ func (w *runner) runPlan(ctx context.Context, p *controlpb.Plan) (done bool, err
 			if ctx.Err() != nil {
 				return true, nil
 			}
+			if rctx.Err() != nil {
+				return false, nil
+			}
 			return true, err
 		}
 		epoch := b.Pos.Epoch
-		res, err := w.t.TrainStep(ctx, b, red, world)
+		step := w.t.Step
+		w.samples.assigned(p.GetGeneration(), step, b, rank, world)
+		res, err := w.t.TrainStep(rctx, b, red, world)
 		if err != nil {
-			return false, err
+			return w.ringFailed(ctx, p, err)
 		}
+		w.samples.done(p.GetGeneration(), step, rank)
 		imgs += res.LocalN
 		now := time.Now()
 		ips := float64(imgs) / now.Sub(tick).Seconds()
 		w.report(&controlpb.MetricsReport{WorkerId: w.cfg.ID, Generation: p.GetGeneration(), Rank: int32(rank),
 			Step: w.t.Step, Epoch: int64(epoch), Loss: res.Loss, Accuracy: float64(res.Correct) / float64(max(res.N, 1)),
-			ImagesPerSec: ips, Phase: "train", Samples: int64(res.N)})
+			ImagesPerSec: ips, Phase: "train", Samples: int64(res.N), Lr: res.LR})
 		if now.Sub(tick) > 5*time.Second {
 			imgs, tick = 0, now
 		}
 		epochEnd := w.t.Pos.Epoch > epoch
 		if epochEnd {
-			ev, err := w.t.Evaluate(ctx, ring, rank, world, allreduce.Tag{Step: uint64(w.t.Step), Bucket: 1 << 24})
+			ev, err := w.t.Evaluate(rctx, ring, rank, world, allreduce.Tag{Step: uint64(w.t.Step), Bucket: 1 << 24})
 			if err != nil {
-				return false, err
+				return w.ringFailed(ctx, p, err)
 			}
 			acc := ev.Accuracy
 			w.lastAcc = &acc
@@ -407,16 +743,65 @@ func (w *runner) runPlan(ctx context.Context, p *controlpb.Plan) (done bool, err
 			}
 		}
 		if epochEnd || (w.spec.Checkpoint.EverySteps > 0 && w.t.Step%int64(w.spec.Checkpoint.EverySteps) == 0) {
-			if err := w.commitLocal(world, rank); err != nil {
+			if err := w.commitLocal(p.GetGeneration(), world, rank); err != nil {
 				return true, err
 			}
 		}
 	}
-	// The job's length is reached: rank 0 saves the model and ends the job.
-	w.commitLocal(world, rank)
+	return w.finish(ctx, p, rank, world)
+}
+
+// ringFailed classifies an error of a step under plan p.
+func (w *runner) ringFailed(ctx context.Context, p *controlpb.Plan, err error) (bool, error) {
+	if ctx.Err() != nil {
+		return true, nil
+	}
+	if w.plans.generation() > p.GetGeneration() {
+		return false, nil // aborted for a newer plan
+	}
+	if errors.Is(err, nn.ErrNonFinite) {
+		return true, err // diverged: no plan fixes that
+	}
+	return false, &ringError{err: err}
+}
+
+// cancelOnNewPlan cancels (via cancel) when a plan newer than gen
+// arrives; the returned function stops watching.
+func (w *runner) cancelOnNewPlan(ctx context.Context, cancel context.CancelFunc, gen uint64) func() {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			p, changed := w.plans.get()
+			if p.GetGeneration() > gen {
+				cancel()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-stop:
+				return
+			case <-changed:
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
+}
+
+// finish ends the job once its length is reached: rank 0 makes the final
+// state durable, saves the model and declares the job done; the other
+// ranks wait for that (or for a new plan, when something failed first).
+func (w *runner) finish(ctx context.Context, p *controlpb.Plan, rank, world int) (bool, error) {
+	if w.memAt(w.t.Step) == nil {
+		if err := w.commitLocal(p.GetGeneration(), world, rank); err != nil {
+			return true, err
+		}
+	}
 	if rank == 0 {
 		if w.writer != nil {
-			w.writer.Close()
+			w.writer.Close() // the final checkpoint is durable and committed
 			w.writer = nil
 		}
 		path := filepath.Join(w.spec.OutputDir, ModelFile)
@@ -424,37 +809,45 @@ func (w *runner) runPlan(ctx context.Context, p *controlpb.Plan) (done bool, err
 			"format": "pt", "arch": w.spec.Model.Arch, "stem": w.spec.Model.Stem}); err != nil {
 			return true, err
 		}
-		w.log.Info("saved model", zap.String("path", path))
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if _, err := w.cl.CommitStep(cctx, &controlpb.CommitStepRequest{WorkerId: w.cfg.ID, Generation: p.GetGeneration(),
-			Step: w.t.Step, Epoch: int64(w.t.Pos.Epoch), Cursor: int64(w.t.Pos.Cursor), Done: true}); err != nil {
-			return true, fmt.Errorf("worker: final commit: %w", err)
+		w.log.Info("saved model", zap.String("path", path), zap.Int64("step", w.t.Step))
+		for {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err := w.cl.CommitStep(cctx, &controlpb.CommitStepRequest{WorkerId: w.cfg.ID, Generation: p.GetGeneration(),
+				Step: w.t.Step, Epoch: int64(w.t.Pos.Epoch), Cursor: int64(w.t.Pos.Cursor), Done: true})
+			cancel()
+			switch {
+			case err == nil, errors.Is(err, coordinator.ErrJobDone):
+				return true, nil
+			case ctx.Err() != nil:
+				return true, nil
+			case errors.Is(err, coordinator.ErrUnreachable):
+				w.log.Warn("final commit: coordinator unreachable; retrying", zap.Error(err))
+				continue
+			default:
+				// A newer plan (a failure at the very end): follow it.
+				w.log.Warn("final commit refused; waiting for the next plan", zap.Error(err))
+				return false, nil
+			}
 		}
-		return true, nil
 	}
 	// Other ranks wait for the coordinator to declare the job done.
-	for {
-		np, err := w.nextPlan(ctx)
-		if err != nil || np.GetState() == controlpb.JobState_JOB_STATE_DONE {
-			return true, nil
-		}
-		if np.GetCommitted().GetStep() < w.t.Step { // a failure before the end: redo
-			w.plans <- np
-			return false, nil
-		}
+	np, err := w.nextPlan(ctx, p.GetGeneration())
+	if err != nil || np.GetState() == controlpb.JobState_JOB_STATE_DONE {
+		return true, nil
 	}
+	return false, nil // a failure before the end: follow the new plan
 }
 
 // commitLocal snapshots the state (every rank keeps it in memory for a
 // rollback); rank 0 also writes it to disk in the background and, once it
-// is durable, commits the step to the coordinator.
-func (w *runner) commitLocal(world, rank int) error {
+// is durable, commits the step to the coordinator under generation gen.
+func (w *runner) commitLocal(gen uint64, world, rank int) error {
 	start := time.Now()
 	s, err := w.t.Snapshot(world, w.lastAcc)
 	if err != nil {
 		return err
 	}
+	s.Meta.Generation = gen
 	w.remember(s)
 	if rank == 0 && w.writer != nil {
 		w.writer.Submit(s)
@@ -463,10 +856,13 @@ func (w *runner) commitLocal(world, rank int) error {
 	return nil
 }
 
-// onCheckpoint runs on the writer's goroutine after each write.
-func (w *runner) onCheckpoint(m cluster.Manifest, err error) {
+// onCheckpoint runs on the writer's goroutine after each write. The step is
+// committed under the generation that computed it: a state of a plan that
+// has since been replaced is refused as stale by the coordinator.
+func (w *runner) onCheckpoint(meta checkpoint.Meta, m cluster.Manifest, err error) {
 	if err != nil {
-		w.log.Error("checkpoint write failed; training goes on with the previous checkpoint", zap.Error(err))
+		w.log.Error("checkpoint write failed; training goes on, the previous checkpoint stays the newest",
+			zap.Int64("step", meta.Step), zap.Error(err))
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -475,18 +871,19 @@ func (w *runner) onCheckpoint(m cluster.Manifest, err error) {
 	if err != nil {
 		w.log.Warn("checkpoint manifest not stored in etcd", zap.Error(err))
 	}
-	gen := w.plan.GetGeneration()
 	acc := 0.0
 	if m.Accuracy != nil {
 		acc = *m.Accuracy
 	}
-	if _, err := w.cl.RecordCheckpoint(ctx, &controlpb.RecordCheckpointRequest{WorkerId: w.cfg.ID, Generation: gen,
-		Checkpoint: &controlpb.CheckpointRef{Step: m.Step, Epoch: m.Epoch, Key: key, Accuracy: acc, ConfigHash: m.ConfigHash}}); err != nil {
-		w.log.Debug("checkpoint not recorded", zap.Error(err))
+	if key != "" {
+		if _, err := w.cl.RecordCheckpoint(ctx, &controlpb.RecordCheckpointRequest{WorkerId: w.cfg.ID, Generation: meta.Generation,
+			Checkpoint: &controlpb.CheckpointRef{Step: m.Step, Epoch: m.Epoch, Key: key, Accuracy: acc, ConfigHash: m.ConfigHash}}); err != nil {
+			w.log.Debug("checkpoint not recorded", zap.Error(err))
+		}
 	}
-	if _, err := w.cl.CommitStep(ctx, &controlpb.CommitStepRequest{WorkerId: w.cfg.ID, Generation: gen,
+	if _, err := w.cl.CommitStep(ctx, &controlpb.CommitStepRequest{WorkerId: w.cfg.ID, Generation: meta.Generation,
 		Step: m.Step, Epoch: m.Epoch, Cursor: m.Cursor}); err != nil {
-		w.log.Debug("step not committed", zap.Error(err))
+		w.log.Debug("step not committed", zap.Int64("step", m.Step), zap.Error(err))
 	}
 	w.log.Info("checkpoint", zap.Int64("step", m.Step), zap.String("dir", m.Dir))
 }
