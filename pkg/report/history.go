@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -116,7 +117,11 @@ func (h *History) plot(path, title, ylabel string, train, val func(Epoch) float6
 		p.Add(l, pts)
 		p.Legend.Add(s.name, l, pts)
 	}
+	// Curves that rise (accuracy) keep the legend top left, falling ones
+	// (loss) top right, so it stays clear of the lines.
 	p.Legend.Top = true
+	p.Legend.Left = strings.HasPrefix(title, "Acc")
+	p.Legend.XOffs, p.Legend.YOffs = 0, -2*vg.Millimeter
 	wt, err := p.WriterTo(7*vg.Inch, 4.5*vg.Inch, "png")
 	if err != nil {
 		return fmt.Errorf("report: %s: %w", path, err)
