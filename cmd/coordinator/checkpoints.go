@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -48,7 +49,9 @@ func checkpointsCmd() *cobra.Command {
 					acc = fmt.Sprintf("%.2f%%", 100**m.Accuracy)
 				}
 				ver := "yes"
-				if _, err := store.Verify(m.Step); err != nil {
+				if _, err := os.Stat(store.StepDir(m.Step)); errors.Is(err, os.ErrNotExist) {
+					ver = "deleted (retention)"
+				} else if _, err := store.Verify(m.Step); err != nil {
 					ver = "NO: " + err.Error()
 				}
 				fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%.1f MB\t%d\t%s\t%s\n", m.Step, m.Epoch, m.Cursor, acc,

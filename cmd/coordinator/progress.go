@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -35,6 +37,25 @@ type progress struct {
 	lastStep int64
 	lastLR   float64
 	world    int
+	lr       func(step int64) float64 // learning rate of a step (0-based); nil: unknown
+	steps    *os.File                 // steps.jsonl; nil when it could not be opened
+}
+
+// StepsFile is the per-step metrics log in the output directory: one JSON
+// line per step reported by rank 0 (a step trained again after a rollback
+// appears again, with a newer generation; the last line of a step wins).
+const StepsFile = "steps.jsonl"
+
+// stepLine is one line of StepsFile.
+type stepLine struct {
+	Step         int64   `json:"step"`  // steps done after this one
+	Epoch        int64   `json:"epoch"` // 0-based epoch the step belongs to
+	Loss         float64 `json:"loss"`
+	Accuracy     float64 `json:"accuracy"`
+	LR           float64 `json:"lr"`
+	ImagesPerSec float64 `json:"images_per_sec"` // all workers together
+	Generation   uint64  `json:"generation"`
+	Time         string  `json:"time"`
 }
 
 func newProgress(out io.Writer, log *zap.Logger, outputDir string, stepsPerEpoch int, bar bool) *progress {
@@ -57,10 +78,19 @@ func (p *progress) onMetrics(m *controlpb.MetricsReport) {
 	switch m.GetPhase() {
 	case "train":
 		p.ips[m.GetRank()] = m.GetImagesPerSec()
-		if m.GetRank() != 0 || m.GetStep() <= p.lastStep {
+		if m.GetRank() != 0 {
 			return // loss and accuracy are global: rank 0's reports suffice
 		}
+		if m.GetStep() <= p.lastStep {
+			// A step trained again after a rollback: logged, not counted twice.
+			p.writeStep(m)
+			return
+		}
 		p.lastStep = m.GetStep()
+		if p.lr != nil {
+			p.lastLR = p.lr(m.GetStep() - 1)
+		}
+		p.writeStep(m)
 		if m.GetEpoch() != p.epoch {
 			p.newEpoch(m.GetEpoch())
 		}
@@ -86,7 +116,7 @@ func (p *progress) onMetrics(m *controlpb.MetricsReport) {
 		e := report.Epoch{Epoch: int(m.GetEpoch()) + 1, Steps: m.GetStep(),
 			TrainLoss: p.lossSum / float64(max(p.n, 1)), TrainAcc: p.accSum / float64(max(p.n, 1)),
 			ValLoss: m.GetLoss(), ValAcc: m.GetAccuracy(), ImagesPerSec: p.imagesPerSec(),
-			Seconds: time.Since(p.started).Seconds(), Workers: len(p.ips)}
+			Seconds: time.Since(p.started).Seconds(), Workers: len(p.ips), LR: p.lastLR}
 		p.hist.Add(e)
 		p.log.Info("epoch", zap.Int("epoch", e.Epoch), zap.Float64("train_loss", e.TrainLoss), zap.Float64("train_acc", e.TrainAcc),
 			zap.Float64("val_loss", e.ValLoss), zap.Float64("val_acc", e.ValAcc), zap.Float64("images_per_sec", e.ImagesPerSec))
@@ -114,14 +144,69 @@ func (p *progress) newEpoch(epoch int64) {
 	}
 }
 
+// writeStep appends m (a rank-0 train report) to steps.jsonl.
+func (p *progress) writeStep(m *controlpb.MetricsReport) {
+	if p.steps == nil {
+		return
+	}
+	l := stepLine{Step: m.GetStep(), Epoch: m.GetEpoch(), Loss: m.GetLoss(), Accuracy: m.GetAccuracy(),
+		ImagesPerSec: p.imagesPerSec(), Generation: m.GetGeneration(), Time: time.Now().UTC().Format(time.RFC3339Nano)}
+	if p.lr != nil {
+		l.LR = p.lr(m.GetStep() - 1)
+	}
+	b, err := json.Marshal(l)
+	if err != nil {
+		return
+	}
+	if _, err := p.steps.Write(append(b, '\n')); err != nil {
+		p.log.Warn("steps.jsonl not written", zap.Error(err))
+		p.steps.Close()
+		p.steps = nil
+	}
+}
+
+// openSteps opens steps.jsonl for appending (a resumed job goes on with
+// the same file).
+func (p *progress) openSteps() {
+	f, err := os.OpenFile(filepath.Join(p.outputDir, StepsFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		p.log.Warn("steps.jsonl not opened", zap.Error(err))
+		return
+	}
+	p.steps = f
+}
+
+// resume continues the history of an earlier run of the job (a restarted
+// coordinator) from history.json in the output directory.
+func (p *progress) resume(lastStep int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h, err := report.ReadHistory(filepath.Join(p.outputDir, report.JSONFile))
+	if err == nil {
+		for _, e := range h.Epochs {
+			if e.Steps <= lastStep {
+				p.hist.Add(e)
+			}
+		}
+	}
+	p.lastStep = lastStep
+}
+
 // finish writes the history one last time.
 func (p *progress) finish() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.steps != nil {
+		p.steps.Close()
+		p.steps = nil
+	}
 	if p.pb != nil {
 		_ = p.pb.Finish()
 		fmt.Fprintln(p.out)
 		p.pb = nil
+	}
+	if len(p.hist.Epochs) == 0 {
+		return nil // nothing seen (a follower replica): keep the leader's files
 	}
 	return p.hist.Write(p.outputDir)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"golang.org/x/term"
 
@@ -38,6 +40,8 @@ type options struct {
 	noProgress    bool
 	timeout       time.Duration
 	memberTTL     time.Duration
+	restart       bool
+	workerArgs    []string
 }
 
 func rootCmd() *cobra.Command {
@@ -86,6 +90,8 @@ file and flags given on the command line override it.`,
 	f.StringVar(&o.workerBin, "worker-bin", "", "worker binary for --workers (default: 'worker' next to this binary, then PATH)")
 	f.BoolVar(&o.noProgress, "no-progress", false, "no progress bar (logs only)")
 	f.DurationVar(&o.timeout, "timeout", 0, "give up after this long (0 = no limit)")
+	f.BoolVar(&o.restart, "restart-workers", true, "with --workers: restart a local worker process that dies (a replacement with the same id)")
+	f.StringSliceVar(&o.workerArgs, "worker-args", nil, "with --workers: extra arguments for every local 'worker run'")
 	f.DurationVar(&o.memberTTL, "member-ttl", 10*time.Second, "etcd lease TTL of worker registrations (a killed worker is usually noticed sooner, by its broken ring streams)")
 	return cmd
 }
@@ -143,7 +149,14 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		return err
 	}
 	bar := !o.noProgress && term.IsTerminal(int(os.Stderr.Fd()))
+	if err := os.MkdirAll(spec.OutputDir, 0o755); err != nil {
+		return err
+	}
 	prog := newProgress(os.Stderr, log, spec.OutputDir, spe, bar)
+	if sch, err := worker.BuildSchedule(spec, spe); err == nil {
+		prog.lr = func(step int64) float64 { return sch.LR(int(max(step, 0))) }
+	}
+	prog.openSteps()
 	co, err := coordinator.Start(coordinator.Config{
 		ListenAddr: o.listen, AdvertiseAddr: o.advertise,
 		Node: coordinator.NodeConfig{ID: o.id, Dir: o.stateDir, BindAddr: o.raftBind, Bootstrap: true, Peers: peers,
@@ -156,6 +169,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		return err
 	}
 	defer co.Close()
+	go followLeadership(ctx, co, prog, log)
 	log.Info("coordinator ready", zap.String("control", co.Addr()), zap.String("job", spec.Name),
 		zap.String("model", spec.Model.Arch+"/"+spec.Model.Stem), zap.String("dataset", spec.Data.Dataset),
 		zap.Int("train_samples", n), zap.Int("steps_per_epoch", spe), zap.Int("epochs", spec.Epochs),
@@ -169,7 +183,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		if threads == 0 {
 			threads = max(1, runtime.NumCPU()/o.workers)
 		}
-		procs, err = startWorkers(ctx, log, o, co.Addr(), spec.OutputDir, threads)
+		procs, err = startWorkers(ctx, log, o, co, cl, spec.Name, spec.OutputDir, threads)
 		if err != nil {
 			return err
 		}
@@ -188,6 +202,11 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	}
 	if procs != nil {
 		procs.wait(30 * time.Second)
+	}
+	if len(peers) > 1 && co.Node().IsLeader() {
+		// Followers learn that the final entry is committed from the
+		// leader's next heartbeat: stay that long, so they finish too.
+		time.Sleep(2 * coordinator.DefaultTimeout)
 	}
 	h := prog.history()
 	st := co.Node().State()
@@ -246,11 +265,52 @@ func parsePeers(list []string) ([]coordinator.Peer, error) {
 	return out, nil
 }
 
-// localWorkers are the worker processes of one-machine mode.
+// followLeadership continues the history of the job each time this
+// replica becomes leader: after a restart (same state directory) or a
+// failover, the replicated state knows the committed step.
+func followLeadership(ctx context.Context, co *coordinator.Coordinator, prog *progress, log *zap.Logger) {
+	lead := false
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := co.Node().IsLeader()
+		if now && !lead {
+			st := co.Node().State()
+			if st.Committed.Step > 0 {
+				prog.resume(st.Committed.Step)
+				log.Info("resuming job", zap.Int64("committed_step", st.Committed.Step), zap.Int64("epoch", st.Committed.Epoch),
+					zap.String("status", string(st.Status)), zap.Uint64("generation", st.Generation))
+			}
+		}
+		lead = now
+	}
+}
+
+// localWorkers are the worker processes of one-machine mode. A worker that
+// dies is restarted with the same id (unless restarts are off): its etcd
+// registration is deleted first, so that the coordinator re-plans at once
+// and the replacement can register under the id without waiting for the
+// dead process's lease to expire.
 type localWorkers struct {
-	log       *zap.Logger
-	logDir    string
-	cmds      []*exec.Cmd
+	ctx     context.Context
+	log     *zap.Logger
+	logDir  string
+	bin     string
+	args    []string
+	threads int
+	restart bool
+	co      *coordinator.Coordinator
+	etcd    *cluster.Client
+	job     string
+
+	mu        sync.Mutex // guards procs and stopping
+	procs     map[string]*exec.Cmd
+	stopping  bool
 	wg        sync.WaitGroup
 	allExited chan struct{}
 }
@@ -272,45 +332,164 @@ func workerBinary(explicit string) (string, error) {
 	return p, nil
 }
 
-func startWorkers(ctx context.Context, log *zap.Logger, o options, addr, outputDir string, threads int) (*localWorkers, error) {
+func startWorkers(ctx context.Context, log *zap.Logger, o options, co *coordinator.Coordinator, etcd *cluster.Client, job string, outputDir string, threads int) (*localWorkers, error) {
 	bin, err := workerBinary(o.workerBin)
 	if err != nil {
 		return nil, err
 	}
-	lw := &localWorkers{log: log, logDir: filepath.Join(outputDir, "logs"), allExited: make(chan struct{})}
+	lw := &localWorkers{ctx: ctx, log: log, logDir: filepath.Join(outputDir, "logs"), bin: bin, args: o.workerArgs,
+		threads: threads, restart: o.restart, co: co, etcd: etcd, job: job,
+		procs: map[string]*exec.Cmd{}, allExited: make(chan struct{})}
 	if err := os.MkdirAll(lw.logDir, 0o755); err != nil {
 		return nil, err
 	}
 	for i := 0; i < o.workers; i++ {
+		// A registration left by a local worker of an earlier run of this
+		// job (killed with it) would hold the id until its lease expires.
 		id := fmt.Sprintf("w%d", i)
-		path := filepath.Join(lw.logDir, id+".log")
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := deleteStaleMember(dctx, etcd, job, id); err != nil {
+			log.Warn("stale registration not deleted", zap.String("id", id), zap.Error(err))
+		}
+		cancel()
+		lw.wg.Add(1)
+		if err := lw.start(fmt.Sprintf("w%d", i)); err != nil {
+			lw.wg.Done()
 			lw.stop()
 			return nil, err
 		}
-		cmd := exec.Command(bin, "run", "--coordinator", addr, "--id", id, "--threads", fmt.Sprint(threads))
-		cmd.Stdout, cmd.Stderr = f, f
-		cmd.Env = append(os.Environ(), "RINGTRAIN_LOG=json", fmt.Sprintf("GOMAXPROCS=%d", max(threads, 1)))
-		if err := cmd.Start(); err != nil {
-			f.Close()
-			lw.stop()
-			return nil, fmt.Errorf("start worker %s: %w", id, err)
-		}
-		log.Info("started worker", zap.String("id", id), zap.Int("pid", cmd.Process.Pid), zap.String("log", path))
-		lw.cmds = append(lw.cmds, cmd)
-		lw.wg.Add(1)
-		go func(id string, cmd *exec.Cmd, f *os.File) {
-			defer lw.wg.Done()
-			err := cmd.Wait()
-			f.Close()
-			if err != nil && ctx.Err() == nil {
-				log.Warn("worker exited", zap.String("id", id), zap.Error(err), zap.String("log", f.Name()))
-			}
-		}(id, cmd, f)
 	}
 	go func() { lw.wg.Wait(); close(lw.allExited) }()
 	return lw, nil
+}
+
+// start launches worker id; lw.wg must already count it.
+func (lw *localWorkers) start(id string) error {
+	path := filepath.Join(lw.logDir, id+".log")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	args := append([]string{"run", "--coordinator", lw.co.Addr(), "--id", id, "--threads", fmt.Sprint(lw.threads)}, lw.args...)
+	cmd := exec.Command(lw.bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), "RINGTRAIN_LOG=json", fmt.Sprintf("GOMAXPROCS=%d", max(lw.threads, 1)))
+	cmd.SysProcAttr = childAttr() // local workers die with the coordinator
+	lw.mu.Lock()
+	if lw.stopping {
+		lw.mu.Unlock()
+		f.Close()
+		return fmt.Errorf("start worker %s: stopping", id)
+	}
+	if err := cmd.Start(); err != nil {
+		lw.mu.Unlock()
+		f.Close()
+		return fmt.Errorf("start worker %s: %w", id, err)
+	}
+	lw.procs[id] = cmd
+	lw.mu.Unlock()
+	lw.log.Info("started worker", zap.String("id", id), zap.Int("pid", cmd.Process.Pid), zap.String("log", path))
+	started := time.Now()
+	go func() {
+		err := cmd.Wait()
+		f.Close()
+		if !lw.shouldRestart(id, cmd.Process.Pid, err, time.Since(started)) {
+			lw.wg.Done()
+			return
+		}
+		// The wg count carries over to the replacement.
+		if err := lw.start(id); err != nil {
+			lw.log.Error("worker not restarted", zap.String("id", id), zap.Error(err))
+			lw.wg.Done()
+		}
+	}()
+	return nil
+}
+
+// shouldRestart decides after worker id exited with err (nil: a clean exit
+// at the end of the job) after running for d.
+func (lw *localWorkers) shouldRestart(id string, pid int, err error, d time.Duration) bool {
+	lw.mu.Lock()
+	stopping := lw.stopping
+	lw.mu.Unlock()
+	if err == nil || stopping || lw.ctx.Err() != nil {
+		return false
+	}
+	lw.log.Warn("worker exited", zap.String("id", id), zap.Error(err), zap.Duration("after", d.Round(time.Millisecond)),
+		zap.String("log", filepath.Join(lw.logDir, id+".log")))
+	if !lw.restart || lw.co.Node().State().Status == coordinator.StatusDone {
+		return false
+	}
+	// Its registration goes at once: the coordinator re-plans without it
+	// and the replacement may register under the same id.
+	dctx, cancel := context.WithTimeout(lw.ctx, 5*time.Second)
+	if err := deleteMember(dctx, lw.etcd, lw.job, id, pid); err != nil {
+		lw.log.Warn("registration of the dead worker not deleted; the replacement waits for its lease", zap.Error(err))
+	}
+	cancel()
+	if d < 2*time.Second {
+		// It died at once (a bad flag, no data ...): do not spin.
+		sleepCtx(lw.ctx, 2*time.Second)
+		if lw.ctx.Err() != nil {
+			return false
+		}
+	}
+	lw.log.Info("restarting worker", zap.String("id", id))
+	return true
+}
+
+// deleteMember deletes the etcd registration of worker id if it is still
+// the one of process pid (never a replacement's).
+func deleteMember(ctx context.Context, c *cluster.Client, job, id string, pid int) error {
+	key := cluster.MemberKey(job, id)
+	resp, err := c.Etcd().Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil // already gone
+	}
+	kv := resp.Kvs[0]
+	var m cluster.Member
+	if err := json.Unmarshal(kv.Value, &m); err != nil {
+		return fmt.Errorf("decode %s: %w", key, err)
+	}
+	if m.PID != pid {
+		return nil
+	}
+	_, err = c.Etcd().Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+		Then(clientv3.OpDelete(key)).Commit()
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// deleteStaleMember deletes the registration of id when it belongs to a
+// process of this host that no longer exists.
+func deleteStaleMember(ctx context.Context, c *cluster.Client, job, id string) error {
+	resp, err := c.Etcd().Get(ctx, cluster.MemberKey(job, id))
+	if err != nil || len(resp.Kvs) == 0 {
+		return err
+	}
+	var m cluster.Member
+	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	if m.HostID != host || m.PID <= 0 || processAlive(m.PID) {
+		return nil
+	}
+	return deleteMember(ctx, c, job, id, m.PID)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 // wait gives the workers d to exit on their own, then stops them.
@@ -323,15 +502,22 @@ func (lw *localWorkers) wait(d time.Duration) {
 }
 
 func (lw *localWorkers) stop() {
-	for _, c := range lw.cmds {
-		if c.Process != nil && c.ProcessState == nil {
+	lw.mu.Lock()
+	lw.stopping = true
+	procs := make([]*exec.Cmd, 0, len(lw.procs))
+	for _, c := range lw.procs {
+		procs = append(procs, c)
+	}
+	lw.mu.Unlock()
+	for _, c := range procs {
+		if c.Process != nil {
 			_ = c.Process.Signal(os.Interrupt)
 		}
 	}
 	select {
 	case <-lw.allExited:
 	case <-time.After(5 * time.Second):
-		for _, c := range lw.cmds {
+		for _, c := range procs {
 			if c.Process != nil {
 				_ = c.Process.Kill()
 			}

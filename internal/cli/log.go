@@ -44,31 +44,25 @@ func NewLogger(name string) *zap.Logger {
 // Quiet returns l restricted to errors that matter: libraries (etcd, raft)
 // log routine events (elections, shutdown) at warn and error levels. With
 // RINGTRAIN_LOG_LEVEL=debug everything is kept.
+//
+// The filter drops entries below DPanic in Check but keeps reporting the
+// wrapped core's Enabled, so that a library raising the level itself
+// (zap.IncreaseLevel, as etcd does) still works.
 func Quiet(l *zap.Logger) *zap.Logger {
 	if os.Getenv("RINGTRAIN_LOG_LEVEL") == "debug" {
 		return l
 	}
-	return l.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
-		return minLevelCore{Core: c, min: zapcore.DPanicLevel}
-	}))
+	return l.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return quietCore{c} }))
 }
 
-// minLevelCore drops entries below min. (zap.IncreaseLevel refuses to
-// raise the level of some cores; this wrapper always works.)
-type minLevelCore struct {
-	zapcore.Core
-	min zapcore.Level
-}
+// quietCore drops entries below DPanic.
+type quietCore struct{ zapcore.Core }
 
-func (c minLevelCore) Enabled(l zapcore.Level) bool { return l >= c.min && c.Core.Enabled(l) }
+func (q quietCore) With(f []zapcore.Field) zapcore.Core { return quietCore{q.Core.With(f)} }
 
-func (c minLevelCore) With(f []zapcore.Field) zapcore.Core {
-	return minLevelCore{Core: c.Core.With(f), min: c.min}
-}
-
-func (c minLevelCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if !c.Enabled(e.Level) {
+func (q quietCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if e.Level < zapcore.DPanicLevel {
 		return ce
 	}
-	return c.Core.Check(e, ce)
+	return q.Core.Check(e, ce)
 }

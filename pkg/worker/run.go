@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ringtrain/ringtrain/pkg/allreduce"
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
@@ -145,7 +148,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer t.Close()
 
-	w := &runner{cfg: cfg, log: log, spec: spec, t: t, tr: tr, cl: cl, ej: ej, plans: newPlanBox(),
+	w := &runner{cfg: cfg, log: log, spec: spec, t: t, tr: tr, cl: cl, ej: ej, plans: newPlanBox(), rereg: make(chan struct{}, 1),
 		reports: make(chan *controlpb.MetricsReport, 1024)}
 	if cfg.SampleLog != "" {
 		sl, err := openSampleLog(cfg.SampleLog, cfg.ID)
@@ -217,8 +220,9 @@ func (w *runner) keepRegistered(ctx context.Context, reg *cluster.Registration, 
 			_ = reg.Close()
 			return
 		case <-reg.Done():
+			w.log.Warn("membership lease lost; registering again")
+		case <-w.rereg:
 		}
-		w.log.Warn("membership lease lost; registering again")
 		_ = reg.Close()
 		for {
 			var err error
@@ -306,6 +310,7 @@ func (w *runner) drainReports() {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			_ = w.cl.ReportMetrics(ctx, m)
 			cancel()
+			w.pending.Done()
 		default:
 			return
 		}
@@ -321,9 +326,11 @@ type runner struct {
 	cl    *coordinator.Client
 	ej    *cluster.Job
 	plans *planBox
+	rereg chan struct{} // asks keepRegistered for a new registration
 	// reports is the queue of metric reports, sent in order.
 	reports chan *controlpb.MetricsReport
-	samples *sampleLog // nil unless the sample log is on
+	pending sync.WaitGroup // counts queued and in-flight reports
+	samples *sampleLog     // nil unless the sample log is on
 
 	plan    *controlpb.Plan // the plan being trained; only the loop goroutine uses it
 	store   *checkpoint.Store
@@ -334,8 +341,11 @@ type runner struct {
 }
 
 // nextPlan waits for a plan newer than generation after in which this
-// worker has a rank and the job runs (or the job is done).
+// worker has a rank and the job runs (or the job is done). A worker left
+// out of a running plan that has room for it (it was reported as a
+// suspect, e.g. after a stall) registers again, which lifts the exclusion.
 func (w *runner) nextPlan(ctx context.Context, after uint64) (*controlpb.Plan, error) {
+	var outSince time.Time
 	for {
 		p, changed := w.plans.get()
 		if p != nil && p.GetGeneration() > after {
@@ -348,14 +358,34 @@ func (w *runner) nextPlan(ctx context.Context, after uint64) (*controlpb.Plan, e
 			if p.GetState() == controlpb.JobState_JOB_STATE_RUNNING && p.GetYourRank() >= 0 {
 				return p, nil
 			}
+			outSince = time.Time{}
+			if p.GetYourRank() < 0 && (p.GetMaxWorkers() == 0 || len(p.GetMembers()) < int(p.GetMaxWorkers())) {
+				outSince = time.Now()
+			}
+		}
+		var check <-chan time.Time
+		if !outSince.IsZero() {
+			check = time.After(time.Until(outSince.Add(excludedGrace)))
 		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-changed:
+		case <-check:
+			w.log.Warn("left out of a plan with room for this worker; registering again")
+			select {
+			case w.rereg <- struct{}{}:
+			default:
+			}
+			outSince = time.Time{}
 		}
 	}
 }
+
+// excludedGrace is how long a worker waits, left out of a plan with room
+// for it, before it registers again (a new registration normally shows up
+// in a plan within the coordinator's settle delay).
+const excludedGrace = 3 * time.Second
 
 func (w *runner) loop(ctx context.Context) error {
 	var err error
@@ -384,7 +414,6 @@ func (w *runner) loop(ctx context.Context) error {
 		if err := w.syncState(p); err != nil {
 			return err
 		}
-		failedAt := time.Now()
 		done, err := w.runPlan(ctx, p)
 		if done {
 			return err
@@ -393,8 +422,7 @@ func (w *runner) loop(ctx context.Context) error {
 			return nil
 		}
 		if err != nil {
-			failedAt = time.Now()
-			w.reportFailure(ctx, p, err, failedAt)
+			w.reportFailure(ctx, p, err)
 		}
 	}
 }
@@ -415,7 +443,7 @@ func (e *ringError) Unwrap() error { return e.err }
 // stalled. Without a suspect it first waits briefly for a newer plan: the
 // dead worker's neighbours report it, and an unqualified report arriving
 // first would make a plan that still contains it.
-func (w *runner) reportFailure(ctx context.Context, p *controlpb.Plan, err error, at time.Time) {
+func (w *runner) reportFailure(ctx context.Context, p *controlpb.Plan, err error) {
 	var re *ringError
 	openFailed := errors.As(err, &re) && re.open
 	suspect := w.findSuspect(ctx, p, openFailed)
@@ -599,37 +627,45 @@ func (w *runner) forgetAfter(step int64) {
 	}
 }
 
-// agreeStep checks that every rank starts the plan from the same step
-// (a corrupt checkpoint may have sent a joiner back further than the
-// survivors' memory); when they differ, everybody goes back to the oldest.
+// agreeStep checks that every rank starts the plan from the same state:
+// the same step and the same weights (a hash of parameters and buffers).
+// A joiner whose checkpoint was corrupt may have gone back further than
+// the survivors' memory, or a survivor may hold a state of an abandoned
+// timeline; on any disagreement every rank loads the newest verified
+// checkpoint at or before the oldest step, so all hold identical bytes.
 func (w *runner) agreeStep(ctx context.Context, ring *allreduce.Ring, rank, world int) error {
 	if world < 2 {
 		return nil
 	}
-	v := make([]float32, world)
-	v[rank] = float32(w.t.Step)
+	h, err := w.t.StateHash()
+	if err != nil {
+		return err
+	}
+	// Four exact float32 lanes per rank: the step and 3x16 bits of hash.
+	v := make([]float32, 4*world)
+	v[4*rank] = float32(w.t.Step)
+	v[4*rank+1], v[4*rank+2], v[4*rank+3] = float32(h&0xffff), float32(h>>16&0xffff), float32(h>>32&0xffff)
 	if err := ring.AllReduce(ctx, allreduce.Tag{Step: 0, Bucket: 1<<24 + 1}, v, allreduce.Sum); err != nil {
 		return err
 	}
-	lo := int64(v[0])
-	for _, s := range v[1:] {
-		lo = min(lo, int64(s))
+	lo, same := int64(v[0]), true
+	for r := 1; r < world; r++ {
+		lo = min(lo, int64(v[4*r]))
+		for k := 0; k < 4; k++ {
+			if v[4*r+k] != v[k] {
+				same = false
+			}
+		}
 	}
-	if lo == w.t.Step {
+	if same {
 		return nil
 	}
-	w.log.Warn("ranks start from different steps; going back to the oldest", zap.Int64("mine", w.t.Step), zap.Int64("oldest", lo))
-	if s := w.memAt(lo); s != nil {
-		if err := w.t.Restore(s); err != nil {
-			return err
-		}
-	} else if err := w.loadAtMost(lo); err != nil {
+	w.log.Warn("ranks start from different states; all load the checkpoint of the oldest step",
+		zap.Int64("mine", w.t.Step), zap.Int64("oldest", lo))
+	if err := w.loadAtMost(lo); err != nil {
 		return err
 	}
-	w.forgetAfter(lo)
-	if w.t.Step != lo {
-		return fmt.Errorf("worker: no state of step %d to agree on (have %d)", lo, w.t.Step)
-	}
+	w.forgetAfter(-1)
 	return nil
 }
 
@@ -724,7 +760,7 @@ func (w *runner) runPlan(ctx context.Context, p *controlpb.Plan) (done bool, err
 		ips := float64(imgs) / now.Sub(tick).Seconds()
 		w.report(&controlpb.MetricsReport{WorkerId: w.cfg.ID, Generation: p.GetGeneration(), Rank: int32(rank),
 			Step: w.t.Step, Epoch: int64(epoch), Loss: res.Loss, Accuracy: float64(res.Correct) / float64(max(res.N, 1)),
-			ImagesPerSec: ips, Phase: "train", Samples: int64(res.N), Lr: res.LR})
+			ImagesPerSec: ips, Phase: "train", Samples: int64(res.N)})
 		if now.Sub(tick) > 5*time.Second {
 			imgs, tick = 0, now
 		}
@@ -810,6 +846,7 @@ func (w *runner) finish(ctx context.Context, p *controlpb.Plan, rank, world int)
 			return true, err
 		}
 		w.log.Info("saved model", zap.String("path", path), zap.Int64("step", w.t.Step))
+		w.flushReports(5 * time.Second)
 		for {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_, err := w.cl.CommitStep(cctx, &controlpb.CommitStepRequest{WorkerId: w.cfg.ID, Generation: p.GetGeneration(),
@@ -871,6 +908,7 @@ func (w *runner) onCheckpoint(meta checkpoint.Meta, m cluster.Manifest, err erro
 	if err != nil {
 		w.log.Warn("checkpoint manifest not stored in etcd", zap.Error(err))
 	}
+	w.pruneManifests(ctx)
 	acc := 0.0
 	if m.Accuracy != nil {
 		acc = *m.Accuracy
@@ -888,13 +926,51 @@ func (w *runner) onCheckpoint(meta checkpoint.Meta, m cluster.Manifest, err erro
 	w.log.Info("checkpoint", zap.Int64("step", m.Step), zap.String("dir", m.Dir))
 }
 
+// pruneManifests deletes the etcd manifests of checkpoints that retention
+// has removed from disk.
+func (w *runner) pruneManifests(ctx context.Context) {
+	steps, err := w.store.Steps()
+	if err != nil {
+		return
+	}
+	onDisk := make(map[int64]bool, len(steps))
+	for _, s := range steps {
+		onDisk[s] = true
+	}
+	ms, err := w.ej.ListManifests(ctx)
+	if err != nil {
+		return
+	}
+	for _, m := range ms {
+		if !onDisk[m.Step] {
+			if err := w.ej.DeleteManifest(ctx, m.Step); err != nil {
+				w.log.Debug("manifest not pruned", zap.Int64("step", m.Step), zap.Error(err))
+			}
+		}
+	}
+}
+
 // report queues metrics for the reporter goroutine, which sends them in
 // order without blocking training (when the queue is full, the report is
 // dropped: metrics must never slow a step down).
 func (w *runner) report(m *controlpb.MetricsReport) {
+	w.pending.Add(1)
 	select {
 	case w.reports <- m:
 	default:
+		w.pending.Done()
+	}
+}
+
+// flushReports waits (at most d) until every queued report was sent: the
+// final step's figures must reach the coordinator before the job is
+// declared done and the coordinator exits.
+func (w *runner) flushReports(d time.Duration) {
+	done := make(chan struct{})
+	go func() { w.pending.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
 	}
 }
 
@@ -909,6 +985,34 @@ func (w *runner) reporter(ctx context.Context) {
 				w.log.Debug("metrics not reported", zap.Error(err))
 			}
 			cancel()
+			w.pending.Done()
+		}
+	}
+}
+
+// probe checks that the ring endpoint at addr is served by a live process:
+// a gRPC connection becomes ready only after the server's HTTP/2 preface,
+// which a killed process (connection refused) or a stopped one (SIGSTOP:
+// the kernel accepts, nobody answers) never sends.
+func probe(ctx context.Context, addr string, timeout time.Duration) error {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cc.Connect()
+	for {
+		s := cc.GetState()
+		switch s {
+		case connectivity.Ready:
+			return nil
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			return fmt.Errorf("worker: ring endpoint %s: %s", addr, s)
+		}
+		if !cc.WaitForStateChange(ctx, s) {
+			return fmt.Errorf("worker: ring endpoint %s did not answer within %s", addr, timeout)
 		}
 	}
 }

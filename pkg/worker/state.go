@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"fmt"
+	"hash/fnv"
 
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
 	"github.com/ringtrain/ringtrain/pkg/data"
@@ -68,4 +69,19 @@ func (t *Trainer) apply(l *checkpoint.Loaded) error {
 	t.Pos = data.Position{Epoch: int(l.Meta.Epoch), Cursor: int(l.Meta.Cursor)}
 	t.Model.SetDropoutStep(l.Meta.Step)
 	return nil
+}
+
+// StateHash is a 48-bit FNV-1a hash of the parameters and buffers (their
+// bytes, in order): replicas that hold the same state have the same hash.
+func (t *Trainer) StateHash() (uint64, error) {
+	ts, err := nn.WeightTensors(t.B, t.Model.Params(), t.Model.Buffers())
+	if err != nil {
+		return 0, err
+	}
+	h := fnv.New64a()
+	for _, x := range ts {
+		h.Write([]byte(x.Name))
+		h.Write(x.Data)
+	}
+	return h.Sum64() & (1<<48 - 1), nil
 }

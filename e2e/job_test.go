@@ -1,0 +1,351 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/coordinator"
+	"github.com/ringtrain/ringtrain/pkg/report"
+)
+
+// With SyncBatchNorm, N workers with global batch B compute what one worker
+// with batch B computes: the per-step losses of 1, 2 and 4 workers agree
+// within fp32 tolerance (only the order of the sums differs).
+func TestSyncBNSameLossesAcrossWorldSizes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three jobs (~25 s)")
+	}
+	const steps = 20
+	losses := map[int]map[int64]stepLine{}
+	for _, n := range []int{1, 2, 4} {
+		out := filepath.Join(t.TempDir(), "out")
+		args := jobArgs(out, "--workers", strconv.Itoa(n), "--min-workers", strconv.Itoa(n), "--batch-norm", "sync",
+			"--max-steps", strconv.Itoa(steps), "--epochs", "1", "--lr", "0.002", "--synthetic-size", "1024")
+		p := start(t, t.TempDir(), "coordinator", nil, args...)
+		mustFinish(t, p, 2*time.Minute)
+		losses[n] = readSteps(t, out)
+		if len(losses[n]) != steps {
+			t.Fatalf("%d workers: %d steps logged, want %d", n, len(losses[n]), steps)
+		}
+	}
+	worst := 0.0
+	for s := int64(1); s <= steps; s++ {
+		ref := losses[1][s].Loss
+		if ref <= 0 || math.IsNaN(ref) {
+			t.Fatalf("step %d: loss %v", s, ref)
+		}
+		for _, n := range []int{2, 4} {
+			d := math.Abs(losses[n][s].Loss-ref) / ref
+			worst = max(worst, d)
+			// fp32 partial sums over 32 vs 16 vs 8 samples: ~1e-7, and at
+			// this learning rate the difference stays there (at lr 0.1
+			// training is chaotic enough to amplify it to 1e-2 by step
+			// 10, for any two summation orders).
+			if d > 1e-4 {
+				t.Errorf("step %d: %d workers loss %.7f, 1 worker %.7f (rel %.2e)", s, n, losses[n][s].Loss, ref, d)
+			}
+		}
+	}
+	// Without SyncBN the losses of different world sizes differ by much
+	// more than this (per-worker batch statistics): the tolerance means
+	// something.
+	t.Logf("worst relative loss difference over %d steps: %.2e", steps, worst)
+}
+
+// The end-to-end run writes the history, both plots, the per-step log and
+// the model; the model evaluated again by 'worker evaluate' gives the last
+// epoch's validation accuracy; 'coordinator checkpoints' lists verified
+// checkpoints.
+func TestEndToEndOutputsAndEvaluate(t *testing.T) {
+	out := baseline(t, flags("--workers", "2")...)
+	for _, f := range []string{report.JSONFile, report.CSVFile, report.LossPlotFile, report.AccPlotFile, "model.safetensors", "steps.jsonl"} {
+		st, err := os.Stat(filepath.Join(out, f))
+		if err != nil || st.Size() == 0 {
+			t.Fatalf("%s missing or empty: %v", f, err)
+		}
+	}
+	png, _ := os.ReadFile(filepath.Join(out, report.LossPlotFile))
+	if !strings.HasPrefix(string(png), "\x89PNG") {
+		t.Fatalf("loss plot is not a PNG")
+	}
+	h, err := report.ReadHistory(filepath.Join(out, report.JSONFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Epochs) != 2 || h.Epochs[1].Steps != 64 {
+		t.Fatalf("history: %+v", h.Epochs)
+	}
+	if steps := readSteps(t, out); len(steps) != 64 || steps[64].LR != 0.1 {
+		t.Fatalf("steps.jsonl: %d steps, last %+v", len(steps), steps[64])
+	}
+	last := h.Epochs[len(h.Epochs)-1]
+
+	cmdArgs := append([]string{"evaluate", "--weights", filepath.Join(out, "model.safetensors")}, flags("--output", t.TempDir())...)
+	cmdArgs = removeFlag(cmdArgs, "--no-progress", false)
+	cmdArgs = removeFlag(cmdArgs, "--checkpoint-every", true)
+	p := start(t, t.TempDir(), "worker", nil, cmdArgs...)
+	mustFinish(t, p, time.Minute)
+	m := regexp.MustCompile(`evaluate: (\d+) samples, loss ([0-9.]+), accuracy ([0-9.]+)%`).FindStringSubmatch(p.log())
+	if m == nil {
+		t.Fatalf("no evaluate line in:\n%s", p.log())
+	}
+	if want := fmt.Sprintf("%.2f", 100*last.ValAcc); m[3] != want {
+		t.Fatalf("evaluate accuracy %s%%, last epoch's validation %s%%", m[3], want)
+	}
+	if want := fmt.Sprintf("%.4f", last.ValLoss); m[2] != want {
+		t.Errorf("evaluate loss %s, last epoch's validation %s", m[2], want)
+	}
+	t.Logf("validation accuracy %.2f%% = evaluate %s%% on %s samples", 100*last.ValAcc, m[3], m[1])
+
+	// coordinator checkpoints: opens the job's embedded etcd from its state.
+	cp := start(t, t.TempDir(), "coordinator", nil, "checkpoints", "--output", out)
+	mustFinish(t, cp, time.Minute)
+	lines := strings.Split(strings.TrimSpace(cp.log()), "\n")
+	var rows int
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) > 0 && f[0] != "STEP" && regexp.MustCompile(`^\d+$`).MatchString(f[0]) {
+			rows++
+			if !strings.HasSuffix(l, "yes") && !strings.HasSuffix(l, "deleted (retention)") {
+				t.Errorf("checkpoint not verified: %q", l)
+			}
+			if f[0] == "64" && !strings.HasSuffix(l, "yes") {
+				t.Errorf("final checkpoint not verified: %q", l)
+			}
+		}
+	}
+	if rows < 3 || !strings.Contains(cp.log(), "\n64 ") {
+		t.Fatalf("checkpoints listing:\n%s", cp.log())
+	}
+}
+
+// removeFlag drops a flag (and its value when withValue) from args.
+func removeFlag(args []string, name string, withValue bool) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		if args[i] == name {
+			if withValue {
+				i++
+			}
+			continue
+		}
+		out = append(out, args[i])
+	}
+	return out
+}
+
+// Transfer learning: a run initialised from a saved model with the
+// backbone frozen changes only the classifier head's weights.
+func TestTransferLearningChangesOnlyTheHead(t *testing.T) {
+	base := baseline(t, flags("--workers", "2")...)
+	out := filepath.Join(t.TempDir(), "out")
+	p := start(t, t.TempDir(), "coordinator", nil, jobArgs(out, "--workers", "2", "--weights",
+		filepath.Join(base, "model.safetensors"), "--freeze-backbone", "--max-steps", "6", "--epochs", "1", "--seed", "7")...)
+	mustFinish(t, p, 2*time.Minute)
+	differ, err := sameTensors(filepath.Join(base, "model.safetensors"), filepath.Join(out, "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	changedHead := 0
+	for _, name := range differ {
+		switch {
+		case strings.HasPrefix(name, "fc."):
+			changedHead++
+		case strings.HasSuffix(name, ".running_mean"), strings.HasSuffix(name, ".running_var"), strings.HasSuffix(name, ".num_batches_tracked"):
+			// BN statistics are buffers, updated in train mode as in
+			// PyTorch (requires_grad=False does not stop them).
+		default:
+			t.Errorf("backbone parameter %s changed", name)
+		}
+	}
+	if changedHead != 2 {
+		t.Fatalf("fc.weight and fc.bias must change; changed: %v", differ)
+	}
+}
+
+// A worker that cannot reach the coordinator, or etcd, fails within
+// seconds with a message that says which.
+func TestWorkerUnreachableFailsClearly(t *testing.T) {
+	ports := freePorts(t, 2)
+	begin := time.Now()
+	p := start(t, t.TempDir(), "worker", nil, "run", "--coordinator", fmt.Sprintf("127.0.0.1:%d", ports[0]), "--join-timeout", "2s")
+	if err := p.wait(15 * time.Second); err == nil {
+		t.Fatal("worker without a coordinator exited 0")
+	}
+	took := time.Since(begin)
+	if !strings.Contains(p.log(), "cannot reach the control plane: coordinator [127.0.0.1:") || took > 8*time.Second {
+		t.Fatalf("after %s:\n%s", took, p.log())
+	}
+	t.Logf("no coordinator: failed after %s: %s", took.Round(time.Millisecond), lastLine(p.log()))
+
+	// A coordinator on an external etcd that then goes away.
+	ctx := runCtx(t, time.Minute)
+	etcd, err := cluster.StartEmbedded(ctx, cluster.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer etcd.Close()
+	out := filepath.Join(t.TempDir(), "out")
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	co := start(t, t.TempDir(), "coordinator", nil, jobArgs(out, "--listen", addr, "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","))...)
+	waitLeader(t, []string{addr}, 30*time.Second)
+	etcd.Close()
+	begin = time.Now()
+	w := start(t, t.TempDir(), "worker", nil, "run", "--coordinator", addr, "--join-timeout", "2s")
+	if err := w.wait(20 * time.Second); err == nil {
+		t.Fatal("worker without etcd exited 0")
+	}
+	took = time.Since(begin)
+	if !strings.Contains(w.log(), "cannot reach the control plane: etcd [") || took > 10*time.Second {
+		t.Fatalf("after %s:\n%s", took, w.log())
+	}
+	t.Logf("no etcd: failed after %s: %s", took.Round(time.Millisecond), lastLine(w.log()))
+	co.killGroup()
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
+
+// waitLeader waits until one of the replicas at addrs leads and returns
+// its id.
+func waitLeader(t *testing.T, addrs []string, d time.Duration) string {
+	t.Helper()
+	cl, err := coordinator.NewClient(addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	js, err := cl.GetJob(ctx)
+	if err != nil {
+		t.Fatalf("no leader among %v within %s: %v", addrs, d, err)
+	}
+	return js.GetLeader().GetLeaderId()
+}
+
+// A 3-replica coordinator (raft over TCP, external etcd): kill -9 the
+// leader's process; another replica leads within 5 s and the job finishes
+// without losing a committed step.
+func TestReplicatedCoordinatorLeaderKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three coordinators and two workers (~30 s)")
+	}
+	ctx := runCtx(t, 3*time.Minute)
+	etcd, err := cluster.StartEmbedded(ctx, cluster.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer etcd.Close()
+	ports := freePorts(t, 6)
+	var peers, addrs []string
+	for i := 0; i < 3; i++ {
+		peers = append(peers, fmt.Sprintf("c%d=127.0.0.1:%d", i, ports[3+i]))
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", ports[i]))
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	logs := t.TempDir()
+	cos := map[string]*proc{}
+	for i := 0; i < 3; i++ {
+		id := fmt.Sprintf("c%d", i)
+		cos[id] = start(t, logs, "coordinator", nil, jobArgs(out, "--id", id, "--listen", addrs[i],
+			"--raft-bind", fmt.Sprintf("127.0.0.1:%d", ports[3+i]), "--raft-peers", strings.Join(peers, ","),
+			"--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--state-dir", filepath.Join(out, "state-"+id),
+			"--min-workers", "2", "--epochs", "3", "--member-ttl", "3s")...)
+	}
+	var ws []*proc
+	for i := 0; i < 2; i++ {
+		ws = append(ws, start(t, logs, "worker", nil, "run", "--coordinator", strings.Join(addrs, ","), "--id", fmt.Sprintf("w%d", i), "--threads", "1"))
+	}
+	leader := waitLeader(t, addrs, 30*time.Second)
+	waitFor(t, time.Minute, "20 steps", func() bool { return countSteps(out) >= 20 })
+
+	cl, err := coordinator.NewClient(addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	js, err := cl.GetJob(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := js.GetPlan().GetCommitted().GetStep()
+	leader = js.GetLeader().GetLeaderId()
+	killed := time.Now()
+	cos[leader].killGroup()
+	_ = cos[leader].wait(10 * time.Second)
+
+	var others []string
+	for i, a := range addrs {
+		if fmt.Sprintf("c%d", i) != leader {
+			others = append(others, a)
+		}
+	}
+	newLeader := ""
+	for time.Since(killed) < 10*time.Second {
+		if id, ok := leaderOf(others); ok && id != leader {
+			newLeader = id
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	took := time.Since(killed)
+	if newLeader == "" || took > 5*time.Second {
+		t.Fatalf("no new leader within 5 s (took %s, leader %q)", took, newLeader)
+	}
+	t.Logf("killed leader %s at committed step %d; %s leads after %s", leader, before, newLeader, took.Round(time.Millisecond))
+	oc, _ := coordinator.NewClient(others)
+	defer oc.Close()
+	js, err = oc.GetJob(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := js.GetPlan().GetCommitted().GetStep(); after < before {
+		t.Fatalf("committed step went back from %d to %d", before, after)
+	}
+	for _, w := range ws {
+		mustFinish(t, w, 2*time.Minute)
+	}
+	for id, p := range cos {
+		if id != leader {
+			mustFinish(t, p, time.Minute)
+		}
+	}
+	h, err := report.ReadHistory(filepath.Join(out, report.JSONFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Epochs) != 3 || h.Epochs[2].Steps != 96 {
+		t.Fatalf("history after failover: %+v", h.Epochs)
+	}
+}
+
+// leaderOf asks each replica which one leads; ok when one answers that it
+// is the leader itself.
+func leaderOf(addrs []string) (string, bool) {
+	for _, a := range addrs {
+		cl, err := coordinator.NewClient([]string{a})
+		if err != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		js, err := cl.GetJob(ctx)
+		cancel()
+		cl.Close()
+		if err == nil && js.GetLeader().GetIsLeader() {
+			return js.GetLeader().GetNodeId(), true
+		}
+	}
+	return "", false
+}
