@@ -48,11 +48,12 @@ func benchTrainStep(b *testing.B, cfg ResNetConfig, batch, size int) {
 	}
 	step() // warm-up: buffers are allocated on the first step
 	b.ResetTimer()
-	start := time.Now()
+	start, c0 := time.Now(), cpuSeconds()
 	for i := 0; i < b.N; i++ {
 		step()
 	}
 	b.ReportMetric(float64(b.N*batch)/time.Since(start).Seconds(), "images/s")
+	b.ReportMetric((cpuSeconds()-c0)*1e3/float64(b.N), "cpu-ms/step")
 }
 
 // BenchmarkTrainStepResNet18 is ResNet-18 (imagenet stem, 1000 classes) at

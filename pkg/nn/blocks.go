@@ -38,6 +38,7 @@ func newBasicBlock(bd *builder, name string, inC, planes, stride int) *Block {
 		}
 	}
 	blk.ReLU = &ReLU{InPlace: true, e: bd.e}
+	fuseBNReLU(blk.Main)
 	return blk
 }
 
@@ -62,6 +63,7 @@ func newBottleneck(bd *builder, name string, inC, planes, stride int) *Block {
 		}
 	}
 	blk.ReLU = &ReLU{InPlace: true, e: bd.e}
+	fuseBNReLU(blk.Main)
 	return blk
 }
 
@@ -107,7 +109,12 @@ func (blk *Block) Forward(x *Tensor) (*Tensor, error) {
 	if err := CheckShape(blk.Name+" shortcut", s.Shape, h.Shape); err != nil {
 		return nil, err
 	}
-	blk.e.b.Add(h, h, s)
+	if f, ok := blk.e.b.(FusedOps); ok && blk.ReLU.InPlace {
+		f.AddReLU(h, h, s)
+		blk.ReLU.done = h // the ReLU's Forward only records h
+	} else {
+		blk.e.b.Add(h, h, s)
+	}
 	return blk.ReLU.Forward(h)
 }
 

@@ -1,6 +1,10 @@
 package nn
 
-import "runtime"
+import (
+	"runtime"
+
+	"github.com/ringtrain/ringtrain/pkg/nn/internal/gemm"
+)
 
 // CPU is the CPU backend: host tensors, work split across goroutines so
 // that results never depend on the number of threads.
@@ -18,7 +22,11 @@ type CPU struct {
 	plans  map[ConvParams]*convPlan // convolution plans by shape (N = 0)
 	planes [][]float32              // per-goroutine scratch planes of im2col/col2im
 	wlive  []float32                // weights restricted to the live taps
+	wflip  []float32                // transposed, flipped weights (backward data)
 	dwlive []float32                // their gradient before it is added to dw
+	dwpart []float32                // per-chunk partial filter gradients
+	xpad   []float32                // the input of a convolution as padded planes
+	work   []*gemm.Workspace        // per-goroutine GEMM packing memory
 }
 
 // NewCPU returns a CPU backend using threads goroutines (<= 0: GOMAXPROCS).

@@ -2,74 +2,131 @@ package nn
 
 import "github.com/ringtrain/ringtrain/pkg/nn/internal/gemm"
 
-// Convolutions of the CPU backend as im2col + GEMM.
+// Convolutions of the CPU backend as GEMMs over a column matrix.
 //
-// Images are processed in chunks of G (a function of the shape only, so the
-// summation order never depends on the thread count). For a chunk, the
-// column matrix col is (C*T) x (G*P*Q), where T is the number of live taps
-// (below): image i of the chunk owns columns [i*P*Q, (i+1)*P*Q). Then
+// The column matrix of images [n0, n0+g) is (C*T) x (g*P*Q): row ch*T+t
+// holds, for every image and output pixel, the input pixel under live tap t
+// of channel ch; image i owns columns [i*P*Q, (i+1)*P*Q). Then
 //
-//	forward:         Y  (K x G*PQ)   = Wt (K x CT) * col
+//	forward:         Y  (K x N*PQ)   = Wt (K x CT) * col
+//	backward filter: dWt (K x CT)    += dY (K x N*PQ) * col^T
 //	backward data:   dcol (CT x G*PQ) = Wt^T * dY, then col2im into dx
-//	backward filter: dWt (K x CT)    += dY * col^T   (chunks added in order)
 //
-// Live taps: a kernel tap (r, s) whose window position reads only padding
-// for every output pixel contributes exact zeros, so it is left out of the
-// product (a 3x3 pad-1 convolution over a 1x1 plane keeps only its centre
-// tap: 9x fewer multiply-adds). Wt is then the weight with the dead taps
-// removed (gathered per call); when every tap is live, Wt is the weight
-// itself and nothing is gathered.
+// Backward-data of a stride-1 convolution is itself a forward convolution
+// of dy (weights transposed and flipped, padding R-1-PadH), so it takes the
+// forward path instead: a GEMM with k = K*R*S rather than K, and no col2im.
 //
-// im2col and col2im are table driven: a plan per shape (cached) holds, for
-// every live tap and output pixel, the index of the input pixel it reads,
-// or hw (one past the plane) for padding. Each (image, channel) plane is
-// copied into a scratch buffer of hw+1 elements whose last element is 0, so
-// the gather is branch-free; col2im scatters into a zeroed buffer in
-// (tap, pixel) order, so every input pixel sums its contributions in
-// increasing tap order whatever the thread count.
+// Forward and backward-filter never store col: the GEMM packs its B
+// operand straight from the input (implicit im2col, convB), for the whole
+// batch in one product. The packing is a few short contiguous copies per
+// row of the panel (gemm.CopySegments: masked vector moves on AVX-512).
+// A backward-filter product with a narrow dW (the stem's 7x7 conv: C*T =
+// 147) is instead cut into a fixed number of image chunks, one
+// single-threaded product each, whose partial sums are added in chunk
+// order. Backward-data of a strided convolution stores dcol for chunks of
+// G images (G a function of the shape only) and scatters it with col2im.
 //
-// GEMM itself runs on all threads; im2col, col2im, gather and scatter are
-// split over (image, channel) pairs. A 1x1 stride-1 unpadded convolution
-// over a large plane skips im2col: x_n is already its column matrix.
+// Padding: the input is first copied into zero-bordered planes of
+// (H+2*PadH) x (W+2*PadW) (skipped when there is no padding and stride 1),
+// stored as four phase planes for stride 2 (see convPlan), so every gather
+// is a plain load and every output row under a tap is one contiguous run.
+// col2im accumulates into such a plane and keeps its interior.
+//
+// Live taps: a kernel tap (r, s) whose window reads only padding for every
+// output pixel contributes exact zeros, so it is left out of the products
+// (a 3x3 pad-1 convolution over a 1x1 plane keeps only its centre tap: 9x
+// fewer multiply-adds). Wt is then the weight restricted to the live taps
+// (gathered per call); with every tap live it is the weight itself.
+//
+// Determinism: every output element is produced by one GEMM element (fixed
+// summation order, any thread count), by a fixed-order sum of chunk
+// partials, or, in col2im, by one goroutine adding its taps in increasing
+// order; chunkings depend on the shape only. A 1x1 stride-1 unpadded
+// convolution over a large plane skips the column matrix: x_n is already
+// its B operand.
 
-// colBudget bounds the im2col buffer of one chunk, in float32 elements (a
-// variable so that tests can force many chunks).
+// colBudget bounds the dcol buffer of one backward-data chunk, in float32
+// elements (a variable so that tests can force many chunks).
 var colBudget = 1 << 22
 
 // convPlan is the shape-only part of a convolution: live taps and the
-// im2col gather table.
+// gather table into padded planes.
+//
+// Layout of a padded plane (hp x wp, the input at row PadH, column PadW):
+// row-major for stride 1; for stride 2 it is stored as four phase planes
+// (even/odd rows x even/odd columns, hs x ws each), so that a stride-2
+// window walks consecutive elements of one phase plane, exactly as a
+// stride-1 window walks its plane: every output row under a tap is then one
+// contiguous run in both cases.
 type convPlan struct {
 	taps []int   // live taps r*S+s, increasing
-	tab  []int32 // len(taps)*P*Q: plane index read by (tap, pixel), or H*W for padding
-	hw   int
+	tab  []int32 // len(taps)*P*Q: plane index read by (tap, pixel)
+	// tab[t*PQ+o] = tapOff[t] + pixOff[o]: a tap shifts the window, a
+	// pixel places it.
+	tapOff []int
+	pixOff []int
+	hp, wp int  // padded plane
+	phase  bool // stride 2: four phase planes of hs x ws
+	hs, ws int
+	copyIn bool // planes are copied into the padded layout (padding or phase)
+	rowRun bool // an output row under a tap is contiguous in the plane
+	q      int  // output width
 }
 
 // full reports whether every tap of p is live.
 func (pl *convPlan) full(p ConvParams) bool { return len(pl.taps) == p.R*p.S }
 
+// plane is the padded plane's size.
+func (pl *convPlan) plane() int {
+	if pl.phase {
+		return 4 * pl.hs * pl.ws
+	}
+	return pl.hp * pl.wp
+}
+
+// pos is where padded-plane element (y, x) is stored.
+func (pl *convPlan) pos(y, x int) int {
+	if pl.phase {
+		return ((y&1)*2+(x&1))*pl.hs*pl.ws + (y>>1)*pl.ws + x>>1
+	}
+	return y*pl.wp + x
+}
+
 func newConvPlan(p ConvParams) *convPlan {
 	P, Q := p.P(), p.Q()
-	hw := p.H * p.W
-	pl := &convPlan{hw: hw}
+	pl := &convPlan{hp: p.H + 2*p.PadH, wp: p.W + 2*p.PadW, q: Q}
+	pl.phase = p.StrideH == 2 && p.StrideW == 2
+	pl.hs, pl.ws = (pl.hp+1)/2, (pl.wp+1)/2
+	pl.copyIn = p.PadH > 0 || p.PadW > 0 || pl.phase
+	pl.rowRun = p.StrideW == 1 || pl.phase
 	row := make([]int32, P*Q)
 	for r := 0; r < p.R; r++ {
 		for s := 0; s < p.S; s++ {
 			live := false
 			for oh := 0; oh < P; oh++ {
-				ih := oh*p.StrideH - p.PadH + r
+				ih := oh*p.StrideH + r // in padded coordinates
 				for ow := 0; ow < Q; ow++ {
-					iw := ow*p.StrideW - p.PadW + s
-					if ih >= 0 && ih < p.H && iw >= 0 && iw < p.W {
-						row[oh*Q+ow] = int32(ih*p.W + iw)
+					iw := ow*p.StrideW + s
+					row[oh*Q+ow] = int32(pl.pos(ih, iw))
+					if ih >= p.PadH && ih < p.PadH+p.H && iw >= p.PadW && iw < p.PadW+p.W {
 						live = true
-					} else {
-						row[oh*Q+ow] = int32(hw)
 					}
 				}
 			}
 			if live {
 				pl.taps = append(pl.taps, r*p.S+s)
 				pl.tab = append(pl.tab, row...)
+				pl.tapOff = append(pl.tapOff, pl.pos(r, s))
+			}
+		}
+	}
+	pl.pixOff = make([]int, P*Q)
+	for oh := 0; oh < P; oh++ {
+		for ow := 0; ow < Q; ow++ {
+			if pl.phase {
+				pl.pixOff[oh*Q+ow] = oh*pl.ws + ow
+			} else {
+				pl.pixOff[oh*Q+ow] = oh*p.StrideH*pl.wp + ow*p.StrideW
 			}
 		}
 	}
@@ -91,9 +148,8 @@ func (c *CPU) plan(p ConvParams) *convPlan {
 	return pl
 }
 
-// convChunk is the number of images per chunk for shape p: the fewest
-// chunks whose column matrix fits colBudget, with images spread evenly
-// over them.
+// convChunk is the number of images per backward-data chunk for shape p:
+// the fewest chunks whose dcol fits colBudget, images spread evenly.
 func convChunk(p ConvParams, taps int) int {
 	per := p.C * taps * p.P() * p.Q()
 	g := max(1, min(colBudget/max(per, 1), p.N))
@@ -109,6 +165,46 @@ func convDirect(p ConvParams) bool {
 		p.PadH == 0 && p.PadW == 0 && p.H*p.W >= 256
 }
 
+// padInput returns x as padded planes (N*C planes of pl.plane()): x itself
+// when the layout is x's own (no padding, stride 1), else a copy in the
+// backend's scratch (shared by all shapes: each plane's padding is zeroed
+// here, with the interior copied in).
+func (c *CPU) padInput(x []float32, p ConvParams, pl *convPlan) []float32 {
+	if !pl.copyIn {
+		return x
+	}
+	hw, ph := p.H*p.W, pl.plane()
+	xp := growF32(&c.xpad, p.N*p.C*ph)
+	c.parallel(p.N*p.C, max(1, elemGrain/ph), func(lo, hi int) {
+		for u := lo; u < hi; u++ {
+			dst, src := xp[u*ph:][:ph], x[u*hw:][:hw]
+			if pl.phase {
+				clear(dst)
+				for h := 0; h < p.H; h++ {
+					// Even and odd padded columns go to two phase planes.
+					in, y := src[h*p.W:][:p.W], p.PadH+h
+					for b := 0; b < 2; b++ {
+						row := dst[((y&1)*2+b)*pl.hs*pl.ws+(y>>1)*pl.ws:][:pl.ws]
+						for w := (b - p.PadW) & 1; w < p.W; w += 2 {
+							row[(p.PadW+w)>>1] = in[w]
+						}
+					}
+				}
+				continue
+			}
+			clear(dst[:p.PadH*pl.wp])
+			for h := 0; h < p.H; h++ {
+				row := dst[(p.PadH+h)*pl.wp:][:pl.wp]
+				clear(row[:p.PadW])
+				copyShort(row[p.PadW:p.PadW+p.W], src[h*p.W:][:p.W])
+				clear(row[p.PadW+p.W:])
+			}
+			clear(dst[(p.PadH+p.H)*pl.wp:])
+		}
+	})
+	return xp
+}
+
 // planeBuf returns goroutine part's scratch plane of n elements.
 func (c *CPU) planeBuf(part, n int) []float32 {
 	for len(c.planes) <= part {
@@ -117,53 +213,47 @@ func (c *CPU) planeBuf(part, n int) []float32 {
 	return growF32(&c.planes[part], n)
 }
 
-// im2col fills col (C*T rows, leading dimension ld) for images [n0, n0+g) of x.
-func (c *CPU) im2col(col []float32, ld int, x []float32, n0, g int, p ConvParams, pl *convPlan) {
-	pq := p.P() * p.Q()
-	hw := pl.hw
-	T := len(pl.taps)
-	for part := 0; part < c.threads; part++ {
-		c.planeBuf(part, hw+1) // grown here, not inside the goroutines
-	}
-	c.parallelParts(g*p.C, 1, func(part, lo, hi int) {
-		buf := c.planes[part][:hw+1]
-		for u := lo; u < hi; u++ {
-			i, ch := u/p.C, u%p.C
-			copy(buf, x[((n0+i)*p.C+ch)*hw:][:hw])
-			buf[hw] = 0
-			for t := 0; t < T; t++ {
-				dst := col[(ch*T+t)*ld+i*pq:][:pq]
-				idx := pl.tab[t*pq:][:pq]
-				for o, j := range idx {
-					dst[o] = buf[j]
-				}
-			}
-		}
-	})
-}
-
 // col2im sets dx for images [n0, n0+g) to the sum of the column-matrix
-// entries that im2col would have read from each pixel.
+// entries (col: C*T rows, leading dimension ld) that the gather reads from
+// each pixel, adding the taps of a pixel in increasing order.
 func (c *CPU) col2im(dx []float32, col []float32, ld int, n0, g int, p ConvParams, pl *convPlan) {
 	pq := p.P() * p.Q()
-	hw := pl.hw
+	hw, ph := p.H*p.W, pl.plane()
 	T := len(pl.taps)
 	for part := 0; part < c.threads; part++ {
-		c.planeBuf(part, hw+1)
+		c.planeBuf(part, ph) // grown here, not inside the goroutines
 	}
 	c.parallelParts(g*p.C, 1, func(part, lo, hi int) {
-		buf := c.planes[part][:hw+1]
+		buf := c.planes[part][:ph]
 		for u := lo; u < hi; u++ {
 			i, ch := u/p.C, u%p.C
 			clear(buf)
 			for t := 0; t < T; t++ {
 				src := col[(ch*T+t)*ld+i*pq:][:pq]
 				idx := pl.tab[t*pq:][:pq]
-				for o, j := range idx {
-					buf[j] += src[o]
+				if !pl.rowRun {
+					for o, j := range idx {
+						buf[j] += src[o]
+					}
+					continue
+				}
+				for o := 0; o < pq; o += pl.q { // one output row: contiguous in buf
+					dst := buf[idx[o]:][:pl.q]
+					for k, v := range src[o : o+pl.q] {
+						dst[k] += v
+					}
 				}
 			}
-			copy(dx[((n0+i)*p.C+ch)*hw:][:hw], buf[:hw])
+			out := dx[((n0+i)*p.C+ch)*hw:][:hw]
+			for h := 0; h < p.H; h++ {
+				if !pl.phase {
+					copy(out[h*p.W:][:p.W], buf[(p.PadH+h)*pl.wp+p.PadW:])
+					continue
+				}
+				for w := range out[h*p.W : h*p.W+p.W] {
+					out[h*p.W+w] = buf[pl.pos(p.PadH+h, p.PadW+w)]
+				}
+			}
 		}
 	})
 }
@@ -204,6 +294,137 @@ func (c *CPU) scatterChunk(y, m []float32, n0, g, k, pq int) {
 	})
 }
 
+// convB is the column matrix of all images of x (padded planes) as a GEMM
+// B operand packed on the fly (implicit im2col): op(B)[k, j] with
+// k = ch*T+t (channel, live tap) and j = i*PQ+o (image, output pixel) is
+// plane (i, ch) at tab[t*PQ+o]. The forward product uses it as B; the
+// backward-filter product uses its transpose (trans). The packed values
+// are exactly the column matrix's, so the products are bit-identical to an
+// explicit im2col followed by Sgemm.
+type convB struct {
+	x     []float32 // padded planes (N*C of pl.plane())
+	C, T  int
+	pq    int
+	pl    *convPlan
+	trans bool // op(B) = col^T: k = i*PQ+o, j = ch*T+t
+}
+
+// maxNR bounds the micro-panel width a packer supports (the widest kernel
+// has 32 columns).
+const maxNR = 64
+
+// PackB implements gemm.BPacker.
+func (b *convB) PackB(dst, scratch []float32, nr, p0, kc, j0, nc int) {
+	if nr > maxNR {
+		panic("nn: convB: micro-panel wider than maxNR")
+	}
+	for q := 0; q*nr < nc; q++ {
+		panel := dst[q*nr*kc:][:nr*kc]
+		cols := min(nr, nc-q*nr)
+		if b.trans {
+			b.packT(panel, scratch[:nr*kc], nr, p0, kc, j0+q*nr, cols)
+		} else {
+			b.pack(panel, nr, p0, kc, j0+q*nr, cols)
+		}
+		if cols < nr {
+			for p := 0; p < kc; p++ {
+				clear(panel[p*nr+cols : p*nr+nr])
+			}
+		}
+	}
+}
+
+// copyShort is copy for the short rows of small planes, where memmove's
+// call costs more than the copy: 16-byte moves (the compiler turns larger
+// fixed-size array moves back into memmove calls), then single elements.
+func copyShort(dst, src []float32) {
+	n := len(dst)
+	if n > 64 {
+		copy(dst, src)
+		return
+	}
+	src = src[:n]
+	i := 0
+	for ; i+4 <= n; i += 4 {
+		*(*[4]float32)(dst[i : i+4]) = *(*[4]float32)(src[i : i+4])
+	}
+	for ; i < n; i++ {
+		dst[i] = src[i]
+	}
+}
+
+// segments cuts the column-matrix columns [j, j+n) (image, pixel) into
+// runs (at most gemm.MaxSegment long) whose x offsets (image plane block +
+// pixOff) are consecutive: Pos is the run's first position (0-based from
+// j), Off its x offset. segs must hold n entries.
+func (b *convB) segments(segs []gemm.Segment, j, n int) []gemm.Segment {
+	ph := b.pl.plane()
+	out := segs[:0]
+	i, o := j/b.pq, j%b.pq
+	for k := 0; k < n; k++ {
+		off := i*b.C*ph + b.pl.pixOff[o]
+		if m := len(out); m > 0 && out[m-1].Off+out[m-1].N == off && out[m-1].N < gemm.MaxSegment {
+			out[m-1].N++
+		} else {
+			out = append(out, gemm.Segment{Pos: k, N: 1, Off: off})
+		}
+		if o++; o == b.pq {
+			o, i = 0, i+1
+		}
+	}
+	return out
+}
+
+// rowOff is the x offset of column-matrix row k = (ch, t) (plus a
+// column's offset gives the element).
+func (b *convB) rowOff(k int) int {
+	return (k/b.T)*b.pl.plane() + b.pl.tapOff[k%b.T]
+}
+
+// maxKC bounds the k extent of one packed block (the GEMM's KC is 256).
+const maxKC = 256
+
+// pack fills one panel of op(B) = col: rows p = (ch, t) from p0, columns
+// (image, pixel) from j. The columns' runs of consecutive sources are the
+// same for every row, so the panel is one gemm.CopySegments.
+func (b *convB) pack(panel []float32, nr, p0, kc, j, cols int) {
+	if kc > maxKC {
+		panic("nn: convB: k block larger than maxKC")
+	}
+	var sbuf [maxNR]gemm.Segment
+	segs := b.segments(sbuf[:], j, cols)
+	var offs [maxKC]int
+	ph := b.pl.plane()
+	ch, t := p0/b.T, p0%b.T
+	chOff := ch * ph
+	for p := 0; p < kc; p++ { // walk (ch, t) without dividing
+		offs[p] = chOff + b.pl.tapOff[t]
+		if t++; t == b.T {
+			t, chOff = 0, chOff+ph
+		}
+	}
+	gemm.CopySegments(panel, nr, b.x, offs[:kc], segs)
+}
+
+// packT fills one panel of op(B) = col^T: rows p = (image, pixel) from p0,
+// columns (ch, t) from j. Each column's pixels are copied contiguously into
+// scratch tmp (nr*kc values; runs of consecutive sources, the same for
+// every column), then the block is transposed into the panel.
+func (b *convB) packT(panel, tmp []float32, nr, p0, kc, j, cols int) {
+	if kc > maxKC {
+		panic("nn: convB: k block larger than maxKC")
+	}
+	tmp = tmp[:cols*kc]
+	var sbuf [maxKC]gemm.Segment
+	segs := b.segments(sbuf[:], p0, kc)
+	var offs [maxNR]int
+	for c := 0; c < cols; c++ {
+		offs[c] = b.rowOff(j + c)
+	}
+	gemm.CopySegments(tmp, kc, b.x, offs[:cols], segs)
+	gemm.PackPanelT(panel, tmp, kc, kc, cols, nr)
+}
+
 // liveWeights returns w (K x C*R*S) restricted to the live taps, (K x C*T):
 // w itself when every tap is live, else a gathered copy in scratch.
 func (c *CPU) liveWeights(w []float32, p ConvParams, pl *convPlan) []float32 {
@@ -212,18 +433,24 @@ func (c *CPU) liveWeights(w []float32, p ConvParams, pl *convPlan) []float32 {
 	}
 	rs, T := p.R*p.S, len(pl.taps)
 	wt := growF32(&c.wlive, p.K*p.C*T)
-	for kc := 0; kc < p.K*p.C; kc++ {
-		src, dst := w[kc*rs:][:rs], wt[kc*T:][:T]
-		for t, tap := range pl.taps {
-			dst[t] = src[tap]
+	c.parallel(p.K*p.C, 4096, func(lo, hi int) {
+		for kc := lo; kc < hi; kc++ {
+			src, dst := w[kc*rs:][:rs], wt[kc*T:][:T]
+			for t, tap := range pl.taps {
+				dst[t] = src[tap]
+			}
 		}
-	}
+	})
 	return wt
 }
 
 // Conv2d implements Backend.
 func (c *CPU) Conv2d(y, x, w *Tensor, p ConvParams) {
-	yd, xd, wd := mustHost(y), mustHost(x), mustHost(w)
+	c.convForward(mustHost(y), mustHost(x), mustHost(w), p)
+}
+
+// convForward is Conv2d on host slices.
+func (c *CPU) convForward(yd, xd, wd []float32, p ConvParams) {
 	pq := p.P() * p.Q()
 	kpq := p.K * pq
 	if convDirect(p) {
@@ -236,20 +463,49 @@ func (c *CPU) Conv2d(y, x, w *Tensor, p ConvParams) {
 	pl := c.plan(p)
 	ct := p.C * len(pl.taps)
 	wt := c.liveWeights(wd, p, pl)
-	G := convChunk(p, len(pl.taps))
-	col := growF32(&c.col, ct*G*pq)
-	for n0 := 0; n0 < p.N; n0 += G {
-		g := min(G, p.N-n0)
-		ld := g * pq
-		c.im2col(col, ld, xd, n0, g, p, pl)
-		if g == 1 {
-			gemm.Sgemm(false, false, p.K, ld, ct, 1, wt, ct, col, ld, 0, yd[n0*kpq:], ld, c.threads)
-			continue
+	ld := p.N * pq
+	xp := c.padInput(xd, p, pl)
+	if p.N == 1 || pq >= perImagePlane {
+		// One product per image, straight into y (no scatter, no scratch).
+		ph := pl.plane()
+		for n := 0; n < p.N; n++ {
+			bp := &convB{x: xp[n*p.C*ph:], C: p.C, T: len(pl.taps), pq: pq, pl: pl}
+			gemm.SgemmPacker(false, p.K, pq, ct, 1, wt, ct, bp, 0, yd[n*kpq:], pq, c.threads)
 		}
-		out := growF32(&c.tmp, p.K*ld)
-		gemm.Sgemm(false, false, p.K, ld, ct, 1, wt, ct, col, ld, 0, out, ld, c.threads)
-		c.scatterChunk(yd, out, n0, g, p.K, pq)
+		return
 	}
+	bp := &convB{x: xp, C: p.C, T: len(pl.taps), pq: pq, pl: pl}
+	out := growF32(&c.tmp, p.K*ld)
+	gemm.SgemmPacker(false, p.K, ld, ct, 1, wt, ct, bp, 0, out, ld, c.threads)
+	c.scatterChunk(yd, out, 0, p.N, p.K, pq)
+}
+
+// transposedConv returns, for a stride-1 convolution p with PadH < R and
+// PadW < S (used when p has no dead taps), the convolution that computes its input gradient from dy:
+// dx = conv(dy, w'), w'[c,k,r,s] = w[k,c,R-1-r,S-1-s], padding R-1-PadH.
+func transposedConv(p ConvParams) (ConvParams, bool) {
+	if p.StrideH != 1 || p.StrideW != 1 || p.PadH >= p.R || p.PadW >= p.S {
+		return ConvParams{}, false
+	}
+	return ConvParams{N: p.N, C: p.K, H: p.P(), W: p.Q(), K: p.C, R: p.R, S: p.S,
+		StrideH: 1, StrideW: 1, PadH: p.R - 1 - p.PadH, PadW: p.S - 1 - p.PadW}, true
+}
+
+// flipWeights writes w' of transposedConv into scratch.
+func (c *CPU) flipWeights(w []float32, p ConvParams) []float32 {
+	rs := p.R * p.S
+	wf := growF32(&c.wflip, p.K*p.C*rs)
+	c.parallel(p.K, max(1, 4096/(p.C*rs)), func(lo, hi int) {
+		for k := lo; k < hi; k++ {
+			for ch := 0; ch < p.C; ch++ {
+				src, dst := w[(k*p.C+ch)*rs:][:rs], wf[(ch*p.K+k)*rs:][:rs]
+				for i, v := range src {
+					dst[rs-1-i] = v
+				}
+			}
+		}
+	})
+	return wf
 }
 
 // Conv2dBackwardData implements Backend.
@@ -262,6 +518,11 @@ func (c *CPU) Conv2dBackwardData(dx, dy, w *Tensor, p ConvParams) {
 		for n := 0; n < p.N; n++ {
 			gemm.Sgemm(true, false, p.C, pq, p.K, 1, wd, p.C, dyd[n*kpq:], pq, 0, dxd[n*chw:], pq, c.threads)
 		}
+		return
+	}
+	if pt, ok := transposedConv(p); ok && c.plan(p).full(p) {
+		// A forward convolution of dy: implicit GEMM with long k, no col2im.
+		c.convForward(dxd, dyd, c.flipWeights(wd, p), pt)
 		return
 	}
 	pl := c.plan(p)
@@ -282,6 +543,89 @@ func (c *CPU) Conv2dBackwardData(dx, dy, w *Tensor, p ConvParams) {
 	}
 }
 
+// perImagePlane is the output plane size (P*Q) from which convolutions run
+// one product per image: each is then big enough to share among threads,
+// and the batch-wide product's output scatter (forward) or dY gather
+// (backward-filter), and their scratch, are saved.
+const perImagePlane = 256
+
+// filterChunkCols is the dW width (C*T) below which the backward-filter
+// product is split over images instead of over dW: a product that narrow
+// has too few column tiles to share among threads (the stem's 7x7 conv:
+// 147 columns), and every thread would pack all of dY.
+const filterChunkCols = 256
+
+// filterChunks is the number of image chunks of the backward-filter
+// product of p (1: one product over the batch). It depends on the shape
+// only, so the summation order never depends on the thread count.
+func filterChunks(p ConvParams, ct int) int {
+	if ct >= filterChunkCols || p.N < 2 {
+		return 1
+	}
+	return min(p.N, 8)
+}
+
+// filterByChunks computes dst = beta*dst + dY * col^T (K x CT) as the sum
+// of one single-threaded product per chunk of images (chunks share the
+// threads), each into its own partial, then adds the partials to dst in
+// chunk order.
+func (c *CPU) filterByChunks(dst []float32, beta float32, xp, dyd []float32, p ConvParams, pl *convPlan, chunks int) {
+	pq := p.P() * p.Q()
+	T := len(pl.taps)
+	ct := p.C * T
+	kct := p.K * ct
+	per := (p.N + chunks - 1) / chunks
+	partial := growF32(&c.dwpart, chunks*kct)
+	var m []float32
+	if pq < perImagePlane {
+		m = growF32(&c.tmp, p.K*p.N*pq)
+	}
+	ph := pl.plane()
+	for len(c.work) < c.threads {
+		c.work = append(c.work, new(gemm.Workspace))
+	}
+	c.parallelParts(chunks, 1, func(part, lo, hi int) {
+		for ch := lo; ch < hi; ch++ {
+			n0 := ch * per
+			g := min(per, p.N-n0)
+			out := partial[ch*kct:][:kct]
+			if g <= 0 {
+				clear(out)
+				continue
+			}
+			if pq >= perImagePlane { // one product per image, in order
+				for i := 0; i < g; i++ {
+					bp := &convB{x: xp[(n0+i)*p.C*ph:], C: p.C, T: T, pq: pq, pl: pl, trans: true}
+					c.work[part].SgemmPacker(false, p.K, ct, pq, 1, dyd[(n0+i)*p.K*pq:], pq, bp, float32(min(i, 1)), out, ct)
+				}
+				continue
+			}
+			ld := g * pq
+			a := m[n0*p.K*pq:][:p.K*ld]
+			for i := 0; i < g; i++ { // dY of the chunk as K x g*PQ
+				for k := 0; k < p.K; k++ {
+					copy(a[k*ld+i*pq:][:pq], dyd[((n0+i)*p.K+k)*pq:][:pq])
+				}
+			}
+			bp := &convB{x: xp[n0*p.C*ph:], C: p.C, T: T, pq: pq, pl: pl, trans: true}
+			c.work[part].SgemmPacker(false, p.K, ct, ld, 1, a, ld, bp, 0, out, ct)
+		}
+	})
+	c.parallel(kct, elemGrain, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			v := partial[i]
+			for ch := 1; ch < chunks; ch++ {
+				v += partial[ch*kct+i]
+			}
+			if beta == 0 {
+				dst[i] = v
+			} else {
+				dst[i] += v
+			}
+		}
+	})
+}
+
 // Conv2dBackwardFilter implements Backend.
 func (c *CPU) Conv2dBackwardFilter(dw, x, dy *Tensor, p ConvParams) {
 	dwd, xd, dyd := mustHost(dw), mustHost(x), mustHost(dy)
@@ -297,33 +641,44 @@ func (c *CPU) Conv2dBackwardFilter(dw, x, dy *Tensor, p ConvParams) {
 	pl := c.plan(p)
 	T := len(pl.taps)
 	ct := p.C * T
-	// With dead taps the product goes to a K x C*T scratch (assigned by
-	// the first chunk, accumulated by the others), added to dw at the end.
+	// With dead taps the product goes to a K x C*T scratch, added to dw
+	// afterwards.
 	dst, beta := dwd, float32(1)
 	if !pl.full(p) {
 		dst, beta = growF32(&c.dwlive, p.K*ct), 0
 	}
-	G := convChunk(p, T)
-	col := growF32(&c.col, ct*G*pq)
-	for n0 := 0; n0 < p.N; n0 += G {
-		g := min(G, p.N-n0)
-		ld := g * pq
-		c.im2col(col, ld, xd, n0, g, p, pl)
-		m := dyd[n0*kpq:]
-		if g > 1 {
-			m = growF32(&c.tmp, p.K*ld)
-			c.gatherChunk(m, dyd, n0, g, p.K, pq)
+	xp := c.padInput(xd, p, pl)
+	ld := p.N * pq
+	if chunks := filterChunks(p, ct); chunks > 1 {
+		c.filterByChunks(dst, beta, xp, dyd, p, pl, chunks)
+	} else if pq >= perImagePlane {
+		// One product per image, accumulated in image order: dY of an
+		// image is already K x PQ (no gather, no scratch).
+		ph := pl.plane()
+		for n := 0; n < p.N; n++ {
+			bp := &convB{x: xp[n*p.C*ph:], C: p.C, T: T, pq: pq, pl: pl, trans: true}
+			gemm.SgemmPacker(false, p.K, ct, pq, 1, dyd[n*kpq:], pq, bp, beta, dst, ct, c.threads)
+			beta = 1
 		}
-		gemm.Sgemm(false, true, p.K, ct, ld, 1, m, ld, col, ld, beta, dst, ct, c.threads)
-		beta = 1
+	} else {
+		// One product over the whole batch: k = N*P*Q, summed in increasing k.
+		m := dyd
+		if p.N > 1 {
+			m = growF32(&c.tmp, p.K*ld)
+			c.gatherChunk(m, dyd, 0, p.N, p.K, pq)
+		}
+		bp := &convB{x: xp, C: p.C, T: T, pq: pq, pl: pl, trans: true}
+		gemm.SgemmPacker(false, p.K, ct, ld, 1, m, ld, bp, beta, dst, ct, c.threads)
 	}
 	if !pl.full(p) {
 		rs := p.R * p.S
-		for kc := 0; kc < p.K*p.C; kc++ {
-			d, s := dwd[kc*rs:][:rs], dst[kc*T:][:T]
-			for t, tap := range pl.taps {
-				d[tap] += s[t]
+		c.parallel(p.K*p.C, 4096, func(lo, hi int) {
+			for kc := lo; kc < hi; kc++ {
+				d, s := dwd[kc*rs:][:rs], dst[kc*T:][:T]
+				for t, tap := range pl.taps {
+					d[tap] += s[t]
+				}
 			}
-		}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 )
 
 // Memory and elementwise ops of the CPU backend, plus the helper that splits
@@ -17,16 +18,23 @@ import (
 
 var _ Backend = (*CPU)(nil)
 
-// parallel runs fn over [0,n) split into at most c.threads contiguous
-// ranges. grain is the smallest range worth a goroutine. fn must only write
-// outputs that belong to its own range.
+// parallel runs fn over [0,n) split into contiguous ranges on at most
+// c.threads goroutines. grain is the smallest range worth a goroutine. The
+// ranges (up to parallelSlack per goroutine) are taken from a shared counter,
+// so a goroutine delayed by a busy core does not hold up the others; fn may
+// therefore run several ranges on one goroutine, and must only write outputs
+// that belong to its own range (which is what keeps results independent of
+// the partition).
 func (c *CPU) parallel(n, grain int, fn func(lo, hi int)) {
 	c.parallelParts(n, grain, func(_, lo, hi int) { fn(lo, hi) })
 }
 
-// parallelParts is parallel that also tells fn which part (0 <= part <
-// c.threads) it runs, for per-goroutine scratch memory. Part 0 runs on the
-// calling goroutine.
+// parallelSlack is how many ranges parallel cuts per goroutine.
+const parallelSlack = 4
+
+// parallelParts is parallel that also tells fn which goroutine (0 <= part
+// < c.threads) runs the range, for per-goroutine scratch memory. Part 0 is
+// the calling goroutine.
 func (c *CPU) parallelParts(n, grain int, fn func(part, lo, hi int)) {
 	if n <= 0 {
 		return
@@ -34,24 +42,32 @@ func (c *CPU) parallelParts(n, grain int, fn func(part, lo, hi int)) {
 	if grain < 1 {
 		grain = 1
 	}
-	parts := c.threads
-	if maxParts := (n + grain - 1) / grain; parts > maxParts {
-		parts = maxParts
-	}
-	if parts <= 1 {
+	units := (n + grain - 1) / grain
+	workers := min(c.threads, units)
+	if workers <= 1 {
 		fn(0, 0, n)
 		return
 	}
+	chunks := min(units, workers*parallelSlack)
+	var next atomic.Int64
+	run := func(part int) {
+		for {
+			i := int(next.Add(1) - 1)
+			if i >= chunks {
+				return
+			}
+			fn(part, i*n/chunks, (i+1)*n/chunks)
+		}
+	}
 	var wg sync.WaitGroup
-	wg.Add(parts - 1)
-	for t := 1; t < parts; t++ {
-		lo, hi := t*n/parts, (t+1)*n/parts
+	wg.Add(workers - 1)
+	for t := 1; t < workers; t++ {
 		go func() {
 			defer wg.Done()
-			fn(t, lo, hi)
+			run(t)
 		}()
 	}
-	fn(0, 0, n/parts)
+	run(0)
 	wg.Wait()
 }
 
@@ -119,33 +135,27 @@ func (c *CPU) Fill(t *Tensor, v float32) {
 // Sync implements Backend; CPU ops are synchronous.
 func (c *CPU) Sync() error { return nil }
 
-// ReLU implements Backend.
+// ReLU implements Backend (branch-free: see relu32).
 func (c *CPU) ReLU(y, x *Tensor) {
 	checkSameNumel("ReLU", y, x)
 	yd, xd := mustHost(y), mustHost(x)
 	c.parallel(len(yd), elemGrain, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			v := xd[i]
-			if !(v > 0) && v == v { // keep NaN, as torch does
-				v = 0
-			}
-			yd[i] = v
+		out, in := yd[lo:hi], xd[lo:hi]
+		for i := range out {
+			out[i] = relu32(in[i]) // keeps NaN, as torch does
 		}
 	})
 }
 
-// ReLUBackward implements Backend.
+// ReLUBackward implements Backend (branch-free: see positiveMask).
 func (c *CPU) ReLUBackward(dx, dy, y *Tensor) {
 	checkSameNumel("ReLUBackward", dx, dy)
 	checkSameNumel("ReLUBackward", dx, y)
 	dxd, dyd, yd := mustHost(dx), mustHost(dy), mustHost(y)
 	c.parallel(len(dxd), elemGrain, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			if yd[i] > 0 {
-				dxd[i] = dyd[i]
-			} else {
-				dxd[i] = 0
-			}
+		out, g, ys := dxd[lo:hi], dyd[lo:hi], yd[lo:hi]
+		for i := range out {
+			out[i] = math.Float32frombits(math.Float32bits(g[i]) & positiveMask(ys[i]))
 		}
 	})
 }

@@ -42,13 +42,32 @@ func hostData(what string, t *Tensor, n int) []float32 {
 
 // fma32 returns a*b+c rounded once to float32, as an FMA instruction does.
 //
+// Fast path: math.FMA (one hardware instruction where the CPU has FMA)
+// rounds the exact value once to float64; rounding that to float32 is the
+// correct rounding of the exact value unless the float64 result sits
+// exactly on a float32 rounding midpoint (low 29 mantissa bits 1000...0)
+// or below float32's normal range (where float32 has fewer bits), the only
+// cases where double rounding can differ. Those, zeros, infinities and NaNs
+// take fma32Exact.
+func fma32(a, b, c float32) float32 {
+	r := math.FMA(float64(a), float64(b), float64(c))
+	u := math.Float64bits(r)
+	// Biased exponent in [897, 2047): 2^-126 <= |r| < Inf (and not NaN).
+	if (u>>52)&0x7ff-897 < 0x7ff-897 && u&0x1fffffff != 0x10000000 {
+		return float32(r)
+	}
+	return fma32Exact(a, b, c)
+}
+
+// fma32Exact is fma32 without hardware help.
+//
 // The product of two float32 values is exact in float64; the sum is
 // rounded to float64 with its exact error recovered (TwoSum), then rounded
 // to odd (an inexact result with an even last bit moves one float64 ulp
 // towards the exact value). Rounding a round-to-odd value with 53 bits to
 // 24 bits is correct rounding of the exact value, so no double-rounding
 // error can occur.
-func fma32(a, b, c float32) float32 {
+func fma32Exact(a, b, c float32) float32 {
 	p := float64(a) * float64(b) // exact
 	cc := float64(c)
 	s := float64(p + cc)
@@ -92,7 +111,11 @@ func (c *CPU) SGDStep(p, g, buf *Tensor, o SGDParams, first bool) {
 		bd = hostData("momentum buffer", buf, n)
 	}
 	nesterov := o.Nesterov
+	vector := mom != 0 && !first && damp1 == 1 && !nesterov && wd != 0
 	c.parallel(n, elemGrain, func(lo, hi int) {
+		if vector { // the common case, bit-identical (cpu_sgd_amd64.go)
+			lo += sgdMomentumVector(pd[lo:hi], gd[lo:hi], bd[lo:hi], wd, mom, negLR)
+		}
 		for i := lo; i < hi; i++ {
 			d := gd[i]
 			if wd != 0 {
@@ -101,7 +124,12 @@ func (c *CPU) SGDStep(p, g, buf *Tensor, o SGDParams, first bool) {
 			if mom != 0 {
 				b := d
 				if !first {
-					b = fma32(d, damp1, float32(bd[i]*mom))
+					bm := float32(bd[i] * mom) // the conversion forbids fusing
+					if damp1 == 1 {
+						b = d + bm // = fma32(d, 1, bm): one float32 rounding either way
+					} else {
+						b = fma32(d, damp1, bm)
+					}
 				}
 				bd[i] = b
 				if nesterov {

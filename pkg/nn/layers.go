@@ -164,6 +164,21 @@ func (l *Conv2d) params() []*Param {
 
 func (l *Conv2d) free() { l.y.free(l.e.b); l.x = nil }
 
+// FusedOps is an optional Backend capability: a ReLU folded into the pass
+// of its neighbour. Each op computes bit-for-bit what the separate ops
+// compute (same float32 operations in the same order), with one pass over
+// memory fewer. Layers check for it with a type assertion and fall back to
+// the separate ops; pkg/gpu need not implement it.
+type FusedOps interface {
+	// BatchNormReLUForward: BatchNormForward(y, x, ...) then ReLU(y, y).
+	BatchNormReLUForward(y, x, mean, invStd, gamma, beta *Tensor)
+	// AddReLU: Add(y, a, b) then ReLU(y, y); y may alias a or b.
+	AddReLU(y, a, b *Tensor)
+	// ReLUBatchNormBackwardStats: ReLUBackward(dy, dy, y) (dy is masked in
+	// place) then BatchNormBackwardStats(sumDy, sumDyXhat, dy, x, mean, invStd).
+	ReLUBatchNormBackwardStats(sumDy, sumDyXhat, dy, y, x, mean, invStd *Tensor)
+}
+
 // ----------------------------------------------------------- BatchNorm2d
 
 // BatchNorm2d is torch.nn.BatchNorm2d (affine, tracking running stats),
@@ -192,6 +207,13 @@ type BatchNorm2d struct {
 	gSumDy     *Tensor // (C) all-reduced Σ dy (SyncBN), or zero in eval
 	gSumDyXhat *Tensor // (C) all-reduced Σ dy*xhat (SyncBN), or zero in eval
 	pack       []float32
+
+	// Fusion with an in-place ReLU that follows (set by the builder):
+	// Forward then applies the ReLU itself (FusedOps), and the ReLU's
+	// Backward leaves its mask to this layer's Backward.
+	relu   *ReLU
+	maskDy *Tensor // dy whose ReLU mask (by maskY) is still to be applied
+	maskY  *Tensor
 }
 
 // countSplit packs a count into two float32 values that add exactly across
@@ -252,6 +274,9 @@ func (l *BatchNorm2d) Forward(x *Tensor) (*Tensor, error) {
 	n, _, hw := planeSize(x)
 	m := n * hw
 	y := l.y.get(b, x.Shape...)
+	if l.relu != nil {
+		l.relu.done = nil
+	}
 	if l.Train {
 		b.BatchNormStats(l.sum, l.sumSq, x)
 		if l.Reducer != nil {
@@ -266,7 +291,12 @@ func (l *BatchNorm2d) Forward(x *Tensor) (*Tensor, error) {
 		b.BatchNormStatsFinish(l.mean, l.invStd, l.RunningMean.Value, l.RunningVar.Value,
 			l.sum, l.sumSq, m, l.Momentum, l.Eps)
 		*l.Tracked.Count++
-		b.BatchNormForward(y, x, l.mean, l.invStd, l.Weight.Value, l.Bias.Value)
+		if f, ok := b.(FusedOps); ok && l.relu != nil && l.relu.InPlace {
+			f.BatchNormReLUForward(y, x, l.mean, l.invStd, l.Weight.Value, l.Bias.Value)
+			l.relu.done = y
+		} else {
+			b.BatchNormForward(y, x, l.mean, l.invStd, l.Weight.Value, l.Bias.Value)
+		}
 	} else {
 		b.BatchNormInvStd(l.invStd, l.RunningVar.Value, l.Eps)
 		b.BatchNormForward(y, x, l.RunningMean.Value, l.invStd, l.Weight.Value, l.Bias.Value)
@@ -287,7 +317,15 @@ func (l *BatchNorm2d) Backward(dy *Tensor, needDx bool) (*Tensor, error) {
 	if !l.trained {
 		mean = l.RunningMean.Value
 	}
-	b.BatchNormBackwardStats(l.sumDy, l.sumDyXhat, dy, l.x, mean, l.invStd)
+	if f, ok := b.(FusedOps); ok && l.maskDy == dy {
+		f.ReLUBatchNormBackwardStats(l.sumDy, l.sumDyXhat, dy, l.maskY, l.x, mean, l.invStd)
+	} else {
+		if l.maskDy != nil { // a mask left by the ReLU for another dy: apply it alone
+			b.ReLUBackward(l.maskDy, l.maskDy, l.maskY)
+		}
+		b.BatchNormBackwardStats(l.sumDy, l.sumDyXhat, dy, l.x, mean, l.invStd)
+	}
+	l.maskDy, l.maskY = nil, nil
 	if !l.Bias.Frozen {
 		b.Axpy(l.Bias.Grad, 1, l.sumDy)
 	}
@@ -341,6 +379,12 @@ type ReLU struct {
 	e *env
 	y actBuf  // own output when not in place
 	o *Tensor // the output of the last forward (saved for the mask)
+
+	// Fusion with the BatchNorm2d before it (set by the builder): done is
+	// the BN output the BN already passed through the ReLU (FusedOps), and
+	// Backward hands its mask to bn when the backend fuses it.
+	bn   *BatchNorm2d
+	done *Tensor
 }
 
 // OutShape implements unit.
@@ -348,6 +392,11 @@ func (l *ReLU) OutShape(in []int) ([]int, error) { return append([]int(nil), in.
 
 // Forward: y = max(x, 0).
 func (l *ReLU) Forward(x *Tensor) (*Tensor, error) {
+	if l.InPlace && l.done == x { // the BatchNorm2d before applied it
+		l.done, l.o = nil, x
+		return x, nil
+	}
+	l.done = nil
 	y := x
 	if !l.InPlace {
 		y = l.y.get(l.e.b, x.Shape...)
@@ -365,6 +414,12 @@ func (l *ReLU) Backward(dy *Tensor, needDx bool) (*Tensor, error) {
 	if !needDx {
 		return nil, nil
 	}
+	if _, ok := l.e.b.(FusedOps); ok && l.InPlace && l.bn != nil && l.bn.y.view == l.o {
+		// The BatchNorm2d's Backward, next, masks dy in place while it
+		// computes its sums.
+		l.bn.maskDy, l.bn.maskY = dy, l.o
+		return dy, nil
+	}
 	dx := dy
 	if !l.InPlace {
 		dx = l.e.temp(dy.Shape...)
@@ -375,6 +430,18 @@ func (l *ReLU) Backward(dy *Tensor, needDx bool) (*Tensor, error) {
 
 func (l *ReLU) params() []*Param { return nil }
 func (l *ReLU) free()            { l.y.free(l.e.b); l.o = nil }
+
+// fuseBNReLU links every BatchNorm2d directly followed by an in-place ReLU
+// in units, so that a backend with FusedOps runs them as one pass.
+func fuseBNReLU(units []unit) {
+	for i := 0; i+1 < len(units); i++ {
+		bn, ok1 := units[i].(*BatchNorm2d)
+		r, ok2 := units[i+1].(*ReLU)
+		if ok1 && ok2 && r.InPlace {
+			bn.relu, r.bn = r, bn
+		}
+	}
+}
 
 // ------------------------------------------------------------- MaxPool2d
 

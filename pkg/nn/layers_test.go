@@ -85,6 +85,11 @@ func TestConv2dLayerMatchesRef(t *testing.T) {
 		{2, 6, 16, 16, 5, 1, 1, 0, false, 0}, // direct 1x1 path
 		{4, 6, 7, 5, 8, 1, 2, 0, false, 0},   // strided 1x1 (downsample)
 		{2, 2, 3, 3, 3, 3, 1, 1, true, 0},
+		// Dead taps (only padding under them) are left out of the product:
+		{3, 5, 1, 1, 4, 3, 1, 1, false, 0},   // 1x1 plane: centre tap only
+		{3, 5, 1, 1, 4, 3, 1, 1, true, 20},   // the same, one image per chunk
+		{3, 4, 2, 2, 6, 3, 2, 1, false, 0},   // 2x2 -> 1x1, stride 2: 4 live taps
+		{2, 3, 2, 3, 4, 7, 2, 3, false, 100}, // 7x7 over a tiny plane, chunks
 	}
 	for i, tc := range cases {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {

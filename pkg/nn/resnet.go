@@ -155,6 +155,7 @@ func buildResNet(b Backend, cfg ResNetConfig) (*Model, *builder, error) {
 	}
 	m.fc = bd.linear("fc", inC, cfg.Classes)
 	m.units = append(m.units, m.fc)
+	fuseBNReLU(m.units) // the stem's bn1 + relu
 
 	m.params, m.buffers = bd.params, bd.buffers
 	m.reindex()

@@ -52,6 +52,32 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 	sgemm(active(), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads)
 }
 
+// BPacker supplies op(B) to SgemmPacker without a stored matrix: it writes
+// packed blocks of op(B) (k x n) straight into the micro-kernel's layout,
+// for instance gathering a convolution's column matrix from the image
+// itself (implicit im2col).
+type BPacker interface {
+	// PackB writes op(B)[p0:p0+kc, j0:j0+nc] into dst as ceil(nc/nr)
+	// micro-panels: panel q starts at dst[q*nr*kc], and holds kc groups of
+	// nr values (k-major): dst[q*nr*kc + p*nr + c] = op(B)[p0+p, j0+q*nr+c],
+	// and 0 for columns at or past nc. scratch (at least nr*kc values) is
+	// the calling goroutine's, free for the packer's use during the call.
+	// It is called concurrently from several goroutines (on disjoint dst
+	// and scratch) and must only read shared state.
+	PackB(dst, scratch []float32, nr, p0, kc, j0, nc int)
+}
+
+// SgemmPacker is Sgemm with op(B) supplied by bp (k x n) instead of a
+// matrix: C = alpha * op(A) * op(B) + beta * C. Given the same values of
+// op(B), the result is bit-identical to Sgemm's, for any thread count.
+func SgemmPacker(transA bool, m, n, k int, alpha float32, a []float32, lda int,
+	bp BPacker, beta float32, c []float32, ldc int, threads int) {
+	if err := checkPackerArgs(transA, m, n, k, len(a), lda, bp, len(c), ldc); err != nil {
+		panic(err)
+	}
+	sgemmPacker(active(), transA, m, n, k, alpha, a, lda, bp, beta, c, ldc, threads)
+}
+
 // ArgError describes an invalid Sgemm argument.
 type ArgError struct {
 	Arg    string // the argument's name, e.g. "lda"
@@ -88,6 +114,28 @@ func checkArgs(transA, transB bool, m, n, k, lenA, lda, lenB, ldb, lenC, ldc int
 	return checkMatrix("c", "ldc", m, n, lenC, ldc)
 }
 
+// checkPackerArgs validates SgemmPacker's arguments.
+func checkPackerArgs(transA bool, m, n, k, lenA, lda int, bp BPacker, lenC, ldc int) error {
+	switch {
+	case m < 0:
+		return &ArgError{"m", fmt.Sprintf("negative (%d)", m)}
+	case n < 0:
+		return &ArgError{"n", fmt.Sprintf("negative (%d)", n)}
+	case k < 0:
+		return &ArgError{"k", fmt.Sprintf("negative (%d)", k)}
+	case bp == nil:
+		return &ArgError{"bp", "nil"}
+	}
+	ar, ac := m, k
+	if transA {
+		ar, ac = k, m
+	}
+	if err := checkMatrix("a", "lda", ar, ac, lenA, lda); err != nil {
+		return err
+	}
+	return checkMatrix("c", "ldc", m, n, lenC, ldc)
+}
+
 func checkMatrix(name, ldName string, rows, cols, length, ld int) error {
 	if ld < max(cols, 1) {
 		return &ArgError{ldName, fmt.Sprintf("%d < max(1, %d columns)", ld, cols)}
@@ -112,6 +160,20 @@ const (
 // sgemm is Sgemm on validated arguments with an explicit kernel.
 func sgemm(kern *kernel, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
 	b []float32, ldb int, beta float32, c []float32, ldc int, threads int) {
+	run(&problem{kern: kern, transA: transA, transB: transB, m: m, n: n, k: k,
+		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc}, threads)
+}
+
+// sgemmPacker is SgemmPacker on validated arguments with an explicit kernel.
+func sgemmPacker(kern *kernel, transA bool, m, n, k int, alpha float32, a []float32, lda int,
+	bp BPacker, beta float32, c []float32, ldc int, threads int) {
+	run(&problem{kern: kern, transA: transA, m: m, n: n, k: k,
+		alpha: alpha, a: a, lda: lda, bp: bp, beta: beta, c: c, ldc: ldc}, threads)
+}
+
+// run computes the problem p on up to threads goroutines.
+func run(p *problem, threads int) {
+	kern, m, n, k, alpha, beta, c, ldc := p.kern, p.m, p.n, p.k, p.alpha, p.beta, p.c, p.ldc
 	if m == 0 || n == 0 {
 		return
 	}
@@ -122,10 +184,6 @@ func sgemm(kern *kernel, transA, transB bool, m, n, k int, alpha float32, a []fl
 	// Waking a helper costs microseconds: give each at least minChunkFlop.
 	flop := 2 * float64(m) * float64(n) * float64(k)
 	threads = max(1, min(threads, int(min(flop/minChunkFlop, maxThreads))))
-	p := &problem{
-		kern: kern, transA: transA, transB: transB, m: m, n: n, k: k,
-		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
-	}
 	nch := p.plan(threads)
 	if nch == 1 || threads == 1 {
 		buf := getBuffers(kern)
@@ -163,6 +221,7 @@ type problem struct {
 	alpha, beta    float32
 	a, b, c        []float32
 	lda, ldb, ldc  int
+	bp             BPacker // when not nil, packs op(B) instead of b
 
 	// Chunks: C is cut along one dimension (rows if splitM, else columns)
 	// into nch slabs; slab i is [bound(i), bound(i+1)).
@@ -247,7 +306,11 @@ func (p *problem) block(buf *buffers, i0, i1, j0, j1 int) {
 			packA(kn, buf.a, p.a, p.lda, p.transA, ic, mc, pc, kc)
 			for jc := j0; jc < j1; jc += ncMax {
 				nc := min(ncMax, j1-jc)
-				packB(kn, buf.b, p.b, p.ldb, p.transB, pc, kc, jc, nc)
+				if p.bp != nil {
+					p.bp.PackB(buf.b, buf.scr, nr, pc, kc, jc, nc)
+				} else {
+					packB(kn, buf.b, p.b, p.ldb, p.transB, pc, kc, jc, nc)
+				}
 				for ir := 0; ir < mc; ir += mr {
 					ap := buf.a[ir*kc : (ir+mr)*kc]
 					rows := min(mr, mc-ir)
@@ -285,6 +348,7 @@ type buffers struct {
 	a    []float32 // packed A block: mc/mr micro-panels of kc x mr
 	b    []float32 // packed B block: nc/nr micro-panels of kc x nr
 	tile []float32 // mr x nr scratch tile for edges
+	scr  []float32 // nr x kc scratch for a BPacker
 }
 
 func newBuffers(kn *kernel) *buffers {
@@ -295,8 +359,42 @@ func newBuffers(kn *kernel) *buffers {
 		a:    make([]float32, mcr*kn.kc),
 		b:    make([]float32, ncr*kn.kc),
 		tile: make([]float32, kn.mr*kn.nr),
+		scr:  make([]float32, kn.nr*kn.kc),
 	}
 }
 
 // numCPU is used by tests and benchmarks for default thread counts.
 var numCPU = runtime.NumCPU()
+
+// Workspace is one goroutine's packing memory for single-threaded
+// products, for callers that run many independent products in parallel
+// themselves (each goroutine with its own Workspace): no pool traffic and
+// no allocation after the first call. The zero value is ready to use; a
+// Workspace must not be used concurrently.
+type Workspace struct {
+	buf *buffers
+}
+
+// SgemmPacker is the package's SgemmPacker on the calling goroutine only,
+// with w's buffers. Results are bit-identical to SgemmPacker's.
+func (w *Workspace) SgemmPacker(transA bool, m, n, k int, alpha float32, a []float32, lda int,
+	bp BPacker, beta float32, c []float32, ldc int) {
+	if err := checkPackerArgs(transA, m, n, k, len(a), lda, bp, len(c), ldc); err != nil {
+		panic(err)
+	}
+	kern := active()
+	p := &problem{kern: kern, transA: transA, m: m, n: n, k: k,
+		alpha: alpha, a: a, lda: lda, bp: bp, beta: beta, c: c, ldc: ldc}
+	if m == 0 || n == 0 {
+		return
+	}
+	if k == 0 || alpha == 0 {
+		scaleC(m, n, beta, c, ldc)
+		return
+	}
+	if w.buf == nil || w.buf.kern != kern {
+		w.buf = newBuffers(kern)
+	}
+	p.plan(1)
+	p.chunk(w.buf, 0)
+}

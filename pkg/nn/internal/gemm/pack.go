@@ -1,5 +1,7 @@
 package gemm
 
+import "fmt"
+
 // Packing copies a block of op(A) or op(B) into the layout the micro-kernel
 // streams through: op(A)[i0:i0+mc, p0:p0+kc] becomes ceil(mc/mr) micro-panels,
 // panel q holding rows q*mr.. as kc groups of mr values (k-major); op(B)
@@ -77,6 +79,33 @@ func packB(kn *kernel, dst, b []float32, ldb int, trans bool, p0, kc, j0, nc int
 			for p := 0; p < kc; p++ {
 				panel[p*nr+c] = 0
 			}
+		}
+	}
+}
+
+// PackPanelT writes one micro-panel of width nr for a BPacker from w <= nr
+// rows of src (row r starts at src[r*ld] and holds kc values):
+// dst[p*nr+r] = src[r*ld+p] for r < w, and 0 for w <= r < nr. A full panel
+// (w == nr) uses the active path's register transposes where it has them.
+func PackPanelT(dst, src []float32, ld, kc, w, nr int) {
+	if w < 0 || w > nr || kc < 0 || len(dst) < nr*kc || (w > 0 && kc > 0 && len(src) < (w-1)*ld+kc) {
+		panic(&ArgError{"PackPanelT", fmt.Sprintf("w %d nr %d kc %d ld %d len(dst) %d len(src) %d", w, nr, kc, ld, len(dst), len(src))})
+	}
+	if w == 0 || kc == 0 {
+		clear(dst[:nr*kc])
+		return
+	}
+	if kn := active(); w == nr && kn.packT != nil && kn.packT(dst, src, ld, kc, nr) {
+		return
+	}
+	for r := 0; r < w; r++ {
+		for p, v := range src[r*ld : r*ld+kc] {
+			dst[p*nr+r] = v
+		}
+	}
+	for r := w; r < nr; r++ {
+		for p := 0; p < kc; p++ {
+			dst[p*nr+r] = 0
 		}
 	}
 }
