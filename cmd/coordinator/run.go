@@ -121,7 +121,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	n, err := trainSetSize(ctx, spec)
 	if err != nil {
 		if errors.Is(err, data.ErrUnavailable) {
-			return fmt.Errorf("%w\n(or train offline on procedurally drawn images: --dataset synthetic)", err)
+			return fmt.Errorf("%w\n(a local copy of the archive: --cifar-mirror /path/to/cifar-10-binary.tar.gz; or train offline on procedurally drawn images: --dataset synthetic)", err)
 		}
 		return err
 	}
