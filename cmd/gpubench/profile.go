@@ -109,3 +109,41 @@ func (p *profiler) report(w io.Writer, steps int) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// The profiler offers nn.FusedOps so the layers take the same fused path
+// as on the bare backend; a backend without them gets the separate ops,
+// which is what the layers would run.
+var _ nn.FusedOps = (*profiler)(nil)
+
+func (p *profiler) BatchNormReLUForward(y, x, mean, invStd, gamma, beta *nn.Tensor) {
+	p.time("bn+relu forward", func() {
+		if f, ok := p.Backend.(nn.FusedOps); ok {
+			f.BatchNormReLUForward(y, x, mean, invStd, gamma, beta)
+			return
+		}
+		p.Backend.BatchNormForward(y, x, mean, invStd, gamma, beta)
+		p.Backend.ReLU(y, y)
+	})
+}
+
+func (p *profiler) AddReLU(y, a, b *nn.Tensor) {
+	p.time("add+relu", func() {
+		if f, ok := p.Backend.(nn.FusedOps); ok {
+			f.AddReLU(y, a, b)
+			return
+		}
+		p.Backend.Add(y, a, b)
+		p.Backend.ReLU(y, y)
+	})
+}
+
+func (p *profiler) ReLUBatchNormBackwardStats(sumDy, sumDyXhat, dy, y, x, mean, invStd *nn.Tensor) {
+	p.time("relu+bn backward stats", func() {
+		if f, ok := p.Backend.(nn.FusedOps); ok {
+			f.ReLUBatchNormBackwardStats(sumDy, sumDyXhat, dy, y, x, mean, invStd)
+			return
+		}
+		p.Backend.ReLUBackward(dy, dy, y)
+		p.Backend.BatchNormBackwardStats(sumDy, sumDyXhat, dy, x, mean, invStd)
+	})
+}

@@ -38,6 +38,7 @@ const emuShim = `
 #include <string.h>
 #include <stdint.h>
 struct emu_dim3 { unsigned x, y, z; };
+struct alignas(16) float4 { float x, y, z, w; };
 static emu_dim3 blockIdx, threadIdx, blockDim, gridDim;
 #define __global__
 #define __device__
@@ -186,7 +187,12 @@ func newEmuDevice() (*emuDevice, error) {
 }
 
 func (d *emuDevice) alloc(n uint64) (uint64, error) {
-	buf := make([]uint64, (n+7)/8+1)
+	// 16-byte aligned, as cuMemAlloc's (at least 256) is for the _v4
+	// kernels: the block starts at the first aligned word.
+	buf := make([]uint64, (n+7)/8+2)
+	if uintptr(unsafe.Pointer(&buf[0]))%16 != 0 {
+		buf = buf[1:]
+	}
 	p := uint64(uintptr(unsafe.Pointer(&buf[0])))
 	d.blocks[p] = buf
 	return p, nil

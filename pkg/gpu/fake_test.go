@@ -186,6 +186,21 @@ func runAllOps(b *Backend) {
 	b.AdagradStep(fw, fw, s1, nn.AdagradParams{LR: 0.01, Eps: 1e-10, Step: 3})
 	b.RMSpropStep(fw, fw, s1, s2, s3, nn.RMSpropParams{LR: 0.01, Alpha: 0.99, Eps: 1e-8, Momentum: 0.9, Centered: true})
 	_ = b.CountNonFinite(fw)
+	// The fused ops, and the scalar paths the float4 kernels leave to an
+	// odd H*W (BN) or a view off a 16-byte boundary (flat ops).
+	b.BatchNormReLUForward(y2, y, mean, inv, gam, bet)
+	b.AddReLU(y2, y2, y)
+	b.ReLUBatchNormBackwardStats(sum, sq, y2, y, y, mean, inv)
+	odd, odd2 := b.New(2, 8, 5, 5), b.New(2, 8, 5, 5)
+	b.BatchNormForward(odd2, odd, mean, inv, gam, bet)
+	b.BatchNormReLUForward(odd2, odd, mean, inv, gam, bet)
+	b.BatchNormBackward(odd2, odd2, odd, mean, inv, gam, sum, sq, 2*5*5)
+	u1, u2 := odd.View(1, 7, 3), odd2.View(1, 7, 3)
+	b.Add(u2, u2, u1)
+	b.AddReLU(u2, u2, u1)
+	b.ReLUBackward(u2, u2, u1)
+	b.Free(odd)
+	b.Free(odd2)
 	out := make([]float32, y.Numel())
 	b.ToHost(out, y)
 

@@ -283,8 +283,7 @@ func (b *Backend) BatchNormForward(y, x, mean, invStd, gamma, beta *nn.Tensor) {
 	if !b.begin() || !b.devs(y, x, mean, invStd, gamma, beta) {
 		return
 	}
-	_, c, hw := dims4(x)
-	b.elem("k_bn_forward", x.Numel(), a(y, x, mean, invStd, gamma, beta, c, hw, x.Numel()))
+	b.bnForward(y, x, mean, invStd, gamma, beta, false)
 }
 
 // BatchNormBackwardStats implements nn.Backend.
@@ -304,6 +303,10 @@ func (b *Backend) BatchNormBackward(dx, dy, x, mean, invStd, gamma, sumDy, sumDy
 		return
 	}
 	_, c, hw := dims4(x)
+	if n := x.Numel(); hw%4 == 0 && n > 0 && aligned16(dx, dy, x) {
+		b.vecLaunch("k_bn_backward_v4", n/4, a(dx, dy, x, mean, invStd, gamma, sumDy, sumDyXhat, c, hw/4, n/4, float64(m)))
+		return
+	}
 	b.elem("k_bn_backward", x.Numel(), a(dx, dy, x, mean, invStd, gamma, sumDy, sumDyXhat, c, hw, x.Numel(), float64(m)))
 }
 
@@ -354,6 +357,10 @@ func (b *Backend) ReLUBackward(dx, dy, y *nn.Tensor) {
 	if !b.begin() || !b.devs(dx, dy, y) || !b.sameSize("ReLUBackward", dx, dy, y) {
 		return
 	}
+	if n := dx.Numel(); n > 0 && aligned16(dx, dy, y) {
+		b.vecLaunch("k_relu_bwd_v4", n/4, a(dx, dy, y, n/4, n))
+		return
+	}
 	b.elem("k_relu_bwd", dx.Numel(), a(dx, dy, y, dx.Numel()))
 }
 
@@ -363,7 +370,7 @@ func (b *Backend) Add(y, x1, x2 *nn.Tensor) {
 	if !b.begin() || !b.devs(y, x1, x2) || !b.sameSize("Add", y, x1, x2) {
 		return
 	}
-	b.elem("k_add", y.Numel(), a(y, x1, x2, y.Numel()))
+	b.add(y, x1, x2, false)
 }
 
 // Axpy implements nn.Backend.

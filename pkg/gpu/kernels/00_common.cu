@@ -23,6 +23,18 @@ __device__ __forceinline__ bf16 f2bf(float f) {
   return (bf16)(u >> 16);
 }
 
+// relu32 as pkg/nn's CPU backend: NaN kept, -0 and negatives become +0.
+__device__ __forceinline__ float relu32(float v) {
+  u32 u = __float_as_uint(v);
+  u32 keep = ((u >> 31) == 0u || (u & 0x7fffffffu) > 0x7f800000u) ? 0xffffffffu : 0u;
+  return __uint_as_float(u & keep);
+}
+
+// posmask: all ones where y > 0 (not NaN, not +-0, not negative).
+__device__ __forceinline__ u32 posmask(float y) {
+  return y > 0.f ? 0xffffffffu : 0u;
+}
+
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16* p, float v) { *p = f2bf(v); }
 

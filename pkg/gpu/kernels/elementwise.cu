@@ -1,10 +1,7 @@
 // elementwise: ReLU, add, axpy, scale, mul, channel bias, casts.
 
 extern "C" __global__ void k_relu(float* y, const float* x, u32 n) {
-  GRID_LOOP(i, n) {
-    float v = x[i];
-    y[i] = v > 0.f ? v : 0.f;
-  }
+  GRID_LOOP(i, n) { y[i] = relu32(x[i]); }  // keeps NaN, as pkg/nn's CPU backend
 }
 
 // dx = dy where y > 0 else 0 (dx may alias dy).
