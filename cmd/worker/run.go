@@ -14,7 +14,7 @@ func runCmd() *cobra.Command {
 		Use:   "run --coordinator ADDR[,ADDR...]",
 		Short: "Join a job and train (what the coordinator's --workers N starts)",
 		Example: `  worker run --coordinator 10.0.0.5:7070
-  worker run --coordinator c0:7070,c1:7070,c2:7070 --listen 0.0.0.0:7080 --device cuda`,
+  worker run --coordinator c0:7070,c1:7070,c2:7070 --listen 0.0.0.0:7080 --advertise $(hostname -i):7080 --device cuda`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := cli.NewLogger("worker")
@@ -30,6 +30,7 @@ func runCmd() *cobra.Command {
 	f.StringSliceVar(&cfg.Coordinators, "coordinator", []string{"127.0.0.1:7070"}, "coordinator control address(es); any replica works")
 	f.StringVar(&cfg.ID, "id", "", "worker id, unique in the job (default hostname-pid)")
 	f.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:0", "ring (data-plane) listen address")
+	f.StringVar(&cfg.Advertise, "advertise", "", "ring address other workers dial (required when --listen is a wildcard such as 0.0.0.0:7080)")
 	f.StringVar(&cfg.Device, "device", "", "cpu | cuda | auto (default: the job's)")
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (default: the job's)")
 	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 0, "give up when the coordinator or etcd does not answer within this (default 15s)")

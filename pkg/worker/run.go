@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -32,8 +33,11 @@ type Config struct {
 	ID           string   // unique in the job (default: hostname-pid)
 	Coordinators []string // control addresses of the coordinator replicas
 	ListenAddr   string   // ring endpoint (default 127.0.0.1:0)
-	Device       string   // overrides the spec's device when set
-	Threads      int      // overrides the spec's threads when > 0
+	// Advertise is the ring address other workers dial (default: the
+	// listener's address, which must then not be a wildcard like 0.0.0.0).
+	Advertise string
+	Device    string // overrides the spec's device when set
+	Threads   int    // overrides the spec's threads when > 0
 	// JoinTimeout bounds reaching the coordinator and etcd (default 15 s):
 	// a worker that cannot reach them fails with a clear error.
 	JoinTimeout time.Duration
@@ -88,7 +92,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer tr.Close()
-	addr, err := tr.Listen(cfg.ListenAddr)
+	laddr, err := tr.Listen(cfg.ListenAddr)
+	if err != nil {
+		return err
+	}
+	addr, err := advertised(laddr, cfg.Advertise)
 	if err != nil {
 		return err
 	}
@@ -315,6 +323,23 @@ func (w *runner) drainReports() {
 			return
 		}
 	}
+}
+
+// advertised is the ring address to register: adv when given, else the
+// listener's address, refused when it is a wildcard (other workers could
+// not dial it).
+func advertised(l net.Addr, adv string) (net.Addr, error) {
+	if adv != "" {
+		a, err := net.ResolveTCPAddr("tcp", adv)
+		if err != nil {
+			return nil, fmt.Errorf("worker: --advertise %q: %w", adv, err)
+		}
+		return a, nil
+	}
+	if t, ok := l.(*net.TCPAddr); ok && t.IP.IsUnspecified() {
+		return nil, fmt.Errorf("worker: listening on %s: give the address other workers reach this one at with --advertise HOST:%d", l, t.Port)
+	}
+	return l, nil
 }
 
 type runner struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net"
 	"sync"
 	"testing"
 
@@ -185,5 +186,20 @@ func TestStepMetricsAreGlobal(t *testing.T) {
 	}
 	if res.Loss < 1 || res.Loss > 5 || res.N != spec.GlobalBatch || res.Correct < 0 || res.Correct > res.N {
 		t.Fatalf("step metrics %+v (a 10-class loss at init is about ln 10)", res)
+	}
+}
+
+func TestAdvertisedRefusesWildcard(t *testing.T) {
+	l := &net.TCPAddr{IP: net.IPv4zero, Port: 7080}
+	if _, err := advertised(l, ""); err == nil {
+		t.Fatal("a wildcard listen address was accepted as the ring address")
+	}
+	a, err := advertised(l, "10.1.2.3:7080")
+	if err != nil || a.String() != "10.1.2.3:7080" {
+		t.Fatalf("advertise: %v %v", a, err)
+	}
+	lo := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5}
+	if a, err := advertised(lo, ""); err != nil || a != net.Addr(lo) {
+		t.Fatalf("loopback: %v %v", a, err)
 	}
 }
