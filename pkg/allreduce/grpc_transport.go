@@ -46,7 +46,8 @@ type GRPCConfig struct {
 	DisableSharedMemory bool
 	// ShmDir is where shared-memory files are created (default /dev/shm).
 	ShmDir string
-	// ShmSlots is the number of chunk slots per link (default 8).
+	// ShmSlots is the number of chunk slots per link (default 8); each
+	// holds MaxChunkBytes.
 	ShmSlots int
 	// DisableTCPFrames keeps frames on the gRPC stream between hosts.
 	// By default, when this transport serves through Listen, the handshake
@@ -333,12 +334,6 @@ func (t *GRPCTransport) dial(ctx context.Context, p Plan) (l *grpcLink, err erro
 		}
 		l.out = &frameWriter{c: c}
 	}
-	if l.shm != nil {
-		l.free = make(chan uint32, l.shm.slots)
-		for i := 0; i < l.shm.slots; i++ {
-			l.free <- uint32(i)
-		}
-	}
 	go l.readAcks()
 	return l, nil
 }
@@ -396,8 +391,10 @@ type inbound struct {
 	err    error           // why the stream ended; set before frames is closed
 	done   chan struct{}   // closed by the link's Close
 	shm    *shmSegment     // the sender's slots, or nil; unmapped by the link's Close
-	conn   net.Conn        // the frame connection, or nil (frames on the stream)
-	reader *frameReader    // reads conn; used by the link's Recv only
+	taken  uint64          // shared-memory frames consumed (the link's Recv only)
+	shmHdr ringpb.ChunkHeader
+	conn   net.Conn     // the frame connection, or nil (frames on the stream)
+	reader *frameReader // reads conn; used by the link's Recv only
 
 	sendMu sync.Mutex // guards ended and stream.SendMsg (acks)
 	ended  bool       // the handler has returned
@@ -503,7 +500,12 @@ func (t *GRPCTransport) Exchange(stream grpc.BidiStreamingServer[ringpb.Chunk, r
 // read moves frames from the stream to the queue until the stream ends or
 // the link closes.
 func (in *inbound) read() {
-	defer close(in.frames)
+	defer func() {
+		close(in.frames)
+		if in.shm != nil {
+			in.shm.wake(shmOffHeadSeq) // a Recv sleeping on the slots looks again
+		}
+	}()
 	for {
 		w := new(wireChunk)
 		if err := in.stream.RecvMsg(w); err != nil {
@@ -564,8 +566,10 @@ type grpcLink struct {
 	cancel     context.CancelFunc
 	maxPayload int
 
-	shm     *shmSegment   // our slots at the right neighbour, or nil
-	free    chan uint32   // free slot indices
+	shm     *shmSegment // our slots at the right neighbour, or nil
+	sent    uint64      // shared-memory frames published (Send only)
+	shmHdr  ringpb.ChunkHeader
+	shmHB   []byte
 	ackDone chan struct{} // closed when readAcks returns
 
 	in  *inbound
@@ -587,30 +591,23 @@ func (l *grpcLink) MaxPayloadBytes() int { return l.maxPayload }
 // shared memory.
 func (l *grpcLink) SharedMemory() bool { return l.shm != nil }
 
-// readAcks returns shared-memory slots as the right neighbour acknowledges
-// them; it ends with the stream.
+// readAcks watches the stream to the right neighbour, which carries no
+// message after the handshake: its end (the neighbour closed or died)
+// closes ackDone and wakes a Send waiting for a shared-memory slot.
 func (l *grpcLink) readAcks() {
-	defer close(l.ackDone)
-	for {
-		var a ringpb.Ack
-		if err := l.stream.RecvMsg(&a); err != nil {
-			l.ackErr = err
-			return
+	defer func() {
+		close(l.ackDone)
+		if l.shm != nil {
+			l.shm.wake(shmOffTailSeq)
 		}
-		s := a.GetShmSlot()
-		if l.free == nil || s == 0 || int(s) > cap(l.free) {
-			l.ackErr = fmt.Errorf("%w: ack for slot %d", ErrMalformed, s)
-			_ = l.Close()
-			return
-		}
-		select {
-		case l.free <- s - 1:
-		default:
-			l.ackErr = fmt.Errorf("%w: slot %d acknowledged twice", ErrMalformed, s)
-			_ = l.Close()
-			return
-		}
+	}()
+	var a ringpb.Ack
+	if err := l.stream.RecvMsg(&a); err != nil {
+		l.ackErr = err
+		return
 	}
+	l.ackErr = fmt.Errorf("%w: unexpected %v message after the handshake", ErrMalformed, a.GetKind())
+	_ = l.Close()
 }
 
 var payloadPool = mem.DefaultBufferPool()
@@ -622,27 +619,14 @@ func (l *grpcLink) Send(h *Header, size int, fill func(dst []byte)) error {
 	if l.out != nil {
 		return l.out.send(h, size, fill)
 	}
+	if l.shm != nil {
+		return l.shmSend(h, size, fill)
+	}
 	w := &wireChunk{}
 	toWire(h, &w.hdr)
-	if l.shm != nil {
-		var slot uint32
-		select {
-		case slot = <-l.free:
-		case <-l.ackDone:
-			return fmt.Errorf("%w: stream to the right ended: %w", ErrClosed, l.ackErr)
-		case <-l.closed:
-			return fmt.Errorf("%w: link closed", ErrClosed)
-		}
-		if err := l.shm.with(int(slot), size, fill); err != nil {
-			return err
-		}
-		w.hdr.ShmSlot = slot + 1
-		w.hdr.PayloadBytes = uint32(size)
-	} else {
-		buf := payloadPool.Get(size)
-		fill((*buf)[:size])
-		w.payload = mem.NewBuffer(buf, payloadPool)
-	}
+	buf := payloadPool.Get(size)
+	fill((*buf)[:size])
+	w.payload = mem.NewBuffer(buf, payloadPool)
 	l.sendMu.Lock()
 	err := l.stream.SendMsg(w)
 	l.sendMu.Unlock()
@@ -655,9 +639,26 @@ func (l *grpcLink) Send(h *Header, size int, fill func(dst []byte)) error {
 	return nil
 }
 
+// SendBytes sends a frame whose payload is p itself, without a staging
+// copy, when the link can (a TCP frame connection: the bytes are in the
+// kernel when it returns). ok is false when the link has no such path;
+// then nothing was sent and the caller uses Send.
+func (l *grpcLink) SendBytes(h *Header, p []byte) (ok bool, err error) {
+	if l.out == nil {
+		return false, nil
+	}
+	if len(p) > l.maxPayload {
+		return true, fmt.Errorf("%w: payload of %d bytes over the link limit %d", ErrConfig, len(p), l.maxPayload)
+	}
+	return true, l.out.sendBytes(h, p)
+}
+
 func (l *grpcLink) Recv(fn func(h *Header, payload [][]byte) error) error {
 	if l.in.reader != nil {
 		return l.in.reader.recv(fn)
+	}
+	if l.in.shm != nil {
+		return l.shmRecv(fn)
 	}
 	var w *wireChunk
 	select {
@@ -674,30 +675,10 @@ func (l *grpcLink) Recv(fn func(h *Header, payload [][]byte) error) error {
 	if err := fromWire(&w.hdr, h); err != nil {
 		return err
 	}
-	slot := w.hdr.GetShmSlot()
-	if slot == 0 {
-		return fn(h, w.pieces)
-	}
-	if l.in.shm == nil || len(w.pieces) > 0 {
+	if w.hdr.GetShmSlot() != 0 {
 		return fmt.Errorf("%w: shared-memory frame on a stream without shared memory", ErrMalformed)
 	}
-	var ferr error
-	if err := l.in.shm.with(int(slot-1), int(w.hdr.GetPayloadBytes()), func(b []byte) {
-		ferr = fn(h, [][]byte{b})
-	}); err != nil {
-		return err
-	}
-	if ferr != nil {
-		return ferr
-	}
-	// Return the slot. The frame has been consumed whatever happens to the
-	// ack: if the stream is gone the sender finds out by itself.
-	l.in.sendMu.Lock()
-	defer l.in.sendMu.Unlock()
-	if !l.in.ended {
-		_ = l.in.stream.SendMsg(&ringpb.Ack{Kind: ringpb.Kind_KIND_DATA, ShmSlot: slot})
-	}
-	return nil
+	return fn(h, w.pieces)
 }
 
 // Drain half-closes the stream to the right neighbour and waits (at most
@@ -716,6 +697,9 @@ func (l *grpcLink) Drain(d time.Duration) {
 			_ = tc.CloseWrite()
 		}
 	}
+	if l.shm != nil {
+		l.shmDrain(d) // the frames are in the slots until the neighbour took them
+	}
 	l.sendMu.Lock()
 	_ = l.stream.CloseSend()
 	l.sendMu.Unlock()
@@ -732,6 +716,12 @@ func (l *grpcLink) Close() error {
 		close(l.closed)
 		if l.in != nil {
 			close(l.in.done)
+		}
+		if l.shm != nil {
+			l.shm.wake(shmOffTailSeq) // a Send waiting for a slot
+		}
+		if l.in != nil && l.in.shm != nil {
+			l.in.shm.wake(shmOffHeadSeq) // a Recv waiting for a frame
 		}
 		l.cancel()
 		_ = l.conn.Close()

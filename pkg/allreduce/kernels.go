@@ -106,10 +106,7 @@ func addRun(dst []float32, b []byte, d DType) {
 		return
 	}
 	if src, ok := alignedF32(b); ok {
-		dst = dst[:len(src)]
-		for i, x := range src {
-			dst[i] += x
-		}
+		addF32(dst[:len(src)], src)
 		return
 	}
 	n := len(b) / 4
@@ -130,6 +127,22 @@ func copyRun(dst []float32, b []byte, d DType) {
 		return
 	}
 	copy(f32Bytes(dst[:len(b)/4]), b)
+}
+
+// addF32 sets dst[i] = dst[i] + src[i] (len(src) >= len(dst)): the bulk
+// in addF32Blocks (SIMD on amd64), the tail here. Every element is one
+// float32 addition with the operands in the same order as a plain loop
+// (dst first, which decides a NaN's payload), so the bits are the same on
+// every path and every worker.
+func addF32(dst, src []float32) {
+	src = src[:len(dst)]
+	n := len(dst) / addF32Block * addF32Block
+	if n > 0 {
+		addF32Blocks(dst[:n], src[:n])
+	}
+	for i := n; i < len(dst); i++ {
+		dst[i] += src[i]
+	}
 }
 
 // addPieces adds a received payload into dst; copyPieces stores it.

@@ -211,6 +211,12 @@ func (r *Ring) Close() error {
 	return err
 }
 
+// bytesSender is a Link that can send a float32 payload straight from the
+// caller's memory (no staging copy); see grpcLink.SendBytes.
+type bytesSender interface {
+	SendBytes(h *Header, p []byte) (ok bool, err error)
+}
+
 // drainer is a Link that can flush its outgoing frames before Close.
 type drainer interface{ Drain(d time.Duration) }
 
@@ -425,6 +431,7 @@ func (r *Ring) ringPath(op *Op) schedule {
 		first[R+1] = first[R] + int64(nchunks(mod(rank-R, n)))
 	}
 
+	direct, _ := r.link.(bytesSender)
 	send := func(abort <-chan struct{}) error {
 		for R := 0; R < rounds; R++ {
 			seg := mod(rank-R, n)
@@ -442,6 +449,16 @@ func (r *Ring) ringPath(op *Op) schedule {
 				h.Round, h.Segment, h.Chunk = uint32(R), uint32(seg), uint32(c)
 				h.Offset, h.Count = uint64(off), uint32(cnt)
 				src := data[off : off+cnt]
+				if direct != nil && dt == DTypeF32 {
+					ok, err := direct.SendBytes(&h, f32Bytes(src))
+					if err != nil {
+						return err
+					}
+					if ok {
+						filled.Add(1) // src has been read
+						continue
+					}
+				}
 				if err := r.link.Send(&h, cnt*dt.Size(), func(dst []byte) {
 					encode(dst, src, dt)
 					filled.Add(1)
@@ -471,13 +488,8 @@ func (r *Ring) ringPath(op *Op) schedule {
 						return fmt.Errorf("%w: payload of %d bytes for %d elements of dtype %d", ErrMalformed, got, cnt, dt)
 					}
 					if R >= n-1 {
-						for idx := first[R-(n-1)] + int64(c); filled.Load() <= idx; {
-							select { // a peer that is ahead of the ring's causality
-							case <-abort:
-								return errAborted
-							default:
-								runtime.Gosched()
-							}
+						if err := waitFilled(first[R-(n-1)]+int64(c), &filled, abort); err != nil {
+							return err
 						}
 						copyPieces(dst, p, dt)
 						return nil
@@ -507,6 +519,21 @@ func (r *Ring) ringPath(op *Op) schedule {
 		return nil
 	}
 	return schedule{send: send, recv: recv}
+}
+
+// waitFilled waits until the sender has encoded frame idx (filled > idx):
+// the all-gather may overwrite the values that frame read only then. A
+// peer can only be ahead of the ring's causality by a hair, so this spins.
+func waitFilled(idx int64, filled *atomic.Int64, abort <-chan struct{}) error {
+	for filled.Load() <= idx {
+		select {
+		case <-abort:
+			return errAborted
+		default:
+			runtime.Gosched()
+		}
+	}
+	return nil
 }
 
 // smallPath is the latency path: N-1 rounds of a ring all-gather of the raw

@@ -5,6 +5,7 @@ package allreduce
 import (
 	"fmt"
 	"os"
+	"time"
 )
 
 const shmSupported = false
@@ -14,19 +15,21 @@ type shmSegment struct {
 	slots, slot int
 }
 
-func createShm(dir string, slots, slot int) (*shmSegment, error) {
-	return nil, fmt.Errorf("%w: shared memory is only implemented on linux", ErrConfig)
-}
+var errNoShm = fmt.Errorf("%w: shared memory is only implemented on linux", ErrConfig)
 
-func openShm(dir, path string, slots, slot int) (*shmSegment, error) {
-	return nil, fmt.Errorf("%w: shared memory is only implemented on linux", ErrConfig)
-}
+func createShm(dir string, slots, slot int) (*shmSegment, error) { return nil, errNoShm }
+
+func openShm(dir, path string, slots, slot int) (*shmSegment, error) { return nil, errNoShm }
 
 func (s *shmSegment) unlink() {}
 func (s *shmSegment) unmap()  {}
-func (s *shmSegment) with(i, n int, fn func(b []byte)) error {
-	return fmt.Errorf("%w: shared memory is only implemented on linux", ErrConfig)
+func (s *shmSegment) with(i int, fn func(hdr, payload []byte) error) error {
+	return errNoShm
 }
+func (s *shmSegment) load64(off int) (uint64, bool)                                 { return 0, false }
+func (s *shmSegment) publish(off int, v uint64, seqOff, waitOff int)                {}
+func (s *shmSegment) wake(seqOff int)                                               {}
+func (s *shmSegment) sleep(seqOff, waitOff int, d time.Duration, ready func() bool) {}
 
 func defaultShmDir() string { return os.TempDir() }
 

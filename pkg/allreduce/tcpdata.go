@@ -148,6 +148,27 @@ type frameWriter struct {
 }
 
 func (w *frameWriter) send(h *Header, size int, fill func(dst []byte)) error {
+	if err := w.header(h, size); err != nil {
+		return err
+	}
+	if cap(w.buf) < size {
+		w.buf = make([]byte, size)
+	}
+	fill(w.buf[:size])
+	return w.write(w.buf[:size])
+}
+
+// sendBytes writes a frame whose payload is p, straight from p (one writev,
+// no staging copy); p is not touched after it returns.
+func (w *frameWriter) sendBytes(h *Header, p []byte) error {
+	if err := w.header(h, len(p)); err != nil {
+		return err
+	}
+	return w.write(p)
+}
+
+// header encodes h with a payload of size bytes into w.hb.
+func (w *frameWriter) header(h *Header, size int) error {
 	toWire(h, &w.hdr)
 	w.hdr.PayloadBytes = uint32(size)
 	var err error
@@ -156,11 +177,12 @@ func (w *frameWriter) send(h *Header, size int, fill func(dst []byte)) error {
 		return fmt.Errorf("%w: header: %w", ErrMalformed, err)
 	}
 	binary.LittleEndian.PutUint32(w.hb, uint32(len(w.hb)-4))
-	if cap(w.buf) < size {
-		w.buf = make([]byte, size)
-	}
-	fill(w.buf[:size])
-	bufs := net.Buffers{w.hb, w.buf[:size]}
+	return nil
+}
+
+// write sends w.hb and payload with one writev.
+func (w *frameWriter) write(payload []byte) error {
+	bufs := net.Buffers{w.hb, payload}
 	if _, err := bufs.WriteTo(w.c); err != nil {
 		return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
 	}
@@ -181,31 +203,9 @@ func newFrameReader(c net.Conn, maxPayload int) *frameReader {
 }
 
 func (fr *frameReader) recv(fn func(h *Header, payload [][]byte) error) error {
-	var lb [4]byte
-	if _, err := io.ReadFull(fr.r, lb[:]); err != nil {
-		return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
-	}
-	n := binary.LittleEndian.Uint32(lb[:])
-	if n > maxHeaderBytes {
-		return fmt.Errorf("%w: frame header of %d bytes", ErrMalformed, n)
-	}
-	if cap(fr.hb) < int(n) {
-		fr.hb = make([]byte, n)
-	}
-	hb := fr.hb[:n]
-	if _, err := io.ReadFull(fr.r, hb); err != nil {
-		return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
-	}
-	fr.hdr.Reset()
-	if err := proto.Unmarshal(hb, &fr.hdr); err != nil {
-		return fmt.Errorf("%w: frame header: %w", ErrMalformed, err)
-	}
-	if err := fromWire(&fr.hdr, &fr.h); err != nil {
+	size, err := fr.readHeader()
+	if err != nil {
 		return err
-	}
-	size := int(fr.hdr.PayloadBytes)
-	if size > fr.maxPayload {
-		return fmt.Errorf("%w: frame payload of %d bytes (limit %d)", ErrMalformed, size, fr.maxPayload)
 	}
 	if cap(fr.buf) < size {
 		fr.buf = make([]byte, size)
@@ -215,4 +215,36 @@ func (fr *frameReader) recv(fn func(h *Header, payload [][]byte) error) error {
 		return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
 	}
 	return fn(&fr.h, [][]byte{p})
+}
+
+// readHeader reads and decodes the next frame header into fr.h and returns
+// the payload size.
+func (fr *frameReader) readHeader() (int, error) {
+	var lb [4]byte
+	if _, err := io.ReadFull(fr.r, lb[:]); err != nil {
+		return 0, fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
+	}
+	n := binary.LittleEndian.Uint32(lb[:])
+	if n > maxHeaderBytes {
+		return 0, fmt.Errorf("%w: frame header of %d bytes", ErrMalformed, n)
+	}
+	if cap(fr.hb) < int(n) {
+		fr.hb = make([]byte, n)
+	}
+	hb := fr.hb[:n]
+	if _, err := io.ReadFull(fr.r, hb); err != nil {
+		return 0, fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
+	}
+	fr.hdr.Reset()
+	if err := proto.Unmarshal(hb, &fr.hdr); err != nil {
+		return 0, fmt.Errorf("%w: frame header: %w", ErrMalformed, err)
+	}
+	if err := fromWire(&fr.hdr, &fr.h); err != nil {
+		return 0, err
+	}
+	size := int(fr.hdr.PayloadBytes)
+	if size > fr.maxPayload {
+		return 0, fmt.Errorf("%w: frame payload of %d bytes (limit %d)", ErrMalformed, size, fr.maxPayload)
+	}
+	return size, nil
 }
