@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/peer"
 
 	"github.com/ringtrain/ringtrain/proto/ringpb"
 )
@@ -448,7 +449,7 @@ func (t *GRPCTransport) Exchange(stream grpc.BidiStreamingServer[ringpb.Chunk, r
 			return refuse(err)
 		}
 		defer data.forget(tok)
-		ack.DataAddr, ack.DataToken, dataConn = data.lis.Addr().String(), tok, ch
+		ack.DataAddr, ack.DataToken, dataConn = reachableAddr(data.lis.Addr(), stream.Context()), tok, ch
 	}
 	if err := stream.SendMsg(ack); err != nil {
 		if in.shm != nil {
@@ -743,4 +744,20 @@ func (l *grpcLink) Close() error {
 		l.t.mu.Unlock()
 	})
 	return nil
+}
+
+// reachableAddr is the frame listener's address as the dialling peer can
+// reach it: a wildcard host (0.0.0.0, ::) is replaced by the local address
+// the peer's handshake stream arrived on.
+func reachableAddr(lis net.Addr, ctx context.Context) string {
+	t, ok := lis.(*net.TCPAddr)
+	if !ok || !t.IP.IsUnspecified() {
+		return lis.String()
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.LocalAddr != nil {
+		if host, _, err := net.SplitHostPort(p.LocalAddr.String()); err == nil {
+			return net.JoinHostPort(host, fmt.Sprint(t.Port))
+		}
+	}
+	return lis.String()
 }
