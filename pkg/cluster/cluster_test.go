@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,9 +67,19 @@ func connect(t *testing.T) *Client {
 	return c
 }
 
+// jobRuns numbers the test runs of one test binary, so that a test run
+// twice (-count=2) against the shared etcd starts from an empty job; all
+// calls of job within one run share the name.
+var (
+	jobRuns  atomic.Int64
+	jobNames sync.Map // *testing.T -> job name
+)
+
 func job(t *testing.T, c *Client) *Job {
 	t.Helper()
-	j, err := c.Job(strings.NewReplacer("/", "-", " ", "-").Replace(t.Name()))
+	fresh := fmt.Sprintf("%s-%d", strings.NewReplacer("/", "-", " ", "-").Replace(t.Name()), jobRuns.Add(1))
+	name, _ := jobNames.LoadOrStore(t, fresh)
+	j, err := c.Job(name.(string))
 	if err != nil {
 		t.Fatal(err)
 	}
