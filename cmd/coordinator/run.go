@@ -125,7 +125,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		}
 		return err
 	}
-	sampler, err := data.NewSampler(n, data.SamplerConfig{Seed: uint64(spec.Seed), Shuffle: spec.Data.Shuffle, DropLast: spec.Data.DropLast})
+	sampler, err := worker.NewSampler(spec, n)
 	if err != nil {
 		return err
 	}

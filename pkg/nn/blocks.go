@@ -22,6 +22,19 @@ type Block struct {
 	e *env
 }
 
+// downsample is the projection shortcut (1x1 conv with the block's stride
+// + BN, torchvision's "downsample.0/.1") when the stride or the channel
+// count changes; nil (identity) otherwise.
+func downsample(bd *builder, name string, inC, out, stride int) []unit {
+	if stride == 1 && inC == out {
+		return nil
+	}
+	return []unit{
+		bd.conv2d(name+".downsample.0", inC, out, 1, stride, 0, false),
+		bd.batchNorm(name+".downsample.1", out),
+	}
+}
+
 func newBasicBlock(bd *builder, name string, inC, planes, stride int) *Block {
 	blk := &Block{Kind: "BasicBlock", Name: name, e: bd.e}
 	blk.Main = []unit{
@@ -31,12 +44,7 @@ func newBasicBlock(bd *builder, name string, inC, planes, stride int) *Block {
 		bd.conv2d(name+".conv2", planes, planes, 3, 1, 1, false),
 		bd.batchNorm(name+".bn2", planes),
 	}
-	if stride != 1 || inC != planes {
-		blk.Down = []unit{
-			bd.conv2d(name+".downsample.0", inC, planes, 1, stride, 0, false),
-			bd.batchNorm(name+".downsample.1", planes),
-		}
-	}
+	blk.Down = downsample(bd, name, inC, planes, stride)
 	blk.ReLU = &ReLU{InPlace: true, e: bd.e}
 	fuseBNReLU(blk.Main)
 	return blk
@@ -56,12 +64,7 @@ func newBottleneck(bd *builder, name string, inC, planes, stride int) *Block {
 		bd.conv2d(name+".conv3", planes, out, 1, 1, 0, false),
 		bd.batchNorm(name+".bn3", out),
 	}
-	if stride != 1 || inC != out {
-		blk.Down = []unit{
-			bd.conv2d(name+".downsample.0", inC, out, 1, stride, 0, false),
-			bd.batchNorm(name+".downsample.1", out),
-		}
-	}
+	blk.Down = downsample(bd, name, inC, out, stride)
 	blk.ReLU = &ReLU{InPlace: true, e: bd.e}
 	fuseBNReLU(blk.Main)
 	return blk

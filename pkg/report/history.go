@@ -16,6 +16,8 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/ringtrain/ringtrain/pkg/nn"
 )
 
 // Epoch is one epoch's figures.
@@ -133,13 +135,10 @@ func (h *History) plot(path, title, ylabel string, train, val func(Epoch) float6
 	return writeAtomic(path, b.Bytes())
 }
 
+// writeAtomic replaces path with b through the engine's atomic writer
+// (temporary file, fsync, rename, fsync of the directory).
 func writeAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("report: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := nn.WriteFileAtomic(path, b); err != nil {
 		return fmt.Errorf("report: %w", err)
 	}
 	return nil

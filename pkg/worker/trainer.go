@@ -52,7 +52,7 @@ func NewTrainer(spec job.Spec, b nn.Backend, train, test data.Dataset) (*Trainer
 		m.Free()
 		return nil, err
 	}
-	s, err := data.NewSampler(train.Len(), data.SamplerConfig{Seed: uint64(spec.Seed), Shuffle: spec.Data.Shuffle, DropLast: spec.Data.DropLast})
+	s, err := NewSampler(spec, train.Len())
 	if err != nil {
 		m.Free()
 		return nil, err
@@ -71,6 +71,12 @@ func NewTrainer(spec job.Spec, b nn.Backend, train, test data.Dataset) (*Trainer
 		t.hostBuf = make([]float32, m.BuffersFlat().Numel())
 	}
 	return t, nil
+}
+
+// NewSampler is the epoch order of a training set of n samples under spec:
+// the one every worker uses, and the one the coordinator counts steps with.
+func NewSampler(spec job.Spec, n int) (*data.Sampler, error) {
+	return data.NewSampler(n, data.SamplerConfig{Seed: uint64(spec.Seed), Shuffle: spec.Data.Shuffle, DropLast: spec.Data.DropLast})
 }
 
 // Close frees the model.
@@ -172,10 +178,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	var lossSum float64
 	var correct int
 	if b.N > 0 {
-		x, err := t.input(b)
-		if err != nil {
-			return res, err
-		}
+		x := t.input(b)
 		m.SetDropoutStep(t.Step)
 		logits, err := m.Forward(x)
 		if err != nil {
@@ -242,7 +245,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	return res, nil
 }
 
-func (t *Trainer) input(b *data.Batch) (*nn.Tensor, error) {
+func (t *Trainer) input(b *data.Batch) *nn.Tensor {
 	s := b.Shape
 	if t.x == nil || t.xCap < b.N || t.x.Dim(2) != s.H || t.x.Dim(3) != s.W {
 		if t.x != nil {
@@ -253,7 +256,7 @@ func (t *Trainer) input(b *data.Batch) (*nn.Tensor, error) {
 	}
 	x := t.x.View(0, b.N, s.C, s.H, s.W)
 	t.B.FromHost(x, b.X[:b.N*s.Len()])
-	return x, nil
+	return x
 }
 
 // EvalResult is an evaluation over the whole test set (all ranks).
@@ -295,11 +298,7 @@ func (t *Trainer) Evaluate(ctx context.Context, ring *allreduce.Ring, rank, worl
 			if b.N == 0 {
 				continue
 			}
-			x, err := t.input(b)
-			if err != nil {
-				return EvalResult{}, err
-			}
-			logits, err := t.Model.Forward(x)
+			logits, err := t.Model.Forward(t.input(b))
 			if err != nil {
 				return EvalResult{}, err
 			}
