@@ -50,7 +50,8 @@ func TestKillWorkerReplacementBitIdentical(t *testing.T) {
 	// landed right after a committed step, when it is already there.
 	w0 := filepath.Join(out, "logs", "w0.log")
 	if n := len(logLines(t, w0, "loaded checkpoint")); n != 0 {
-		t.Fatal("the survivor read its state from disk instead of rolling back in memory")
+		b, _ := os.ReadFile(w0)
+		t.Fatalf("the survivor read its state from disk instead of rolling back in memory:\n%s", tail(string(b), 4000))
 	}
 	t.Logf("survivor's in-memory rollbacks: %d", len(logLines(t, w0, "rolling back in memory")))
 	if n := len(logLines(t, co.logPath, "restarting worker")); n != 1 {

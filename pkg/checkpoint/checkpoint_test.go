@@ -5,7 +5,10 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -236,6 +239,45 @@ func TestWriterWritesInBackgroundAndCloseFlushes(t *testing.T) {
 		t.Fatalf("written: %v (the newest must always be written)", done)
 	}
 	if _, err := st.Verify(3); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWriterWaitIdleWaitsForWriteAndOnDone(t *testing.T) {
+	m, opt := trained(t, 1)
+	st, _ := NewStore(t.TempDir(), 10)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var done []int64
+	w := NewWriter(st, func(_ Meta, man cluster.Manifest, err error) {
+		<-release
+		mu.Lock()
+		done = append(done, man.Step)
+		mu.Unlock()
+	})
+	defer w.Close()
+	if !w.WaitIdle(time.Second) {
+		t.Fatal("a writer with nothing submitted is not idle")
+	}
+	w.Submit(capture(t, m, opt, 1, 0))
+	if w.WaitIdle(50 * time.Millisecond) {
+		t.Fatal("idle while a write's onDone is still running")
+	}
+	close(release)
+	if !w.WaitIdle(10 * time.Second) {
+		t.Fatal("not idle after the write finished")
+	}
+	mu.Lock()
+	got := slices.Clone(done)
+	mu.Unlock()
+	if len(got) != 1 || got[0] != 1 {
+		t.Fatalf("onDone ran for %v before WaitIdle returned, want [1]", got)
+	}
+	w.Submit(capture(t, m, opt, 2, 0))
+	if !w.WaitIdle(10 * time.Second) {
+		t.Fatal("not idle after the second write")
+	}
+	if _, err := st.Verify(2); err != nil {
 		t.Fatal(err)
 	}
 }

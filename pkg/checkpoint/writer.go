@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"sync"
+	"time"
 
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 )
@@ -14,18 +15,25 @@ type Writer struct {
 	store  *Store
 	onDone func(Meta, cluster.Manifest, error)
 
-	mu      sync.Mutex // guards pending, closed
+	mu      sync.Mutex // guards pending, closed, submitted, finished, idle
 	pending *Snapshot
 	closed  bool
 	wake    chan struct{}
 	done    chan struct{}
+
+	// submitted counts Submit calls; finished is the count that had been
+	// submitted when the writer last found nothing pending after a write
+	// (and its onDone) returned. idle is closed and replaced whenever
+	// finished catches up with submitted.
+	submitted, finished uint64
+	idle                chan struct{}
 }
 
 // NewWriter starts the background writer. onDone is called on the writer's
 // goroutine after every write (success or failure) with the written
 // snapshot's metadata; it may be nil.
 func NewWriter(s *Store, onDone func(Meta, cluster.Manifest, error)) *Writer {
-	w := &Writer{store: s, onDone: onDone, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	w := &Writer{store: s, onDone: onDone, wake: make(chan struct{}, 1), done: make(chan struct{}), idle: make(chan struct{})}
 	go w.loop()
 	return w
 }
@@ -38,6 +46,7 @@ func (w *Writer) Submit(snap *Snapshot) {
 		return
 	}
 	w.pending = snap
+	w.submitted++
 	w.mu.Unlock()
 	select {
 	case w.wake <- struct{}{}:
@@ -52,10 +61,14 @@ func (w *Writer) loop() {
 			w.mu.Lock()
 			snap := w.pending
 			w.pending = nil
-			w.mu.Unlock()
 			if snap == nil {
+				w.finished = w.submitted
+				close(w.idle)
+				w.idle = make(chan struct{})
+				w.mu.Unlock()
 				break
 			}
+			w.mu.Unlock()
 			m, err := w.store.Write(snap)
 			if w.onDone != nil {
 				w.onDone(snap.Meta, m, err)
@@ -66,6 +79,30 @@ func (w *Writer) loop() {
 		w.mu.Unlock()
 		if closed {
 			return
+		}
+	}
+}
+
+// WaitIdle waits until every snapshot submitted so far was written (or
+// replaced by a newer one that was) and its onDone returned, or until d
+// has passed. It reports whether the writer is idle. A caller that waits
+// before each Submit bounds how far the durable state lags behind the
+// newest snapshot: one snapshot at most.
+func (w *Writer) WaitIdle(d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		w.mu.Lock()
+		if w.finished == w.submitted || w.closed {
+			w.mu.Unlock()
+			return w.finished == w.submitted
+		}
+		idle := w.idle
+		w.mu.Unlock()
+		select {
+		case <-idle:
+		case <-timer.C:
+			return false
 		}
 	}
 }

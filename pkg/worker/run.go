@@ -620,13 +620,22 @@ func (w *runner) memAt(step int64) *checkpoint.Snapshot {
 	return w.mem[step]
 }
 
-// remember keeps s as the in-memory state of its step (the two newest are
-// kept, plus step 0 for a restart from scratch).
+// memKeep is how many of the newest snapshots a worker keeps in memory
+// (plus step 0): rank 0 queues snapshot n only once n-1 is committed, and
+// another rank is at most one checkpoint ahead of rank 0, so the committed
+// step is always among its three newest.
+const memKeep = 3
+
+// writerLagLimit bounds the backpressure wait for a checkpoint write.
+const writerLagLimit = 2 * time.Minute
+
+// remember keeps s as the in-memory state of its step (the memKeep newest
+// are kept, plus step 0 for a restart from scratch).
 func (w *runner) remember(s *checkpoint.Snapshot) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.mem[s.Meta.Step] = s
-	for len(w.mem) > 3 {
+	for len(w.mem) > memKeep+1 {
 		oldest := int64(-1)
 		for k := range w.mem {
 			if k > 0 && (oldest < 0 || k < oldest) {
@@ -912,6 +921,18 @@ func (w *runner) commitLocal(gen uint64, world, rank int) error {
 	s.Meta.Generation = gen
 	w.remember(s)
 	if rank == 0 && w.writer != nil {
+		// Backpressure: the previous checkpoint must be durable and
+		// committed before this one is queued, so the committed step is
+		// always one of the newest snapshots every rank keeps in memory
+		// (see remember) and a survivor never reads its state from disk.
+		// A disk slower than the checkpoint cadence stalls training here
+		// rather than silently widening the rollback.
+		if waited := time.Now(); !w.writer.WaitIdle(writerLagLimit) {
+			w.log.Warn("previous checkpoint still being written; queueing the next one anyway",
+				zap.Duration("waited", time.Since(waited)))
+		} else if d := time.Since(waited); d > 100*time.Millisecond {
+			w.log.Info("waited for the previous checkpoint write", zap.Duration("waited", d))
+		}
 		w.writer.Submit(s)
 		w.log.Debug("checkpoint captured", zap.Int64("step", s.Meta.Step), zap.Duration("stall", time.Since(start)))
 	}
