@@ -15,6 +15,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/coordinator"
 	"github.com/ringtrain/ringtrain/pkg/report"
+	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 )
 
 // With SyncBatchNorm, N workers with global batch B compute what one worker
@@ -362,4 +363,48 @@ func leaderOf(addrs []string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// A job with mutual TLS on every connection (control, raft, ring over TCP
+// frames) trains to the same bits as the plaintext job; a worker without
+// the job's certificates, or with another CA's, is refused.
+func TestMutualTLSJob(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two jobs (~15 s)")
+	}
+	pki, err := tlsconf.Generate(t.TempDir(), "", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := flags("--workers", "2", "--epochs", "1", "--worker-args", "--shared-memory=false")
+	base := baseline(t, args...)
+	out := filepath.Join(t.TempDir(), "out")
+	co := start(t, t.TempDir(), "coordinator", nil, append(append(args, "--output", out), pki.Args()...)...)
+	mustFinish(t, co, 2*time.Minute)
+	requireIdenticalModels(t, filepath.Join(base, "model.safetensors"), filepath.Join(out, "model.safetensors"))
+
+	// A coordinator waiting for workers, with TLS.
+	addr := fmt.Sprintf("127.0.0.1:%d", freePorts(t, 1)[0])
+	co = start(t, t.TempDir(), "coordinator", nil, append(jobArgs(filepath.Join(t.TempDir(), "out"), "--listen", addr), pki.Args()...)...)
+	other, err := tlsconf.Generate(t.TempDir(), "", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, extra := range map[string][]string{"plaintext": nil, "another CA": other.Args()} {
+		w := start(t, t.TempDir(), "worker", nil, append([]string{"run", "--coordinator", addr, "--join-timeout", "3s"}, extra...)...)
+		if err := w.wait(20 * time.Second); err == nil {
+			t.Fatalf("%s worker joined a TLS job", name)
+		}
+		if !strings.Contains(w.log(), "cannot reach the control plane") {
+			t.Fatalf("%s worker: %s", name, tail(w.log(), 2000))
+		}
+		t.Logf("%s worker refused: %s", name, lastLine(w.log()))
+	}
+	co.killGroup()
+
+	// Half a set of flags is an error that names them.
+	w := start(t, t.TempDir(), "worker", nil, "run", "--coordinator", addr, "--tls-cert", pki.Cert)
+	if err := w.wait(10 * time.Second); err == nil || !strings.Contains(w.log(), "--tls-cert, --tls-key and --tls-ca go together") {
+		t.Fatalf("worker with only --tls-cert: %v\n%s", err, tail(w.log(), 2000))
+	}
 }

@@ -12,11 +12,13 @@ import (
 
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 )
 
 func checkpointsCmd() *cobra.Command {
 	var stateDir, output, jobName string
 	var endpoints []string
+	var tf tlsconf.Files
 	cmd := &cobra.Command{
 		Use:   "checkpoints",
 		Short: "List a job's checkpoints from etcd: step, epoch, accuracy, size, verified",
@@ -27,7 +29,11 @@ func checkpointsCmd() *cobra.Command {
 			if stateDir == "" {
 				stateDir = filepath.Join(output, "state")
 			}
-			cl, err := cluster.Open(cmd.Context(), cluster.Options{Endpoints: endpoints, Dir: stateDir, DialTimeout: 5 * time.Second})
+			tc, err := tf.Load()
+			if err != nil {
+				return err
+			}
+			cl, err := cluster.Open(cmd.Context(), cluster.Options{Endpoints: endpoints, Dir: stateDir, DialTimeout: 5 * time.Second, TLS: tc.EtcdTLS()})
 			if err != nil {
 				return err
 			}
@@ -65,5 +71,6 @@ func checkpointsCmd() *cobra.Command {
 	f.StringVar(&stateDir, "state-dir", "", "the job's state directory (default <output>/state)")
 	f.StringVar(&jobName, "job", "ringtrain", "job name")
 	f.StringSliceVar(&endpoints, "etcd-endpoints", nil, "external etcd (default: the embedded one in the state directory)")
+	tf.Bind(f)
 	return cmd
 }

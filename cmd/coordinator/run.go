@@ -23,6 +23,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/coordinator"
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 	"github.com/ringtrain/ringtrain/pkg/worker"
 )
 
@@ -42,6 +43,7 @@ type options struct {
 	memberTTL     time.Duration
 	restart       bool
 	workerArgs    []string
+	tls           tlsconf.Files
 }
 
 func rootCmd() *cobra.Command {
@@ -92,6 +94,7 @@ file and flags given on the command line override it.`,
 	f.DurationVar(&o.timeout, "timeout", 0, "give up after this long (0 = no limit)")
 	f.BoolVar(&o.restart, "restart-workers", true, "with --workers: restart a local worker process that dies (a replacement with the same id)")
 	f.StringSliceVar(&o.workerArgs, "worker-args", nil, "with --workers: extra arguments for every local 'worker run'")
+	o.tls.Bind(f)
 	f.DurationVar(&o.memberTTL, "member-ttl", 10*time.Second, "etcd lease TTL of worker registrations (a killed worker is usually noticed sooner, by its broken ring streams)")
 	return cmd
 }
@@ -106,6 +109,10 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	}
 	if o.stateDir == "" {
 		o.stateDir = filepath.Join(spec.OutputDir, "state")
+	}
+	tc, err := o.tls.Load()
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(o.stateDir, 0o755); err != nil {
 		return err
@@ -131,7 +138,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	}
 	spe := sampler.StepsPerEpoch(spec.GlobalBatch)
 
-	cl, err := cluster.Open(ctx, cluster.Options{Endpoints: o.etcdEndpoints, Dir: o.stateDir, Logger: cli.Quiet(log.Named("etcd"))})
+	cl, err := cluster.Open(ctx, cluster.Options{Endpoints: o.etcdEndpoints, Dir: o.stateDir, Logger: cli.Quiet(log.Named("etcd")), TLS: tc.EtcdTLS()})
 	if err != nil {
 		return err
 	}
@@ -158,9 +165,9 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	}
 	prog.openSteps()
 	co, err := coordinator.Start(coordinator.Config{
-		ListenAddr: o.listen, AdvertiseAddr: o.advertise,
+		ListenAddr: o.listen, AdvertiseAddr: o.advertise, ServerOptions: tc.ServerOptions(),
 		Node: coordinator.NodeConfig{ID: o.id, Dir: o.stateDir, BindAddr: o.raftBind, Bootstrap: true, Peers: peers,
-			Logger: cli.Quiet(log.Named("raft"))},
+			TLSServer: tc.ServerTLS(), TLSClient: tc.ClientTLS(), Logger: cli.Quiet(log.Named("raft"))},
 		Service: coordinator.ServiceConfig{Job: spec.Name, EtcdEndpoints: cl.Endpoints(), Members: ej, MemberTTL: o.memberTTL,
 			Spec:      &coordinator.SpecInput{Spec: specJSON, ConfigHash: spec.Hash(), MinWorkers: spec.MinWorkers, MaxWorkers: spec.MaxWorkers},
 			OnMetrics: prog.onMetrics, Logger: log.Named("control")},
@@ -302,6 +309,7 @@ type localWorkers struct {
 	logDir  string
 	bin     string
 	args    []string
+	tls     tlsconf.Files
 	threads int
 	restart bool
 	co      *coordinator.Coordinator
@@ -337,7 +345,7 @@ func startWorkers(ctx context.Context, log *zap.Logger, o options, co *coordinat
 	if err != nil {
 		return nil, err
 	}
-	lw := &localWorkers{ctx: ctx, log: log, logDir: filepath.Join(outputDir, "logs"), bin: bin, args: o.workerArgs,
+	lw := &localWorkers{ctx: ctx, log: log, logDir: filepath.Join(outputDir, "logs"), bin: bin, args: o.workerArgs, tls: o.tls,
 		threads: threads, restart: o.restart, co: co, etcd: etcd, job: job,
 		procs: map[string]*exec.Cmd{}, allExited: make(chan struct{})}
 	if err := os.MkdirAll(lw.logDir, 0o755); err != nil {
@@ -370,7 +378,8 @@ func (lw *localWorkers) start(id string) error {
 	if err != nil {
 		return err
 	}
-	args := append([]string{"run", "--coordinator", lw.co.Addr(), "--id", id, "--threads", fmt.Sprint(lw.threads)}, lw.args...)
+	args := append([]string{"run", "--coordinator", lw.co.Addr(), "--id", id, "--threads", fmt.Sprint(lw.threads)}, lw.tls.Args()...)
+	args = append(args, lw.args...)
 	cmd := exec.Command(lw.bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), "RINGTRAIN_LOG=json", fmt.Sprintf("GOMAXPROCS=%d", max(lw.threads, 1)))

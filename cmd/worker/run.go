@@ -5,11 +5,14 @@ import (
 
 	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/pkg/nn"
+	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 	"github.com/ringtrain/ringtrain/pkg/worker"
 )
 
 func runCmd() *cobra.Command {
 	var cfg worker.Config
+	var tf tlsconf.Files
+	shm := true
 	cmd := &cobra.Command{
 		Use:   "run --coordinator ADDR[,ADDR...]",
 		Short: "Join a job and train (what the coordinator's --workers N starts)",
@@ -20,6 +23,12 @@ func runCmd() *cobra.Command {
 			log := cli.NewLogger("worker")
 			defer log.Sync()
 			cfg.Log = log
+			tc, err := tf.Load()
+			if err != nil {
+				return err
+			}
+			cfg.TLS = tc
+			cfg.NoSharedMemory = !shm
 			cfg.OpenBackend = func(device string, threads int) (nn.Backend, error) {
 				return cli.Backend(device, threads, log)
 			}
@@ -33,6 +42,8 @@ func runCmd() *cobra.Command {
 	f.StringVar(&cfg.Advertise, "advertise", "", "ring address other workers dial (required when --listen is a wildcard such as 0.0.0.0:7080)")
 	f.StringVar(&cfg.Device, "device", "", "cpu | cuda | auto (default: the job's)")
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (default: the job's)")
+	tf.Bind(f)
+	f.BoolVar(&shm, "shared-memory", true, "ring traffic to a worker on the same host goes through shared memory (false: TCP)")
 	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 0, "give up when the coordinator or etcd does not answer within this (default 15s)")
 	return cmd
 }

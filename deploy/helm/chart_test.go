@@ -321,6 +321,9 @@ func TestDefaults(t *testing.T) {
 	if wc.Args[0] != "run" {
 		t.Errorf("worker args %q do not start with run", wc.Args)
 	}
+	if _, ok := lookupArg(wc, "tls-cert"); ok {
+		t.Errorf("TLS flags without tls.enabled: %q", wc.Args)
+	}
 	if got, want := arg(t, wc, "coordinator"), coordHost(0)+":7070"; got != want {
 		t.Errorf("--coordinator %q, want %q", got, want)
 	}
@@ -496,8 +499,17 @@ tls: {enabled: true, secretName: ringtrain-tls}
 		}
 	}
 	checkSharedVolume(t, r, "rt-ringtrain-shared", "rt-ringtrain-coordinator", "rt-ringtrain-worker")
-	if !strings.Contains(r.notes, "plaintext") {
-		t.Errorf("NOTES.txt does not warn that TLS is not consumed yet")
+	for _, n := range []string{"rt-ringtrain-coordinator", "rt-ringtrain-worker"} {
+		c := r.sts(t, n).Spec.Template.Spec.Containers[0]
+		for flag, want := range map[string]string{"tls-cert": "/etc/ringtrain/tls/tls.crt", "tls-key": "/etc/ringtrain/tls/tls.key",
+			"tls-ca": "/etc/ringtrain/tls/ca.crt", "tls-server-name": "ringtrain"} {
+			if got := arg(t, c, flag); got != want {
+				t.Errorf("%s: --%s=%q, want %q", n, flag, got, want)
+			}
+		}
+	}
+	if !strings.Contains(r.notes, "Mutual TLS is on") {
+		t.Errorf("NOTES.txt does not say that mutual TLS is on")
 	}
 	checkJobYAML(t, r)
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -25,6 +26,9 @@ type Options struct {
 	DialTimeout time.Duration
 	// Logger receives warnings from etcd (default: none).
 	Logger *zap.Logger
+	// TLS is the client side of mutual TLS for https endpoints (http
+	// endpoints, like the embedded server's, stay plaintext).
+	TLS *tls.Config
 }
 
 // Client is an etcd client, optionally owning the embedded server it talks
@@ -90,6 +94,7 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 		DialTimeout: opts.DialTimeout,
 		Logger:      lg.WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
 		Context:     context.WithoutCancel(ctx),
+		TLS:         opts.TLS,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, strings.Join(opts.Endpoints, ","), err)

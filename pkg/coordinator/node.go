@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +40,9 @@ type NodeConfig struct {
 	Transport raft.Transport
 	// BindAddr is the TCP address to bind when Transport is nil.
 	BindAddr string
+	// TLSServer and TLSClient, when both set, make that TCP transport
+	// use mutual TLS (see NewTLSTransport).
+	TLSServer, TLSClient *tls.Config
 	// Peers are all voters, this one included. Empty means a one-voter
 	// cluster of this node alone.
 	Peers []Peer
@@ -136,7 +140,11 @@ func NewNode(cfg NodeConfig) (n *Node, err error) {
 	}
 	n.trans = cfg.Transport
 	if n.trans == nil {
-		n.trans, err = NewTCPTransport(cfg.BindAddr, cfg.Logger)
+		if cfg.TLSServer != nil && cfg.TLSClient != nil {
+			n.trans, err = NewTLSTransport(cfg.BindAddr, cfg.TLSServer, cfg.TLSClient, cfg.Logger)
+		} else {
+			n.trans, err = NewTCPTransport(cfg.BindAddr, cfg.Logger)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 	"testing"
 	"time"
 
@@ -218,4 +219,56 @@ func TestThreeVotersFailoverTCP(t *testing.T) {
 		trans = append(trans, tr)
 	}
 	testFailover(t, trans)
+}
+
+func tlsTransports(t *testing.T, cfgs ...*tlsconf.Config) []raft.Transport {
+	t.Helper()
+	var trans []raft.Transport
+	for _, c := range cfgs {
+		tr, err := NewTLSTransport("127.0.0.1:0", c.Server, c.Client, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		trans = append(trans, tr)
+	}
+	return trans
+}
+
+func testPKI(t *testing.T) *tlsconf.Config {
+	t.Helper()
+	f, err := tlsconf.Generate(t.TempDir(), "", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestThreeVotersFailoverTLS(t *testing.T) {
+	c := testPKI(t)
+	testFailover(t, tlsTransports(t, c, c, c))
+}
+
+// A replica whose certificate another CA signed cannot take part: the
+// two of the job's CA elect a leader and replicate, the third never
+// receives the state.
+func TestRaftTLSRefusesForeignCertificate(t *testing.T) {
+	c, other := testPKI(t), testPKI(t)
+	nodes := cluster3(t, tlsTransports(t, c, c, other))
+	l := leaderOf(t, nodes[:2], 10*time.Second)
+	runJob(t, l, 5)
+	for _, n := range nodes[:2] {
+		waitFor(t, 5*time.Second, "replication to "+n.ID(), func() bool { return n.State().Committed.Step == 5 })
+	}
+	time.Sleep(500 * time.Millisecond)
+	if got := nodes[2].State().Committed.Step; got != 0 {
+		t.Fatalf("the replica of another CA received step %d", got)
+	}
+	if _, err := NewTLSTransport("0.0.0.0:0", c.Server, c.Client, nil); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("wildcard bind: %v, want ErrInvalid", err)
+	}
 }

@@ -14,7 +14,6 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ringtrain/ringtrain/pkg/allreduce"
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
@@ -22,6 +21,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/coordinator"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
+	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
@@ -46,6 +46,13 @@ type Config struct {
 	// SampleRecord) to samples-<id>-<pid>.jsonl. The environment variable
 	// RINGTRAIN_SAMPLE_LOG sets it too.
 	SampleLog string
+	// TLS secures every connection of the worker (control API, ring,
+	// probes, etcd endpoints given as https) with mutual TLS; nil is
+	// plaintext.
+	TLS *tlsconf.Config
+	// NoSharedMemory keeps ring traffic between workers on the same host
+	// on TCP instead of the shared-memory fast path.
+	NoSharedMemory bool
 	// OpenBackend opens the compute backend (device, threads); required.
 	OpenBackend func(device string, threads int) (nn.Backend, error)
 	Log         *zap.Logger
@@ -87,7 +94,8 @@ func Run(ctx context.Context, cfg Config) error {
 	log = log.With(zap.String("worker", cfg.ID))
 
 	// The ring endpoint first: its address is part of the registration.
-	tr, err := allreduce.NewGRPCTransport(allreduce.GRPCConfig{})
+	tr, err := allreduce.NewGRPCTransport(allreduce.GRPCConfig{
+		ServerCreds: cfg.TLS.ServerCreds(), ClientCreds: cfg.TLS.ClientCreds(), DisableSharedMemory: cfg.NoSharedMemory})
 	if err != nil {
 		return err
 	}
@@ -101,7 +109,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	cl, err := coordinator.NewClient(cfg.Coordinators)
+	cl, err := coordinator.NewClient(cfg.Coordinators, cfg.TLS.DialOption())
 	if err != nil {
 		return err
 	}
@@ -115,7 +123,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("%w: coordinator %v did not answer within %s (is it running, and is the address right?): %w",
+		return fmt.Errorf("%w: coordinator %v did not answer within %s (is it running, is the address right, and do both sides use the same --tls-* settings?): %w",
 			ErrUnreachable, cfg.Coordinators, cfg.JoinTimeout, err)
 	}
 	spec, err := job.Unmarshal(jr.GetSpec())
@@ -130,7 +138,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	ectx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
-	ec, err := cluster.Connect(ectx, cluster.Options{Endpoints: jr.GetEtcdEndpoints(), DialTimeout: cfg.JoinTimeout})
+	ec, err := cluster.Connect(ectx, cluster.Options{Endpoints: jr.GetEtcdEndpoints(), DialTimeout: cfg.JoinTimeout, TLS: cfg.TLS.EtcdTLS()})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("%w: etcd %v (from the coordinator) did not answer within %s: %w",
@@ -531,7 +539,7 @@ func (w *runner) findSuspect(ctx context.Context, p *controlpb.Plan, all bool) s
 	res := make(chan result, len(cands))
 	for _, m := range cands {
 		go func(m *controlpb.PlanMember) {
-			res <- result{m.GetId(), probe(ctx, m.GetAddress(), probeTimeout)}
+			res <- result{m.GetId(), probe(ctx, m.GetAddress(), probeTimeout, w.cfg.TLS)}
 		}(m)
 	}
 	suspect := ""
@@ -1040,8 +1048,8 @@ func (w *runner) reporter(ctx context.Context) {
 // a gRPC connection becomes ready only after the server's HTTP/2 preface,
 // which a killed process (connection refused) or a stopped one (SIGSTOP:
 // the kernel accepts, nobody answers) never sends.
-func probe(ctx context.Context, addr string, timeout time.Duration) error {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func probe(ctx context.Context, addr string, timeout time.Duration, tc *tlsconf.Config) error {
+	cc, err := grpc.NewClient(addr, tc.DialOption())
 	if err != nil {
 		return err
 	}

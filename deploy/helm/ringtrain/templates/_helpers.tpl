@@ -163,3 +163,13 @@ app.kubernetes.io/component: {{ .component }}
 - name: HOME
   value: /cache
 {{- end }}
+
+{{- /* The --tls-* flags of every coordinator and worker when tls.enabled. */ -}}
+{{- define "ringtrain.tlsArgs" -}}
+{{- if .Values.tls.enabled }}
+- --tls-cert={{ .Values.tls.mountPath }}/tls.crt
+- --tls-key={{ .Values.tls.mountPath }}/tls.key
+- --tls-ca={{ .Values.tls.mountPath }}/ca.crt
+- --tls-server-name={{ .Values.tls.serverName | default "ringtrain" }}
+{{- end }}
+{{- end }}
