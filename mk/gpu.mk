@@ -13,3 +13,15 @@ gpu-devbin:
 
 gpu-check: gpu-devbin
 	./scripts/gpu-check.sh
+
+# The distributed GPU check (scripts/gpu-ring.sh): coordinator, worker and
+# the pkg/gpu test binary, stripped and gzip'd so they travel small.
+.PHONY: gpu-ringbin gpu-ring
+gpu-ringbin:
+	mkdir -p .devbin/ring
+	CGO_ENABLED=0 $(GO) build -ldflags "-s -w" -o .devbin/ring/ ./cmd/coordinator ./cmd/worker
+	CGO_ENABLED=0 $(GO) test -c -ldflags "-s -w" -o .devbin/ring/gpu.test ./pkg/gpu
+	gzip -f .devbin/ring/coordinator .devbin/ring/worker .devbin/ring/gpu.test
+
+gpu-ring: gpu-ringbin
+	./scripts/gpu-ring.sh

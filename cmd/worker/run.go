@@ -29,8 +29,8 @@ func runCmd() *cobra.Command {
 			}
 			cfg.TLS = tc
 			cfg.NoSharedMemory = !shm
-			cfg.OpenBackend = func(device string, threads int) (nn.Backend, error) {
-				return cli.Backend(device, threads, log)
+			cfg.OpenBackend = func(device string, threads int, precision string) (nn.Backend, error) {
+				return cli.Backend(device, threads, precision, log)
 			}
 			return worker.Run(cmd.Context(), cfg)
 		},

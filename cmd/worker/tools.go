@@ -92,7 +92,7 @@ func evaluateCmd() *cobra.Command {
 			}
 			log := cli.NewLogger("evaluate")
 			defer log.Sync()
-			b, err := cli.Backend(s.Device, s.Threads, log)
+			b, err := cli.Backend(s.Device, s.Threads, s.Precision, log)
 			if err != nil {
 				return err
 			}

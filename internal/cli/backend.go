@@ -9,10 +9,11 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/nn"
 )
 
-// Backend opens the compute backend for device ("cpu", "cuda", "auto");
-// auto falls back to the CPU with a log line saying why.
-func Backend(device string, threads int, log *zap.Logger) (nn.Backend, error) {
-	return gpu.SelectBackend(device, threads, gpu.Options{}, func(format string, args ...any) {
+// Backend opens the compute backend for device ("cpu", "cuda", "auto")
+// with a GPU's precision ("" = fp32); auto falls back to the CPU (fp32)
+// with a log line saying why.
+func Backend(device string, threads int, precision string, log *zap.Logger) (nn.Backend, error) {
+	return gpu.SelectBackend(device, threads, gpu.Options{Precision: precision}, func(format string, args ...any) {
 		log.Info(fmt.Sprintf(format, args...))
 	})
 }

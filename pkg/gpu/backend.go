@@ -402,6 +402,57 @@ func (b *Backend) ToHost(dst []float32, src *nn.Tensor) {
 	runtime.KeepAlive(dst)
 }
 
+// PinnedHost implements nn.AsyncCopier: page-locked host memory, freed by
+// Close (the slice must not be used after that).
+func (b *Backend) PinnedHost(n int) ([]float32, error) {
+	defer b.end()
+	if !b.begin() {
+		return nil, b.err
+	}
+	if n < 0 {
+		return nil, fmt.Errorf("%w: PinnedHost(%d)", ErrBadInput, n)
+	}
+	p, err := b.dev.hostAlloc(uint64(n) * 4)
+	if err != nil {
+		return nil, err // not sticky: the caller can use ordinary memory
+	}
+	return unsafe.Slice((*float32)(p), n), nil
+}
+
+// ToHostAsync implements nn.AsyncCopier: the copy is queued on the
+// backend's stream behind the work issued so far.
+func (b *Backend) ToHostAsync(dst []float32, src *nn.Tensor) nn.CopyTicket {
+	defer b.end()
+	if !b.begin() || !b.devs(src) {
+		return -1
+	}
+	if len(dst) != src.Numel() {
+		b.fail(fmt.Errorf("%w: ToHostAsync of shape %v into %d values", nn.ErrShape, src.Shape, len(dst)))
+		return -1
+	}
+	if len(dst) == 0 {
+		return -1
+	}
+	t, err := b.dev.downloadAsync(unsafe.Pointer(&dst[0]), ptr(src), uint64(len(dst))*4)
+	if !b.ok(err) {
+		return -1
+	}
+	return nn.CopyTicket(t)
+}
+
+// WaitCopy implements nn.AsyncCopier. Ticket -1 (an empty or failed
+// copy) only reports the sticky error.
+func (b *Backend) WaitCopy(t nn.CopyTicket) error {
+	defer b.end()
+	if !b.begin() {
+		return b.err
+	}
+	if t >= 0 {
+		b.ok(b.dev.waitDownload(int(t)))
+	}
+	return b.err
+}
+
 // Copy implements nn.Backend.
 func (b *Backend) Copy(dst, src *nn.Tensor) {
 	defer b.end()

@@ -113,6 +113,13 @@ type cudaDevice struct {
 	staging     unsafe.Pointer
 	stagingSize uint64
 	stagingEv   uintptr
+
+	// Page-locked host blocks handed out by hostAlloc, and the events of
+	// downloadAsync: a ticket indexes events; freeEv holds reusable ones (freeEv).
+	pinned []unsafe.Pointer
+	events []uintptr
+	freeEv []int
+	busy   []bool
 }
 
 const maxKernelArgs = 32
@@ -382,6 +389,47 @@ func (d *cudaDevice) download(dst unsafe.Pointer, src uint64, bytes uint64) erro
 	return d.drv.check("cuMemcpyDtoH", d.drv.cuMemcpyDtoH(dst, src, bytes))
 }
 
+func (d *cudaDevice) hostAlloc(bytes uint64) (unsafe.Pointer, error) {
+	var p unsafe.Pointer
+	if err := d.drv.check("cuMemHostAlloc", d.drv.cuMemHostAlloc(&p, max(bytes, 4), cuMemHostAllocPortable)); err != nil {
+		return nil, err
+	}
+	d.pinned = append(d.pinned, p)
+	return p, nil
+}
+
+func (d *cudaDevice) downloadAsync(dst unsafe.Pointer, src uint64, bytes uint64) (int, error) {
+	var t int
+	if n := len(d.freeEv); n > 0 {
+		t, d.freeEv = d.freeEv[n-1], d.freeEv[:n-1]
+	} else {
+		var ev uintptr
+		if err := d.drv.check("cuEventCreate", d.drv.cuEventCreate(&ev, cuEventDisableTiming)); err != nil {
+			return -1, err
+		}
+		d.events, d.busy = append(d.events, ev), append(d.busy, false)
+		t = len(d.events) - 1
+	}
+	d.busy[t] = true
+	if err := d.drv.check("cuMemcpyDtoHAsync", d.drv.cuMemcpyDtoHAsync(dst, src, bytes, d.stream)); err != nil {
+		return -1, err
+	}
+	if err := d.drv.check("cuEventRecord", d.drv.cuEventRecord(d.events[t], d.stream)); err != nil {
+		return -1, err
+	}
+	return t, nil
+}
+
+func (d *cudaDevice) waitDownload(t int) error {
+	if t < 0 || t >= len(d.events) || !d.busy[t] {
+		return fmt.Errorf("%w: copy ticket %d is not pending", ErrBadInput, t)
+	}
+	err := d.drv.check("cuEventSynchronize", d.drv.cuEventSynchronize(d.events[t]))
+	d.busy[t] = false
+	d.freeEv = append(d.freeEv, t)
+	return err
+}
+
 func (d *cudaDevice) sync() error {
 	return d.drv.check("cuStreamSynchronize", d.drv.cuStreamSynchronize(d.stream))
 }
@@ -417,6 +465,14 @@ func (d *cudaDevice) close() error {
 		keep(d.drv.check("cuMemFreeHost", d.drv.cuMemFreeHost(d.staging)))
 		d.staging = nil
 	}
+	for _, ev := range d.events {
+		keep(d.drv.check("cuEventDestroy", d.drv.cuEventDestroy(ev)))
+	}
+	d.events, d.busy, d.freeEv = nil, nil, nil
+	for _, p := range d.pinned {
+		keep(d.drv.check("cuMemFreeHost", d.drv.cuMemFreeHost(p)))
+	}
+	d.pinned = nil
 	if d.stagingEv != 0 {
 		keep(d.drv.check("cuEventDestroy", d.drv.cuEventDestroy(d.stagingEv)))
 		d.stagingEv = 0

@@ -43,6 +43,14 @@ type deviceAPI interface {
 	upload(dst uint64, src unsafe.Pointer, bytes uint64) error
 	// download waits for queued work, then copies device memory to host.
 	download(dst unsafe.Pointer, src uint64, bytes uint64) error
+	// hostAlloc returns bytes of page-locked host memory, freed by close.
+	hostAlloc(bytes uint64) (unsafe.Pointer, error)
+	// downloadAsync queues a copy of device memory to host behind the
+	// work issued so far and returns a ticket for waitDownload.
+	downloadAsync(dst unsafe.Pointer, src uint64, bytes uint64) (int, error)
+	// waitDownload waits until ticket's copy has landed and releases the
+	// ticket.
+	waitDownload(ticket int) error
 	// sync waits for queued work.
 	sync() error
 	// enter binds the device to the calling OS thread (which the caller

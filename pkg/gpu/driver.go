@@ -35,6 +35,7 @@ type driver struct {
 	cuMemFreeHost             func(p unsafe.Pointer) int32
 	cuMemcpyHtoDAsync         func(dst uint64, src unsafe.Pointer, bytes uint64, stream uintptr) int32
 	cuMemcpyDtoH              func(dst unsafe.Pointer, src uint64, bytes uint64) int32
+	cuMemcpyDtoHAsync         func(dst unsafe.Pointer, src uint64, bytes uint64, stream uintptr) int32
 	cuMemcpyDtoDAsync         func(dst, src uint64, bytes uint64, stream uintptr) int32
 	cuMemsetD32Async          func(dst uint64, v uint32, n uint64, stream uintptr) int32
 	cuModuleLoadData          func(mod *uintptr, image unsafe.Pointer) int32
@@ -80,6 +81,7 @@ func loadDriver(dirs []string) (*driver, error) {
 		{&d.cuMemFreeHost, []string{"cuMemFreeHost"}},
 		{&d.cuMemcpyHtoDAsync, []string{"cuMemcpyHtoDAsync_v2"}},
 		{&d.cuMemcpyDtoH, []string{"cuMemcpyDtoH_v2"}},
+		{&d.cuMemcpyDtoHAsync, []string{"cuMemcpyDtoHAsync_v2"}},
 		{&d.cuMemcpyDtoDAsync, []string{"cuMemcpyDtoDAsync_v2"}},
 		{&d.cuMemsetD32Async, []string{"cuMemsetD32Async"}},
 		{&d.cuModuleLoadData, []string{"cuModuleLoadData"}},

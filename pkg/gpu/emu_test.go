@@ -171,6 +171,7 @@ type emuDevice struct {
 	args   *argBlock
 	pin    runtime.Pinner
 	gemms  []gemmCall // every GEMM, for tests that inspect them
+	hostCopies
 }
 
 func newEmuDevice() (*emuDevice, error) {
@@ -345,6 +346,12 @@ func (d *emuDevice) upload(dst uint64, src unsafe.Pointer, n uint64) error {
 func (d *emuDevice) download(dst unsafe.Pointer, src uint64, n uint64) error {
 	copy(unsafe.Slice((*byte)(dst), n), d.bytesAt(src, n))
 	return nil
+}
+
+// The emulator runs every op at once, so an asynchronous copy is done
+// when it is queued.
+func (d *emuDevice) downloadAsync(dst unsafe.Pointer, src uint64, n uint64) (int, error) {
+	return d.queue(func() error { return d.download(dst, src, n) })
 }
 
 // openEmu returns a Backend over the emulator with the given precision.

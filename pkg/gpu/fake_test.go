@@ -20,6 +20,7 @@ type fakeDevice struct {
 	launches map[string]int
 	gemms    int
 	errs     []error
+	hostCopies
 }
 
 func newFakeDevice(t *testing.T) *fakeDevice {
@@ -119,6 +120,10 @@ func (f *fakeDevice) upload(dst uint64, src unsafe.Pointer, n uint64) error {
 		return f.bad("upload of %d bytes overruns", n)
 	}
 	return nil
+}
+
+func (f *fakeDevice) downloadAsync(dst unsafe.Pointer, src uint64, n uint64) (int, error) {
+	return f.queue(func() error { return f.download(dst, src, n) })
 }
 
 func (f *fakeDevice) download(dst unsafe.Pointer, src uint64, n uint64) error {

@@ -37,6 +37,9 @@ func SelectBackend(device string, threads int, opts Options, log func(format str
 		if errors.Is(err, ErrOptions) {
 			return nil, err
 		}
+		if opts.Precision != "" && opts.Precision != PrecisionFP32 {
+			log("device auto: precision %s applies to a GPU only; the CPU backend computes in fp32", opts.Precision)
+		}
 		log("device auto: using the CPU backend: no usable CUDA GPU: %v", err)
 		return nn.NewCPU(threads), nil
 	}

@@ -61,6 +61,7 @@ func BindFlags(fs *pflag.FlagSet, s *Spec) {
 	fs.IntVar(&s.Checkpoint.Keep, "checkpoint-keep", s.Checkpoint.Keep, "checkpoints kept (plus the best) [yaml: checkpoint.keep]")
 	fs.BoolVar(&s.Checkpoint.Resume, "resume", s.Checkpoint.Resume, "resume from the newest verified checkpoint when one exists [yaml: checkpoint.resume]")
 	fs.StringVar(&s.Device, "device", s.Device, "cpu | cuda | auto [yaml: device]")
+	fs.StringVar(&s.Precision, "precision", s.Precision, "GPU precision: fp32 | tf32 | bf16 (mixed, fp32 master weights) [yaml: precision]")
 	fs.IntVar(&s.Threads, "threads", s.Threads, "compute threads per worker (0 = cores / local workers) [yaml: threads]")
 	fs.Float64Var(&s.BucketMB, "bucket-mb", s.BucketMB, "gradient bucket size in MiB [yaml: bucket_mb]")
 	fs.StringVar(&s.Compression, "compression", s.Compression, "none | bf16 on the wire [yaml: compression]")

@@ -101,11 +101,14 @@ type Spec struct {
 	OutputDir      string     `json:"output_dir"`
 	Transfer       Transfer   `json:"transfer"`
 	Checkpoint     Checkpoint `json:"checkpoint"`
-	Device         string     `json:"device"`  // cpu, cuda, auto
-	Threads        int        `json:"threads"` // compute threads per worker; 0 = all cores / workers
-	BucketMB       float64    `json:"bucket_mb"`
-	Compression    string     `json:"compression"`  // none, bf16
-	DeadlineSec    float64    `json:"deadline_sec"` // all-reduce deadline
+	Device         string     `json:"device"` // cpu, cuda, auto
+	// Precision of a GPU backend: fp32 (default), tf32, or bf16 (mixed
+	// precision with fp32 master weights). The CPU backend is fp32.
+	Precision   string  `json:"precision,omitempty"`
+	Threads     int     `json:"threads"` // compute threads per worker; 0 = all cores / workers
+	BucketMB    float64 `json:"bucket_mb"`
+	Compression string  `json:"compression"`  // none, bf16
+	DeadlineSec float64 `json:"deadline_sec"` // all-reduce deadline
 }
 
 // Default returns the tutorial's recipe (2 epochs: minutes on a laptop CPU; the
@@ -217,6 +220,10 @@ func (s *Spec) Validate() error {
 		bad("global_batch %d is smaller than min_workers %d", s.GlobalBatch, s.MinWorkers)
 	}
 	add(oneOf("device", s.Device, "cpu", "cuda", "auto"))
+	add(oneOf("precision", s.Precision, "", "fp32", "tf32", "bf16"))
+	if s.Device == "cpu" && s.Precision != "" && s.Precision != "fp32" {
+		add(fmt.Errorf("%w: precision %s needs a GPU (the CPU backend is fp32)", ErrInvalid, s.Precision))
+	}
 	add(oneOf("compression", s.Compression, "none", "bf16"))
 	if s.BucketMB <= 0 {
 		bad("bucket_mb %g must be positive", s.BucketMB)
@@ -236,7 +243,7 @@ func (s *Spec) Validate() error {
 func (s *Spec) Hash() string {
 	c := *s
 	c.Name, c.OutputDir, c.MinWorkers, c.MaxWorkers = "", "", 0, 0
-	c.Device, c.Threads, c.DeadlineSec, c.BucketMB = "", 0, 0, 0
+	c.Device, c.Precision, c.Threads, c.DeadlineSec, c.BucketMB = "", "", 0, 0, 0
 	c.Checkpoint = Checkpoint{}
 	c.Data.Dir, c.Data.Mirror, c.Data.MirrorMD5 = "", "", ""
 	b, _ := json.Marshal(c) // a struct of plain fields always marshals

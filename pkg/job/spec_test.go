@@ -43,14 +43,16 @@ func TestLoadYAMLOverlaysAndRejectsUnknownKeys(t *testing.T) {
 
 func TestValidateNamesTheField(t *testing.T) {
 	cases := map[string]func(*Spec){
-		"model.arch":    func(s *Spec) { s.Model.Arch = "vgg" },
-		"optimizer.lr":  func(s *Spec) { s.Optimizer.LR = 0 },
-		"min_workers":   func(s *Spec) { s.MinWorkers = 3; s.MaxWorkers = 2 },
-		"data.folder":   func(s *Spec) { s.Data.Dataset = "folder" },
-		"nesterov":      func(s *Spec) { s.Optimizer.Nesterov = true; s.Optimizer.Momentum = 0 },
-		"global_batch":  func(s *Spec) { s.GlobalBatch = 0 },
-		"batch_norm":    func(s *Spec) { s.BatchNorm = "none" },
-		"model.dropout": func(s *Spec) { s.Model.Dropout = 1 },
+		"model.arch":                 func(s *Spec) { s.Model.Arch = "vgg" },
+		"optimizer.lr":               func(s *Spec) { s.Optimizer.LR = 0 },
+		"min_workers":                func(s *Spec) { s.MinWorkers = 3; s.MaxWorkers = 2 },
+		"data.folder":                func(s *Spec) { s.Data.Dataset = "folder" },
+		"nesterov":                   func(s *Spec) { s.Optimizer.Nesterov = true; s.Optimizer.Momentum = 0 },
+		"global_batch":               func(s *Spec) { s.GlobalBatch = 0 },
+		"batch_norm":                 func(s *Spec) { s.BatchNorm = "none" },
+		"model.dropout":              func(s *Spec) { s.Model.Dropout = 1 },
+		"precision":                  func(s *Spec) { s.Precision = "fp8" },
+		"precision bf16 needs a GPU": func(s *Spec) { s.Device, s.Precision = "cpu", "bf16" },
 	}
 	for field, mut := range cases {
 		s := Default()
@@ -64,7 +66,7 @@ func TestValidateNamesTheField(t *testing.T) {
 
 func TestHashIgnoresPlacementButNotMath(t *testing.T) {
 	a, b := Default(), Default()
-	b.OutputDir, b.MaxWorkers, b.Device = "elsewhere", 7, "cpu"
+	b.OutputDir, b.MaxWorkers, b.Device, b.Precision = "elsewhere", 7, "cuda", "bf16"
 	if a.Hash() != b.Hash() {
 		t.Fatal("placement fields changed the hash")
 	}
@@ -102,7 +104,7 @@ func TestFlagsOverrideYAML(t *testing.T) {
 	// every YAML key has a flag: each json tag of the spec appears in a usage string
 	var usage strings.Builder
 	fs.VisitAll(func(f *pflag.Flag) { usage.WriteString(f.Usage) })
-	for _, key := range []string{"model.arch", "data.dir", "optimizer.nesterov", "schedule.max_lr", "transfer.freeze_backbone", "checkpoint.every_steps", "deadline_sec", "compression", "batch_norm"} {
+	for _, key := range []string{"model.arch", "data.dir", "optimizer.nesterov", "schedule.max_lr", "transfer.freeze_backbone", "checkpoint.every_steps", "deadline_sec", "compression", "batch_norm", "precision"} {
 		if !strings.Contains(usage.String(), "[yaml: "+key+"]") {
 			t.Errorf("no flag for yaml key %s", key)
 		}

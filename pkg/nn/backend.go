@@ -205,3 +205,25 @@ type Backend interface {
 	// CountNonFinite returns how many elements of t are NaN or ±Inf.
 	CountNonFinite(t *Tensor) int
 }
+
+// CopyTicket names one copy issued by AsyncCopier.ToHostAsync.
+type CopyTicket int
+
+// AsyncCopier is an optional capability of device backends: copies to the
+// host that overlap with the compute issued after them. A data-parallel
+// trainer copies each gradient out as soon as backward has issued it, so
+// the all-reduce of the first buckets runs while the device is still
+// computing the rest of backward.
+type AsyncCopier interface {
+	// PinnedHost returns n float32s of page-locked host memory, valid
+	// until the backend is closed (the copies into it run asynchronously).
+	PinnedHost(n int) ([]float32, error)
+	// ToHostAsync queues a copy of src into dst behind all work issued
+	// so far and returns without waiting. dst must not be read, and src
+	// not written, before WaitCopy of the ticket returns.
+	ToHostAsync(dst []float32, src *Tensor) CopyTicket
+	// WaitCopy waits until the ticket's copy has landed in host memory
+	// and reports the backend's sticky error, if any. Every ticket is
+	// waited for exactly once.
+	WaitCopy(t CopyTicket) error
+}

@@ -53,8 +53,9 @@ type Config struct {
 	// NoSharedMemory keeps ring traffic between workers on the same host
 	// on TCP instead of the shared-memory fast path.
 	NoSharedMemory bool
-	// OpenBackend opens the compute backend (device, threads); required.
-	OpenBackend func(device string, threads int) (nn.Backend, error)
+	// OpenBackend opens the compute backend (device, threads, GPU
+	// precision); required.
+	OpenBackend func(device string, threads int, precision string) (nn.Backend, error)
 	Log         *zap.Logger
 }
 
@@ -150,7 +151,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	b, err := cfg.OpenBackend(spec.Device, spec.Threads)
+	b, err := cfg.OpenBackend(spec.Device, spec.Threads, spec.Precision)
 	if err != nil {
 		return err
 	}
@@ -163,6 +164,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer t.Close()
+	// Overlapped gradient copies of a GPU worker (see Trainer.Overlap).
+	t.Overlap = os.Getenv("RINGTRAIN_GPU_OVERLAP") == "1"
 
 	w := &runner{cfg: cfg, log: log, spec: spec, t: t, tr: tr, cl: cl, ej: ej, plans: newPlanBox(), rereg: make(chan struct{}, 1),
 		reports: make(chan *controlpb.MetricsReport, 1024)}

@@ -36,6 +36,25 @@ type Trainer struct {
 	hostGrad []float32 // host mirror of the gradients for device backends
 	hostBuf  []float32 // host mirror of the BN buffers for device backends
 	metrics  []float32 // [loss*n, correct, n] of this step, averaged with the last bucket
+
+	// Overlap copies a device backend's gradients to the host as
+	// backward issues them (nn.AsyncCopier), so that the all-reduce of
+	// the first buckets runs while the device computes the rest; off, the
+	// gradients are copied in one piece after backward. Off by default:
+	// on an H100 shared by two worker processes the overlapped copies
+	// made steps 1.3x slower (the two contexts time-slice around every
+	// small copy), and a GPU per worker has not been measured yet (see
+	// BENCHMARKS.md).
+	Overlap bool
+	spans   []allreduce.Span // every parameter's span in the flat gradient
+	copies  []gradCopy       // this step's queued gradient copies, in order
+	copied  []bool           // by parameter: a copy is queued this step
+}
+
+// gradCopy is a queued device-to-host copy of parameter i's gradient.
+type gradCopy struct {
+	i      int
+	ticket nn.CopyTicket
 }
 
 // NewTrainer builds model, optimizer, schedule and sampler for spec on b.
@@ -66,9 +85,11 @@ func NewTrainer(spec job.Spec, b nn.Backend, train, test data.Dataset) (*Trainer
 	t := &Trainer{Spec: spec, B: b, Model: m, Opt: opt, Sched: sch,
 		CE: &nn.CrossEntropy{Smoothing: float32(spec.LabelSmoothing)}, Train: train, Test: test,
 		Sampler: s, StepsPerEpoch: spe, metrics: make([]float32, 3)}
+	t.spans = t.gradSpans()
 	if m.GradsFlat().OnDevice() {
-		t.hostGrad = make([]float32, m.GradsFlat().Numel())
-		t.hostBuf = make([]float32, m.BuffersFlat().Numel())
+		t.hostGrad = hostMirror(b, m.GradsFlat().Numel())
+		t.hostBuf = hostMirror(b, m.BuffersFlat().Numel())
+		t.copied = make([]bool, len(m.Params()))
 	}
 	return t, nil
 }
@@ -101,6 +122,19 @@ func (t *Trainer) Loader(ctx context.Context, rank, world int) (*data.Loader, er
 		Start: t.Pos, StopEpoch: t.Spec.Epochs})
 }
 
+// hostMirror returns n zeroed float32s of host memory for copies from a
+// device backend: page-locked when the backend offers it (its copies can
+// then run asynchronously), ordinary memory otherwise.
+func hostMirror(b nn.Backend, n int) []float32 {
+	if ac, ok := b.(nn.AsyncCopier); ok {
+		if h, err := ac.PinnedHost(n); err == nil {
+			clear(h)
+			return h
+		}
+	}
+	return make([]float32, n)
+}
+
 // gradSpans lists every parameter's span in the flat gradient.
 func (t *Trainer) gradSpans() []allreduce.Span {
 	flat := t.Model.GradsFlat()
@@ -120,6 +154,48 @@ func offsetOf(flat, v *nn.Tensor) int {
 		return 0
 	}
 	return int((uintptr(unsafe.Pointer(&v.Data[0])) - uintptr(unsafe.Pointer(&flat.Data[0]))) / 4)
+}
+
+// queueCopy queues the copy of parameter i's gradient to the host mirror.
+func (t *Trainer) queueCopy(ac nn.AsyncCopier, i int) {
+	if t.copied[i] {
+		return
+	}
+	sp := t.spans[i]
+	t.copied[i] = true
+	t.copies = append(t.copies, gradCopy{i, ac.ToHostAsync(t.hostGrad[sp.Offset:sp.Offset+sp.Len], t.Model.Params()[i].Grad)})
+}
+
+// markCopied finishes a step's overlapped copies: the gradients backward
+// did not announce (frozen parameters, an empty local batch) and the BN
+// buffers are queued too; then each parameter is marked ready for the
+// reducer as its copy lands, in the order backward produced them. The
+// buffers ride with the last bucket, so they are waited for before the
+// final mark. Every ticket is waited for, also after an error.
+func (t *Trainer) markCopied(ac nn.AsyncCopier, red *allreduce.Reducer) error {
+	for i := len(t.copied) - 1; i >= 0; i-- {
+		t.queueCopy(ac, i)
+	}
+	bufTicket := ac.ToHostAsync(t.hostBuf, t.Model.BuffersFlat())
+	var first error
+	keep := func(err error) {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	for k, c := range t.copies {
+		keep(ac.WaitCopy(c.ticket))
+		if k == len(t.copies)-1 {
+			keep(ac.WaitCopy(bufTicket))
+		}
+		if first == nil {
+			keep(red.MarkReady(c.i))
+		}
+	}
+	if len(t.copies) == 0 {
+		keep(ac.WaitCopy(bufTicket))
+	}
+	return first
 }
 
 // NewReducer makes the bucketed reducer of this trainer's gradients over
@@ -165,14 +241,23 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		return res, err
 	}
 	onDevice := t.hostGrad != nil
+	ac, async := t.B.(nn.AsyncCopier)
+	async = async && onDevice && t.Overlap
 	var hookErr error
-	if !onDevice {
+	switch {
+	case !onDevice:
 		m.SetGradReadyHook(func(i int) {
 			if err := red.MarkReady(i); err != nil && hookErr == nil {
 				hookErr = err
 			}
 		})
-	} else {
+	case async:
+		// Each gradient's copy is queued as soon as backward has issued
+		// it; the buckets start as the copies land (see markCopied).
+		t.copies = t.copies[:0]
+		clear(t.copied)
+		m.SetGradReadyHook(func(i int) { t.queueCopy(ac, i) })
+	default:
 		m.SetGradReadyHook(nil)
 	}
 	var lossSum float64
@@ -200,14 +285,18 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 			return res, fmt.Errorf("worker: step %d backward: %w", t.Step, err)
 		}
 	}
-	if onDevice {
-		t.B.ToHost(t.hostGrad, m.GradsFlat())
-		t.B.ToHost(t.hostBuf, m.BuffersFlat())
-	}
 	if b.N == 0 {
 		t.metrics[0], t.metrics[1], t.metrics[2] = 0, 0, 0
 	}
-	if onDevice || b.N == 0 {
+	if async {
+		if err := t.markCopied(ac, red); err != nil && hookErr == nil {
+			hookErr = err
+		}
+	} else if onDevice {
+		t.B.ToHost(t.hostGrad, m.GradsFlat())
+		t.B.ToHost(t.hostBuf, m.BuffersFlat())
+	}
+	if !async && (onDevice || b.N == 0) {
 		for i := len(m.Params()) - 1; i >= 0; i-- {
 			if err := red.MarkReady(i); err != nil && hookErr == nil {
 				hookErr = err
