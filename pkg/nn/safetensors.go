@@ -1,6 +1,7 @@
 package nn
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -471,16 +472,22 @@ func EncodeSafetensors(w io.Writer, tensors []*STTensor, meta map[string]string)
 // file in the same directory, fsynced, renamed over path, then the
 // directory fsynced. A crash leaves either the old file or the new one.
 func WriteSafetensorsFile(path string, tensors []*STTensor, meta map[string]string) error {
-	var buf bytes.Buffer
-	if err := EncodeSafetensors(&buf, tensors, meta); err != nil {
-		return err
-	}
-	return WriteFileAtomic(path, buf.Bytes())
+	return WriteFileAtomicFunc(path, func(w io.Writer) error { return EncodeSafetensors(w, tensors, meta) })
 }
 
 // WriteFileAtomic replaces path with data atomically (temporary file in the
 // same directory, fsync, rename, fsync of the directory).
-func WriteFileAtomic(path string, data []byte) (err error) {
+func WriteFileAtomic(path string, data []byte) error {
+	return WriteFileAtomicFunc(path, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// WriteFileAtomicFunc is WriteFileAtomic for content that write streams
+// (through a buffer, so a large file never sits whole in memory). When
+// write fails, path is left as it was.
+func WriteFileAtomicFunc(path string, write func(io.Writer) error) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -493,7 +500,11 @@ func WriteFileAtomic(path string, data []byte) (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	if _, err = f.Write(data); err != nil {
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if err = write(bw); err != nil {
+		return fmt.Errorf("nn: atomic write %s: %w", path, err)
+	}
+	if err = bw.Flush(); err != nil {
 		return fmt.Errorf("nn: atomic write %s: %w", path, err)
 	}
 	if err = f.Sync(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -296,5 +297,30 @@ func TestHalfConversions(t *testing.T) {
 	}
 	if b := Float32ToBF16(float32(math.NaN())); b&0x7f80 != 0x7f80 || b&0x7f == 0 {
 		t.Errorf("NaN → %#04x", b)
+	}
+}
+
+// A failing writer leaves the old file and no temporary file behind.
+func TestWriteFileAtomicFuncKeepsOldFileOnError(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.safetensors")
+	if err := WriteFileAtomic(path, []byte("old")); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("disk full")
+	err := WriteFileAtomicFunc(path, func(w io.Writer) error {
+		if _, err := w.Write(make([]byte, 3<<20)); err != nil { // past the buffer: reaches the file
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("err %v, want the writer's error", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "old" {
+		t.Fatalf("file now holds %d bytes, want the old content", len(b))
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("directory holds %d entries, want only the file", len(ents))
 	}
 }

@@ -1,10 +1,13 @@
 package nn
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
+	"unsafe"
 )
 
 // Model and optimizer state ↔ safetensors files.
@@ -51,6 +54,35 @@ func CanonicalName(name string) string {
 	return strings.Join(parts, ".")
 }
 
+// littleEndian reports whether float32 values in memory are already in
+// safetensors' byte order (true on amd64 and arm64).
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// f32Bytes returns the bytes of v, aliasing its memory on little-endian
+// hosts and encoding a copy elsewhere.
+func f32Bytes(v []float32) []byte {
+	if len(v) == 0 {
+		return []byte{}
+	}
+	if littleEndian {
+		return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+	}
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return b
+}
+
+// hostF32 copies t to the host as an F32 safetensors tensor whose bytes
+// are the copy itself on little-endian hosts (one allocation, no
+// conversion).
+func hostF32(b Backend, name string, t *Tensor) (*STTensor, error) {
+	h := make([]float32, t.Numel())
+	b.ToHost(h, t)
+	return &STTensor{Name: name, DType: F32, Shape: append([]int{}, t.Shape...), Data: f32Bytes(h)}, nil
+}
+
 // WeightTensors returns host copies of params and buffers as safetensors
 // tensors under their names.
 func WeightTensors(b Backend, params []*Param, buffers []*Buffer) ([]*STTensor, error) {
@@ -71,9 +103,7 @@ func WeightTensors(b Backend, params []*Param, buffers []*Buffer) ([]*STTensor, 
 		if p == nil || p.Value == nil {
 			return nil, fmt.Errorf("%w: parameter without a value", ErrConfig)
 		}
-		h := make([]float32, p.Value.Numel())
-		b.ToHost(h, p.Value)
-		t, err := F32Tensor(p.Name, p.Value.Shape, h)
+		t, err := hostF32(b, p.Name, p.Value)
 		if err := add(p.Name, t, err); err != nil {
 			return nil, err
 		}
@@ -87,9 +117,7 @@ func WeightTensors(b Backend, params []*Param, buffers []*Buffer) ([]*STTensor, 
 		case buf.Count != nil:
 			t, err = I64Tensor(buf.Name, []int{}, []int64{*buf.Count})
 		case buf.Value != nil:
-			h := make([]float32, buf.Value.Numel())
-			b.ToHost(h, buf.Value)
-			t, err = F32Tensor(buf.Name, buf.Value.Shape, h)
+			t, err = hostF32(b, buf.Name, buf.Value)
 		default:
 			return nil, fmt.Errorf("%w: buffer %s has neither Value nor Count", ErrConfig, buf.Name)
 		}
@@ -270,6 +298,8 @@ func countNonFinite(v []float32) int {
 const stepSuffix = ".step"
 
 // OptimizerStateTensors encodes st as safetensors tensors plus metadata.
+// On little-endian hosts the tensors' bytes alias st's float32 data (no
+// copy): st must not change while they are in use.
 func OptimizerStateTensors(st *OptimizerState) ([]*STTensor, map[string]string, error) {
 	if st == nil || st.Algorithm == "" {
 		return nil, nil, fmt.Errorf("%w: optimizer state without an algorithm", ErrOptimState)
@@ -279,11 +309,10 @@ func OptimizerStateTensors(st *OptimizerState) ([]*STTensor, map[string]string, 
 		if t == nil || t.Data == nil {
 			return nil, nil, fmt.Errorf("%w: state tensor %s is not a host tensor", ErrOptimState, key)
 		}
-		s, err := F32Tensor(key, t.Shape, t.Data)
-		if err != nil {
-			return nil, nil, err
+		if numel(t.Shape) != len(t.Data) {
+			return nil, nil, fmt.Errorf("%w: state tensor %s: %d values for shape %v", ErrShape, key, len(t.Data), t.Shape)
 		}
-		out = append(out, s)
+		out = append(out, &STTensor{Name: key, DType: F32, Shape: append([]int{}, t.Shape...), Data: f32Bytes(t.Data)})
 	}
 	for name, step := range st.Steps {
 		s, _ := I64Tensor(name+stepSuffix, []int{}, []int64{step})
