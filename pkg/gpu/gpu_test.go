@@ -79,7 +79,7 @@ type env struct {
 
 func newEnv(t *testing.T, prec string) *env {
 	g := openGPU(t, prec)
-	return &env{t: t, g: g, c: nn.NewCPU(0), rng: rand.New(rand.NewSource(int64(len(t.Name())) * 7919))}
+	return &env{t: t, g: g, c: plainCPU(), rng: rand.New(rand.NewSource(int64(len(t.Name())) * 7919))}
 }
 
 // rand returns the same normal random values on both backends.
@@ -617,4 +617,13 @@ func TestGPUCountNonFiniteAndDeterminism(t *testing.T) {
 	if err := e.g.Sync(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// plainCPU is the CPU reference of the GPU tests: every convolution a
+// plain float32 sum of products (no Winograd), the error model their
+// tolerances are derived from.
+func plainCPU() *nn.CPU {
+	c := nn.NewCPU(0)
+	c.SetWinograd(false)
+	return c
 }

@@ -156,7 +156,7 @@ const gradTol = 1e-2
 // asserted.
 func TestGPUResNet18Step(t *testing.T) {
 	g := openGPU(t, PrecisionFP32)
-	c := nn.NewCPU(0)
+	c := plainCPU()
 	emulated := g.info.Arch == "host"
 	for _, tc := range []struct {
 		stem string

@@ -45,7 +45,7 @@ type shadow struct {
 var _ nn.Backend = (*shadow)(nil)
 
 func newShadow(g *Backend) *shadow {
-	return &shadow{Backend: g, cpu: nn.NewCPU(0), label: "forward"}
+	return &shadow{Backend: g, cpu: plainCPU(), label: "forward"}
 }
 
 // tolerance of one output.

@@ -9,7 +9,8 @@ import (
 // CPU is the CPU backend: host tensors, work split across goroutines so
 // that results never depend on the number of threads.
 type CPU struct {
-	threads int
+	threads    int
+	noWinograd bool // SetWinograd(false)
 
 	// Scratch memory, grown on demand and reused across calls (the backend
 	// is used from one goroutine at a time, so one set suffices).

@@ -192,14 +192,12 @@ func (c *CPU) padInput(x []float32, p ConvParams, pl *convPlan) []float32 {
 				}
 				continue
 			}
-			clear(dst[:p.PadH*pl.wp])
+			// One clear of the plane, then the rows: for small planes the
+			// per-row clears of the borders cost more than the copies.
+			clear(dst)
 			for h := 0; h < p.H; h++ {
-				row := dst[(p.PadH+h)*pl.wp:][:pl.wp]
-				clear(row[:p.PadW])
-				copyShort(row[p.PadW:p.PadW+p.W], src[h*p.W:][:p.W])
-				clear(row[p.PadW+p.W:])
+				copyShort(dst[(p.PadH+h)*pl.wp+p.PadW:][:p.W], src[h*p.W:][:p.W])
 			}
-			clear(dst[(p.PadH+p.H)*pl.wp:])
 		}
 	})
 	return xp
@@ -460,6 +458,10 @@ func (c *CPU) convForward(yd, xd, wd []float32, p ConvParams) {
 		}
 		return
 	}
+	if c.winograd(p) {
+		c.winogradForward(yd, xd, wd, p, false)
+		return
+	}
 	pl := c.plan(p)
 	ct := p.C * len(pl.taps)
 	wt := c.liveWeights(wd, p, pl)
@@ -521,7 +523,12 @@ func (c *CPU) Conv2dBackwardData(dx, dy, w *Tensor, p ConvParams) {
 		return
 	}
 	if pt, ok := transposedConv(p); ok && c.plan(p).full(p) {
-		// A forward convolution of dy: implicit GEMM with long k, no col2im.
+		// A forward convolution of dy: implicit GEMM with long k, no col2im
+		// (or Winograd, which flips the weights as it transforms them).
+		if c.winograd(pt) {
+			c.winogradForward(dxd, dyd, wd, pt, true)
+			return
+		}
 		c.convForward(dxd, dyd, c.flipWeights(wd, p), pt)
 		return
 	}
@@ -636,6 +643,10 @@ func (c *CPU) Conv2dBackwardFilter(dw, x, dy *Tensor, p ConvParams) {
 		for n := 0; n < p.N; n++ {
 			gemm.Sgemm(false, true, p.K, p.C, pq, 1, dyd[n*kpq:], pq, xd[n*chw:], pq, 1, dwd, p.C, c.threads)
 		}
+		return
+	}
+	if c.winogradFilterOn(p) {
+		c.winogradFilter(dwd, xd, dyd, p)
 		return
 	}
 	pl := c.plan(p)

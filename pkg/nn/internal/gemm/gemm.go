@@ -221,7 +221,8 @@ type problem struct {
 	alpha, beta    float32
 	a, b, c        []float32
 	lda, ldb, ldc  int
-	bp             BPacker // when not nil, packs op(B) instead of b
+	bp             BPacker  // when not nil, packs op(B) instead of b
+	pa             *PackedA // when not nil, op(A) already packed (one chunk only)
 
 	// Chunks: C is cut along one dimension (rows if splitM, else columns)
 	// into nch slabs; slab i is [bound(i), bound(i+1)).
@@ -303,7 +304,12 @@ func (p *problem) block(buf *buffers, i0, i1, j0, j1 int) {
 			if pc > 0 {
 				beta = 1
 			}
-			packA(kn, buf.a, p.a, p.lda, p.transA, ic, mc, pc, kc)
+			apk := buf.a
+			if p.pa != nil {
+				apk = p.pa.block(ic, mc, pc)
+			} else {
+				packA(kn, buf.a, p.a, p.lda, p.transA, ic, mc, pc, kc)
+			}
 			for jc := j0; jc < j1; jc += ncMax {
 				nc := min(ncMax, j1-jc)
 				if p.bp != nil {
@@ -312,7 +318,7 @@ func (p *problem) block(buf *buffers, i0, i1, j0, j1 int) {
 					packB(kn, buf.b, p.b, p.ldb, p.transB, pc, kc, jc, nc)
 				}
 				for ir := 0; ir < mc; ir += mr {
-					ap := buf.a[ir*kc : (ir+mr)*kc]
+					ap := apk[ir*kc : (ir+mr)*kc]
 					rows := min(mr, mc-ir)
 					for jr := 0; jr < nc; jr += nr {
 						bp := buf.b[jr*kc : (jr+nr)*kc]
@@ -385,6 +391,117 @@ func (w *Workspace) SgemmPacker(transA bool, m, n, k int, alpha float32, a []flo
 	kern := active()
 	p := &problem{kern: kern, transA: transA, m: m, n: n, k: k,
 		alpha: alpha, a: a, lda: lda, bp: bp, beta: beta, c: c, ldc: ldc}
+	if m == 0 || n == 0 {
+		return
+	}
+	if k == 0 || alpha == 0 {
+		scaleC(m, n, beta, c, ldc)
+		return
+	}
+	if w.buf == nil || w.buf.kern != kern {
+		w.buf = newBuffers(kern)
+	}
+	p.plan(1)
+	p.chunk(w.buf, 0)
+}
+
+// Sgemm is the package's Sgemm on the calling goroutine only, with w's
+// buffers (no pool traffic, no allocation after the first call). Results
+// are bit-identical to Sgemm's for any thread count.
+func (w *Workspace) Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
+	b []float32, ldb int, beta float32, c []float32, ldc int) {
+	if err := checkArgs(transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc); err != nil {
+		panic(err)
+	}
+	kern := active()
+	p := &problem{kern: kern, transA: transA, transB: transB, m: m, n: n, k: k,
+		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc}
+	if m == 0 || n == 0 {
+		return
+	}
+	if k == 0 || alpha == 0 {
+		scaleC(m, n, beta, c, ldc)
+		return
+	}
+	if w.buf == nil || w.buf.kern != kern {
+		w.buf = newBuffers(kern)
+	}
+	p.plan(1)
+	p.chunk(w.buf, 0)
+}
+
+// PackedA is an op(A) (m x k) packed once into the active path's
+// micro-panel layout, for many products with the same A
+// (Workspace.SgemmPackedA): the per-product packing of A is saved. Its
+// storage is the caller's slice; the zero value is not usable.
+type PackedA struct {
+	kern *kernel
+	m, k int
+	data []float32
+}
+
+// PackedASize is the number of values PackA needs for an m x k op(A) on
+// the active path.
+func PackedASize(m, k int) int {
+	kn := active()
+	return ceilDiv(m, kn.mr) * kn.mr * k
+}
+
+// PackA packs op(A) (m x k; A is k x m with leading dimension lda when
+// transA) into buf (at least PackedASize(m, k) values), laid out as the
+// products' cache blocks: rows in blocks of MC, then k in blocks of KC.
+// It uses the active path, which must stay active while the result is used.
+func PackA(transA bool, m, k int, a []float32, lda int, buf []float32) PackedA {
+	ar, ac := m, k
+	if transA {
+		ar, ac = k, m
+	}
+	switch {
+	case m < 0:
+		panic(&ArgError{"m", fmt.Sprintf("negative (%d)", m)})
+	case k < 0:
+		panic(&ArgError{"k", fmt.Sprintf("negative (%d)", k)})
+	}
+	if err := checkMatrix("a", "lda", ar, ac, len(a), lda); err != nil {
+		panic(err)
+	}
+	if need := PackedASize(m, k); len(buf) < need {
+		panic(&ArgError{"buf", fmt.Sprintf("len %d < %d needed", len(buf), need)})
+	}
+	kn := active()
+	pa := PackedA{kern: kn, m: m, k: k, data: buf}
+	for ic := 0; ic < m; ic += kn.mc {
+		mc := min(kn.mc, m-ic)
+		for pc := 0; pc < k; pc += kn.kc {
+			packA(kn, pa.block(ic, mc, pc), a, lda, transA, ic, mc, pc, min(kn.kc, k-pc))
+		}
+	}
+	return pa
+}
+
+// block is the packed block of rows [ic, ic+mc) and k from pc: the blocks
+// of one row block follow each other in k, each ceil(mc/mr)*mr*kc values.
+func (pa *PackedA) block(ic, mc, pc int) []float32 {
+	mcr := ceilDiv(mc, pa.kern.mr) * pa.kern.mr
+	return pa.data[ic*pa.k+pc*mcr:]
+}
+
+// SgemmPackedA is Workspace.Sgemm with op(A) (m x k) taken from pa: C (m x
+// n) = alpha * op(A) * op(B) + beta * C, bit-identical to Sgemm on the same
+// A. It panics if the active path is not the one pa was packed for.
+func (w *Workspace) SgemmPackedA(pa *PackedA, transB bool, n int, alpha float32,
+	b []float32, ldb int, beta float32, c []float32, ldc int) {
+	m, k := pa.m, pa.k
+	// op(A) is pa's (already checked): only B and C are validated.
+	if err := checkArgs(false, transB, m, n, k, m*k, max(k, 1), len(b), ldb, len(c), ldc); err != nil {
+		panic(err)
+	}
+	kern := active()
+	if pa.kern != kern {
+		panic(&ArgError{"pa", "packed for path " + pa.kern.name + ", active path is " + kern.name})
+	}
+	p := &problem{kern: kern, transB: transB, m: m, n: n, k: k,
+		alpha: alpha, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc, pa: pa}
 	if m == 0 || n == 0 {
 		return
 	}

@@ -57,6 +57,103 @@ func TestSgemmPackerMatchesSgemm(t *testing.T) {
 	}
 }
 
+// TestWorkspaceSgemmMatchesSgemm: Workspace.Sgemm is bit-identical to
+// Sgemm on every path and transpose case, with one Workspace reused across
+// shapes and paths.
+func TestWorkspaceSgemmMatchesSgemm(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	var w Workspace
+	for _, kn := range kernels {
+		for _, sz := range [][3]int{{1, 1, 1}, {15, 33, 17}, {70, 130, 600}} {
+			for _, tr := range transCases {
+				o := newOperands(rng, tr[0], tr[1], sz[0], sz[1], sz[2], 0.75, 0.5, 3)
+				want := o.run(kn, 3)
+				old := active()
+				current.Store(kn)
+				got := append([]float32(nil), o.c...)
+				w.Sgemm(o.transA, o.transB, o.m, o.n, o.k, o.alpha, o.a, o.lda, o.b, o.ldb, o.beta, got, o.ldc)
+				current.Store(old)
+				for i := range want {
+					if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+						t.Fatalf("%s %v %v: c[%d] = %v, Sgemm gives %v", kn.name, sz, tr, i, got[i], want[i])
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestSgemmPackedAMatchesSgemm: products with a pre-packed A are
+// bit-identical to Sgemm on every path, for shapes with several MC and KC
+// blocks and ragged edges, and one packing serves several products.
+func TestSgemmPackedAMatchesSgemm(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	var w Workspace
+	for _, kn := range kernels {
+		old := active()
+		current.Store(kn)
+		for _, sz := range [][3]int{{1, 1, 1}, {15, 33, 17}, {1100, 70, 600}, {70, 130, 300}} {
+			for _, tr := range transCases {
+				o := newOperands(rng, tr[0], tr[1], sz[0], sz[1], sz[2], 0.75, 0.5, 3)
+				pa := PackA(o.transA, o.m, o.k, o.a, o.lda, make([]float32, PackedASize(o.m, o.k)))
+				for rep := 0; rep < 2; rep++ {
+					want := o.run(kn, 1)
+					got := append([]float32(nil), o.c...)
+					w.SgemmPackedA(&pa, o.transB, o.n, o.alpha, o.b, o.ldb, o.beta, got, o.ldc)
+					for i := range want {
+						if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+							t.Fatalf("%s %v %v: c[%d] = %v, Sgemm gives %v", kn.name, sz, tr, i, got[i], want[i])
+						}
+					}
+				}
+			}
+		}
+		current.Store(old)
+	}
+}
+
+// TestPackedABadArguments: a short buffer, a short A and a PackedA used
+// after the active path changed are refused with the argument's name.
+func TestPackedABadArguments(t *testing.T) {
+	a := make([]float32, 12)
+	var w Workspace
+	for _, tc := range []struct {
+		arg string
+		f   func()
+	}{
+		{"buf", func() { PackA(false, 3, 4, a, 4, make([]float32, 1)) }},
+		{"a", func() { PackA(false, 4, 4, a, 4, make([]float32, PackedASize(4, 4))) }},
+		{"m", func() { PackA(false, -1, 4, a, 4, nil) }},
+		{"pa", func() {
+			pa := PackA(false, 3, 4, a, 4, make([]float32, PackedASize(3, 4)))
+			old := active()
+			defer current.Store(old)
+			for _, kn := range kernels {
+				if kn != old {
+					current.Store(kn)
+					break
+				}
+			}
+			if active() == old {
+				panic(&ArgError{"pa", "only one path on this CPU"}) // nothing to switch to
+			}
+			w.SgemmPackedA(&pa, false, 2, 1, make([]float32, 8), 2, 0, make([]float32, 6), 2)
+		}},
+	} {
+		func() {
+			defer func() {
+				var ae *ArgError
+				if r := recover(); r == nil {
+					t.Errorf("%s: no panic", tc.arg)
+				} else if err, ok := r.(error); !ok || !errors.As(err, &ae) || ae.Arg != tc.arg {
+					t.Errorf("%s: panic %v", tc.arg, r)
+				}
+			}()
+			tc.f()
+		}()
+	}
+}
+
 func TestSgemmPackerBadArguments(t *testing.T) {
 	a, c := make([]float32, 4), make([]float32, 4)
 	o := &operands{b: make([]float32, 4), ldb: 2}

@@ -1,0 +1,1242 @@
+//go:build amd64
+
+#include "textflag.h"
+
+// AVX-512 Winograd F(2x2,3x3) transforms over 16 tiles at a time (one
+// tile per zmm lane; see cpu_winograd.go). Every value is computed with
+// the same adds and subtracts, in the same order, as the Go loops
+// (winoInputGo, winoOutputGo), so results are bit-identical to theirs.
+
+// func winoInputAVX512(v *float32, st int, xp *float32, ph int, c int, offs *int32, wp int, tb int)
+//
+// For channels ch = 0..c-1 and the 16 tiles j whose 4x4 patches start at
+// element offs[j] of xp (plane ch at xp + ch*ph bytes, rows wp bytes apart):
+// V = B^T d B, frequency f stored at v + ch*tb + f*st (all three in bytes),
+// lane j.
+TEXT ·winoInputAVX512(SB), NOSPLIT, $0-64
+	MOVQ v+0(FP), DI
+	MOVQ st+8(FP), R8
+	MOVQ xp+16(FP), SI
+	MOVQ ph+24(FP), R9
+	MOVQ c+32(FP), CX
+	MOVQ offs+40(FP), AX
+	MOVQ wp+48(FP), R10
+	MOVQ tb+56(FP), R11
+	VMOVDQU32 (AX), Z31
+	LEAQ (R8)(R8*2), R12 // 3*st
+	LEAQ (R10)(R10*2), R13 // 3*wp
+	TESTQ CX, CX
+	JZ indone
+
+inloop:
+	MOVQ SI, BX
+	KXNORW K1, K1, K1
+	VGATHERDPS (BX)(Z31*4), K1, Z0
+	KXNORW K1, K1, K1
+	VGATHERDPS 4(BX)(Z31*4), K1, Z1
+	KXNORW K1, K1, K1
+	VGATHERDPS 8(BX)(Z31*4), K1, Z2
+	KXNORW K1, K1, K1
+	VGATHERDPS 12(BX)(Z31*4), K1, Z3
+	LEAQ (SI)(R10*1), BX
+	KXNORW K1, K1, K1
+	VGATHERDPS (BX)(Z31*4), K1, Z4
+	KXNORW K1, K1, K1
+	VGATHERDPS 4(BX)(Z31*4), K1, Z5
+	KXNORW K1, K1, K1
+	VGATHERDPS 8(BX)(Z31*4), K1, Z6
+	KXNORW K1, K1, K1
+	VGATHERDPS 12(BX)(Z31*4), K1, Z7
+	LEAQ (SI)(R10*2), BX
+	KXNORW K1, K1, K1
+	VGATHERDPS (BX)(Z31*4), K1, Z8
+	KXNORW K1, K1, K1
+	VGATHERDPS 4(BX)(Z31*4), K1, Z9
+	KXNORW K1, K1, K1
+	VGATHERDPS 8(BX)(Z31*4), K1, Z10
+	KXNORW K1, K1, K1
+	VGATHERDPS 12(BX)(Z31*4), K1, Z11
+	LEAQ (SI)(R13*1), BX
+	KXNORW K1, K1, K1
+	VGATHERDPS (BX)(Z31*4), K1, Z12
+	KXNORW K1, K1, K1
+	VGATHERDPS 4(BX)(Z31*4), K1, Z13
+	KXNORW K1, K1, K1
+	VGATHERDPS 8(BX)(Z31*4), K1, Z14
+	KXNORW K1, K1, K1
+	VGATHERDPS 12(BX)(Z31*4), K1, Z15
+	// B^T d: for each column s, rows (d0-d2, d1+d2, d2-d1, d1-d3)
+	VADDPS Z8, Z4, Z16
+	VSUBPS Z8, Z0, Z0
+	VSUBPS Z12, Z4, Z12
+	VSUBPS Z4, Z8, Z8
+	VMOVAPS Z16, Z4
+	VADDPS Z9, Z5, Z16
+	VSUBPS Z9, Z1, Z1
+	VSUBPS Z13, Z5, Z13
+	VSUBPS Z5, Z9, Z9
+	VMOVAPS Z16, Z5
+	VADDPS Z10, Z6, Z16
+	VSUBPS Z10, Z2, Z2
+	VSUBPS Z14, Z6, Z14
+	VSUBPS Z6, Z10, Z10
+	VMOVAPS Z16, Z6
+	VADDPS Z11, Z7, Z16
+	VSUBPS Z11, Z3, Z3
+	VSUBPS Z15, Z7, Z15
+	VSUBPS Z7, Z11, Z11
+	VMOVAPS Z16, Z7
+	// (B^T d) B: for each row r, columns (t0-t2, t1+t2, t2-t1, t1-t3), stored
+	MOVQ DI, DX
+	VSUBPS Z2, Z0, Z16
+	VADDPS Z2, Z1, Z17
+	VSUBPS Z1, Z2, Z18
+	VSUBPS Z3, Z1, Z19
+	VMOVUPS Z16, (DX)
+	VMOVUPS Z17, (DX)(R8*1)
+	VMOVUPS Z18, (DX)(R8*2)
+	VMOVUPS Z19, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VSUBPS Z6, Z4, Z16
+	VADDPS Z6, Z5, Z17
+	VSUBPS Z5, Z6, Z18
+	VSUBPS Z7, Z5, Z19
+	VMOVUPS Z16, (DX)
+	VMOVUPS Z17, (DX)(R8*1)
+	VMOVUPS Z18, (DX)(R8*2)
+	VMOVUPS Z19, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VSUBPS Z10, Z8, Z16
+	VADDPS Z10, Z9, Z17
+	VSUBPS Z9, Z10, Z18
+	VSUBPS Z11, Z9, Z19
+	VMOVUPS Z16, (DX)
+	VMOVUPS Z17, (DX)(R8*1)
+	VMOVUPS Z18, (DX)(R8*2)
+	VMOVUPS Z19, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VSUBPS Z14, Z12, Z16
+	VADDPS Z14, Z13, Z17
+	VSUBPS Z13, Z14, Z18
+	VSUBPS Z15, Z13, Z19
+	VMOVUPS Z16, (DX)
+	VMOVUPS Z17, (DX)(R8*1)
+	VMOVUPS Z18, (DX)(R8*2)
+	VMOVUPS Z19, (DX)(R12*1)
+	ADDQ R9, SI
+	ADDQ R11, DI
+	DECQ CX
+	JNZ inloop
+
+indone:
+	VZEROUPPER
+	RET
+
+// func winoOutputAVX512(y *float32, m *float32, st int, k int, tb int, offs *int32, pq int, q int)
+//
+// For channels kk = 0..k-1 and 16 tiles: with M frequency f of lane j at
+// m + kk*tb + f*st (bytes), y = A^T M A; the 2x2 outputs of lane j go to
+// y + kk*pq + offs[j]*4 (+4 for the right column, +q for the lower row;
+// pq and q in bytes).
+TEXT ·winoOutputAVX512(SB), NOSPLIT, $0-64
+	MOVQ y+0(FP), DI
+	MOVQ m+8(FP), SI
+	MOVQ st+16(FP), R8
+	MOVQ k+24(FP), CX
+	MOVQ tb+32(FP), R11
+	MOVQ offs+40(FP), AX
+	MOVQ pq+48(FP), R9
+	MOVQ q+56(FP), R10
+	VMOVDQU32 (AX), Z31
+	LEAQ (R8)(R8*2), R12 // 3*st
+	TESTQ CX, CX
+	JZ outdone
+
+outloop:
+	MOVQ SI, DX
+	VMOVUPS (DX), Z0
+	VMOVUPS (DX)(R8*1), Z1
+	VMOVUPS (DX)(R8*2), Z2
+	VMOVUPS (DX)(R12*1), Z3
+	LEAQ (DX)(R8*4), DX
+	VMOVUPS (DX), Z4
+	VMOVUPS (DX)(R8*1), Z5
+	VMOVUPS (DX)(R8*2), Z6
+	VMOVUPS (DX)(R12*1), Z7
+	LEAQ (DX)(R8*4), DX
+	VMOVUPS (DX), Z8
+	VMOVUPS (DX)(R8*1), Z9
+	VMOVUPS (DX)(R8*2), Z10
+	VMOVUPS (DX)(R12*1), Z11
+	LEAQ (DX)(R8*4), DX
+	VMOVUPS (DX), Z12
+	VMOVUPS (DX)(R8*1), Z13
+	VMOVUPS (DX)(R8*2), Z14
+	VMOVUPS (DX)(R12*1), Z15
+	// A^T M: for each column c, (m0+m1+m2, m1-m2-m3)
+	VADDPS Z4, Z0, Z0
+	VADDPS Z8, Z0, Z0
+	VSUBPS Z8, Z4, Z4
+	VSUBPS Z12, Z4, Z4
+	VADDPS Z5, Z1, Z1
+	VADDPS Z9, Z1, Z1
+	VSUBPS Z9, Z5, Z5
+	VSUBPS Z13, Z5, Z5
+	VADDPS Z6, Z2, Z2
+	VADDPS Z10, Z2, Z2
+	VSUBPS Z10, Z6, Z6
+	VSUBPS Z14, Z6, Z6
+	VADDPS Z7, Z3, Z3
+	VADDPS Z11, Z3, Z3
+	VSUBPS Z11, Z7, Z7
+	VSUBPS Z15, Z7, Z7
+	// (A^T M) A: for each row, (s0+s1+s2, s1-s2-s3), scattered
+	VADDPS Z1, Z0, Z0
+	VADDPS Z2, Z0, Z0
+	VSUBPS Z2, Z1, Z1
+	VSUBPS Z3, Z1, Z1
+	VADDPS Z5, Z4, Z4
+	VADDPS Z6, Z4, Z4
+	VSUBPS Z6, Z5, Z5
+	VSUBPS Z7, Z5, Z5
+	LEAQ (DI)(R10*1), BX
+	KXNORW K1, K1, K1
+	VSCATTERDPS Z0, K1, (DI)(Z31*4)
+	KXNORW K1, K1, K1
+	VSCATTERDPS Z1, K1, 4(DI)(Z31*4)
+	KXNORW K1, K1, K1
+	VSCATTERDPS Z4, K1, (BX)(Z31*4)
+	KXNORW K1, K1, K1
+	VSCATTERDPS Z5, K1, 4(BX)(Z31*4)
+	ADDQ R9, DI
+	ADDQ R11, SI
+	DECQ CX
+	JNZ outloop
+
+outdone:
+	VZEROUPPER
+	RET
+
+// Index tables for VPERMT2PS over two zmm (32 values): even and odd
+// elements (deinterleave), and the low and high halves of interleaving
+// two vectors.
+DATA winoEven<>+0(SB)/4, $0
+DATA winoEven<>+4(SB)/4, $2
+DATA winoEven<>+8(SB)/4, $4
+DATA winoEven<>+12(SB)/4, $6
+DATA winoEven<>+16(SB)/4, $8
+DATA winoEven<>+20(SB)/4, $10
+DATA winoEven<>+24(SB)/4, $12
+DATA winoEven<>+28(SB)/4, $14
+DATA winoEven<>+32(SB)/4, $16
+DATA winoEven<>+36(SB)/4, $18
+DATA winoEven<>+40(SB)/4, $20
+DATA winoEven<>+44(SB)/4, $22
+DATA winoEven<>+48(SB)/4, $24
+DATA winoEven<>+52(SB)/4, $26
+DATA winoEven<>+56(SB)/4, $28
+DATA winoEven<>+60(SB)/4, $30
+GLOBL winoEven<>(SB), RODATA|NOPTR, $64
+DATA winoOdd<>+0(SB)/4, $1
+DATA winoOdd<>+4(SB)/4, $3
+DATA winoOdd<>+8(SB)/4, $5
+DATA winoOdd<>+12(SB)/4, $7
+DATA winoOdd<>+16(SB)/4, $9
+DATA winoOdd<>+20(SB)/4, $11
+DATA winoOdd<>+24(SB)/4, $13
+DATA winoOdd<>+28(SB)/4, $15
+DATA winoOdd<>+32(SB)/4, $17
+DATA winoOdd<>+36(SB)/4, $19
+DATA winoOdd<>+40(SB)/4, $21
+DATA winoOdd<>+44(SB)/4, $23
+DATA winoOdd<>+48(SB)/4, $25
+DATA winoOdd<>+52(SB)/4, $27
+DATA winoOdd<>+56(SB)/4, $29
+DATA winoOdd<>+60(SB)/4, $31
+GLOBL winoOdd<>(SB), RODATA|NOPTR, $64
+DATA winoZipLo<>+0(SB)/4, $0
+DATA winoZipLo<>+4(SB)/4, $16
+DATA winoZipLo<>+8(SB)/4, $1
+DATA winoZipLo<>+12(SB)/4, $17
+DATA winoZipLo<>+16(SB)/4, $2
+DATA winoZipLo<>+20(SB)/4, $18
+DATA winoZipLo<>+24(SB)/4, $3
+DATA winoZipLo<>+28(SB)/4, $19
+DATA winoZipLo<>+32(SB)/4, $4
+DATA winoZipLo<>+36(SB)/4, $20
+DATA winoZipLo<>+40(SB)/4, $5
+DATA winoZipLo<>+44(SB)/4, $21
+DATA winoZipLo<>+48(SB)/4, $6
+DATA winoZipLo<>+52(SB)/4, $22
+DATA winoZipLo<>+56(SB)/4, $7
+DATA winoZipLo<>+60(SB)/4, $23
+GLOBL winoZipLo<>(SB), RODATA|NOPTR, $64
+DATA winoZipHi<>+0(SB)/4, $8
+DATA winoZipHi<>+4(SB)/4, $24
+DATA winoZipHi<>+8(SB)/4, $9
+DATA winoZipHi<>+12(SB)/4, $25
+DATA winoZipHi<>+16(SB)/4, $10
+DATA winoZipHi<>+20(SB)/4, $26
+DATA winoZipHi<>+24(SB)/4, $11
+DATA winoZipHi<>+28(SB)/4, $27
+DATA winoZipHi<>+32(SB)/4, $12
+DATA winoZipHi<>+36(SB)/4, $28
+DATA winoZipHi<>+40(SB)/4, $13
+DATA winoZipHi<>+44(SB)/4, $29
+DATA winoZipHi<>+48(SB)/4, $14
+DATA winoZipHi<>+52(SB)/4, $30
+DATA winoZipHi<>+56(SB)/4, $15
+DATA winoZipHi<>+60(SB)/4, $31
+GLOBL winoZipHi<>(SB), RODATA|NOPTR, $64
+
+// func winoInputRowAVX512(v *float32, st int, xp *float32, ph int, c int, wp int, tb int, d1 int)
+//
+// winoInputAVX512 for 16 tiles in two runs of 8 consecutive tiles of a
+// tile row, the second run d1 bytes after the first (d1 = 64: one run of
+// 16): the patches of a run start 8 bytes apart, so each patch row of a
+// run is 18 contiguous values, deinterleaved into even and odd columns
+// with permutes instead of gathers.
+TEXT ·winoInputRowAVX512(SB), NOSPLIT, $0-64
+	MOVQ v+0(FP), DI
+	MOVQ st+8(FP), R8
+	MOVQ xp+16(FP), SI
+	MOVQ ph+24(FP), R9
+	MOVQ c+32(FP), CX
+	MOVQ wp+40(FP), R10
+	MOVQ tb+48(FP), R11
+	MOVQ d1+56(FP), R14
+	VMOVDQU32 winoEven<>(SB), Z30
+	VMOVDQU32 winoOdd<>(SB), Z31
+	LEAQ (R8)(R8*2), R12 // 3*st
+	LEAQ (R10)(R10*2), R13 // 3*wp
+	TESTQ CX, CX
+	JZ rowdone
+
+rowloop:
+	LEAQ (SI), BX
+	VMOVUPS (BX), Z0
+	VMOVUPS (BX), Z1
+	VMOVUPS 8(BX), Z2
+	VMOVUPS 8(BX), Z3
+	VPERMT2PS (BX)(R14*1), Z30, Z0
+	VPERMT2PS (BX)(R14*1), Z31, Z1
+	VPERMT2PS 8(BX)(R14*1), Z30, Z2
+	VPERMT2PS 8(BX)(R14*1), Z31, Z3
+	LEAQ (SI)(R10*1), BX
+	VMOVUPS (BX), Z4
+	VMOVUPS (BX), Z5
+	VMOVUPS 8(BX), Z6
+	VMOVUPS 8(BX), Z7
+	VPERMT2PS (BX)(R14*1), Z30, Z4
+	VPERMT2PS (BX)(R14*1), Z31, Z5
+	VPERMT2PS 8(BX)(R14*1), Z30, Z6
+	VPERMT2PS 8(BX)(R14*1), Z31, Z7
+	LEAQ (SI)(R10*2), BX
+	VMOVUPS (BX), Z8
+	VMOVUPS (BX), Z9
+	VMOVUPS 8(BX), Z10
+	VMOVUPS 8(BX), Z11
+	VPERMT2PS (BX)(R14*1), Z30, Z8
+	VPERMT2PS (BX)(R14*1), Z31, Z9
+	VPERMT2PS 8(BX)(R14*1), Z30, Z10
+	VPERMT2PS 8(BX)(R14*1), Z31, Z11
+	LEAQ (SI)(R13*1), BX
+	VMOVUPS (BX), Z12
+	VMOVUPS (BX), Z13
+	VMOVUPS 8(BX), Z14
+	VMOVUPS 8(BX), Z15
+	VPERMT2PS (BX)(R14*1), Z30, Z12
+	VPERMT2PS (BX)(R14*1), Z31, Z13
+	VPERMT2PS 8(BX)(R14*1), Z30, Z14
+	VPERMT2PS 8(BX)(R14*1), Z31, Z15
+	VADDPS Z8, Z4, Z16
+	VSUBPS Z8, Z0, Z0
+	VSUBPS Z12, Z4, Z12
+	VSUBPS Z4, Z8, Z8
+	VMOVAPS Z16, Z4
+	VADDPS Z9, Z5, Z16
+	VSUBPS Z9, Z1, Z1
+	VSUBPS Z13, Z5, Z13
+	VSUBPS Z5, Z9, Z9
+	VMOVAPS Z16, Z5
+	VADDPS Z10, Z6, Z16
+	VSUBPS Z10, Z2, Z2
+	VSUBPS Z14, Z6, Z14
+	VSUBPS Z6, Z10, Z10
+	VMOVAPS Z16, Z6
+	VADDPS Z11, Z7, Z16
+	VSUBPS Z11, Z3, Z3
+	VSUBPS Z15, Z7, Z15
+	VSUBPS Z7, Z11, Z11
+	VMOVAPS Z16, Z7
+	MOVQ DI, DX
+	VSUBPS Z2, Z0, Z16
+	VADDPS Z2, Z1, Z17
+	VSUBPS Z1, Z2, Z18
+	VSUBPS Z3, Z1, Z19
+	VMOVUPS Z16, (DX)
+	VMOVUPS Z17, (DX)(R8*1)
+	VMOVUPS Z18, (DX)(R8*2)
+	VMOVUPS Z19, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VSUBPS Z6, Z4, Z16
+	VADDPS Z6, Z5, Z17
+	VSUBPS Z5, Z6, Z18
+	VSUBPS Z7, Z5, Z19
+	VMOVUPS Z16, (DX)
+	VMOVUPS Z17, (DX)(R8*1)
+	VMOVUPS Z18, (DX)(R8*2)
+	VMOVUPS Z19, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VSUBPS Z10, Z8, Z16
+	VADDPS Z10, Z9, Z17
+	VSUBPS Z9, Z10, Z18
+	VSUBPS Z11, Z9, Z19
+	VMOVUPS Z16, (DX)
+	VMOVUPS Z17, (DX)(R8*1)
+	VMOVUPS Z18, (DX)(R8*2)
+	VMOVUPS Z19, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VSUBPS Z14, Z12, Z16
+	VADDPS Z14, Z13, Z17
+	VSUBPS Z13, Z14, Z18
+	VSUBPS Z15, Z13, Z19
+	VMOVUPS Z16, (DX)
+	VMOVUPS Z17, (DX)(R8*1)
+	VMOVUPS Z18, (DX)(R8*2)
+	VMOVUPS Z19, (DX)(R12*1)
+	ADDQ R9, SI
+	ADDQ R11, DI
+	DECQ CX
+	JNZ rowloop
+
+rowdone:
+	VZEROUPPER
+	RET
+
+// func winoOutputRowAVX512(y *float32, m *float32, st int, k int, tb int, pq int, q int, d1 int)
+//
+// winoOutputAVX512 for 16 tiles in two runs of 8 consecutive tiles (the
+// second run's outputs d1 bytes after the first's): the outputs of a run
+// and channel kk are 16 contiguous values at y + kk*pq and 16 at
+// y + kk*pq + q (bytes), interleaved with permutes instead of scattered.
+TEXT ·winoOutputRowAVX512(SB), NOSPLIT, $0-64
+	MOVQ y+0(FP), DI
+	MOVQ m+8(FP), SI
+	MOVQ st+16(FP), R8
+	MOVQ k+24(FP), CX
+	MOVQ tb+32(FP), R11
+	MOVQ pq+40(FP), R9
+	MOVQ q+48(FP), R10
+	MOVQ d1+56(FP), R14
+	VMOVDQU32 winoZipLo<>(SB), Z30
+	VMOVDQU32 winoZipHi<>(SB), Z31
+	LEAQ (R8)(R8*2), R12 // 3*st
+	TESTQ CX, CX
+	JZ orowdone
+
+orowloop:
+	MOVQ SI, DX
+	VMOVUPS (DX), Z0
+	VMOVUPS (DX)(R8*1), Z1
+	VMOVUPS (DX)(R8*2), Z2
+	VMOVUPS (DX)(R12*1), Z3
+	LEAQ (DX)(R8*4), DX
+	VMOVUPS (DX), Z4
+	VMOVUPS (DX)(R8*1), Z5
+	VMOVUPS (DX)(R8*2), Z6
+	VMOVUPS (DX)(R12*1), Z7
+	LEAQ (DX)(R8*4), DX
+	VMOVUPS (DX), Z8
+	VMOVUPS (DX)(R8*1), Z9
+	VMOVUPS (DX)(R8*2), Z10
+	VMOVUPS (DX)(R12*1), Z11
+	LEAQ (DX)(R8*4), DX
+	VMOVUPS (DX), Z12
+	VMOVUPS (DX)(R8*1), Z13
+	VMOVUPS (DX)(R8*2), Z14
+	VMOVUPS (DX)(R12*1), Z15
+	VADDPS Z4, Z0, Z0
+	VADDPS Z8, Z0, Z0
+	VSUBPS Z8, Z4, Z4
+	VSUBPS Z12, Z4, Z4
+	VADDPS Z5, Z1, Z1
+	VADDPS Z9, Z1, Z1
+	VSUBPS Z9, Z5, Z5
+	VSUBPS Z13, Z5, Z5
+	VADDPS Z6, Z2, Z2
+	VADDPS Z10, Z2, Z2
+	VSUBPS Z10, Z6, Z6
+	VSUBPS Z14, Z6, Z6
+	VADDPS Z7, Z3, Z3
+	VADDPS Z11, Z3, Z3
+	VSUBPS Z11, Z7, Z7
+	VSUBPS Z15, Z7, Z7
+	VADDPS Z1, Z0, Z0
+	VADDPS Z2, Z0, Z0
+	VSUBPS Z2, Z1, Z1
+	VSUBPS Z3, Z1, Z1
+	VADDPS Z5, Z4, Z4
+	VADDPS Z6, Z4, Z4
+	VSUBPS Z6, Z5, Z5
+	VSUBPS Z7, Z5, Z5
+	// row 0: y00 (Z0) and y01 (Z1) interleaved; row 1: Z4 and Z5
+	VMOVAPS Z0, Z16
+	VPERMT2PS Z1, Z30, Z16
+	VPERMT2PS Z1, Z31, Z0
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z0, (DI)(R14*1)
+	VMOVAPS Z4, Z17
+	VPERMT2PS Z5, Z30, Z17
+	VPERMT2PS Z5, Z31, Z4
+	LEAQ (DI)(R10*1), BX
+	VMOVUPS Z17, (BX)
+	VMOVUPS Z4, (BX)(R14*1)
+	ADDQ R9, DI
+	ADDQ R11, SI
+	DECQ CX
+	JNZ orowloop
+
+orowdone:
+	VZEROUPPER
+	RET
+
+// func winoInputQuadAVX512(v *float32, st int, xp *float32, ph int, c int, wp int, tb int, d1, d2, d3 int)
+//
+// winoInputAVX512 for 16 tiles in four runs of 4 consecutive tiles, runs
+// 1-3 starting d1, d2, d3 bytes after run 0: each patch row of a run is 10
+// contiguous values; two runs share a zmm (8 values each) before the
+// even/odd permutes.
+TEXT ·winoInputQuadAVX512(SB), NOSPLIT, $0-80
+	MOVQ v+0(FP), DI
+	MOVQ st+8(FP), R8
+	MOVQ xp+16(FP), SI
+	MOVQ ph+24(FP), R9
+	MOVQ c+32(FP), CX
+	MOVQ wp+40(FP), R10
+	MOVQ tb+48(FP), R11
+	MOVQ d1+56(FP), R14
+	MOVQ d2+64(FP), AX
+	MOVQ d3+72(FP), DX
+	VMOVDQU32 winoEven<>(SB), Z30
+	VMOVDQU32 winoOdd<>(SB), Z31
+	LEAQ (R8)(R8*2), R12 // 3*st
+	LEAQ (R10)(R10*2), R13 // 3*wp
+	TESTQ CX, CX
+	JZ quaddone
+
+quadloop:
+	LEAQ (SI), BX
+	VMOVUPS (BX), Y20
+	VINSERTF32X8 $1, (BX)(R14*1), Z20, Z20
+	VMOVUPS (BX)(AX*1), Y21
+	VINSERTF32X8 $1, (BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z0
+	VPERMT2PS Z21, Z30, Z0
+	VMOVAPS Z20, Z1
+	VPERMT2PS Z21, Z31, Z1
+	VMOVUPS 8(BX), Y20
+	VINSERTF32X8 $1, 8(BX)(R14*1), Z20, Z20
+	VMOVUPS 8(BX)(AX*1), Y21
+	VINSERTF32X8 $1, 8(BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z2
+	VPERMT2PS Z21, Z30, Z2
+	VMOVAPS Z20, Z3
+	VPERMT2PS Z21, Z31, Z3
+	LEAQ (SI)(R10*1), BX
+	VMOVUPS (BX), Y20
+	VINSERTF32X8 $1, (BX)(R14*1), Z20, Z20
+	VMOVUPS (BX)(AX*1), Y21
+	VINSERTF32X8 $1, (BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z4
+	VPERMT2PS Z21, Z30, Z4
+	VMOVAPS Z20, Z5
+	VPERMT2PS Z21, Z31, Z5
+	VMOVUPS 8(BX), Y20
+	VINSERTF32X8 $1, 8(BX)(R14*1), Z20, Z20
+	VMOVUPS 8(BX)(AX*1), Y21
+	VINSERTF32X8 $1, 8(BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z6
+	VPERMT2PS Z21, Z30, Z6
+	VMOVAPS Z20, Z7
+	VPERMT2PS Z21, Z31, Z7
+	LEAQ (SI)(R10*2), BX
+	VMOVUPS (BX), Y20
+	VINSERTF32X8 $1, (BX)(R14*1), Z20, Z20
+	VMOVUPS (BX)(AX*1), Y21
+	VINSERTF32X8 $1, (BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z8
+	VPERMT2PS Z21, Z30, Z8
+	VMOVAPS Z20, Z9
+	VPERMT2PS Z21, Z31, Z9
+	VMOVUPS 8(BX), Y20
+	VINSERTF32X8 $1, 8(BX)(R14*1), Z20, Z20
+	VMOVUPS 8(BX)(AX*1), Y21
+	VINSERTF32X8 $1, 8(BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z10
+	VPERMT2PS Z21, Z30, Z10
+	VMOVAPS Z20, Z11
+	VPERMT2PS Z21, Z31, Z11
+	LEAQ (SI)(R13*1), BX
+	VMOVUPS (BX), Y20
+	VINSERTF32X8 $1, (BX)(R14*1), Z20, Z20
+	VMOVUPS (BX)(AX*1), Y21
+	VINSERTF32X8 $1, (BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z12
+	VPERMT2PS Z21, Z30, Z12
+	VMOVAPS Z20, Z13
+	VPERMT2PS Z21, Z31, Z13
+	VMOVUPS 8(BX), Y20
+	VINSERTF32X8 $1, 8(BX)(R14*1), Z20, Z20
+	VMOVUPS 8(BX)(AX*1), Y21
+	VINSERTF32X8 $1, 8(BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z14
+	VPERMT2PS Z21, Z30, Z14
+	VMOVAPS Z20, Z15
+	VPERMT2PS Z21, Z31, Z15
+	VADDPS Z8, Z4, Z16
+	VSUBPS Z8, Z0, Z0
+	VSUBPS Z12, Z4, Z12
+	VSUBPS Z4, Z8, Z8
+	VMOVAPS Z16, Z4
+	VADDPS Z9, Z5, Z16
+	VSUBPS Z9, Z1, Z1
+	VSUBPS Z13, Z5, Z13
+	VSUBPS Z5, Z9, Z9
+	VMOVAPS Z16, Z5
+	VADDPS Z10, Z6, Z16
+	VSUBPS Z10, Z2, Z2
+	VSUBPS Z14, Z6, Z14
+	VSUBPS Z6, Z10, Z10
+	VMOVAPS Z16, Z6
+	VADDPS Z11, Z7, Z16
+	VSUBPS Z11, Z3, Z3
+	VSUBPS Z15, Z7, Z15
+	VSUBPS Z7, Z11, Z11
+	VMOVAPS Z16, Z7
+	MOVQ DI, BX
+	VSUBPS Z2, Z0, Z16
+	VADDPS Z2, Z1, Z17
+	VSUBPS Z1, Z2, Z18
+	VSUBPS Z3, Z1, Z19
+	VMOVUPS Z16, (BX)
+	VMOVUPS Z17, (BX)(R8*1)
+	VMOVUPS Z18, (BX)(R8*2)
+	VMOVUPS Z19, (BX)(R12*1)
+	LEAQ (BX)(R8*4), BX
+	VSUBPS Z6, Z4, Z16
+	VADDPS Z6, Z5, Z17
+	VSUBPS Z5, Z6, Z18
+	VSUBPS Z7, Z5, Z19
+	VMOVUPS Z16, (BX)
+	VMOVUPS Z17, (BX)(R8*1)
+	VMOVUPS Z18, (BX)(R8*2)
+	VMOVUPS Z19, (BX)(R12*1)
+	LEAQ (BX)(R8*4), BX
+	VSUBPS Z10, Z8, Z16
+	VADDPS Z10, Z9, Z17
+	VSUBPS Z9, Z10, Z18
+	VSUBPS Z11, Z9, Z19
+	VMOVUPS Z16, (BX)
+	VMOVUPS Z17, (BX)(R8*1)
+	VMOVUPS Z18, (BX)(R8*2)
+	VMOVUPS Z19, (BX)(R12*1)
+	LEAQ (BX)(R8*4), BX
+	VSUBPS Z14, Z12, Z16
+	VADDPS Z14, Z13, Z17
+	VSUBPS Z13, Z14, Z18
+	VSUBPS Z15, Z13, Z19
+	VMOVUPS Z16, (BX)
+	VMOVUPS Z17, (BX)(R8*1)
+	VMOVUPS Z18, (BX)(R8*2)
+	VMOVUPS Z19, (BX)(R12*1)
+	ADDQ R9, SI
+	ADDQ R11, DI
+	DECQ CX
+	JNZ quadloop
+
+quaddone:
+	VZEROUPPER
+	RET
+
+// func winoOutputQuadAVX512(y *float32, m *float32, st int, k int, tb int, pq int, q int, d1, d2, d3 int)
+//
+// winoOutputAVX512 for 16 tiles in four runs of 4 consecutive tiles, the
+// outputs of runs 1-3 d1, d2, d3 bytes after run 0's: each run's output
+// row is 8 contiguous values.
+TEXT ·winoOutputQuadAVX512(SB), NOSPLIT, $0-80
+	MOVQ y+0(FP), DI
+	MOVQ m+8(FP), SI
+	MOVQ st+16(FP), R8
+	MOVQ k+24(FP), CX
+	MOVQ tb+32(FP), R11
+	MOVQ pq+40(FP), R9
+	MOVQ q+48(FP), R10
+	MOVQ d1+56(FP), R14
+	MOVQ d2+64(FP), AX
+	MOVQ d3+72(FP), R13
+	VMOVDQU32 winoZipLo<>(SB), Z30
+	VMOVDQU32 winoZipHi<>(SB), Z31
+	LEAQ (R8)(R8*2), R12 // 3*st
+	TESTQ CX, CX
+	JZ oquaddone
+
+oquadloop:
+	MOVQ SI, DX
+	VMOVUPS (DX), Z0
+	VMOVUPS (DX)(R8*1), Z1
+	VMOVUPS (DX)(R8*2), Z2
+	VMOVUPS (DX)(R12*1), Z3
+	LEAQ (DX)(R8*4), DX
+	VMOVUPS (DX), Z4
+	VMOVUPS (DX)(R8*1), Z5
+	VMOVUPS (DX)(R8*2), Z6
+	VMOVUPS (DX)(R12*1), Z7
+	LEAQ (DX)(R8*4), DX
+	VMOVUPS (DX), Z8
+	VMOVUPS (DX)(R8*1), Z9
+	VMOVUPS (DX)(R8*2), Z10
+	VMOVUPS (DX)(R12*1), Z11
+	LEAQ (DX)(R8*4), DX
+	VMOVUPS (DX), Z12
+	VMOVUPS (DX)(R8*1), Z13
+	VMOVUPS (DX)(R8*2), Z14
+	VMOVUPS (DX)(R12*1), Z15
+	VADDPS Z4, Z0, Z0
+	VADDPS Z8, Z0, Z0
+	VSUBPS Z8, Z4, Z4
+	VSUBPS Z12, Z4, Z4
+	VADDPS Z5, Z1, Z1
+	VADDPS Z9, Z1, Z1
+	VSUBPS Z9, Z5, Z5
+	VSUBPS Z13, Z5, Z5
+	VADDPS Z6, Z2, Z2
+	VADDPS Z10, Z2, Z2
+	VSUBPS Z10, Z6, Z6
+	VSUBPS Z14, Z6, Z6
+	VADDPS Z7, Z3, Z3
+	VADDPS Z11, Z3, Z3
+	VSUBPS Z11, Z7, Z7
+	VSUBPS Z15, Z7, Z7
+	VADDPS Z1, Z0, Z0
+	VADDPS Z2, Z0, Z0
+	VSUBPS Z2, Z1, Z1
+	VSUBPS Z3, Z1, Z1
+	VADDPS Z5, Z4, Z4
+	VADDPS Z6, Z4, Z4
+	VSUBPS Z6, Z5, Z5
+	VSUBPS Z7, Z5, Z5
+	VMOVAPS Z0, Z16
+	VPERMT2PS Z1, Z30, Z16
+	VPERMT2PS Z1, Z31, Z0
+	VMOVUPS Y16, (DI)
+	VEXTRACTF32X8 $1, Z16, (DI)(R14*1)
+	VMOVUPS Y0, (DI)(AX*1)
+	VEXTRACTF32X8 $1, Z0, (DI)(R13*1)
+	LEAQ (DI)(R10*1), BX
+	VMOVAPS Z4, Z16
+	VPERMT2PS Z5, Z30, Z16
+	VPERMT2PS Z5, Z31, Z4
+	VMOVUPS Y16, (BX)
+	VEXTRACTF32X8 $1, Z16, (BX)(R14*1)
+	VMOVUPS Y4, (BX)(AX*1)
+	VEXTRACTF32X8 $1, Z4, (BX)(R13*1)
+	ADDQ R9, DI
+	ADDQ R11, SI
+	DECQ CX
+	JNZ oquadloop
+
+oquaddone:
+	VZEROUPPER
+	RET
+
+DATA winoSign<>+0(SB)/4, $0x80000000
+GLOBL winoSign<>(SB), RODATA|NOPTR, $4
+
+// The weight-gradient transforms of dy: for 16 tiles and channels kk =
+// 0..k-1, the 2x2 dy values e of each tile (at dy + kk*pq bytes, as in the
+// output transforms) give Z = A e A^T (4x4), frequency f stored at
+// z + kk*tb + f*st (bytes), lane j: rows (e0, e0+e1, e0-e1, -e1) of e,
+// then the same along columns (negation flips the sign bit, as Go's -x).
+
+// func winoGradOutAVX512(z *float32, st int, dy *float32, k int, tb int, pq int, q int, offs *int32)
+//
+// Tiles at dy + offs[j]*4 bytes (gathered).
+TEXT ·winoGradOutAVX512(SB), NOSPLIT, $0-64
+	MOVQ z+0(FP), DI
+	MOVQ st+8(FP), R8
+	MOVQ dy+16(FP), SI
+	MOVQ k+24(FP), CX
+	MOVQ tb+32(FP), R11
+	MOVQ pq+40(FP), R9
+	MOVQ q+48(FP), R10
+	VBROADCASTSS winoSign<>(SB), Z29
+	LEAQ (R8)(R8*2), R12 // 3*st
+	MOVQ offs+56(FP), AX
+	VMOVDQU32 (AX), Z31
+	TESTQ CX, CX
+	JZ gzdone
+
+gzloop:
+	LEAQ (SI)(R10*1), BX
+	KXNORW K1, K1, K1
+	VGATHERDPS (SI)(Z31*4), K1, Z0
+	KXNORW K1, K1, K1
+	VGATHERDPS 4(SI)(Z31*4), K1, Z1
+	KXNORW K1, K1, K1
+	VGATHERDPS (BX)(Z31*4), K1, Z2
+	KXNORW K1, K1, K1
+	VGATHERDPS 4(BX)(Z31*4), K1, Z3
+	VADDPS Z2, Z0, Z4
+	VADDPS Z3, Z1, Z5
+	VSUBPS Z2, Z0, Z6
+	VSUBPS Z3, Z1, Z7
+	VXORPS Z29, Z2, Z8
+	VXORPS Z29, Z3, Z9
+	MOVQ DI, DX
+	VADDPS Z1, Z0, Z16
+	VSUBPS Z1, Z0, Z17
+	VXORPS Z29, Z1, Z18
+	VMOVUPS Z0, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VADDPS Z5, Z4, Z16
+	VSUBPS Z5, Z4, Z17
+	VXORPS Z29, Z5, Z18
+	VMOVUPS Z4, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VADDPS Z7, Z6, Z16
+	VSUBPS Z7, Z6, Z17
+	VXORPS Z29, Z7, Z18
+	VMOVUPS Z6, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VADDPS Z9, Z8, Z16
+	VSUBPS Z9, Z8, Z17
+	VXORPS Z29, Z9, Z18
+	VMOVUPS Z8, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	ADDQ R9, SI
+	ADDQ R11, DI
+	DECQ CX
+	JNZ gzloop
+
+gzdone:
+	VZEROUPPER
+	RET
+
+// func winoGradOutRowAVX512(z *float32, st int, dy *float32, k int, tb int, pq int, q int, d1 int)
+//
+// Two runs of 8 consecutive tiles of a tile row (one of 16: d1 = 64), the
+// second run's dy d1 bytes after the first's.
+TEXT ·winoGradOutRowAVX512(SB), NOSPLIT, $0-64
+	MOVQ z+0(FP), DI
+	MOVQ st+8(FP), R8
+	MOVQ dy+16(FP), SI
+	MOVQ k+24(FP), CX
+	MOVQ tb+32(FP), R11
+	MOVQ pq+40(FP), R9
+	MOVQ q+48(FP), R10
+	VBROADCASTSS winoSign<>(SB), Z29
+	LEAQ (R8)(R8*2), R12 // 3*st
+	MOVQ d1+56(FP), R14
+	VMOVDQU32 winoEven<>(SB), Z30
+	VMOVDQU32 winoOdd<>(SB), Z31
+	TESTQ CX, CX
+	JZ rzdone
+
+rzloop:
+	LEAQ (SI)(R10*1), BX
+	VMOVUPS (SI), Z0
+	VMOVUPS (SI), Z1
+	VPERMT2PS (SI)(R14*1), Z30, Z0
+	VPERMT2PS (SI)(R14*1), Z31, Z1
+	VMOVUPS (BX), Z2
+	VMOVUPS (BX), Z3
+	VPERMT2PS (BX)(R14*1), Z30, Z2
+	VPERMT2PS (BX)(R14*1), Z31, Z3
+	VADDPS Z2, Z0, Z4
+	VADDPS Z3, Z1, Z5
+	VSUBPS Z2, Z0, Z6
+	VSUBPS Z3, Z1, Z7
+	VXORPS Z29, Z2, Z8
+	VXORPS Z29, Z3, Z9
+	MOVQ DI, DX
+	VADDPS Z1, Z0, Z16
+	VSUBPS Z1, Z0, Z17
+	VXORPS Z29, Z1, Z18
+	VMOVUPS Z0, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VADDPS Z5, Z4, Z16
+	VSUBPS Z5, Z4, Z17
+	VXORPS Z29, Z5, Z18
+	VMOVUPS Z4, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VADDPS Z7, Z6, Z16
+	VSUBPS Z7, Z6, Z17
+	VXORPS Z29, Z7, Z18
+	VMOVUPS Z6, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VADDPS Z9, Z8, Z16
+	VSUBPS Z9, Z8, Z17
+	VXORPS Z29, Z9, Z18
+	VMOVUPS Z8, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	ADDQ R9, SI
+	ADDQ R11, DI
+	DECQ CX
+	JNZ rzloop
+
+rzdone:
+	VZEROUPPER
+	RET
+
+// func winoGradOutQuadAVX512(z *float32, st int, dy *float32, k int, tb int, pq int, q int, d1, d2, d3 int)
+//
+// Four runs of 4 consecutive tiles, runs 1-3 d1, d2, d3 bytes after run 0.
+TEXT ·winoGradOutQuadAVX512(SB), NOSPLIT, $0-80
+	MOVQ z+0(FP), DI
+	MOVQ st+8(FP), R8
+	MOVQ dy+16(FP), SI
+	MOVQ k+24(FP), CX
+	MOVQ tb+32(FP), R11
+	MOVQ pq+40(FP), R9
+	MOVQ q+48(FP), R10
+	VBROADCASTSS winoSign<>(SB), Z29
+	LEAQ (R8)(R8*2), R12 // 3*st
+	MOVQ d1+56(FP), R14
+	MOVQ d2+64(FP), AX
+	MOVQ d3+72(FP), R13
+	VMOVDQU32 winoEven<>(SB), Z30
+	VMOVDQU32 winoOdd<>(SB), Z31
+	TESTQ CX, CX
+	JZ qzdone
+
+qzloop:
+	LEAQ (SI)(R10*1), BX
+	VMOVUPS (SI), Y20
+	VINSERTF32X8 $1, (SI)(R14*1), Z20, Z20
+	VMOVUPS (SI)(AX*1), Y21
+	VINSERTF32X8 $1, (SI)(R13*1), Z21, Z21
+	VMOVAPS Z20, Z0
+	VPERMT2PS Z21, Z30, Z0
+	VMOVAPS Z20, Z1
+	VPERMT2PS Z21, Z31, Z1
+	VMOVUPS (BX), Y20
+	VINSERTF32X8 $1, (BX)(R14*1), Z20, Z20
+	VMOVUPS (BX)(AX*1), Y21
+	VINSERTF32X8 $1, (BX)(R13*1), Z21, Z21
+	VMOVAPS Z20, Z2
+	VPERMT2PS Z21, Z30, Z2
+	VMOVAPS Z20, Z3
+	VPERMT2PS Z21, Z31, Z3
+	VADDPS Z2, Z0, Z4
+	VADDPS Z3, Z1, Z5
+	VSUBPS Z2, Z0, Z6
+	VSUBPS Z3, Z1, Z7
+	VXORPS Z29, Z2, Z8
+	VXORPS Z29, Z3, Z9
+	MOVQ DI, DX
+	VADDPS Z1, Z0, Z16
+	VSUBPS Z1, Z0, Z17
+	VXORPS Z29, Z1, Z18
+	VMOVUPS Z0, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VADDPS Z5, Z4, Z16
+	VSUBPS Z5, Z4, Z17
+	VXORPS Z29, Z5, Z18
+	VMOVUPS Z4, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VADDPS Z7, Z6, Z16
+	VSUBPS Z7, Z6, Z17
+	VXORPS Z29, Z7, Z18
+	VMOVUPS Z6, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	LEAQ (DX)(R8*4), DX
+	VADDPS Z9, Z8, Z16
+	VSUBPS Z9, Z8, Z17
+	VXORPS Z29, Z9, Z18
+	VMOVUPS Z8, (DX)
+	VMOVUPS Z16, (DX)(R8*1)
+	VMOVUPS Z17, (DX)(R8*2)
+	VMOVUPS Z18, (DX)(R12*1)
+	ADDQ R9, SI
+	ADDQ R11, DI
+	DECQ CX
+	JNZ qzloop
+
+qzdone:
+	VZEROUPPER
+	RET
+
+// func winoInputOctAVX512(v *float32, st int, xp *float32, ph int, c int, wp int, tb int, offs *int)
+//
+// winoInputAVX512 for 16 tiles in eight runs of 2 consecutive tiles (planes
+// 4 wide), run i starting offs[i] bytes after run 0 (offs[0] = 0): each
+// patch row of a run is 6 contiguous values; four runs share a zmm (4
+// values each) before the even/odd permutes.
+TEXT ·winoInputOctAVX512(SB), NOSPLIT, $0-64
+	MOVQ v+0(FP), DI
+	MOVQ st+8(FP), R8
+	MOVQ xp+16(FP), SI
+	MOVQ ph+24(FP), R9
+	MOVQ c+32(FP), CX
+	MOVQ wp+40(FP), R10
+	MOVQ tb+48(FP), R11
+	MOVQ offs+56(FP), AX
+	VMOVDQU32 winoEven<>(SB), Z30
+	VMOVDQU32 winoOdd<>(SB), Z31
+	LEAQ (R8)(R8*2), R12 // 3*st
+	LEAQ (R10)(R10*2), R13 // 3*wp
+	TESTQ CX, CX
+	JZ octdone
+
+octloop:
+	LEAQ (SI), BX
+	VMOVUPS (BX), X20
+	MOVQ 8(AX), DX
+	VINSERTF32X4 $1, (BX)(DX*1), Z20, Z20
+	MOVQ 16(AX), DX
+	VINSERTF32X4 $2, (BX)(DX*1), Z20, Z20
+	MOVQ 24(AX), DX
+	VINSERTF32X4 $3, (BX)(DX*1), Z20, Z20
+	MOVQ 32(AX), DX
+	VMOVUPS (BX)(DX*1), X21
+	MOVQ 40(AX), DX
+	VINSERTF32X4 $1, (BX)(DX*1), Z21, Z21
+	MOVQ 48(AX), DX
+	VINSERTF32X4 $2, (BX)(DX*1), Z21, Z21
+	MOVQ 56(AX), DX
+	VINSERTF32X4 $3, (BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z0
+	VPERMT2PS Z21, Z30, Z0
+	VMOVAPS Z20, Z1
+	VPERMT2PS Z21, Z31, Z1
+	VMOVUPS 8(BX), X20
+	MOVQ 8(AX), DX
+	VINSERTF32X4 $1, 8(BX)(DX*1), Z20, Z20
+	MOVQ 16(AX), DX
+	VINSERTF32X4 $2, 8(BX)(DX*1), Z20, Z20
+	MOVQ 24(AX), DX
+	VINSERTF32X4 $3, 8(BX)(DX*1), Z20, Z20
+	MOVQ 32(AX), DX
+	VMOVUPS 8(BX)(DX*1), X21
+	MOVQ 40(AX), DX
+	VINSERTF32X4 $1, 8(BX)(DX*1), Z21, Z21
+	MOVQ 48(AX), DX
+	VINSERTF32X4 $2, 8(BX)(DX*1), Z21, Z21
+	MOVQ 56(AX), DX
+	VINSERTF32X4 $3, 8(BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z2
+	VPERMT2PS Z21, Z30, Z2
+	VMOVAPS Z20, Z3
+	VPERMT2PS Z21, Z31, Z3
+	LEAQ (SI)(R10*1), BX
+	VMOVUPS (BX), X20
+	MOVQ 8(AX), DX
+	VINSERTF32X4 $1, (BX)(DX*1), Z20, Z20
+	MOVQ 16(AX), DX
+	VINSERTF32X4 $2, (BX)(DX*1), Z20, Z20
+	MOVQ 24(AX), DX
+	VINSERTF32X4 $3, (BX)(DX*1), Z20, Z20
+	MOVQ 32(AX), DX
+	VMOVUPS (BX)(DX*1), X21
+	MOVQ 40(AX), DX
+	VINSERTF32X4 $1, (BX)(DX*1), Z21, Z21
+	MOVQ 48(AX), DX
+	VINSERTF32X4 $2, (BX)(DX*1), Z21, Z21
+	MOVQ 56(AX), DX
+	VINSERTF32X4 $3, (BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z4
+	VPERMT2PS Z21, Z30, Z4
+	VMOVAPS Z20, Z5
+	VPERMT2PS Z21, Z31, Z5
+	VMOVUPS 8(BX), X20
+	MOVQ 8(AX), DX
+	VINSERTF32X4 $1, 8(BX)(DX*1), Z20, Z20
+	MOVQ 16(AX), DX
+	VINSERTF32X4 $2, 8(BX)(DX*1), Z20, Z20
+	MOVQ 24(AX), DX
+	VINSERTF32X4 $3, 8(BX)(DX*1), Z20, Z20
+	MOVQ 32(AX), DX
+	VMOVUPS 8(BX)(DX*1), X21
+	MOVQ 40(AX), DX
+	VINSERTF32X4 $1, 8(BX)(DX*1), Z21, Z21
+	MOVQ 48(AX), DX
+	VINSERTF32X4 $2, 8(BX)(DX*1), Z21, Z21
+	MOVQ 56(AX), DX
+	VINSERTF32X4 $3, 8(BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z6
+	VPERMT2PS Z21, Z30, Z6
+	VMOVAPS Z20, Z7
+	VPERMT2PS Z21, Z31, Z7
+	LEAQ (SI)(R10*2), BX
+	VMOVUPS (BX), X20
+	MOVQ 8(AX), DX
+	VINSERTF32X4 $1, (BX)(DX*1), Z20, Z20
+	MOVQ 16(AX), DX
+	VINSERTF32X4 $2, (BX)(DX*1), Z20, Z20
+	MOVQ 24(AX), DX
+	VINSERTF32X4 $3, (BX)(DX*1), Z20, Z20
+	MOVQ 32(AX), DX
+	VMOVUPS (BX)(DX*1), X21
+	MOVQ 40(AX), DX
+	VINSERTF32X4 $1, (BX)(DX*1), Z21, Z21
+	MOVQ 48(AX), DX
+	VINSERTF32X4 $2, (BX)(DX*1), Z21, Z21
+	MOVQ 56(AX), DX
+	VINSERTF32X4 $3, (BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z8
+	VPERMT2PS Z21, Z30, Z8
+	VMOVAPS Z20, Z9
+	VPERMT2PS Z21, Z31, Z9
+	VMOVUPS 8(BX), X20
+	MOVQ 8(AX), DX
+	VINSERTF32X4 $1, 8(BX)(DX*1), Z20, Z20
+	MOVQ 16(AX), DX
+	VINSERTF32X4 $2, 8(BX)(DX*1), Z20, Z20
+	MOVQ 24(AX), DX
+	VINSERTF32X4 $3, 8(BX)(DX*1), Z20, Z20
+	MOVQ 32(AX), DX
+	VMOVUPS 8(BX)(DX*1), X21
+	MOVQ 40(AX), DX
+	VINSERTF32X4 $1, 8(BX)(DX*1), Z21, Z21
+	MOVQ 48(AX), DX
+	VINSERTF32X4 $2, 8(BX)(DX*1), Z21, Z21
+	MOVQ 56(AX), DX
+	VINSERTF32X4 $3, 8(BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z10
+	VPERMT2PS Z21, Z30, Z10
+	VMOVAPS Z20, Z11
+	VPERMT2PS Z21, Z31, Z11
+	LEAQ (SI)(R13*1), BX
+	VMOVUPS (BX), X20
+	MOVQ 8(AX), DX
+	VINSERTF32X4 $1, (BX)(DX*1), Z20, Z20
+	MOVQ 16(AX), DX
+	VINSERTF32X4 $2, (BX)(DX*1), Z20, Z20
+	MOVQ 24(AX), DX
+	VINSERTF32X4 $3, (BX)(DX*1), Z20, Z20
+	MOVQ 32(AX), DX
+	VMOVUPS (BX)(DX*1), X21
+	MOVQ 40(AX), DX
+	VINSERTF32X4 $1, (BX)(DX*1), Z21, Z21
+	MOVQ 48(AX), DX
+	VINSERTF32X4 $2, (BX)(DX*1), Z21, Z21
+	MOVQ 56(AX), DX
+	VINSERTF32X4 $3, (BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z12
+	VPERMT2PS Z21, Z30, Z12
+	VMOVAPS Z20, Z13
+	VPERMT2PS Z21, Z31, Z13
+	VMOVUPS 8(BX), X20
+	MOVQ 8(AX), DX
+	VINSERTF32X4 $1, 8(BX)(DX*1), Z20, Z20
+	MOVQ 16(AX), DX
+	VINSERTF32X4 $2, 8(BX)(DX*1), Z20, Z20
+	MOVQ 24(AX), DX
+	VINSERTF32X4 $3, 8(BX)(DX*1), Z20, Z20
+	MOVQ 32(AX), DX
+	VMOVUPS 8(BX)(DX*1), X21
+	MOVQ 40(AX), DX
+	VINSERTF32X4 $1, 8(BX)(DX*1), Z21, Z21
+	MOVQ 48(AX), DX
+	VINSERTF32X4 $2, 8(BX)(DX*1), Z21, Z21
+	MOVQ 56(AX), DX
+	VINSERTF32X4 $3, 8(BX)(DX*1), Z21, Z21
+	VMOVAPS Z20, Z14
+	VPERMT2PS Z21, Z30, Z14
+	VMOVAPS Z20, Z15
+	VPERMT2PS Z21, Z31, Z15
+	VADDPS Z8, Z4, Z16
+	VSUBPS Z8, Z0, Z0
+	VSUBPS Z12, Z4, Z12
+	VSUBPS Z4, Z8, Z8
+	VMOVAPS Z16, Z4
+	VADDPS Z9, Z5, Z16
+	VSUBPS Z9, Z1, Z1
+	VSUBPS Z13, Z5, Z13
+	VSUBPS Z5, Z9, Z9
+	VMOVAPS Z16, Z5
+	VADDPS Z10, Z6, Z16
+	VSUBPS Z10, Z2, Z2
+	VSUBPS Z14, Z6, Z14
+	VSUBPS Z6, Z10, Z10
+	VMOVAPS Z16, Z6
+	VADDPS Z11, Z7, Z16
+	VSUBPS Z11, Z3, Z3
+	VSUBPS Z15, Z7, Z15
+	VSUBPS Z7, Z11, Z11
+	VMOVAPS Z16, Z7
+	MOVQ DI, BX
+	VSUBPS Z2, Z0, Z16
+	VADDPS Z2, Z1, Z17
+	VSUBPS Z1, Z2, Z18
+	VSUBPS Z3, Z1, Z19
+	VMOVUPS Z16, (BX)
+	VMOVUPS Z17, (BX)(R8*1)
+	VMOVUPS Z18, (BX)(R8*2)
+	VMOVUPS Z19, (BX)(R12*1)
+	LEAQ (BX)(R8*4), BX
+	VSUBPS Z6, Z4, Z16
+	VADDPS Z6, Z5, Z17
+	VSUBPS Z5, Z6, Z18
+	VSUBPS Z7, Z5, Z19
+	VMOVUPS Z16, (BX)
+	VMOVUPS Z17, (BX)(R8*1)
+	VMOVUPS Z18, (BX)(R8*2)
+	VMOVUPS Z19, (BX)(R12*1)
+	LEAQ (BX)(R8*4), BX
+	VSUBPS Z10, Z8, Z16
+	VADDPS Z10, Z9, Z17
+	VSUBPS Z9, Z10, Z18
+	VSUBPS Z11, Z9, Z19
+	VMOVUPS Z16, (BX)
+	VMOVUPS Z17, (BX)(R8*1)
+	VMOVUPS Z18, (BX)(R8*2)
+	VMOVUPS Z19, (BX)(R12*1)
+	LEAQ (BX)(R8*4), BX
+	VSUBPS Z14, Z12, Z16
+	VADDPS Z14, Z13, Z17
+	VSUBPS Z13, Z14, Z18
+	VSUBPS Z15, Z13, Z19
+	VMOVUPS Z16, (BX)
+	VMOVUPS Z17, (BX)(R8*1)
+	VMOVUPS Z18, (BX)(R8*2)
+	VMOVUPS Z19, (BX)(R12*1)
+	ADDQ R9, SI
+	ADDQ R11, DI
+	DECQ CX
+	JNZ octloop
+
+octdone:
+	VZEROUPPER
+	RET
