@@ -49,7 +49,9 @@ type Config struct {
 
 	// ChunkBytes is the wire size of one pipelined chunk (default 1 MiB).
 	// Smaller chunks pipeline better, larger ones cost less per byte. It
-	// must not exceed the transport's message limit.
+	// must not exceed the transport's message limit, and must be the same
+	// on every rank. A ring whose links all go through shared memory uses
+	// chunks of at most 256 KiB (lockstepChunkBytes), which stay in cache.
 	ChunkBytes int
 	// SmallBytes: vectors of at most this many float32 bytes take the
 	// low-latency path (one ring all-gather, N-1 hops instead of 2(N-1),

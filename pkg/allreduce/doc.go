@@ -10,6 +10,11 @@
 //   - ring.go: Ring runs collectives over a Link: a pipelined ring
 //     reduce-scatter followed by an all-gather for large vectors, and a
 //     one-pass ring all-gather with a local sum for small ones.
+//   - order.go: the frame order of the ring, one per ring: round-major, or
+//     lockstep when every link goes through shared memory.
+//   - fused.go: the one-pass ring of a rank whose two links both go through
+//     shared memory: each chunk is added or copied straight into the
+//     outgoing slot while it is being received.
 //   - reducer.go: Reducer groups a model's flat gradient into buckets (in
 //     reverse layer order) and starts each bucket's all-reduce as soon as
 //     backward has produced it, so communication overlaps computation.

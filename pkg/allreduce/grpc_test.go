@@ -3,6 +3,7 @@ package allreduce
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,7 +26,7 @@ func grpcFabric(shm, tcpFrames bool) fabric {
 		peers := make([]string, n)
 		shmDir := t.TempDir()
 		for i := range ts {
-			cfg := GRPCConfig{HandshakeTimeout: 5 * time.Second, MaxChunkBytes: 1 << 20, Window: 1 << 20, ShmSlots: 4,
+			cfg := GRPCConfig{HandshakeTimeout: 5 * time.Second, MaxChunkBytes: 1 << 20, Window: 1 << 20, ShmSlots: orderBlock + 1,
 				DisableTCPFrames: !tcpFrames}
 			if shm {
 				cfg.HostID = "test-host"
@@ -106,6 +107,10 @@ func TestSharedMemoryChosen(t *testing.T) {
 				if got := l.(*grpcLink).SharedMemory(); got != c.want {
 					t.Fatalf("rank %d: shared memory %v, want %v", i, got, c.want)
 				}
+				// Shared memory both ways: the ring takes the one-pass path.
+				if got := l.(*grpcLink).ForwardInRecv(); got != c.want {
+					t.Fatalf("rank %d: forward in recv %v, want %v", i, got, c.want)
+				}
 				defer l.Close()
 			}
 			left, _ := filepath.Glob(filepath.Join(dir, "*"))
@@ -134,10 +139,96 @@ func TestSharedMemoryChosen(t *testing.T) {
 					t.Fatalf("elem %d: %v %v, want %v", e, out[0][e], out[1][e], want)
 				}
 			}
+			for i, r := range rings { // two ranks: no census, each knows both links
+				if got := r.order == orderLockstep; got != c.want {
+					t.Fatalf("rank %d: lockstep order %v, want %v", i, got, c.want)
+				}
+			}
 			for _, r := range rings {
 				_ = r.Close()
 			}
 		})
 	}
 	_ = os.Getpid
+}
+
+// TestMixedRings: every rank of a ring must agree on the frame order.
+// Hosts a,a,a,b: rank 1 has shared memory both ways, but the ring has TCP
+// links, so the census picks round-major for every rank. All on one host,
+// with rank 2 given too few slots to forward inside Recv: lockstep order,
+// ranks 0, 1 and 3 on fusedPath and rank 2 on ringPath, seeing the same
+// frames. Sums are the exact ring-order sums on every rank, also when
+// segments have different chunk counts.
+func TestMixedRings(t *testing.T) {
+	if !shmSupported {
+		t.Skip("no shared memory on this OS")
+	}
+	const n = 4
+	for _, c := range []struct {
+		name     string
+		hosts    []string
+		slots    []int
+		forward  []bool
+		lockstep bool
+	}{
+		{"hosts-aaab", []string{"a", "a", "a", "b"}, []int{8, 8, 8, 8}, []bool{false, true, false, false}, false},
+		{"one-host-few-slots", []string{"a", "a", "a", "a"}, []int{8, 8, 2, 8}, []bool{true, true, false, true}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := fabric{c.name, func(t *testing.T, n int) ([]Transport, []string) {
+				ts := make([]Transport, n)
+				peers := make([]string, n)
+				dir := t.TempDir()
+				for i := range ts {
+					g, err := NewGRPCTransport(GRPCConfig{HandshakeTimeout: 5 * time.Second, MaxChunkBytes: 1 << 16,
+						ShmSlots: c.slots[i], HostID: c.hosts[i], ShmDir: dir})
+					if err != nil {
+						t.Fatal(err)
+					}
+					addr, err := g.Listen("127.0.0.1:0")
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { _ = g.Close() })
+					ts[i], peers[i] = g, addr.String()
+				}
+				return ts, peers
+			}}
+			cfg := DefaultConfig("job", 1, 0, n)
+			cfg.ChunkBytes = 64
+			cfg.SmallBytes = -1
+			rings := openRings(t, f, n, cfg)
+			for i, r := range rings {
+				if got := r.link.(*grpcLink).ForwardInRecv(); got != c.forward[i] {
+					t.Fatalf("rank %d: forward in recv %v, want %v", i, got, c.forward[i])
+				}
+			}
+			for li, l := range []int{16*n + n/2, 1000, 4099} {
+				in := inputs(int64(li), n, l)
+				out := clone(in)
+				for i, err := range allReduceAll(rings, Tag{Step: uint64(li + 1)}, out, Sum) {
+					if err != nil {
+						t.Fatalf("l=%d rank %d: %v", l, i, err)
+					}
+				}
+				for e := 0; e < l; e++ {
+					want := ringOrderSum(in, e)
+					for i := range out {
+						if math.Float32bits(out[i][e]) != math.Float32bits(want) {
+							t.Fatalf("l=%d rank %d elem %d: got %v, ring-order sum %v", l, i, e, out[i][e], want)
+						}
+					}
+				}
+			}
+			want := orderRoundMajor
+			if c.lockstep {
+				want = orderLockstep
+			}
+			for i, r := range rings {
+				if r.order != want {
+					t.Fatalf("rank %d: frame order %d, want %d", i, r.order, want)
+				}
+			}
+		})
+	}
 }

@@ -588,6 +588,22 @@ type grpcLink struct {
 // MaxPayloadBytes is the largest payload Send accepts.
 func (l *grpcLink) MaxPayloadBytes() int { return l.maxPayload }
 
+// ForwardInRecv implements forwarder: when frames travel through shared
+// memory both ways, with room for orderBlock+1 frames in flight, the ring
+// forwards each chunk from inside Recv into the outgoing slot (see
+// fusedPath).
+func (l *grpcLink) ForwardInRecv() bool {
+	return l.LockstepOut() && l.LockstepIn() && l.shm.slots > orderBlock
+}
+
+// LockstepOut implements lockstepLink: frames to the right go through
+// shared memory (the right neighbour knows it from the same handshake).
+func (l *grpcLink) LockstepOut() bool { return l.out == nil && l.shm != nil }
+
+// LockstepIn implements lockstepLink: frames from the left come through
+// shared memory.
+func (l *grpcLink) LockstepIn() bool { return l.in != nil && l.in.reader == nil && l.in.shm != nil }
+
 // SharedMemory reports whether payloads to the right neighbour go through
 // shared memory.
 func (l *grpcLink) SharedMemory() bool { return l.shm != nil }
@@ -680,6 +696,16 @@ func (l *grpcLink) Recv(fn func(h *Header, payload [][]byte) error) error {
 		return fmt.Errorf("%w: shared-memory frame on a stream without shared memory", ErrMalformed)
 	}
 	return fn(h, w.pieces)
+}
+
+// RecvStream implements streamReceiver when frames come over a TCP frame
+// connection; ok is false otherwise (then nothing was read and the caller
+// uses Recv).
+func (l *grpcLink) RecvStream(fn func(h *Header, size int, read func(p []byte) error) error) (ok bool, err error) {
+	if l.in.reader == nil {
+		return false, nil
+	}
+	return true, l.in.reader.recvStream(fn)
 }
 
 // Drain half-closes the stream to the right neighbour and waits (at most

@@ -145,6 +145,48 @@ func addF32(dst, src []float32) {
 	}
 }
 
+// addF32To sets dst[i] = a[i] + b[i] (len(a), len(b) >= len(dst)): the
+// fused reduce-scatter step that writes the sum of the incoming partial
+// sum and this rank's values straight into the outgoing frame. Same
+// operand order as addF32 (a plays dst's part), so the same bits.
+func addF32To(dst, a, b []float32) {
+	a, b = a[:len(dst)], b[:len(dst)]
+	n := len(dst) / addF32Block * addF32Block
+	if n > 0 {
+		addF32ToBlocks(dst[:n], a[:n], b[:n])
+	}
+	for i := n; i < len(dst); i++ {
+		dst[i] = a[i] + b[i]
+	}
+}
+
+// addF32Dual sets dst[i] = dst[i] + src[i] and out[i] = dst[i] (len(out),
+// len(src) >= len(dst)): the last reduce-scatter step, which keeps the
+// finished sum and forwards it in the same pass.
+func addF32Dual(dst, out, src []float32) {
+	out, src = out[:len(dst)], src[:len(dst)]
+	n := len(dst) / addF32Block * addF32Block
+	if n > 0 {
+		addF32DualBlocks(dst[:n], out[:n], src[:n])
+	}
+	for i := n; i < len(dst); i++ {
+		dst[i] += src[i]
+		out[i] = dst[i]
+	}
+}
+
+// copyF32Dual sets dst[i] = out[i] = src[i] (len(out), len(src) >=
+// len(dst)): an all-gather step that stores and forwards from one read.
+func copyF32Dual(dst, out, src []float32) {
+	out, src = out[:len(dst)], src[:len(dst)]
+	n := len(dst) / addF32Block * addF32Block
+	if n > 0 {
+		copyF32DualBlocks(dst[:n], out[:n], src[:n])
+	}
+	copy(dst[n:], src[n:])
+	copy(out[n:], src[n:])
+}
+
 // addPieces adds a received payload into dst; copyPieces stores it.
 func addPieces(dst []float32, pieces [][]byte, d DType) {
 	forEachRun(pieces, d.Size(), func(e int, b []byte) { addRun(dst[e:], b, d) })

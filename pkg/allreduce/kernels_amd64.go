@@ -7,5 +7,25 @@ package allreduce
 //go:noescape
 func addF32Blocks(dst, src []float32)
 
-// addF32Block is how many elements addF32Blocks handles per step.
+// addF32ToBlocks sets dst[i] = a[i] + b[i] (a the first operand) for every
+// i below len(dst) rounded down to a multiple of 16; len(a) and len(b) must
+// be >= len(dst) (addF32To checks). Implemented in kernels_amd64.s.
+//
+//go:noescape
+func addF32ToBlocks(dst, a, b []float32)
+
+// addF32DualBlocks sets dst[i] = dst[i] + src[i] and out[i] = dst[i] for
+// every i below len(dst) rounded down to a multiple of 16; len(out) and
+// len(src) must be >= len(dst) (addF32Dual checks).
+//
+//go:noescape
+func addF32DualBlocks(dst, out, src []float32)
+
+// copyF32DualBlocks sets dst[i] = out[i] = src[i] for every i below
+// len(dst) rounded down to a multiple of 16 (copyF32Dual checks).
+//
+//go:noescape
+func copyF32DualBlocks(dst, out, src []float32)
+
+// addF32Block is how many elements the block kernels handle per step.
 const addF32Block = 16

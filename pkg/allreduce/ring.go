@@ -51,7 +51,16 @@ type Ring struct {
 	step    uint64 // step of the last tagged collective (for AllReduceSum)
 
 	runnerDone chan struct{}
+	order      int       // orderUnknown until the first bandwidth-path collective (runner only)
+	scratch    []float32 // stream reads of the reduce-scatter (runner only, reused)
 }
+
+// Ring.order values.
+const (
+	orderUnknown = iota
+	orderRoundMajor
+	orderLockstep
+)
 
 // Op is a collective in progress (see Ring.Start).
 type Op struct {
@@ -217,6 +226,30 @@ type bytesSender interface {
 	SendBytes(h *Header, p []byte) (ok bool, err error)
 }
 
+// forwarder is a Link on which a Send made from inside Recv's fn (same
+// goroutine) is both allowed and the cheaper way to run the ring: the
+// payload being received and the slot being sent are then both in memory
+// at once, so a chunk is added or copied and forwarded in one pass (the
+// same-host shared-memory link, whose frames are read and written in
+// place). It needs room for orderBlock+1 frames in flight per link, or
+// the ring could wait on itself (see fusedPath), and is used only on a
+// ring in the lockstep order.
+type forwarder interface{ ForwardInRecv() bool }
+
+// streamReceiver is a Link that can hand a frame's payload over as a
+// stream (a TCP frame connection), so that the ring reads it straight
+// into its destination; see grpcLink.RecvStream. fn gets the header, the
+// payload size and read, which fills p with the next len(p) payload
+// bytes; ok is false when the link has no such path (nothing was read).
+type streamReceiver interface {
+	RecvStream(fn func(h *Header, size int, read func(p []byte) error) error) (ok bool, err error)
+}
+
+// streamPieceBytes is how much of a reduce-scatter frame a stream read
+// takes at a time: small enough to be added while it is in cache, large
+// enough to bypass the connection's read buffer.
+const streamPieceBytes = 256 << 10
+
 // drainer is a Link that can flush its outgoing frames before Close.
 type drainer interface{ Drain(d time.Duration) }
 
@@ -291,12 +324,58 @@ func (r *Ring) execute(op *Op) error {
 	if 4*len(op.data) <= min(r.cfg.SmallBytes, r.cfg.ChunkBytes) {
 		return r.exec(ctx, op, r.smallPath(op))
 	}
-	return r.exec(ctx, op, r.ringPath(op))
+	lockstep, err := r.lockstep(ctx, op)
+	if err != nil {
+		return err
+	}
+	if f, ok := r.link.(forwarder); ok && lockstep && f.ForwardInRecv() && r.cfg.Compression == CompressNone {
+		return r.exec(ctx, op, r.fusedPath(op))
+	}
+	return r.exec(ctx, op, r.ringPath(op, lockstep))
+}
+
+// bucketCensus is the Tag.Bucket of the frames of the census (see
+// Ring.lockstep); collectives must not use it.
+const bucketCensus uint32 = math.MaxUint32 - 1
+
+// lockstep decides, once per ring and the same on every rank, whether the
+// bandwidth path uses the lockstep frame order (see order.go): only when
+// every link of the ring goes through shared memory. With two ranks both
+// links are this rank's own; with more, the first bandwidth-path
+// collective starts with a census: a small-path sum, tagged bucketCensus,
+// of one flag per rank that says whether both of its links do. Only the
+// runner goroutine calls it.
+func (r *Ring) lockstep(ctx context.Context, op *Op) (bool, error) {
+	if r.order != orderUnknown {
+		return r.order == orderLockstep, nil
+	}
+	local := false
+	if ls, ok := r.link.(lockstepLink); ok {
+		local = ls.LockstepOut() && ls.LockstepIn()
+	}
+	all := local
+	if r.cfg.World > 2 {
+		flag := []float32{0}
+		if local {
+			flag[0] = 1
+		}
+		c := &Op{tag: Tag{Step: op.tag.Step, Bucket: bucketCensus}, seq: op.seq, data: flag, red: Sum, ctx: op.ctx, start: op.start}
+		if err := r.exec(ctx, c, r.smallPath(c)); err != nil {
+			return false, err
+		}
+		all = flag[0] == float32(r.cfg.World)
+	}
+	r.order = orderRoundMajor
+	if all {
+		r.order = orderLockstep
+	}
+	return all, nil
 }
 
 // schedule is one collective split into its sending and receiving halves.
 // send runs in its own goroutine, recv in the calling one; both must
-// return when abort is closed.
+// return when abort is closed. A schedule without send does everything in
+// recv and names the neighbour in its errors itself.
 type schedule struct {
 	send func(abort <-chan struct{}) error
 	recv func(abort <-chan struct{}) error
@@ -323,12 +402,16 @@ func (r *Ring) exec(ctx context.Context, op *Op, s schedule) error {
 		})
 	}
 	sendDone := make(chan struct{})
-	go func() {
-		defer close(sendDone)
-		if err := s.send(abort); err != nil {
-			fail(fmt.Errorf("send to rank %d: %w", (r.cfg.Rank+1)%r.cfg.World, err))
-		}
-	}()
+	if s.send == nil {
+		close(sendDone)
+	} else {
+		go func() {
+			defer close(sendDone)
+			if err := s.send(abort); err != nil {
+				fail(fmt.Errorf("send to rank %d: %w", (r.cfg.Rank+1)%r.cfg.World, err))
+			}
+		}()
+	}
 	finished := make(chan struct{})
 	watchDone := make(chan struct{})
 	go func() { // the deadline: closing the link unblocks both halves
@@ -345,7 +428,10 @@ func (r *Ring) exec(ctx context.Context, op *Op, s schedule) error {
 		}
 	}()
 	if err := s.recv(abort); err != nil {
-		fail(fmt.Errorf("receive from rank %d: %w", (r.cfg.Rank-1+r.cfg.World)%r.cfg.World, err))
+		if s.send != nil {
+			err = fmt.Errorf("receive from rank %d: %w", (r.cfg.Rank-1+r.cfg.World)%r.cfg.World, err)
+		}
+		fail(err)
 	}
 	<-sendDone // still under the deadline
 	close(finished)
@@ -397,9 +483,10 @@ func segBounds(l, n, s int) (lo, hi int) {
 // its own values, in rounds N-1..2N-3 (all-gather) it stores the final
 // values. Segment s is therefore summed as ((x_s + x_{s+1}) + x_{s+2}) ...
 // in ring order starting at rank s, on every worker and in every run.
-// Each segment moves in chunks: chunk c of round R+1 leaves as soon as
-// chunk c of round R has arrived and been added.
-func (r *Ring) ringPath(op *Op) schedule {
+// A sending goroutine and a receiving one overlap, both in the ring's
+// chunkOrder (lockstep or round-major): an element leaves in round R+1 as
+// soon as it has arrived and been added in round R.
+func (r *Ring) ringPath(op *Op, lockstep bool) schedule {
 	n, rank := r.cfg.World, r.cfg.Rank
 	data := op.data
 	l := len(data)
@@ -407,80 +494,121 @@ func (r *Ring) ringPath(op *Op) schedule {
 	if r.cfg.Compression == CompressBF16 {
 		dt = DTypeBF16
 	}
-	ce := r.cfg.ChunkBytes / dt.Size() // elements per chunk
-	nchunks := func(seg int) int {
-		lo, hi := segBounds(l, n, seg)
-		return (hi - lo + ce - 1) / ce
-	}
 	rounds := 2 * (n - 1)
-	tokens := 0
-	for R := 0; R < rounds-1; R++ {
-		tokens += nchunks(mod(rank-R-1, n))
+	ce := r.cfg.ChunkBytes / dt.Size()
+	if lockstep {
+		ce = min(r.cfg.ChunkBytes, lockstepChunkBytes) / dt.Size()
 	}
-	ready := make(chan struct{}, tokens)
+	order := newChunkOrder(l, n, ce, lockstep)
 	base := r.header(op, dt)
-	// filled counts the frames whose payload the sender has encoded, in
-	// send order; first[R] is the index of round R's first frame. In round
-	// R the receiver overwrites (all-gather) the values the sender read in
-	// round R-(N-1). That is ordered by causality round the ring already;
-	// waiting on filled makes the order explicit (and visible to the race
-	// detector, which cannot see through sockets).
-	var filled atomic.Int64
-	first := make([]int64, rounds+1)
-	for R := 0; R < rounds; R++ {
-		first[R+1] = first[R] + int64(nchunks(mod(rank-R, n)))
-	}
+	// recvd[R] and sent[R] count the elements of round R's segment (a
+	// prefix: chunks of a round go in increasing offset) that have been
+	// received and added, or read by the sender. Round R+1 sends what round
+	// R received; round R (all-gather, R >= N-1) overwrites what round
+	// R+1-N sent, which causality round the ring orders already; waiting on
+	// sent makes that explicit (and visible to the race detector, which
+	// cannot see through sockets).
+	recvd := make([]atomic.Int64, rounds)
+	sent := make([]atomic.Int64, rounds)
+	progress := make(chan struct{}, 1) // poked after every receive
 
 	direct, _ := r.link.(bytesSender)
 	send := func(abort <-chan struct{}) error {
-		for R := 0; R < rounds; R++ {
-			seg := mod(rank-R, n)
-			lo, hi := segBounds(l, n, seg)
-			for c, off := 0, lo; off < hi; c, off = c+1, off+ce {
-				if R > 0 {
+		return order.each(rounds, func(R int) int { return mod(rank-R, n) }, func(R, seg, c, off, cnt int) error {
+			lo, _ := segBounds(l, n, seg)
+			if R > 0 {
+				for recvd[R-1].Load() < int64(off+cnt-lo) {
 					select {
-					case <-ready:
+					case <-progress:
 					case <-abort:
 						return errAborted
 					}
 				}
-				cnt := min(ce, hi-off)
-				h := base
-				h.Round, h.Segment, h.Chunk = uint32(R), uint32(seg), uint32(c)
-				h.Offset, h.Count = uint64(off), uint32(cnt)
-				src := data[off : off+cnt]
-				if direct != nil && dt == DTypeF32 {
-					ok, err := direct.SendBytes(&h, f32Bytes(src))
-					if err != nil {
-						return err
-					}
-					if ok {
-						filled.Add(1) // src has been read
-						continue
-					}
-				}
-				if err := r.link.Send(&h, cnt*dt.Size(), func(dst []byte) {
-					encode(dst, src, dt)
-					filled.Add(1)
-				}); err != nil {
+			}
+			h := base
+			h.Round, h.Segment, h.Chunk = uint32(R), uint32(seg), uint32(c)
+			h.Offset, h.Count = uint64(off), uint32(cnt)
+			src := data[off : off+cnt]
+			if direct != nil && dt == DTypeF32 {
+				ok, err := direct.SendBytes(&h, f32Bytes(src))
+				if err != nil {
 					return err
 				}
+				if ok {
+					sent[R].Store(int64(off + cnt - lo)) // src has been read
+					return nil
+				}
 			}
-		}
-		return nil
+			return r.link.Send(&h, cnt*dt.Size(), func(dst []byte) {
+				encode(dst, src, dt)
+				sent[R].Store(int64(off + cnt - lo))
+			})
+		})
 	}
 
+	// owned finishes the segment this rank now holds the full sum of.
+	owned := func(dst []float32) {
+		if op.red == Mean {
+			inv := float32(n)
+			for i := range dst {
+				dst[i] /= inv
+			}
+		}
+		if dt == DTypeBF16 {
+			roundBF16(dst) // what the others will receive
+		}
+	}
+	stream, _ := r.link.(streamReceiver)
 	recv := func(abort <-chan struct{}) error {
 		want := base
-		for R := 0; R < rounds; R++ {
-			seg := mod(rank-R-1, n)
-			lo, hi := segBounds(l, n, seg)
-			for c, off := 0, lo; off < hi; c, off = c+1, off+ce {
-				cnt := min(ce, hi-off)
-				want.Round, want.Segment, want.Chunk = uint32(R), uint32(seg), uint32(c)
-				want.Offset, want.Count = uint64(off), uint32(cnt)
-				dst := data[off : off+cnt]
-				err := r.link.Recv(func(h *Header, p [][]byte) error {
+		return order.each(rounds, func(R int) int { return mod(rank-R-1, n) }, func(R, seg, c, off, cnt int) error {
+			lo, _ := segBounds(l, n, seg)
+			want.Round, want.Segment, want.Chunk = uint32(R), uint32(seg), uint32(c)
+			want.Offset, want.Count = uint64(off), uint32(cnt)
+			dst := data[off : off+cnt]
+			gathered := func() error { // dst may be overwritten once sent
+				if R < n-1 {
+					return nil
+				}
+				return waitSent(&sent[R+1-n], int64(off+cnt-lo), abort)
+			}
+			ok := false
+			var err error
+			if stream != nil && dt == DTypeF32 {
+				// Straight from the socket: the all-gather into dst, the
+				// reduce-scatter through a small buffer that is still in
+				// cache when it is added.
+				ok, err = stream.RecvStream(func(h *Header, size int, read func(p []byte) error) error {
+					if err := check(h, &want); err != nil {
+						return err
+					}
+					if size != 4*cnt {
+						return fmt.Errorf("%w: payload of %d bytes for %d elements of dtype %d", ErrMalformed, size, cnt, dt)
+					}
+					if R >= n-1 {
+						if err := gathered(); err != nil {
+							return err
+						}
+						return read(f32Bytes(dst))
+					}
+					if r.scratch == nil {
+						r.scratch = make([]float32, streamPieceBytes/4)
+					}
+					for e := 0; e < cnt; e += len(r.scratch) {
+						in := r.scratch[:min(len(r.scratch), cnt-e)]
+						if err := read(f32Bytes(in)); err != nil {
+							return err
+						}
+						addF32(dst[e:e+len(in)], in)
+					}
+					if R == n-2 {
+						owned(dst)
+					}
+					return nil
+				})
+			}
+			if !ok && err == nil {
+				err = r.link.Recv(func(h *Header, p [][]byte) error {
 					if err := check(h, &want); err != nil {
 						return err
 					}
@@ -488,7 +616,7 @@ func (r *Ring) ringPath(op *Op) schedule {
 						return fmt.Errorf("%w: payload of %d bytes for %d elements of dtype %d", ErrMalformed, got, cnt, dt)
 					}
 					if R >= n-1 {
-						if err := waitFilled(first[R-(n-1)]+int64(c), &filled, abort); err != nil {
+						if err := gathered(); err != nil {
 							return err
 						}
 						copyPieces(dst, p, dt)
@@ -496,36 +624,31 @@ func (r *Ring) ringPath(op *Op) schedule {
 					}
 					addPieces(dst, p, dt)
 					if R == n-2 { // this rank now owns the full sum of seg
-						if op.red == Mean {
-							inv := float32(n)
-							for i := range dst {
-								dst[i] /= inv
-							}
-						}
-						if dt == DTypeBF16 {
-							roundBF16(dst) // what the others will receive
-						}
+						owned(dst)
 					}
 					return nil
 				})
-				if err != nil {
-					return err
-				}
-				if R < rounds-1 {
-					ready <- struct{}{}
-				}
 			}
-		}
-		return nil
+			if err != nil {
+				return err
+			}
+			recvd[R].Store(int64(off + cnt - lo))
+			select {
+			case progress <- struct{}{}:
+			default:
+			}
+			return nil
+		})
 	}
 	return schedule{send: send, recv: recv}
 }
 
-// waitFilled waits until the sender has encoded frame idx (filled > idx):
-// the all-gather may overwrite the values that frame read only then. A
-// peer can only be ahead of the ring's causality by a hair, so this spins.
-func waitFilled(idx int64, filled *atomic.Int64, abort <-chan struct{}) error {
-	for filled.Load() <= idx {
+// waitSent waits until the sender has read the first want elements of a
+// round's segment (*sent >= want): the all-gather may overwrite them only
+// then. A peer can only be ahead of the ring's causality by a hair, so
+// this spins.
+func waitSent(sent *atomic.Int64, want int64, abort <-chan struct{}) error {
+	for sent.Load() < want {
 		select {
 		case <-abort:
 			return errAborted

@@ -106,6 +106,9 @@ const (
 	sysFutexWake = 1 // FUTEX_WAKE
 )
 
+// shmYield gives the processor to another runnable thread, if any.
+func shmYield() { _, _, _ = syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0) }
+
 // futexWait sleeps while *addr == val, at most d.
 func futexWait(addr *uint32, val uint32, d time.Duration) {
 	ts := syscall.NsecToTimespec(int64(d))
@@ -197,7 +200,7 @@ func (s *shmSegment) with(i int, fn func(hdr, payload []byte) error) error {
 	if s.mem == nil {
 		return fmt.Errorf("%w: shared memory unmapped", ErrClosed)
 	}
-	base := shmCtrlBytes + i*(shmHdrRoom+s.slot)
+	base := shmCtrlBytes + i*shmStride(s.slot)
 	return fn(s.mem[base:base+shmHdrRoom:base+shmHdrRoom], s.mem[base+shmHdrRoom:base+shmHdrRoom+s.slot])
 }
 

@@ -5,6 +5,7 @@ package allreduce
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"time"
 )
 
@@ -30,6 +31,8 @@ func (s *shmSegment) load64(off int) (uint64, bool)                             
 func (s *shmSegment) publish(off int, v uint64, seqOff, waitOff int)                {}
 func (s *shmSegment) wake(seqOff int)                                               {}
 func (s *shmSegment) sleep(seqOff, waitOff int, d time.Duration, ready func() bool) {}
+
+func shmYield() { runtime.Gosched() }
 
 func defaultShmDir() string { return os.TempDir() }
 

@@ -3,7 +3,6 @@ package allreduce
 import (
 	"encoding/binary"
 	"fmt"
-	"runtime"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -18,16 +17,22 @@ import (
 //	control page: head (frames published, written by the sender) and tail
 //	(frames consumed, written by the receiver), each with a wake-up word
 //	and a "sleeping" flag, on separate cache lines;
-//	then slots×(header room + payload): frame k lives in slot k mod slots,
+//	then slots×(header room + payload, rounded up to 64 bytes): frame k
+//	lives in slot k mod slots,
 //	its header as uint32 length + ChunkHeader (protobuf), its payload
 //	written in place by the sender's fill and read in place by the
 //	receiver's add or copy.
 //
-// A waiting side spins briefly (yielding the processor) and then sleeps on
-// a futex of the shared wake-up word; the other side wakes it only when it
-// announced the sleep. Sleeps are bounded (shmSleep) so that the local
-// link's Close, the end of the stream and the collective's deadline are
-// always seen.
+// A waiting side first polls for up to shmPoll, giving the processor to
+// any other runnable thread between polls (sched_yield: on an idle core
+// this is a spin that sees the other side's next frame within
+// microseconds, a few chunks' worth of work; with more ranks than cores it
+// lets the rank that has to produce that frame run; bounded in time, not
+// in polls, so that a rank whose neighbour is descheduled does not burn
+// its core), and then sleeps on a futex of the shared wake-up word; the
+// other side wakes it only when it announced the sleep. Sleeps are bounded
+// (shmSleep) so that the local link's Close, the end of the stream and the
+// collective's deadline are always seen.
 
 const (
 	shmCtrlBytes = 4096 // control page
@@ -40,29 +45,35 @@ const (
 	shmOffTailSeq  = 136 // uint32: bumped with tail (futex word)
 	shmOffTailWait = 140 // uint32: 1 while the sender sleeps
 
-	shmSpin  = 16                   // yields before a sleep
-	shmSleep = 2 * time.Millisecond // longest single sleep
+	shmPoll  = 100 * time.Microsecond // polling (with yields) before a sleep
+	shmSleep = 2 * time.Millisecond   // longest single sleep
 )
 
 // shmPrefix starts the name of every segment file, so that a receiver maps
 // only files this package created.
 const shmPrefix = "ringtrain-ar-"
 
+// shmStride is the distance between two slots: header room plus the
+// payload rounded up to a cache line, so that every payload starts on a
+// 64-byte boundary (the SIMD kernels read and write it in place).
+func shmStride(slot int) int { return shmHdrRoom + (slot+63)&^63 }
+
 // shmSize is the file size of a segment of the given geometry.
-func shmSize(slots, slot int) int { return shmCtrlBytes + slots*(shmHdrRoom+slot) }
+func shmSize(slots, slot int) int { return shmCtrlBytes + slots*shmStride(slot) }
 
 // shmWait waits until ready reports true, polling stop (which returns a
 // non-nil error to give up) between tries.
 func shmWait(seg *shmSegment, seqOff, waitOff int, ready func() bool, stop func() error) error {
-	for i := 0; ; i++ {
+	start := time.Now()
+	for {
 		if ready() {
 			return nil
 		}
 		if err := stop(); err != nil {
 			return err
 		}
-		if i < shmSpin {
-			runtime.Gosched()
+		if time.Since(start) < shmPoll {
+			shmYield()
 			continue
 		}
 		seg.sleep(seqOff, waitOff, shmSleep, ready)

@@ -199,7 +199,9 @@ type frameReader struct {
 }
 
 func newFrameReader(c net.Conn, maxPayload int) *frameReader {
-	return &frameReader{r: bufio.NewReaderSize(c, 256<<10), maxPayload: maxPayload}
+	// The buffer only serves headers: payload reads of at least its size
+	// go straight from the socket into the ring's memory.
+	return &frameReader{r: bufio.NewReaderSize(c, 64<<10), maxPayload: maxPayload}
 }
 
 func (fr *frameReader) recv(fn func(h *Header, payload [][]byte) error) error {
@@ -215,6 +217,38 @@ func (fr *frameReader) recv(fn func(h *Header, payload [][]byte) error) error {
 		return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
 	}
 	return fn(&fr.h, [][]byte{p})
+}
+
+// recvStream reads the next frame's header and calls fn with it, the
+// payload size and read, which fills p with the next len(p) payload bytes
+// straight from the connection (through the small read buffer only for
+// bytes that are already in it). Bytes fn leaves unread are discarded, so
+// the next frame starts where it should.
+func (fr *frameReader) recvStream(fn func(h *Header, size int, read func(p []byte) error) error) error {
+	size, err := fr.readHeader()
+	if err != nil {
+		return err
+	}
+	left := size
+	read := func(p []byte) error {
+		if len(p) > left {
+			return fmt.Errorf("%w: read of %d bytes with %d left in the frame", ErrMalformed, len(p), left)
+		}
+		if _, err := io.ReadFull(fr.r, p); err != nil {
+			return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
+		}
+		left -= len(p)
+		return nil
+	}
+	if err := fn(&fr.h, size, read); err != nil {
+		return err
+	}
+	if left > 0 {
+		if _, err := fr.r.Discard(left); err != nil {
+			return fmt.Errorf("%w: frame connection: %w", ErrClosed, err)
+		}
+	}
+	return nil
 }
 
 // readHeader reads and decodes the next frame header into fr.h and returns

@@ -10,6 +10,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -22,6 +23,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ringtrain/ringtrain/pkg/allreduce"
@@ -132,6 +135,7 @@ func runChild() error {
 			}
 		}
 		var ts []float64
+		c0 := cpuSeconds()
 		for i := 0; i < *iters; i++ {
 			if err := op(barrier); err != nil {
 				return err
@@ -142,6 +146,7 @@ func runChild() error {
 			}
 			ts = append(ts, time.Since(t0).Seconds())
 		}
+		fmt.Printf("CPU %d %g\n", 4*n, (cpuSeconds()-c0)/float64(*iters))
 		sort.Float64s(ts)
 		if *rank == 0 {
 			fmt.Printf("RESULT %d %g\n", 4*n, ts[len(ts)/2])
@@ -153,37 +158,51 @@ func runChild() error {
 	return nil
 }
 
+// cpuSeconds is the CPU time (user + system) this process has used.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
 // rawTCP: rank 0 writes the ResNet-18 gradient bytes to rank 1 in one
 // Write; rank 1 reads them all and answers one byte.
 func rawTCP(lis net.Listener, raws []string) error {
 	size := 4 * resnet18Params
 	buf := make([]byte, size)
 	if *rank == 1 {
+		cpu := 1e9 // least CPU of one transfer at this end
 		for i := 0; i < *rawIters; i++ {
 			c, err := lis.Accept()
 			if err != nil {
 				return err
 			}
+			c0 := cpuSeconds()
 			if _, err := io.ReadFull(c, buf); err != nil {
 				return err
 			}
+			cpu = min(cpu, cpuSeconds()-c0)
 			if _, err := c.Write([]byte{1}); err != nil {
 				return err
 			}
 			c.Close()
 		}
-		return nil
+		fmt.Printf("RAWCPU %d %g\n", size, cpu)
+		return rawDuplex(lis, nil, buf)
 	}
-	best := 1e9
+	best, cpu := 1e9, 1e9
 	for i := 0; i < *rawIters; i++ {
 		c, err := net.Dial("tcp", raws[1])
 		if err != nil {
 			return err
 		}
-		t0 := time.Now()
+		t0, c0 := time.Now(), cpuSeconds()
 		if _, err := c.Write(buf); err != nil {
 			return err
 		}
+		cpu = min(cpu, cpuSeconds()-c0)
 		var ack [1]byte
 		if _, err := io.ReadFull(c, ack[:]); err != nil {
 			return err
@@ -192,6 +211,40 @@ func rawTCP(lis net.Listener, raws []string) error {
 		c.Close()
 	}
 	fmt.Printf("RAW %d %g\n", size, best)
+	fmt.Printf("RAWCPU %d %g\n", size, cpu)
+	return rawDuplex(nil, raws, buf)
+}
+
+// rawDuplex: ranks 0 and 1 each write buf to the other over one connection
+// and read the other's at the same time (the traffic of a 2-rank ring);
+// rank 0 prints the best time of the whole exchange.
+func rawDuplex(lis net.Listener, raws []string, buf []byte) error {
+	in := make([]byte, len(buf))
+	best := 1e9
+	for i := 0; i < *rawIters; i++ {
+		var c net.Conn
+		var err error
+		if lis != nil {
+			c, err = lis.Accept()
+		} else {
+			c, err = net.Dial("tcp", raws[1])
+		}
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		werr := make(chan error, 1)
+		go func() { _, err := c.Write(buf); werr <- err }()
+		_, rerr := io.ReadFull(c, in)
+		if err := errors.Join(<-werr, rerr); err != nil {
+			return err
+		}
+		best = min(best, time.Since(t0).Seconds())
+		c.Close()
+	}
+	if lis == nil {
+		fmt.Printf("RAWDUPLEX %d %g\n", len(buf), best)
+	}
 	return nil
 }
 
@@ -202,6 +255,7 @@ type result struct {
 	n     int
 	bytes int
 	secs  float64
+	cpu   float64 // CPU seconds per iteration, all ranks together (0: not measured)
 }
 
 func (r result) algbw() float64 { return float64(r.bytes) / r.secs / 1e9 }
@@ -213,7 +267,7 @@ func runParent() error {
 		return err
 	}
 	var results []result
-	rawGBs := 0.0
+	rawGBs, rawCPU, rawDuplexGBs := 0.0, 0.0, 0.0
 	for _, n := range ints(*worlds) {
 		for _, m := range strings.Split(*modes, ",") {
 			rs, raw, err := runRing(exe, n, m)
@@ -221,8 +275,8 @@ func runParent() error {
 				return fmt.Errorf("n=%d %s: %w", n, m, err)
 			}
 			results = append(results, rs...)
-			if raw > 0 {
-				rawGBs = raw
+			if raw.gbs > 0 {
+				rawGBs, rawCPU, rawDuplexGBs = raw.gbs, raw.cpu, raw.duplex
 			}
 		}
 		if *gloo != "" {
@@ -234,7 +288,7 @@ func runParent() error {
 			}
 		}
 	}
-	fmt.Printf("\n%-10s %3s %-9s %10s %9s %9s %9s\n", "bytes", "n", "path", "time", "algbw", "busbw", "vs gloo")
+	fmt.Printf("\n%-10s %3s %-9s %10s %9s %9s %9s %9s\n", "bytes", "n", "path", "time", "algbw", "busbw", "vs gloo", "cpu/iter")
 	find := func(path string, n, bytes int) (result, bool) {
 		for _, r := range results {
 			if r.path == path && r.n == n && r.bytes == bytes {
@@ -254,10 +308,19 @@ func runParent() error {
 		if g, ok := find("gloo", r.n, 4*resnet18Params); ok && r.bytes == g.bytes && r.path != "gloo" {
 			vs = fmt.Sprintf("%.2fx", r.busbw()/g.busbw())
 		}
-		fmt.Printf("%-10d %3d %-9s %8.2fms %6.2fGB/s %6.2fGB/s %9s\n", r.bytes, r.n, r.path, 1e3*r.secs, r.algbw(), r.busbw(), vs)
+		cpu := ""
+		if r.cpu > 0 {
+			cpu = fmt.Sprintf("%.1fms", 1e3*r.cpu)
+		}
+		fmt.Printf("%-10d %3d %-9s %8.2fms %6.2fGB/s %6.2fGB/s %9s %9s\n", r.bytes, r.n, r.path, 1e3*r.secs, r.algbw(), r.busbw(), vs, cpu)
 	}
 	if rawGBs > 0 {
-		fmt.Printf("raw TCP (one %d-byte write, loopback): %.2f GB/s\n", 4*resnet18Params, rawGBs)
+		// CPU busy while the raw transfer ran: how many of the cores the
+		// loopback's ceiling already needs.
+		fmt.Printf("raw TCP (one %d-byte write, loopback): %.2f GB/s, %.1fms CPU (both ends, %.1f cores busy)\n",
+			4*resnet18Params, rawGBs, 1e3*rawCPU, rawCPU*rawGBs*1e9/float64(4*resnet18Params))
+		// The traffic of a 2-rank ring: both ends write at once.
+		fmt.Printf("raw TCP both ways at once (the 2-rank ring's traffic): %.2f GB/s per direction\n", rawDuplexGBs)
 	}
 	ratio := func(path string, n int) string {
 		a, ok1 := find(path, n, 4*resnet18Params)
@@ -286,8 +349,13 @@ func runParent() error {
 	return nil
 }
 
+// rawResult is the raw TCP measurement: GB/s of the fastest one-way
+// transfer, the CPU seconds one transfer took at both ends together, and
+// GB/s per direction when both ends write at once.
+type rawResult struct{ gbs, cpu, duplex float64 }
+
 // runRing starts n child processes in mode m and collects rank 0's results.
-func runRing(exe string, n int, m string) ([]result, float64, error) {
+func runRing(exe string, n int, m string) ([]result, rawResult, error) {
 	path := "grpc-" + m
 	type proc struct {
 		cmd *exec.Cmd
@@ -310,55 +378,82 @@ func runRing(exe string, n int, m string) ([]result, float64, error) {
 		cmd.Stderr = os.Stderr
 		in, err := cmd.StdinPipe()
 		if err != nil {
-			return nil, 0, err
+			return nil, rawResult{}, err
 		}
 		out, err := cmd.StdoutPipe()
 		if err != nil {
-			return nil, 0, err
+			return nil, rawResult{}, err
 		}
 		if err := cmd.Start(); err != nil {
-			return nil, 0, err
+			return nil, rawResult{}, err
 		}
 		procs[i] = proc{cmd, in, bufio.NewScanner(out)}
 		if !procs[i].out.Scan() {
-			return nil, 0, fmt.Errorf("rank %d printed no address", i)
+			return nil, rawResult{}, fmt.Errorf("rank %d printed no address", i)
 		}
 		f := strings.Fields(procs[i].out.Text())
 		if len(f) != 3 || f[0] != "ADDR" {
-			return nil, 0, fmt.Errorf("rank %d: unexpected %q", i, procs[i].out.Text())
+			return nil, rawResult{}, fmt.Errorf("rank %d: unexpected %q", i, procs[i].out.Text())
 		}
 		addrs, raws = append(addrs, f[1]), append(raws, f[2])
 	}
 	line := strings.Join(append(append([]string{}, addrs...), raws...), " ") + "\n"
 	for _, p := range procs {
 		if _, err := io.WriteString(p.in, line); err != nil {
-			return nil, 0, err
+			return nil, rawResult{}, err
 		}
 	}
-	var rs []result
-	raw := 0.0
-	for procs[0].out.Scan() {
-		f := strings.Fields(procs[0].out.Text())
-		if len(f) != 3 {
-			continue
-		}
-		b, _ := strconv.Atoi(f[1])
-		s, _ := strconv.ParseFloat(f[2], 64)
-		switch f[0] {
-		case "RESULT":
-			rs = append(rs, result{path: path, n: n, bytes: b, secs: s})
-			fmt.Fprintf(os.Stderr, "%s n=%d bytes=%d median %.2fms\n", path, n, b, 1e3*s)
-		case "RAW":
-			raw = float64(b) / s / 1e9
-		}
+	var (
+		rs           []result
+		raw          float64
+		rawCPU       float64             // CPU seconds of one raw transfer, both ends
+		rawDuplexGBs float64             // GB/s per direction when both ends write at once
+		mu           sync.Mutex          // guards cpu and rawCPU
+		cpu          = map[int]float64{} // bytes -> CPU seconds per iteration, summed over ranks
+		wg           sync.WaitGroup
+	)
+	for i := range procs {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for procs[i].out.Scan() {
+				f := strings.Fields(procs[i].out.Text())
+				if len(f) != 3 {
+					continue
+				}
+				b, _ := strconv.Atoi(f[1])
+				s, _ := strconv.ParseFloat(f[2], 64)
+				switch {
+				case f[0] == "CPU":
+					mu.Lock()
+					cpu[b] += s
+					mu.Unlock()
+				case f[0] == "RESULT" && i == 0:
+					rs = append(rs, result{path: path, n: n, bytes: b, secs: s})
+				case f[0] == "RAW" && i == 0:
+					raw = float64(b) / s / 1e9
+				case f[0] == "RAWDUPLEX" && i == 0:
+					rawDuplexGBs = float64(b) / s / 1e9
+				case f[0] == "RAWCPU":
+					mu.Lock()
+					rawCPU += s
+					mu.Unlock()
+				}
+			}
+		}(i)
+	}
+	wg.Wait()
+	for k := range rs {
+		rs[k].cpu = cpu[rs[k].bytes]
+		fmt.Fprintf(os.Stderr, "%s n=%d bytes=%d median %.2fms, cpu %.2fms/iter (all ranks)\n", path, n, rs[k].bytes, 1e3*rs[k].secs, 1e3*rs[k].cpu)
 	}
 	for i, p := range procs {
 		if err := p.cmd.Wait(); err != nil {
-			return nil, 0, fmt.Errorf("rank %d: %w", i, err)
+			return nil, rawResult{}, fmt.Errorf("rank %d: %w", i, err)
 		}
 		procs[i].cmd = nil
 	}
-	return rs, raw, nil
+	return rs, rawResult{gbs: raw, cpu: rawCPU, duplex: rawDuplexGBs}, nil
 }
 
 var glooLine = regexp.MustCompile(`bytes=(\d+) median_time=([0-9.]+)ms`)
