@@ -52,13 +52,22 @@ func TestSyncBNSameLossesAcrossWorldSizes(t *testing.T) {
 			d := math.Abs(losses[n][s].Loss-ref) / ref
 			worst = max(worst, d)
 			// fp32 partial sums over 32 vs 16 vs 8 samples differ by
-			// ~1e-7, and at this learning rate the difference stays
-			// there (measured: at most 3e-7 over 20 steps). This tiny
+			// ~1e-7 (the only difference: summation order). Training
+			// then carries that difference along, and once it is large
+			// enough to flip one ReLU or max-pool decision of this tiny
 			// model (width 1/8, BN over 32 values per channel in layer4)
-			// is sensitive: at lr 2e-3 training amplifies one ulp to 1e-2
-			// within 10 steps, for any two summation orders.
-			if d > 1e-5 {
-				t.Errorf("step %d: %d workers loss %.7f, 1 worker %.7f (rel %.2e)", s, n, losses[n][s].Loss, ref, d)
+			// a loss moves by up to ~1e-3: measured at most 3e-7 over
+			// the first 15 steps, and 2e-3 at steps 18-19 with one
+			// summation of the convolutions (Winograd) and 3e-7 with
+			// another (direct). So: tight for the first 10 steps, and
+			// within 5e-3 (well below local BN's difference, checked
+			// below) for the rest.
+			tol := 1e-5
+			if s > 10 {
+				tol = 5e-3
+			}
+			if d > tol {
+				t.Errorf("step %d: %d workers loss %.7f, 1 worker %.7f (rel %.2e, tolerance %.0e)", s, n, losses[n][s].Loss, ref, d, tol)
 			}
 		}
 	}
@@ -70,8 +79,8 @@ func TestSyncBNSameLossesAcrossWorldSizes(t *testing.T) {
 	for s := int64(1); s <= steps; s++ {
 		apart = max(apart, math.Abs(local[s].Loss-losses[1][s].Loss)/losses[1][s].Loss)
 	}
-	if apart < 100*1e-5 {
-		t.Errorf("2 workers without SyncBN stay within %.2e of 1 worker: the test cannot tell SyncBN from local BN", apart)
+	if apart < 5*max(worst, 5e-3) {
+		t.Errorf("2 workers without SyncBN stay within %.2e of 1 worker (SyncBN: %.2e): the test cannot tell SyncBN from local BN", apart, worst)
 	}
 	t.Logf("without SyncBN: worst relative difference %.2e", apart)
 }
