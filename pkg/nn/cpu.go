@@ -14,11 +14,13 @@ type CPU struct {
 
 	// Scratch memory, grown on demand and reused across calls (the backend
 	// is used from one goroutine at a time, so one set suffices).
-	col  []float32 // im2col / col2im buffer of one chunk of images
-	tmp  []float32 // gathered dy / GEMM output of one chunk of images
-	acc  []float64 // float64 partial sums of per-channel reductions
-	chn  []float64 // per-channel float64 sums
-	rows []float64 // per-row values of the loss
+	col   []float32 // im2col / col2im buffer of one chunk of images
+	tmp   []float32 // gathered dy / GEMM output of one chunk of images
+	acc   []float64 // float64 partial sums of per-channel reductions
+	chn   []float64 // per-channel float64 sums
+	coef  []float32 // per-channel coefficients of the BatchNorm passes
+	coefv []float32 // the same laid out for the vector loops
+	rows  []float64 // per-row values of the loss
 
 	plans  map[ConvParams]*convPlan // convolution plans by shape (N = 0)
 	planes [][]float32              // per-goroutine scratch planes of im2col/col2im
@@ -28,6 +30,7 @@ type CPU struct {
 	dwpart []float32                // per-chunk partial filter gradients
 	xpad   []float32                // the input of a convolution as padded planes
 	work   []*gemm.Workspace        // per-goroutine GEMM packing memory
+	keys   [][]int32                // per-goroutine max-pool keys of a plane
 }
 
 // NewCPU returns a CPU backend using threads goroutines (<= 0: GOMAXPROCS).

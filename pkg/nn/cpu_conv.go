@@ -36,7 +36,10 @@ import "github.com/ringtrain/ringtrain/pkg/nn/internal/gemm"
 // output pixel contributes exact zeros, so it is left out of the products
 // (a 3x3 pad-1 convolution over a 1x1 plane keeps only its centre tap: 9x
 // fewer multiply-adds). Wt is then the weight restricted to the live taps
-// (gathered per call); with every tap live it is the weight itself.
+// (gathered per call); with every tap live it is the weight itself. When
+// the output is 1x1 and the live taps read the input pixels one each, in
+// order (pointwise), x and y as batch matrices are the products' operands
+// and no padded copy, gather or scatter is made.
 //
 // Determinism: every output element is produced by one GEMM element (fixed
 // summation order, any thread count), by a fixed-order sum of chunk
@@ -175,18 +178,38 @@ func (c *CPU) padInput(x []float32, p ConvParams, pl *convPlan) []float32 {
 	}
 	hw, ph := p.H*p.W, pl.plane()
 	xp := growF32(&c.xpad, p.N*p.C*ph)
+	if usePadAsm && !pl.phase && p.W <= 16 && p.N*p.C*hw > 0 {
+		// Small planes: one call per range of planes (a clear and a
+		// masked store per row), no per-plane calls.
+		_ = x[p.N*p.C*hw-1]
+		off := p.PadH*pl.wp + p.PadW
+		c.parallel(p.N*p.C, max(1, elemGrain/ph), func(lo, hi int) {
+			padPlanesAVX512(&xp[lo*ph], &x[lo*hw], hi-lo, p.H, p.W, pl.wp, ph, off)
+		})
+		return xp
+	}
+	if usePadAsm && pl.phase && p.W <= 32 && p.N*p.C*hw > 0 {
+		_ = x[p.N*p.C*hw-1]
+		c.parallel(p.N*p.C, max(1, elemGrain/ph), func(lo, hi int) {
+			padPhaseAVX512(&xp[lo*ph], &x[lo*hw], hi-lo, p.H, p.W, p.PadH, p.PadW, pl.hs, pl.ws, &laneTables)
+		})
+		return xp
+	}
+	// Loop constants in locals: the stores into xp could alias pl's
+	// fields as far as the compiler knows.
+	H, W, padH, padW, hsws, ws := p.H, p.W, p.PadH, p.PadW, pl.hs*pl.ws, pl.ws
 	c.parallel(p.N*p.C, max(1, elemGrain/ph), func(lo, hi int) {
 		for u := lo; u < hi; u++ {
 			dst, src := xp[u*ph:][:ph], x[u*hw:][:hw]
 			if pl.phase {
 				clear(dst)
-				for h := 0; h < p.H; h++ {
+				for h := 0; h < H; h++ {
 					// Even and odd padded columns go to two phase planes.
-					in, y := src[h*p.W:][:p.W], p.PadH+h
+					in, y := src[h*W:][:W], padH+h
 					for b := 0; b < 2; b++ {
-						row := dst[((y&1)*2+b)*pl.hs*pl.ws+(y>>1)*pl.ws:][:pl.ws]
-						for w := (b - p.PadW) & 1; w < p.W; w += 2 {
-							row[(p.PadW+w)>>1] = in[w]
+						row := dst[((y&1)*2+b)*hsws+(y>>1)*ws:][:ws]
+						for w := (b - padW) & 1; w < W; w += 2 {
+							row[(padW+w)>>1] = in[w]
 						}
 					}
 				}
@@ -221,6 +244,30 @@ func (c *CPU) col2im(dx []float32, col []float32, ld int, n0, g int, p ConvParam
 	for part := 0; part < c.threads; part++ {
 		c.planeBuf(part, ph) // grown here, not inside the goroutines
 	}
+	// Loop constants in locals: the stores into buf could alias pl's
+	// fields as far as the compiler knows.
+	W, padH, padW, hsws, ws := p.W, p.PadH, p.PadW, pl.hs*pl.ws, pl.ws
+	if p.R == 1 && p.S == 1 && p.PadH == 0 && p.PadW == 0 {
+		// A 1x1 kernel without padding (the strided downsample): each
+		// pixel is under at most one column entry, so dx is that entry
+		// or 0, written straight from col.
+		P, Q, sh, sw := p.P(), p.Q(), p.StrideH, p.StrideW
+		c.parallel(g*p.C, max(1, elemGrain/hw), func(lo, hi int) {
+			for u := lo; u < hi; u++ {
+				i, ch := u/p.C, u%p.C
+				out := dx[((n0+i)*p.C+ch)*hw:][:hw]
+				src := col[ch*ld+i*pq:][:pq]
+				clear(out)
+				for oh := 0; oh < P; oh++ {
+					row := out[oh*sh*W:]
+					for ow, v := range src[oh*Q : oh*Q+Q] {
+						row[ow*sw] = v
+					}
+				}
+			}
+		})
+		return
+	}
 	c.parallelParts(g*p.C, 1, func(part, lo, hi int) {
 		buf := c.planes[part][:ph]
 		for u := lo; u < hi; u++ {
@@ -245,11 +292,17 @@ func (c *CPU) col2im(dx []float32, col []float32, ld int, n0, g int, p ConvParam
 			out := dx[((n0+i)*p.C+ch)*hw:][:hw]
 			for h := 0; h < p.H; h++ {
 				if !pl.phase {
-					copy(out[h*p.W:][:p.W], buf[(p.PadH+h)*pl.wp+p.PadW:])
+					copyShort(out[h*p.W:][:p.W], buf[(p.PadH+h)*pl.wp+p.PadW:][:p.W])
 					continue
 				}
-				for w := range out[h*p.W : h*p.W+p.W] {
-					out[h*p.W+w] = buf[pl.pos(p.PadH+h, p.PadW+w)]
+				// Even and odd padded columns come from two phase planes
+				// (padInput's layout, read back).
+				o, y := out[h*W:][:W], padH+h
+				for b := 0; b < 2; b++ {
+					row := buf[((y&1)*2+b)*hsws+(y>>1)*ws:][:ws]
+					for w := (b - padW) & 1; w < W; w += 2 {
+						o[w] = row[(padW+w)>>1]
+					}
 				}
 			}
 		}
@@ -423,6 +476,26 @@ func (b *convB) packT(panel, tmp []float32, nr, p0, kc, j, cols int) {
 	gemm.PackPanelT(panel, tmp, kc, kc, cols, nr)
 }
 
+// pointwise reports whether convolution p is a plain matrix product over
+// the batch: a 1x1 output plane whose live taps read the input pixels one
+// each, in order (tap t reads pixel t; ResNet's 3x3 convolutions on 1x1
+// planes keep only the centre tap, and a 3x3 stride-2 one from 2x2 to 1x1
+// keeps the four taps over the plane). Then x, as (N x C*T), is already
+// the column matrix and y, as (N x K), the output: Y = X Wt^T,
+// dX = dY Wt (every pixel under exactly one tap), dWt = dY^T X, with no
+// padded copy, gather, scatter or col2im.
+func pointwise(p ConvParams, pl *convPlan) bool {
+	if p.P() != 1 || p.Q() != 1 || len(pl.taps) != p.H*p.W {
+		return false
+	}
+	for t, tap := range pl.taps {
+		if (tap/p.S-p.PadH)*p.W+tap%p.S-p.PadW != t {
+			return false
+		}
+	}
+	return true
+}
+
 // liveWeights returns w (K x C*R*S) restricted to the live taps, (K x C*T):
 // w itself when every tap is live, else a gathered copy in scratch.
 func (c *CPU) liveWeights(w []float32, p ConvParams, pl *convPlan) []float32 {
@@ -431,6 +504,17 @@ func (c *CPU) liveWeights(w []float32, p ConvParams, pl *convPlan) []float32 {
 	}
 	rs, T := p.R*p.S, len(pl.taps)
 	wt := growF32(&c.wlive, p.K*p.C*T)
+	if T == 1 {
+		tap := pl.taps[0]
+		c.parallel(p.K*p.C, 4096, func(lo, hi int) {
+			dst := wt[lo:hi]
+			src := w[lo*rs+tap : (hi-1)*rs+tap+1]
+			for i := range dst {
+				dst[i] = src[i*rs]
+			}
+		})
+		return wt
+	}
 	c.parallel(p.K*p.C, 4096, func(lo, hi int) {
 		for kc := lo; kc < hi; kc++ {
 			src, dst := w[kc*rs:][:rs], wt[kc*T:][:T]
@@ -465,6 +549,10 @@ func (c *CPU) convForward(yd, xd, wd []float32, p ConvParams) {
 	pl := c.plan(p)
 	ct := p.C * len(pl.taps)
 	wt := c.liveWeights(wd, p, pl)
+	if pointwise(p, pl) {
+		gemm.Sgemm(false, true, p.N, p.K, ct, 1, xd, ct, wt, ct, 0, yd, p.K, c.threads)
+		return
+	}
 	ld := p.N * pq
 	xp := c.padInput(xd, p, pl)
 	if p.N == 1 || pq >= perImagePlane {
@@ -535,6 +623,10 @@ func (c *CPU) Conv2dBackwardData(dx, dy, w *Tensor, p ConvParams) {
 	pl := c.plan(p)
 	ct := p.C * len(pl.taps)
 	wt := c.liveWeights(wd, p, pl)
+	if pointwise(p, pl) {
+		gemm.Sgemm(false, false, p.N, ct, p.K, 1, dyd, p.K, wt, ct, 0, dxd, ct, c.threads)
+		return
+	}
 	G := convChunk(p, len(pl.taps))
 	col := growF32(&c.col, ct*G*pq)
 	for n0 := 0; n0 < p.N; n0 += G {
@@ -658,11 +750,44 @@ func (c *CPU) Conv2dBackwardFilter(dw, x, dy *Tensor, p ConvParams) {
 	if !pl.full(p) {
 		dst, beta = growF32(&c.dwlive, p.K*ct), 0
 	}
-	xp := c.padInput(xd, p, pl)
+	if pointwise(p, pl) {
+		gemm.Sgemm(true, false, p.K, ct, p.N, 1, dyd, p.K, xd, ct, beta, dst, ct, c.threads)
+	} else if chunks := filterChunks(p, ct); chunks > 1 {
+		c.filterByChunks(dst, beta, c.padInput(xd, p, pl), dyd, p, pl, chunks)
+	} else {
+		c.filterProduct(dst, beta, c.padInput(xd, p, pl), dyd, p, pl)
+	}
+	if !pl.full(p) {
+		rs := p.R * p.S
+		c.parallel(p.K*p.C, 4096, func(lo, hi int) {
+			if T == 1 {
+				tap := pl.taps[0]
+				d, s := dwd[lo*rs+tap:(hi-1)*rs+tap+1], dst[lo:hi]
+				for i, v := range s {
+					d[i*rs] += v
+				}
+				return
+			}
+			for kc := lo; kc < hi; kc++ {
+				d, s := dwd[kc*rs:][:rs], dst[kc*T:][:T]
+				for t, tap := range pl.taps {
+					d[tap] += s[t]
+				}
+			}
+		})
+	}
+}
+
+// filterProduct computes dst = beta*dst + dY * col^T (K x CT) for the
+// backward filter of p over the padded planes xp, as one product over the
+// batch or, for large planes, one per image added in image order.
+func (c *CPU) filterProduct(dst []float32, beta float32, xp, dyd []float32, p ConvParams, pl *convPlan) {
+	pq := p.P() * p.Q()
+	kpq := p.K * pq
+	T := len(pl.taps)
+	ct := p.C * T
 	ld := p.N * pq
-	if chunks := filterChunks(p, ct); chunks > 1 {
-		c.filterByChunks(dst, beta, xp, dyd, p, pl, chunks)
-	} else if pq >= perImagePlane {
+	if pq >= perImagePlane {
 		// One product per image, accumulated in image order: dY of an
 		// image is already K x PQ (no gather, no scratch).
 		ph := pl.plane()
@@ -680,16 +805,5 @@ func (c *CPU) Conv2dBackwardFilter(dw, x, dy *Tensor, p ConvParams) {
 		}
 		bp := &convB{x: xp, C: p.C, T: T, pq: pq, pl: pl, trans: true}
 		gemm.SgemmPacker(false, p.K, ct, ld, 1, m, ld, bp, beta, dst, ct, c.threads)
-	}
-	if !pl.full(p) {
-		rs := p.R * p.S
-		c.parallel(p.K*p.C, 4096, func(lo, hi int) {
-			for kc := lo; kc < hi; kc++ {
-				d, s := dwd[kc*rs:][:rs], dst[kc*T:][:T]
-				for t, tap := range pl.taps {
-					d[tap] += s[t]
-				}
-			}
-		})
 	}
 }

@@ -124,8 +124,13 @@ func (c *CPU) Copy(dst, src *Tensor) {
 // Fill implements Backend.
 func (c *CPU) Fill(t *Tensor, v float32) {
 	d := mustHost(t)
+	zero := math.Float32bits(v) == 0 // +0 (not -0): a memory clear
 	c.parallel(len(d), elemGrain, func(lo, hi int) {
 		s := d[lo:hi]
+		if zero {
+			clear(s)
+			return
+		}
 		for i := range s {
 			s[i] = v
 		}
@@ -154,6 +159,10 @@ func (c *CPU) ReLUBackward(dx, dy, y *Tensor) {
 	dxd, dyd, yd := mustHost(dx), mustHost(dy), mustHost(y)
 	c.parallel(len(dxd), elemGrain, func(lo, hi int) {
 		out, g, ys := dxd[lo:hi], dyd[lo:hi], yd[lo:hi]
+		if useBNAsm {
+			reluMaskAVX512(&out[0], &g[0], &ys[0], len(out))
+			return
+		}
 		for i := range out {
 			out[i] = math.Float32frombits(math.Float32bits(g[i]) & positiveMask(ys[i]))
 		}
@@ -166,6 +175,11 @@ func (c *CPU) Add(y, a, b *Tensor) {
 	checkSameNumel("Add", y, b)
 	yd, ad, bd := mustHost(y), mustHost(a), mustHost(b)
 	c.parallel(len(yd), elemGrain, func(lo, hi int) {
+		if useBNAsm {
+			out, as, bs := yd[lo:hi], ad[lo:hi], bd[lo:hi]
+			addAVX512(&out[0], &as[0], &bs[0], len(out), false)
+			return
+		}
 		for i := lo; i < hi; i++ {
 			yd[i] = ad[i] + bd[i]
 		}
