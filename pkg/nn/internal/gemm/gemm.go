@@ -381,6 +381,23 @@ type Workspace struct {
 	buf *buffers
 }
 
+// run computes p on the calling goroutine with w's buffers (the shared
+// tail of the Workspace entry points).
+func (w *Workspace) run(p *problem) {
+	if p.m == 0 || p.n == 0 {
+		return
+	}
+	if p.k == 0 || p.alpha == 0 {
+		scaleC(p.m, p.n, p.beta, p.c, p.ldc)
+		return
+	}
+	if w.buf == nil || w.buf.kern != p.kern {
+		w.buf = newBuffers(p.kern)
+	}
+	p.plan(1)
+	p.chunk(w.buf, 0)
+}
+
 // SgemmPacker is the package's SgemmPacker on the calling goroutine only,
 // with w's buffers. Results are bit-identical to SgemmPacker's.
 func (w *Workspace) SgemmPacker(transA bool, m, n, k int, alpha float32, a []float32, lda int,
@@ -391,18 +408,7 @@ func (w *Workspace) SgemmPacker(transA bool, m, n, k int, alpha float32, a []flo
 	kern := active()
 	p := &problem{kern: kern, transA: transA, m: m, n: n, k: k,
 		alpha: alpha, a: a, lda: lda, bp: bp, beta: beta, c: c, ldc: ldc}
-	if m == 0 || n == 0 {
-		return
-	}
-	if k == 0 || alpha == 0 {
-		scaleC(m, n, beta, c, ldc)
-		return
-	}
-	if w.buf == nil || w.buf.kern != kern {
-		w.buf = newBuffers(kern)
-	}
-	p.plan(1)
-	p.chunk(w.buf, 0)
+	w.run(p)
 }
 
 // Sgemm is the package's Sgemm on the calling goroutine only, with w's
@@ -416,18 +422,7 @@ func (w *Workspace) Sgemm(transA, transB bool, m, n, k int, alpha float32, a []f
 	kern := active()
 	p := &problem{kern: kern, transA: transA, transB: transB, m: m, n: n, k: k,
 		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc}
-	if m == 0 || n == 0 {
-		return
-	}
-	if k == 0 || alpha == 0 {
-		scaleC(m, n, beta, c, ldc)
-		return
-	}
-	if w.buf == nil || w.buf.kern != kern {
-		w.buf = newBuffers(kern)
-	}
-	p.plan(1)
-	p.chunk(w.buf, 0)
+	w.run(p)
 }
 
 // PackedA is an op(A) (m x k) packed once into the active path's
@@ -502,16 +497,5 @@ func (w *Workspace) SgemmPackedA(pa *PackedA, transB bool, n int, alpha float32,
 	}
 	p := &problem{kern: kern, transB: transB, m: m, n: n, k: k,
 		alpha: alpha, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc, pa: pa}
-	if m == 0 || n == 0 {
-		return
-	}
-	if k == 0 || alpha == 0 {
-		scaleC(m, n, beta, c, ldc)
-		return
-	}
-	if w.buf == nil || w.buf.kern != kern {
-		w.buf = newBuffers(kern)
-	}
-	p.plan(1)
-	p.chunk(w.buf, 0)
+	w.run(p)
 }
