@@ -125,10 +125,17 @@ func freshBackend(t *testing.T) (*Backend, bool) {
 // emulator, which is not safe for concurrent backends.
 func TestTrainerOverlappedCopiesMatchSyncCopies(t *testing.T) {
 	shared := openGPU(t, PrecisionFP32) // skips as the other tests do
-	world := 2
-	if _, ok := freshBackend(t); !ok {
-		world = 1
+	// The ranks' backends, used by both runs (each trainer frees its
+	// memory when it closes).
+	backends := []*Backend{shared}
+	if b0, ok := freshBackend(t); ok {
+		b1, ok := freshBackend(t)
+		if !ok {
+			t.Fatal("a second CUDA backend does not open")
+		}
+		backends = []*Backend{b0, b1}
 	}
+	world := len(backends)
 	t.Logf("world %d on %s", world, shared.Info().Name)
 	spec := job.Default()
 	spec.Model = job.Model{Arch: "resnet18", Stem: "cifar", Width: 1.0 / 16}
@@ -144,12 +151,6 @@ func TestTrainerOverlappedCopiesMatchSyncCopies(t *testing.T) {
 		peers := []string{"a", "b"}[:world]
 		out := make([][]float32, world)
 		errs := make([]error, world)
-		backends := []*Backend{shared}
-		if world == 2 {
-			b0, _ := freshBackend(t)
-			b1, _ := freshBackend(t)
-			backends = []*Backend{b0, b1}
-		}
 		var wg sync.WaitGroup
 		for r := 0; r < world; r++ {
 			wg.Add(1)
