@@ -210,7 +210,7 @@ func (t *Trainer) NewReducer(ring *allreduce.Ring) (*allreduce.Reducer, error) {
 	if t.Spec.BatchNorm == "average" && len(bufs) > 0 {
 		extra = append(extra, bufs)
 	}
-	return allreduce.NewReducer(ring, grad, t.gradSpans(), allreduce.ReducerConfig{
+	return allreduce.NewReducer(ring, grad, t.spans, allreduce.ReducerConfig{
 		BucketBytes: int(t.Spec.BucketMB * (1 << 20)), Extra: extra})
 }
 
