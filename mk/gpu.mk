@@ -25,3 +25,12 @@ gpu-ringbin:
 
 gpu-ring: gpu-ringbin
 	./scripts/gpu-ring.sh
+
+# The short, focused GPU check (scripts/gpu-quick.sh): the pkg/gpu test
+# binary and gpubench, stripped and gzip'd.
+.PHONY: gpu-quickbin
+gpu-quickbin:
+	mkdir -p .devbin/q
+	CGO_ENABLED=0 $(GO) build -ldflags "-s -w" -o .devbin/q/ ./cmd/gpubench
+	CGO_ENABLED=0 $(GO) test -c -ldflags "-s -w" -o .devbin/q/gpu.test ./pkg/gpu
+	gzip -f .devbin/q/gpubench .devbin/q/gpu.test

@@ -57,8 +57,10 @@ func run(device, prec, stem string, depth, batch, size, warmup, steps, threads i
 	if err != nil {
 		return err
 	}
+	act, search := "fp32", "-"
 	if g, ok := b.(*gpu.Backend); ok {
 		defer g.Close()
+		act, search = g.Activations(), g.ConvSearch()
 		i := g.Info()
 		fmt.Printf("# device %s (%s, %d SMs), driver %d, NVRTC %s, cuBLAS %d, cuDNN %d, kernels %s, open %.2fs\n",
 			i.Name, i.Arch, i.SMs, i.DriverVersion, i.NVRTCVersion, i.CUBLASVersion, i.CUDNNVersion, i.KernelImage, time.Since(t0).Seconds())
@@ -163,7 +165,7 @@ func run(device, prec, stem string, depth, batch, size, warmup, steps, threads i
 	for i, v := range hl {
 		ls[i] = fmt.Sprintf("%.3f", v)
 	}
-	fmt.Printf("RESULT impl=ringtrain backend=%s precision=%s stem=%s batch=%d img_s=%.1f ms_step=%.2f tflops=%.2f warmup_s=%.2f loss_first=%.4f loss_last=%.4f conv=%s scratch=%d losses=%s\n",
-		b.Name(), prec, stem, batch, ips, 1000*el/float64(steps), ips*gf/1000, warm.Seconds(), l0, l1, conv, scratch, strings.Join(ls, ","))
+	fmt.Printf("RESULT impl=ringtrain backend=%s precision=%s stem=%s batch=%d img_s=%.1f ms_step=%.2f tflops=%.2f warmup_s=%.2f loss_first=%.4f loss_last=%.4f conv=%s act=%s search=%s scratch=%d losses=%s\n",
+		b.Name(), prec, stem, batch, ips, 1000*el/float64(steps), ips*gf/1000, warm.Seconds(), l0, l1, conv, act, search, scratch, strings.Join(ls, ","))
 	return nil
 }

@@ -25,6 +25,12 @@ const (
 	ConvIm2col = "im2col" // im2col + cuBLAS only
 )
 
+// Convolution algorithm searches accepted by Options.ConvSearch.
+const (
+	ConvSearchHeuristic = "heuristic" // cuDNN's heuristics: reproducible
+	ConvSearchMeasure   = "measure"   // timed on the device (cudnnFind*)
+)
+
 // Options configure Open. The zero value is valid: device 0, fp32,
 // libraries from the standard search, kernels cached in the user's cache.
 type Options struct {
@@ -40,6 +46,17 @@ type Options struct {
 	// Conv picks the convolution implementation: "auto" (default), "cudnn"
 	// or "im2col"; see the package doc.
 	Conv string
+	// ConvSearch picks how cuDNN algorithms are chosen: "heuristic"
+	// (default; the choice depends on shape and device only, so runs are
+	// bit-reproducible) or "measure" (each candidate timed once per shape,
+	// as torch.backends.cudnn.benchmark; RINGTRAIN_GPU_CONV_SEARCH sets
+	// it). Either way only deterministic algorithms are admitted.
+	ConvSearch string
+	// FP32Activations keeps activations float32 (N, C, H, W) between
+	// layers in the bf16 precision, converting them around every
+	// convolution (the slower path before resident activations, kept for
+	// comparison; RINGTRAIN_GPU_ACTIVATIONS=fp32 sets it). See resident.go.
+	FP32Activations bool
 	// SyncEveryOp synchronises after every op so that an asynchronous
 	// kernel fault is reported by the op that caused it (debugging).
 	SyncEveryOp bool
@@ -84,6 +101,25 @@ func (o *Options) validate() error {
 	if o.glob == nil {
 		o.glob = filepath.Glob
 	}
+	if v := o.getenv("RINGTRAIN_GPU_CONV_SEARCH"); v != "" {
+		o.ConvSearch = v
+	}
+	switch o.ConvSearch {
+	case "":
+		o.ConvSearch = ConvSearchHeuristic
+	case ConvSearchHeuristic, ConvSearchMeasure:
+	default:
+		return fmt.Errorf("%w: conv search %q (want heuristic or measure)", ErrOptions, o.ConvSearch)
+	}
+	switch v := o.getenv("RINGTRAIN_GPU_ACTIVATIONS"); v {
+	case "":
+	case "fp32":
+		o.FP32Activations = true
+	case "bf16":
+		o.FP32Activations = false
+	default:
+		return fmt.Errorf("%w: RINGTRAIN_GPU_ACTIVATIONS=%q (want fp32 or bf16)", ErrOptions, v)
+	}
 	return nil
 }
 
@@ -112,6 +148,9 @@ type Backend struct {
 
 	scratch map[string]*scratchBuf // named scratch buffers, grown on demand
 	labels  []int32                // reused host copy of labels (int32)
+
+	res    map[uint64]actDims // resident bf16 activations by address (resident.go)
+	resIdx map[uint64]bool    // max-pool argmax tensors in resident (N, P*Q, C) order
 
 	plans       map[nn.ConvParams]*convPlan // cuDNN plans by shape (nil: im2col)
 	forceIm2col bool                        // tests: bypass cuDNN
@@ -144,7 +183,8 @@ func newBackend(o Options, d deviceAPI, sms int) *Backend {
 		sms = 1
 	}
 	return &Backend{opts: o, dev: d, pool: newPool(d), sms: sms, bf16: o.Precision == PrecisionBF16,
-		scratch: map[string]*scratchBuf{}, plans: map[nn.ConvParams]*convPlan{}}
+		scratch: map[string]*scratchBuf{}, plans: map[nn.ConvParams]*convPlan{},
+		res: map[uint64]actDims{}, resIdx: map[uint64]bool{}}
 }
 
 // Info describes the device and libraries.
@@ -152,6 +192,18 @@ func (b *Backend) Info() DeviceInfo { return b.info }
 
 // Precision is the GEMM precision in use.
 func (b *Backend) Precision() string { return b.opts.Precision }
+
+// Activations is how activations are kept between layers: "bf16-nhwc"
+// (resident, the bf16 precision's default) or "fp32".
+func (b *Backend) Activations() string {
+	if b.bf16 && !b.opts.FP32Activations {
+		return "bf16-nhwc"
+	}
+	return "fp32"
+}
+
+// ConvSearch is how cuDNN algorithms are chosen ("heuristic" or "measure").
+func (b *Backend) ConvSearch() string { return b.opts.ConvSearch }
 
 // PoolStats reports the memory pool's counters.
 func (b *Backend) PoolStats() PoolStats { return b.pool.stats }
@@ -348,6 +400,7 @@ func (b *Backend) New(shape ...int) *nn.Tensor {
 		return t
 	}
 	t.Ptr = uintptr(p)
+	b.setPlain(t)
 	if n > 0 {
 		b.ok(b.dev.memsetD32(p, 0, uint64(n)))
 	}
@@ -363,6 +416,7 @@ func (b *Backend) Free(t *nn.Tensor) {
 	if !b.begin() {
 		return
 	}
+	b.setPlain(t)
 	b.ok(b.pool.put(uint64(t.Ptr)))
 	t.Ptr = 0
 }
@@ -377,6 +431,7 @@ func (b *Backend) FromHost(dst *nn.Tensor, src []float32) {
 		b.fail(fmt.Errorf("%w: FromHost of %d values into shape %v", nn.ErrShape, len(src), dst.Shape))
 		return
 	}
+	b.setPlain(dst)
 	if len(src) == 0 {
 		return
 	}
@@ -398,7 +453,7 @@ func (b *Backend) ToHost(dst []float32, src *nn.Tensor) {
 		b.ok(b.dev.sync())
 		return
 	}
-	b.ok(b.dev.download(unsafe.Pointer(&dst[0]), ptr(src), uint64(len(dst))*4))
+	b.ok(b.dev.download(unsafe.Pointer(&dst[0]), b.plainPtr("tohost", src), uint64(len(dst))*4))
 	runtime.KeepAlive(dst)
 }
 
@@ -433,6 +488,7 @@ func (b *Backend) ToHostAsync(dst []float32, src *nn.Tensor) nn.CopyTicket {
 	if len(dst) == 0 {
 		return -1
 	}
+	b.widen(src)
 	t, err := b.dev.downloadAsync(unsafe.Pointer(&dst[0]), ptr(src), uint64(len(dst))*4)
 	if !b.ok(err) {
 		return -1
@@ -463,7 +519,17 @@ func (b *Backend) Copy(dst, src *nn.Tensor) {
 		b.fail(fmt.Errorf("%w: Copy of %v into %v", nn.ErrShape, src.Shape, dst.Shape))
 		return
 	}
-	if n := dst.Numel(); n > 0 {
+	n := dst.Numel()
+	if d, ok := b.resident(src); ok && aligned16(dst) {
+		if ptr(dst) != ptr(src) {
+			b.ok(b.dev.copyDtoD(ptr(dst), ptr(src), uint64(n)*2))
+		}
+		b.setResident(dst, d)
+		return
+	}
+	b.widen(src)
+	b.setPlain(dst)
+	if n > 0 {
 		b.ok(b.dev.copyDtoD(ptr(dst), ptr(src), uint64(n)*4))
 	}
 }
@@ -474,6 +540,7 @@ func (b *Backend) Fill(t *nn.Tensor, v float32) {
 	if !b.begin() || !b.devs(t) {
 		return
 	}
+	b.setPlain(t)
 	if n := t.Numel(); n > 0 {
 		b.ok(b.dev.memsetD32(ptr(t), math.Float32bits(v), uint64(n)))
 	}

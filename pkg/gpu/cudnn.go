@@ -79,6 +79,9 @@ type cudnnLib struct {
 	getFwdAlgo                      func(h, x, w, conv, y uintptr, req int32, ret *int32, perf *cudnnAlgoPerf) int32
 	getBwdDataAlgo                  func(h, w, dy, conv, dx uintptr, req int32, ret *int32, perf *cudnnAlgoPerf) int32
 	getBwdFilterAlgo                func(h, x, dy, conv, dw uintptr, req int32, ret *int32, perf *cudnnAlgoPerf) int32
+	findFwdAlgo                     func(h, x, w, conv, y uintptr, req int32, ret *int32, perf *cudnnAlgoPerf) int32
+	findBwdDataAlgo                 func(h, w, dy, conv, dx uintptr, req int32, ret *int32, perf *cudnnAlgoPerf) int32
+	findBwdFilterAlgo               func(h, x, dy, conv, dw uintptr, req int32, ret *int32, perf *cudnnAlgoPerf) int32
 	convForward                     func(h uintptr, alpha *float32, xD uintptr, x uint64, wD uintptr, w uint64, convD uintptr, algo int32, ws, wsBytes uint64, beta *float32, yD uintptr, y uint64) int32
 	convBackwardData                func(h uintptr, alpha *float32, wD uintptr, w uint64, dyD uintptr, dy uint64, convD uintptr, algo int32, ws, wsBytes uint64, beta *float32, dxD uintptr, dx uint64) int32
 	convBackwardFilter              func(h uintptr, alpha *float32, xD uintptr, x uint64, dyD uintptr, dy uint64, convD uintptr, algo int32, ws, wsBytes uint64, beta *float32, dwD uintptr, dw uint64) int32
@@ -126,6 +129,9 @@ func loadCUDNN(dirs []string) (*cudnnLib, error) {
 		{&c.getFwdAlgo, "cudnnGetConvolutionForwardAlgorithm_v7"},
 		{&c.getBwdDataAlgo, "cudnnGetConvolutionBackwardDataAlgorithm_v7"},
 		{&c.getBwdFilterAlgo, "cudnnGetConvolutionBackwardFilterAlgorithm_v7"},
+		{&c.findFwdAlgo, "cudnnFindConvolutionForwardAlgorithm"},
+		{&c.findBwdDataAlgo, "cudnnFindConvolutionBackwardDataAlgorithm"},
+		{&c.findBwdFilterAlgo, "cudnnFindConvolutionBackwardFilterAlgorithm"},
 		{&c.convForward, "cudnnConvolutionForward"},
 		{&c.convBackwardData, "cudnnConvolutionBackwardData"},
 		{&c.convBackwardFilter, "cudnnConvolutionBackwardFilter"},
@@ -185,9 +191,12 @@ func admissible(dir int, p cudnnAlgoPerf, strictFP32 bool, wsLimit uint64) bool 
 }
 
 // newConvPlan creates the descriptors of p and picks each direction's
-// algorithm from cuDNN's heuristics (which depend on the shape and the
-// device only, so the choice is reproducible).
-func (d *cudaDevice) newConvPlan(p nn.ConvParams, bf16, strictFP32 bool, wsLimit uint64) (*convPlan, error) {
+// algorithm: from cuDNN's heuristics (which depend on the shape and the
+// device only, so the choice is reproducible), or, when measure is set,
+// the fastest admissible one cuDNN times on this device (cudnnFind*:
+// faster kernels, but the choice, and so the rounding, may differ
+// between runs).
+func (d *cudaDevice) newConvPlan(p nn.ConvParams, bf16, strictFP32 bool, wsLimit uint64, measure bool) (*convPlan, error) {
 	c := d.dnn
 	pl := &convPlan{bf16: bf16}
 	dtype, format := int32(cudnnFloat), int32(cudnnNCHW)
@@ -229,13 +238,17 @@ func (d *cudaDevice) newConvPlan(p nn.ConvParams, bf16, strictFP32 bool, wsLimit
 		var perf [cudnnMaxAlgos]cudnnAlgoPerf
 		var n int32
 		var code int32
+		fwd, bwdData, bwdFilter := c.getFwdAlgo, c.getBwdDataAlgo, c.getBwdFilterAlgo
+		if measure {
+			fwd, bwdData, bwdFilter = c.findFwdAlgo, c.findBwdDataAlgo, c.findBwdFilterAlgo
+		}
 		switch dir {
 		case convFwd:
-			code = c.getFwdAlgo(d.dnnHandle, pl.x, pl.w, pl.conv, pl.y, cudnnMaxAlgos, &n, &perf[0])
+			code = fwd(d.dnnHandle, pl.x, pl.w, pl.conv, pl.y, cudnnMaxAlgos, &n, &perf[0])
 		case convBwdData:
-			code = c.getBwdDataAlgo(d.dnnHandle, pl.w, pl.y, pl.conv, pl.x, cudnnMaxAlgos, &n, &perf[0])
+			code = bwdData(d.dnnHandle, pl.w, pl.y, pl.conv, pl.x, cudnnMaxAlgos, &n, &perf[0])
 		default:
-			code = c.getBwdFilterAlgo(d.dnnHandle, pl.x, pl.y, pl.conv, pl.w, cudnnMaxAlgos, &n, &perf[0])
+			code = bwdFilter(d.dnnHandle, pl.x, pl.y, pl.conv, pl.w, cudnnMaxAlgos, &n, &perf[0])
 		}
 		if err := c.check("cudnnGetConvolution*Algorithm_v7", code); err != nil {
 			pl.why[dir] = err.Error()
@@ -309,7 +322,7 @@ func (d *cudaDevice) openCUDNN(dirs []string) error {
 // loaded (cudaDevice with cuDNN); the fakes do not implement it.
 type convAccel interface {
 	hasConvLib() bool
-	newConvPlan(p nn.ConvParams, bf16, strictFP32 bool, wsLimit uint64) (*convPlan, error)
+	newConvPlan(p nn.ConvParams, bf16, strictFP32 bool, wsLimit uint64, measure bool) (*convPlan, error)
 	freeConvPlan(pl *convPlan)
 	runConv(pl *convPlan, dir int, x, w, y, ws uint64, alpha, beta float32) error
 }
@@ -329,7 +342,7 @@ func (b *Backend) plan(p nn.ConvParams, dir int) *convPlan {
 	pl, seen := b.plans[p]
 	if !seen {
 		var err error
-		pl, err = acc.newConvPlan(p, b.bf16, b.opts.Precision == PrecisionFP32, uint64(b.opts.ScratchBytes))
+		pl, err = acc.newConvPlan(p, b.bf16, b.opts.Precision == PrecisionFP32, uint64(b.opts.ScratchBytes), b.opts.ConvSearch == ConvSearchMeasure)
 		if err != nil {
 			if b.opts.Log != nil {
 				b.opts.Log("gpu: cuDNN cannot plan convolution %+v, using im2col: %v", p, err)
@@ -383,6 +396,12 @@ func (b *Backend) dnnConv(dir int, p nn.ConvParams, x, w, y *nn.Tensor) bool {
 	}
 	PQ, HW, RS := p.P()*p.Q(), p.H*p.W, p.R*p.S
 	if !pl.bf16 {
+		switch dir { // the output; inputs are never resident in fp32/tf32
+		case convFwd:
+			b.setPlain(y)
+		case convBwdData:
+			b.setPlain(x)
+		}
 		beta := float32(0)
 		if dir == convBwdFilter {
 			beta = 1
@@ -390,24 +409,39 @@ func (b *Backend) dnnConv(dir int, p nn.ConvParams, x, w, y *nn.Tensor) bool {
 		b.ok(acc.runConv(pl, dir, ptr(x), ptr(w), ptr(y), ws, 1, beta))
 		return true
 	}
+	xd, yd := actDims{p.N, p.C, HW}, actDims{p.N, p.K, PQ}
 	switch dir {
 	case convFwd:
-		xb := b.toNHWC("dnn_x", x, p.N, p.C, HW)
+		xb := b.residentPtr("dnn_x", x, xd)
 		wb := b.toNHWC("dnn_w", w, p.K, p.C, RS)
+		if b.residentOK(p.K, y) {
+			if b.err == nil && b.ok(acc.runConv(pl, dir, xb, wb, ptr(y), ws, 1, 0)) {
+				b.setResident(y, yd)
+			}
+			break
+		}
 		yb := b.getScratch("dnn_y", uint64(p.N*p.K*PQ)*2)
 		if b.err == nil && b.ok(acc.runConv(pl, dir, xb, wb, yb, ws, 1, 0)) {
+			b.setPlain(y)
 			b.fromNHWC(y, yb, p.N, p.K, PQ, false)
 		}
 	case convBwdData:
-		yb := b.toNHWC("dnn_y", y, p.N, p.K, PQ)
+		yb := b.residentPtr("dnn_y", y, yd)
 		wb := b.toNHWC("dnn_w", w, p.K, p.C, RS)
+		if b.residentOK(p.C, x) {
+			if b.err == nil && b.ok(acc.runConv(pl, dir, ptr(x), wb, yb, ws, 1, 0)) {
+				b.setResident(x, xd)
+			}
+			break
+		}
 		xb := b.getScratch("dnn_x", uint64(p.N*p.C*HW)*2)
 		if b.err == nil && b.ok(acc.runConv(pl, dir, xb, wb, yb, ws, 1, 0)) {
+			b.setPlain(x)
 			b.fromNHWC(x, xb, p.N, p.C, HW, false)
 		}
 	default:
-		xb := b.toNHWC("dnn_x", x, p.N, p.C, HW)
-		yb := b.toNHWC("dnn_y", y, p.N, p.K, PQ)
+		xb := b.residentPtr("dnn_x", x, xd)
+		yb := b.residentPtr("dnn_y", y, yd)
 		wb := b.getScratch("dnn_w", uint64(p.K*p.C*RS)*2)
 		if b.err == nil && b.ok(acc.runConv(pl, dir, xb, wb, yb, ws, 1, 0)) {
 			b.fromNHWC(w, wb, p.K, p.C, RS, true)

@@ -39,6 +39,7 @@ const emuShim = `
 #include <stdint.h>
 struct emu_dim3 { unsigned x, y, z; };
 struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
 static emu_dim3 blockIdx, threadIdx, blockDim, gridDim;
 #define __global__
 #define __device__

@@ -32,6 +32,15 @@ func (b *Backend) bnForward(y, x, mean, invStd, gamma, beta *nn.Tensor, relu boo
 	if n == 0 {
 		return
 	}
+	if d, ok := b.residentIO([]*nn.Tensor{y}, x); ok {
+		co := b.bnCoef(0, d.c, mean, invStd, gamma, beta, nil, nil, 0)
+		if b.err == nil {
+			b.vec8("k_nhwc_bn_apply", n, a(y, x, co, d.c, n/8, relu))
+			b.setResident(y, d)
+		}
+		return
+	}
+	b.setPlain(y)
 	_, c, hw := dims4(x)
 	if hw%4 == 0 && aligned16(y, x) {
 		b.vecLaunch("k_bn_forward_v4", n/4, a(y, x, mean, invStd, gamma, beta, c, hw/4, n/4, relu))
@@ -50,6 +59,12 @@ func (b *Backend) add(y, x1, x2 *nn.Tensor, relu bool) {
 	if n == 0 {
 		return
 	}
+	if d, ok := b.residentIO([]*nn.Tensor{y}, x1, x2); ok {
+		b.vec8("k_bf16_add", n, a(y, x1, x2, n/8, relu))
+		b.setResident(y, d)
+		return
+	}
+	b.setPlain(y)
 	if aligned16(y, x1, x2) {
 		b.vecLaunch("k_add_v4", n/4, a(y, x1, x2, n/4, n, relu))
 		return
@@ -88,6 +103,10 @@ func (b *Backend) ReLUBatchNormBackwardStats(sumDy, sumDyXhat, dy, y, x, mean, i
 	defer b.end()
 	if !b.begin() || !b.devs(sumDy, sumDyXhat, dy, y, x, mean, invStd) ||
 		!b.sameSize("ReLUBatchNormBackwardStats", dy, y, x) {
+		return
+	}
+	if d, ok := b.unify(dy, y, x); ok {
+		b.nhwcReduce(2, dy, x, y, mean, d, sumDy, sumDyXhat, invStd)
 		return
 	}
 	n, c, hw := dims4(x)

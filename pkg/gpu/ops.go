@@ -75,6 +75,9 @@ func (b *Backend) Conv2d(y, x, w *nn.Tensor, p nn.ConvParams) {
 	if b.dnnConv(convFwd, p, x, w, y) {
 		return
 	}
+	xp := b.plainPtr("im_x", x)
+	b.setPlain(y)
+	defer b.narrowOut(y, actDims{p.N, p.K, p.P() * p.Q()})
 	im2col, _, es := b.colKernels()
 	P, Q := p.P(), p.Q()
 	PQ, CRS := P*Q, p.C*p.R*p.S
@@ -87,7 +90,7 @@ func (b *Backend) Conv2d(y, x, w *nn.Tensor, p nn.ConvParams) {
 	}
 	for n0 := 0; n0 < p.N; n0 += G {
 		g := min(G, p.N-n0)
-		xc := ptr(x) + uint64(n0*p.C*p.H*p.W)*4
+		xc := xp + uint64(n0*p.C*p.H*p.W)*4
 		yc := ptr(y) + uint64(n0*p.K*PQ)*4
 		b.im2col(im2col, col, xc, p, g)
 		out := tmp
@@ -112,6 +115,9 @@ func (b *Backend) Conv2dBackwardData(dx, dy, w *nn.Tensor, p nn.ConvParams) {
 	if b.dnnConv(convBwdData, p, dx, w, dy) {
 		return
 	}
+	dyp := b.plainPtr("im_dy", dy)
+	b.setPlain(dx)
+	defer b.narrowOut(dx, actDims{p.N, p.C, p.H * p.W})
 	_, permute, es := b.colKernels()
 	P, Q := p.P(), p.Q()
 	PQ, CRS := P*Q, p.C*p.R*p.S
@@ -124,7 +130,7 @@ func (b *Backend) Conv2dBackwardData(dx, dy, w *nn.Tensor, p nn.ConvParams) {
 	}
 	for n0 := 0; n0 < p.N; n0 += G {
 		g := min(G, p.N-n0)
-		dyc := ptr(dy) + uint64(n0*p.K*PQ)*4
+		dyc := dyp + uint64(n0*p.K*PQ)*4
 		dxc := ptr(dx) + uint64(n0*p.C*p.H*p.W)*4
 		src := dyc
 		if g > 1 || b.bf16 {
@@ -145,9 +151,11 @@ func (b *Backend) Conv2dBackwardFilter(dw, x, dy *nn.Tensor, p nn.ConvParams) {
 	if !b.begin() || !b.devs(dw, x, dy) || !b.checkConv("Conv2dBackwardFilter", p, dy, x, dw) {
 		return
 	}
+	b.widen(dw)
 	if b.dnnConv(convBwdFilter, p, x, dw, dy) {
 		return
 	}
+	xp, dyp := b.plainPtr("im_x", x), b.plainPtr("im_dy", dy)
 	im2col, permute, es := b.colKernels()
 	P, Q := p.P(), p.Q()
 	PQ, CRS := P*Q, p.C*p.R*p.S
@@ -159,8 +167,8 @@ func (b *Backend) Conv2dBackwardFilter(dw, x, dy *nn.Tensor, p nn.ConvParams) {
 	}
 	for n0 := 0; n0 < p.N; n0 += G {
 		g := min(G, p.N-n0)
-		xc := ptr(x) + uint64(n0*p.C*p.H*p.W)*4
-		dyc := ptr(dy) + uint64(n0*p.K*PQ)*4
+		xc := xp + uint64(n0*p.C*p.H*p.W)*4
+		dyc := dyp + uint64(n0*p.K*PQ)*4
 		b.im2col(im2col, col, xc, p, g)
 		src := dyc
 		if g > 1 || b.bf16 {
@@ -178,6 +186,7 @@ func (b *Backend) AddChannelBias(y, bias *nn.Tensor) {
 	if !b.begin() || !b.devs(y, bias) {
 		return
 	}
+	b.widen(y)
 	_, c, hw := dims4(y)
 	b.elem("k_add_bias", y.Numel(), a(y, bias, c, hw, y.Numel()))
 }
@@ -188,6 +197,7 @@ func (b *Backend) ChannelBiasBackward(db, dy *nn.Tensor) {
 	if !b.begin() || !b.devs(db, dy) {
 		return
 	}
+	b.widen(dy)
 	n, c, hw := dims4(dy)
 	b.chanReduce(2, dy, nil, nil, nil, n, c, hw, db, nil, true)
 }
@@ -200,6 +210,8 @@ func (b *Backend) Linear(y, x, w, bias *nn.Tensor) {
 	if !b.begin() || !b.devs(y, x, w, bias) {
 		return
 	}
+	b.widen(x)
+	b.setPlain(y)
 	N, O := y.Shape[0], y.Numel()/y.Shape[0]
 	I := x.Numel() / N
 	if w.Numel() != O*I {
@@ -218,6 +230,8 @@ func (b *Backend) LinearBackward(dx, dw, db, dy, x, w *nn.Tensor) {
 	if !b.begin() || !b.devs(dx, dw, db, dy, x, w) {
 		return
 	}
+	b.widen(dy, x)
+	b.setPlain(dx)
 	N, O := dy.Shape[0], dy.Numel()/dy.Shape[0]
 	I := x.Numel() / N
 	if dx != nil {
@@ -273,6 +287,10 @@ func (b *Backend) BatchNormStats(sum, sumSq, x *nn.Tensor) {
 	if !b.begin() || !b.devs(sum, sumSq, x) {
 		return
 	}
+	if d, ok := b.resident(x); ok {
+		b.nhwcReduce(0, x, nil, nil, nil, d, sum, sumSq, nil)
+		return
+	}
 	n, c, hw := dims4(x)
 	b.chanReduce(0, x, nil, nil, nil, n, c, hw, sum, sumSq, false)
 }
@@ -292,6 +310,10 @@ func (b *Backend) BatchNormBackwardStats(sumDy, sumDyXhat, dy, x, mean, invStd *
 	if !b.begin() || !b.devs(sumDy, sumDyXhat, dy, x, mean, invStd) {
 		return
 	}
+	if d, ok := b.unify(dy, x); ok {
+		b.nhwcReduce(1, dy, x, nil, mean, d, sumDy, sumDyXhat, invStd)
+		return
+	}
 	n, c, hw := dims4(x)
 	b.chanReduce(1, dy, x, mean, invStd, n, c, hw, sumDy, sumDyXhat, false)
 }
@@ -302,6 +324,15 @@ func (b *Backend) BatchNormBackward(dx, dy, x, mean, invStd, gamma, sumDy, sumDy
 	if !b.begin() || !b.devs(dx, dy, x, mean, invStd, gamma, sumDy, sumDyXhat) {
 		return
 	}
+	if d, ok := b.residentIO([]*nn.Tensor{dx}, dy, x); ok {
+		co := b.bnCoef(1, d.c, mean, invStd, gamma, nil, sumDy, sumDyXhat, m)
+		if b.err == nil {
+			b.vec8("k_nhwc_bn_backward", d.numel(), a(dx, dy, x, co, d.c, d.numel()/8))
+			b.setResident(dx, d)
+		}
+		return
+	}
+	b.setPlain(dx)
 	_, c, hw := dims4(x)
 	if n := x.Numel(); hw%4 == 0 && n > 0 && aligned16(dx, dy, x) {
 		b.vecLaunch("k_bn_backward_v4", n/4, a(dx, dy, x, mean, invStd, gamma, sumDy, sumDyXhat, c, hw/4, n/4, float64(m)))
@@ -348,6 +379,12 @@ func (b *Backend) ReLU(y, x *nn.Tensor) {
 	if !b.begin() || !b.devs(y, x) || !b.sameSize("ReLU", y, x) {
 		return
 	}
+	if d, ok := b.residentIO([]*nn.Tensor{y}, x); ok {
+		b.vec8("k_bf16_relu", d.numel(), a(y, x, d.numel()/8))
+		b.setResident(y, d)
+		return
+	}
+	b.setPlain(y)
 	b.elem("k_relu", y.Numel(), a(y, x, y.Numel()))
 }
 
@@ -357,6 +394,12 @@ func (b *Backend) ReLUBackward(dx, dy, y *nn.Tensor) {
 	if !b.begin() || !b.devs(dx, dy, y) || !b.sameSize("ReLUBackward", dx, dy, y) {
 		return
 	}
+	if d, ok := b.residentIO([]*nn.Tensor{dx}, dy, y); ok {
+		b.vec8("k_bf16_relu_bwd", d.numel(), a(dx, dy, y, d.numel()/8))
+		b.setResident(dx, d)
+		return
+	}
+	b.setPlain(dx)
 	if n := dx.Numel(); n > 0 && aligned16(dx, dy, y) {
 		b.vecLaunch("k_relu_bwd_v4", n/4, a(dx, dy, y, n/4, n))
 		return
@@ -379,6 +422,7 @@ func (b *Backend) Axpy(y *nn.Tensor, alpha float32, x *nn.Tensor) {
 	if !b.begin() || !b.devs(y, x) || !b.sameSize("Axpy", y, x) {
 		return
 	}
+	b.widen(y, x)
 	b.elem("k_axpy", y.Numel(), a(y, alpha, x, y.Numel()))
 }
 
@@ -388,6 +432,7 @@ func (b *Backend) Scale(x *nn.Tensor, alpha float32) {
 	if !b.begin() || !b.devs(x) {
 		return
 	}
+	b.widen(x)
 	b.elem("k_scale", x.Numel(), a(x, alpha, x.Numel()))
 }
 
@@ -397,6 +442,8 @@ func (b *Backend) Mul(y, x1, x2 *nn.Tensor) {
 	if !b.begin() || !b.devs(y, x1, x2) || !b.sameSize("Mul", y, x1, x2) {
 		return
 	}
+	b.widen(x1, x2)
+	b.setPlain(y)
 	b.elem("k_mul", y.Numel(), a(y, x1, x2, y.Numel()))
 }
 
@@ -412,6 +459,15 @@ func (b *Backend) MaxPool2d(y, argmax, x *nn.Tensor, p nn.PoolParams) {
 		b.fail(fmt.Errorf("%w: MaxPool2d %+v x %v y %v", nn.ErrShape, p, x.Shape, y.Shape))
 		return
 	}
+	if d, ok := b.resident(x); ok && aligned16(y) {
+		b.elem("k_nhwc_maxpool", y.Numel(), a(y, argmax, x, p.N, p.C, p.H, p.W, p.P(), p.Q(), p.Kernel, p.Stride, p.Pad))
+		b.setResident(y, actDims{d.n, d.c, p.P() * p.Q()})
+		b.setPlain(argmax)
+		b.resIdx[ptr(argmax)] = true
+		return
+	}
+	b.widen(x)
+	b.setPlain(y, argmax)
 	b.elem("k_maxpool", y.Numel(), a(y, argmax, x, p.N*p.C, p.H, p.W, p.P(), p.Q(), p.Kernel, p.Stride, p.Pad))
 }
 
@@ -425,6 +481,28 @@ func (b *Backend) MaxPool2dBackward(dx, dy, argmax *nn.Tensor, p nn.PoolParams) 
 		b.fail(fmt.Errorf("%w: MaxPool2dBackward %+v dx %v dy %v", nn.ErrShape, p, dx.Shape, dy.Shape))
 		return
 	}
+	if b.resIdx[ptr(argmax)] {
+		// argmax is in resident order: run on resident dy and dx.
+		dyp := b.residentPtr("pool_dy", dy, actDims{p.N, p.C, p.P() * p.Q()})
+		d := actDims{p.N, p.C, p.H * p.W}
+		out := ptr(dx)
+		if !aligned16(dx) {
+			out = b.getScratch("pool_dx", uint64(dx.Numel())*2)
+		}
+		if b.err != nil {
+			return
+		}
+		b.elem("k_nhwc_maxpool_bwd", dx.Numel(), a(out, dyp, argmax, p.N, p.C, p.H, p.W, p.P(), p.Q(), p.Kernel, p.Stride, p.Pad))
+		if out != ptr(dx) {
+			b.setPlain(dx)
+			b.fromNHWC32(ptr(dx), out, d)
+			return
+		}
+		b.setResident(dx, d)
+		return
+	}
+	b.widen(dy)
+	b.setPlain(dx)
 	b.elem("k_maxpool_bwd", dx.Numel(), a(dx, dy, argmax, p.N*p.C, p.H, p.W, p.P(), p.Q(), p.Kernel, p.Stride, p.Pad))
 }
 
@@ -432,6 +510,11 @@ func (b *Backend) MaxPool2dBackward(dx, dy, argmax *nn.Tensor, p nn.PoolParams) 
 func (b *Backend) GlobalAvgPool(y, x *nn.Tensor) {
 	defer b.end()
 	if !b.begin() || !b.devs(y, x) {
+		return
+	}
+	b.setPlain(y)
+	if d, ok := b.resident(x); ok {
+		b.elem("k_nhwc_gap", d.n*d.c, a(y, x, d.n, d.c, d.hw))
 		return
 	}
 	n, c, hw := dims4(x)
@@ -444,6 +527,8 @@ func (b *Backend) GlobalAvgPoolBackward(dx, dy *nn.Tensor) {
 	if !b.begin() || !b.devs(dx, dy) {
 		return
 	}
+	b.widen(dy)
+	b.setPlain(dx)
 	n, c, hw := dims4(dx)
 	b.elem("k_gap_bwd", dx.Numel(), a(dx, dy, n*c, hw))
 }
@@ -457,6 +542,8 @@ func (b *Backend) SoftmaxCrossEntropy(loss, dlogits, probs, logits *nn.Tensor, l
 	if !b.begin() || !b.devs(loss, dlogits, probs, logits) {
 		return
 	}
+	b.widen(logits)
+	b.setPlain(loss, dlogits, probs)
 	N := logits.Shape[0]
 	K := logits.Numel() / N
 	if len(labels) != N {
@@ -562,6 +649,7 @@ func (b *Backend) CountNonFinite(t *nn.Tensor) int {
 	if !b.begin() || !b.devs(t) {
 		return t.Numel()
 	}
+	b.widen(t)
 	n := t.Numel()
 	cnt := b.getScratch("count", 4)
 	if b.err != nil {

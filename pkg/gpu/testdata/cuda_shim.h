@@ -8,6 +8,7 @@
 #define __forceinline__ __inline__ __attribute__((always_inline))
 typedef unsigned long size_t;
 struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
+struct __attribute__((aligned(16))) uint4 { unsigned int x, y, z, w; };
 __device__ unsigned int __float_as_uint(float);
 __device__ float __uint_as_float(unsigned int);
 __device__ float __int_as_float(int);

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# gpu-quick.sh: a short, focused GPU check (for when device time is scarce),
+# from the repository root, with binaries prebuilt elsewhere by `make
+# gpu-quickbin` (gzip'd into .devbin/q/):
+#   1. the GPU tests matching TESTS (a -test.run regexp; "" runs them all),
+#   2. gpubench for each configuration of CONFIGS, each
+#      "stem/batch/precision[/VAR=value,VAR=value]" (the variables are set
+#      for that run only, e.g. RINGTRAIN_GPU_ACTIVATIONS=fp32),
+#   3. the PyTorch peer for each "stem/batch/mode" of TORCH (mode fp32 or amp),
+#   4. gpubench -profile for each configuration of PROFILE,
+#   5. the table of scripts/gpu/table.py (ratios to torch of the same run).
+# DEVICE=cpu makes a dry run of the benchmark stages on a machine without a GPU.
+# Every stage is bounded by `timeout` and the whole run by BUDGET seconds.
+set -u -o pipefail
+OUT=${OUT:-out/gpu-quick}
+BIN=${BIN:-.devbin/q}
+BUDGET=${BUDGET:-240}
+TESTS=${TESTS-}
+TEST_TIME=${TEST_TIME:-90}
+CONFIGS=${CONFIGS-cifar/512/bf16 cifar/512/bf16/RINGTRAIN_GPU_ACTIVATIONS=fp32}
+TORCH=${TORCH-cifar/512/amp}
+PROFILE=${PROFILE-cifar/512/bf16}
+STEPS=${STEPS:-10}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/ringtrain-cache}
+exec > >(tee -a "$OUT/gpu-quick.log") 2>&1
+left() { echo $((BUDGET - SECONDS)); }
+stage() { echo; echo "=== [${SECONDS}s] $*"; }
+status=0
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+  for p in /opt/torch/.venv/bin/python3 /opt/*/.venv/bin/python3; do
+    if [ -x "$p" ] && "$p" -c 'import torch' 2>/dev/null; then PY=$p; break; fi
+  done
+fi
+
+stage "machine"
+timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+RT=$(mktemp -d)
+for f in "$BIN"/*.gz; do gunzip -c "$f" >"$RT/$(basename "$f" .gz)" && chmod +x "$RT/$(basename "$f" .gz)"; done
+ls -l "$RT"
+
+stage "GPU tests (${TESTS:-all})"
+(cd pkg/gpu && RINGTRAIN_REQUIRE_GPU=1 timeout "$TEST_TIME" "$RT/gpu.test" -test.v -test.count=1 \
+  ${TESTS:+-test.run "$TESTS"} -test.timeout "$((TEST_TIME - 3))s") >"$OUT/gpu-test.log" 2>&1
+rc=$?
+grep -E -- '--- (PASS|FAIL|SKIP)|^(PASS|FAIL|ok)|^gpu: |_test.go:[0-9]+:|panic' "$OUT/gpu-test.log" | cut -c1-260 | head -n 120
+echo "gpu tests exit status $rc"
+[ "$rc" -eq 0 ] || status=1
+
+bench() { # bench CONFIG [extra gpubench flags...]
+  local cfg=$1; shift
+  IFS=/ read -r stem batch prec envs <<<"$cfg"
+  local -a e=()
+  [ -n "${envs:-}" ] && IFS=, read -r -a e <<<"$envs"
+  env "${e[@]}" timeout 75 "$RT/gpubench" -device "$DEVICE" -stem "$stem" -batch "$batch" -precision "$prec" "$@"
+}
+
+stage "ringtrain: $CONFIGS"
+: >"$OUT/bench.log"
+for cfg in $CONFIGS; do
+  [ "$(left)" -lt 40 ] && { echo "skipping $cfg: time budget"; status=1; continue; }
+  echo "# config $cfg"
+  bench "$cfg" -warmup 3 -steps "$STEPS" 2>&1 | tee -a "$OUT/bench.log" | grep -v '^gpu: cuDNN direction'
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpubench $cfg failed"; status=1; }
+done
+
+stage "PyTorch peer: $TORCH"
+: >"$OUT/torch.log"
+for cfg in $TORCH; do
+  [ "$(left)" -lt 30 ] && { echo "skipping torch $cfg: time budget"; status=1; continue; }
+  IFS=/ read -r stem batch mode <<<"$cfg"
+  PYTHONUNBUFFERED=1 timeout 90 "$PY" scripts/gpu/torch_peer.py --stems "$stem" --batches "$batch" --modes "$mode" \
+    --warmup 5 --steps 15 2>&1 | tee -a "$OUT/torch.log"
+done
+
+stage "per-op breakdown: $PROFILE"
+for cfg in $PROFILE; do
+  [ "$(left)" -lt 30 ] && { echo "skipping profile $cfg: time budget"; continue; }
+  bench "$cfg" -warmup 2 -steps 2 -profile 2 >"$OUT/profile-${cfg//\//_}.log" 2>&1 || echo "profile $cfg failed"
+  grep -E '^(# profile|PROFILE)' "$OUT/profile-${cfg//\//_}.log" | head -n 30
+done
+
+stage "table"
+cat "$OUT/bench.log" "$OUT/torch.log" | "$PY" scripts/gpu/table.py | tee "$OUT/table.txt"
+echo "gpu tests: $([ "$rc" -eq 0 ] && echo PASS || echo "FAIL ($rc)")  total ${SECONDS}s  status $status"
+rm -rf "$RT"
+exit $status
