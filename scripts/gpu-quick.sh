@@ -64,7 +64,7 @@ stage "ringtrain: $CONFIGS"
 for cfg in $CONFIGS; do
   [ "$(left)" -lt 40 ] && { echo "skipping $cfg: time budget"; status=1; continue; }
   echo "# config $cfg"
-  bench "$cfg" -warmup 3 -steps "$STEPS" 2>&1 | tee -a "$OUT/bench.log" | grep -v '^gpu: cuDNN direction'
+  bench "$cfg" -warmup 3 -steps "$STEPS" 2>&1 | tee -a "$OUT/bench.log" | grep -v '^gpu: cuDNN'
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpubench $cfg failed"; status=1; }
 done
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"unsafe"
 
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -52,6 +53,12 @@ type Options struct {
 	// as torch.backends.cudnn.benchmark; RINGTRAIN_GPU_CONV_SEARCH sets
 	// it). Either way only deterministic algorithms are admitted.
 	ConvSearch string
+	// GemmPlanes: in the bf16 precision, convolutions of resident
+	// activations whose output planes have at most this many pixels run as
+	// one cuBLAS GEMM instead of cuDNN (gemmconv.go). 0 means 16 (the last
+	// ResNet stage at 32x32 inputs); -1 turns the path off.
+	// RINGTRAIN_GPU_GEMM_PLANES sets it.
+	GemmPlanes int
 	// FP32Activations keeps activations float32 (N, C, H, W) between
 	// layers in the bf16 precision, converting them around every
 	// convolution (the slower path before resident activations, kept for
@@ -110,6 +117,19 @@ func (o *Options) validate() error {
 	case ConvSearchHeuristic, ConvSearchMeasure:
 	default:
 		return fmt.Errorf("%w: conv search %q (want heuristic or measure)", ErrOptions, o.ConvSearch)
+	}
+	if v := o.getenv("RINGTRAIN_GPU_GEMM_PLANES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < -1 {
+			return fmt.Errorf("%w: RINGTRAIN_GPU_GEMM_PLANES=%q (want -1, 0 or a pixel count)", ErrOptions, v)
+		}
+		o.GemmPlanes = n
+	}
+	switch {
+	case o.GemmPlanes == 0:
+		o.GemmPlanes = defaultGemmPlanes
+	case o.GemmPlanes < -1:
+		return fmt.Errorf("%w: gemm planes %d", ErrOptions, o.GemmPlanes)
 	}
 	switch v := o.getenv("RINGTRAIN_GPU_ACTIVATIONS"); v {
 	case "":

@@ -337,8 +337,12 @@ func (d *cudaDevice) gemm(g gemmCall) error {
 		return d.blas.check("cublasSgemm", d.blas.cublasSgemm(d.handle, ta, tb, int32(g.n), int32(g.m), int32(g.k),
 			&alpha, g.b, int32(g.ldb), g.a, int32(g.lda), &beta, g.c, int32(g.ldc)))
 	}
+	ctype := int32(cudaR32F)
+	if g.bf16Out {
+		ctype = cudaR16BF
+	}
 	return d.blas.check("cublasGemmEx(bf16)", d.blas.cublasGemmEx(d.handle, ta, tb, int32(g.n), int32(g.m), int32(g.k),
-		&alpha, g.b, cudaR16BF, int32(g.ldb), g.a, cudaR16BF, int32(g.lda), &beta, g.c, cudaR32F, int32(g.ldc),
+		&alpha, g.b, cudaR16BF, int32(g.ldb), g.a, cudaR16BF, int32(g.lda), &beta, g.c, ctype, int32(g.ldc),
 		cublasCompute32F, cublasGemmDefault))
 }
 

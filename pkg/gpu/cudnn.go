@@ -349,6 +349,8 @@ func (b *Backend) plan(p nn.ConvParams, dir int) *convPlan {
 			}
 			pl = nil
 		} else if b.opts.Log != nil {
+			b.opts.Log("gpu: cuDNN plan %+v (%s): algorithms fwd %d, bwd-data %d, bwd-filter %d; workspace %d, %d, %d bytes",
+				p, b.opts.ConvSearch, pl.algo[0], pl.algo[1], pl.algo[2], pl.ws[0], pl.ws[1], pl.ws[2])
 			for d := 0; d < convDirs; d++ {
 				if !pl.ok[d] {
 					b.opts.Log("gpu: cuDNN direction %d of convolution %+v uses im2col: %s", d, p, pl.why[d])

@@ -23,6 +23,7 @@ type gemmCall struct {
 	a, b, c        uint64
 	lda, ldb, ldc  int
 	bf16Operands   bool
+	bf16Out        bool // C is bf16 (needs bf16Operands; beta must be 0)
 }
 
 // deviceAPI is everything the backend asks of the GPU. cudaDevice is the

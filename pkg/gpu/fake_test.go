@@ -94,7 +94,14 @@ func (f *fakeDevice) gemm(g gemmCall) error {
 	if g.transB {
 		br, bc = g.n, g.k
 	}
-	if err := errors.Join(ext("A", g.a, ar, ac, g.lda, es), ext("B", g.b, br, bc, g.ldb, es), ext("C", g.c, g.m, g.n, g.ldc, 4)); err != nil {
+	cs := uint64(4)
+	if g.bf16Out {
+		if !g.bf16Operands || g.beta != 0 {
+			return f.bad("gemm: bf16 output needs bf16 operands and beta 0")
+		}
+		cs = 2
+	}
+	if err := errors.Join(ext("A", g.a, ar, ac, g.lda, es), ext("B", g.b, br, bc, g.ldb, es), ext("C", g.c, g.m, g.n, g.ldc, cs)); err != nil {
 		return err
 	}
 	f.gemms++
@@ -144,6 +151,16 @@ func runAllOps(b *Backend) {
 	b.Conv2d(y, x, w, cp)
 	b.Conv2dBackwardData(x, y, w, cp)
 	b.Conv2dBackwardFilter(w, x, y, cp)
+	// A 4x4-plane convolution: one GEMM over a channels-last column matrix
+	// in the bf16 precision (gemmconv.go).
+	sp := nn.ConvParams{N: 2, C: 8, H: 4, W: 4, K: 16, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1}
+	sx, sw, sy := b.New(sp.N, sp.C, sp.H, sp.W), b.New(sp.K, sp.C, sp.R, sp.S), b.New(sp.N, sp.K, sp.P(), sp.Q())
+	b.Conv2d(sy, sx, sw, sp)
+	b.Conv2dBackwardData(sx, sy, sw, sp)
+	b.Conv2dBackwardFilter(sw, sx, sy, sp)
+	for _, t := range []*nn.Tensor{sx, sw, sy} {
+		b.Free(t)
+	}
 	bias := b.New(cp.K)
 	b.AddChannelBias(y, bias)
 	b.ChannelBiasBackward(bias, y)
@@ -261,8 +278,9 @@ func TestFakeDeviceAllOps(t *testing.T) {
 			sort.Strings(never)
 			// cuDNN's layout kernels run only with cuDNN, which fakes lack.
 			// Resident activations exist in the bf16 precision only.
-			want := "k_bf16_add k_bf16_relu k_bf16_relu_bwd k_bn_coef k_cast_bf16 k_im2col_bf16 k_nchw_to_nhwc_bf16 " +
-				"k_nhwc_bf16_to_nchw k_nhwc_bn_apply k_nhwc_bn_backward k_nhwc_gap k_nhwc_maxpool k_nhwc_maxpool_bwd " +
+			want := "k_bf16_add k_bf16_relu k_bf16_relu_bwd k_bn_coef k_cast_bf16 k_chan_finish_wide k_im2col_bf16 k_krsc_to_kcrs_acc " +
+				"k_nchw_to_nhwc_bf16 k_nhwc_bf16_to_nchw k_nhwc_bn_apply k_nhwc_bn_backward k_nhwc_col2im k_nhwc_gap " +
+				"k_nhwc_im2col k_nhwc_maxpool k_nhwc_maxpool_bwd " +
 				"k_nhwc_partial k_permute_bf16"
 			if prec == PrecisionBF16 {
 				want = "k_im2col_f32"

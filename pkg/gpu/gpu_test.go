@@ -186,6 +186,10 @@ var convCases = []nn.ConvParams{
 	// that a two-image chunking leaves a partial last chunk).
 	{N: 3, C: 3, H: 32, W: 32, K: 64, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1},
 	{N: 3, C: 64, H: 32, W: 32, K: 64, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1},
+	// Small planes (the bf16 GEMM path of gemmconv.go): a last-stage 3x3
+	// on 4x4, and its strided entry.
+	{N: 3, C: 16, H: 4, W: 4, K: 24, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1},
+	{N: 2, C: 8, H: 8, W: 8, K: 16, R: 3, S: 3, StrideH: 2, StrideW: 2, PadH: 1, PadW: 1},
 }
 
 // convPerImage is the scratch one image of p needs (Backend.convChunk).
@@ -261,26 +265,38 @@ func (e *env) checkBound(name string, x tp, scale *nn.Tensor, tol float64) {
 func testConv(t *testing.T, prec string) {
 	e := newEnv(t, prec)
 	bf16 := prec == PrecisionBF16
-	saved := e.g.opts.ScratchBytes
-	defer func() { e.g.opts.ScratchBytes, e.g.forceIm2col = saved, false }()
+	saved, planes := e.g.opts.ScratchBytes, e.g.opts.GemmPlanes
+	defer func() { e.g.opts.ScratchBytes, e.g.forceIm2col, e.g.opts.GemmPlanes = saved, false, planes }()
 	type run struct {
 		name    string
 		scratch int64
 		im2col  bool
+		gemm    bool // every plane size takes gemmconv.go's path (bf16)
 	}
 	for ci, p := range convCases {
 		// im2col: all images in one chunk; one image per chunk; two per chunk
-		runs := []run{{"im2col/G=all", saved, true}, {"im2col/G=1", 1, true}, {"im2col/G=2", 2 * convPerImage(p), true}}
+		runs := []run{{"im2col/G=all", saved, true, false}, {"im2col/G=1", 1, true, false}, {"im2col/G=2", 2 * convPerImage(p), true, false}}
 		if acc, ok := e.g.dev.(convAccel); ok && acc.hasConvLib() {
-			runs = append(runs, run{"cudnn", saved, false})
+			runs = append(runs, run{"cudnn", saved, false, false})
+		}
+		if bf16 {
+			runs = append(runs, run{"gemm", saved, false, true})
 		}
 		for _, r := range runs {
-			e.g.opts.ScratchBytes, e.g.forceIm2col = r.scratch, r.im2col
+			e.g.opts.ScratchBytes, e.g.forceIm2col, e.g.opts.GemmPlanes = r.scratch, r.im2col, planes
+			if r.gemm {
+				e.g.opts.GemmPlanes = 1 << 30
+			}
 			name := fmt.Sprintf("case%d/%s", ci, r.name)
 			x, w := e.rand(p.N, p.C, p.H, p.W), e.rand(p.K, p.C, p.R, p.S)
 			y := e.out(p.N, p.K, p.P(), p.Q())
 			e.g.Conv2d(y[0], x[0], w[0], p)
 			e.c.Conv2d(y[1], x[1], w[1], p)
+			if emu, ok := e.g.dev.(*emuDevice); ok && r.gemm && p.K%8 == 0 && (p.C%8 == 0 || p.C*p.R*p.S <= narrowCRS) {
+				if n := len(emu.gemms); n == 0 || !emu.gemms[n-1].bf16Out {
+					t.Fatalf("%s: Conv2d did not run as a GEMM with a bf16 output", name)
+				}
+			}
 			dy := e.rand(p.N, p.K, p.P(), p.Q())
 			dx := e.out(p.N, p.C, p.H, p.W)
 			e.g.Conv2dBackwardData(dx[0], dy[0], w[0], p)

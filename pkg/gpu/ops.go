@@ -72,7 +72,7 @@ func (b *Backend) Conv2d(y, x, w *nn.Tensor, p nn.ConvParams) {
 	if !b.begin() || !b.devs(y, x, w) || !b.checkConv("Conv2d", p, y, x, w) {
 		return
 	}
-	if b.dnnConv(convFwd, p, x, w, y) {
+	if b.gemmConv(convFwd, p, x, w, y) || b.dnnConv(convFwd, p, x, w, y) {
 		return
 	}
 	xp := b.plainPtr("im_x", x)
@@ -112,7 +112,7 @@ func (b *Backend) Conv2dBackwardData(dx, dy, w *nn.Tensor, p nn.ConvParams) {
 	if !b.begin() || !b.devs(dx, dy, w) || !b.checkConv("Conv2dBackwardData", p, dy, dx, w) {
 		return
 	}
-	if b.dnnConv(convBwdData, p, dx, w, dy) {
+	if b.gemmConv(convBwdData, p, dx, w, dy) || b.dnnConv(convBwdData, p, dx, w, dy) {
 		return
 	}
 	dyp := b.plainPtr("im_dy", dy)
@@ -152,7 +152,7 @@ func (b *Backend) Conv2dBackwardFilter(dw, x, dy *nn.Tensor, p nn.ConvParams) {
 		return
 	}
 	b.widen(dw)
-	if b.dnnConv(convBwdFilter, p, x, dw, dy) {
+	if b.gemmConv(convBwdFilter, p, x, dw, dy) || b.dnnConv(convBwdFilter, p, x, dw, dy) {
 		return
 	}
 	xp, dyp := b.plainPtr("im_x", x), b.plainPtr("im_dy", dy)

@@ -187,7 +187,7 @@ func (b *Backend) nhwcReduce(mode int, x, x2, y, mean *nn.Tensor, d actDims, out
 	}
 	b.ok(b.dev.launch("k_nhwc_partial", dim3{uint32(splits), 1, 1}, dim3{blockSize, 1, 1},
 		a(mode, x, x2, y, mean, m, d.c, splits, part)))
-	b.ok(b.dev.launch("k_chan_finish", dim3{uint32((d.c + 127) / 128), 1, 1}, dim3{128, 1, 1},
+	b.ok(b.dev.launch("k_chan_finish_wide", dim3{uint32(d.c), 1, 1}, dim3{128, 1, 1},
 		a(part, d.c, splits, scale1, out0, out1, false)))
 }
 

@@ -299,3 +299,98 @@ extern "C" __global__ void k_nhwc_maxpool_bwd(bf16* dx, const bf16* dy, const fl
     dx[i] = f2bf(acc);
   }
 }
+
+// As k_chan_finish for many chunks: one block per channel (grid C); the
+// block's threads sum the chunks j = t, t+T, ... in order, then a fixed
+// tree adds the threads' sums (block_sum), so the result depends on the
+// chunk count and block size only.
+extern "C" __global__ void k_chan_finish_wide(const double* part, u32 C, u32 splits, const float* scale1,
+                                              float* out0, float* out1, int accumulate) {
+  __shared__ double sh[256];
+  u32 c = blockIdx.x;
+  double s0 = 0.0, s1 = 0.0;
+  for (u32 j = threadIdx.x; j < splits; j += blockDim.x) {
+    s0 += part[((u64)c * splits + j) * 2];
+    s1 += part[((u64)c * splits + j) * 2 + 1];
+  }
+  s0 = block_sum<double>(s0, sh);
+  s1 = block_sum<double>(s1, sh);
+  if (threadIdx.x != 0) return;
+  if (scale1) s1 *= (double)scale1[c];
+  if (accumulate) {
+    out0[c] += (float)s0;
+    if (out1) out1[c] += (float)s1;
+  } else {
+    out0[c] = (float)s0;
+    if (out1) out1[c] = (float)s1;
+  }
+}
+
+// Convolutions of resident tensors as GEMMs (gemmconv.go).
+//
+// col (N*P*Q, R*S*C) bf16 row-major: row (n, p, q), column (r*S + s)*C + c
+// holds x[n, p*sh - ph + r, q*sw - pw + s, c] of resident x, 0 outside
+// the image. One thread moves 8 channels.
+extern "C" __global__ void k_nhwc_im2col(uint4* col, const uint4* x, u32 N, u32 C, u32 H, u32 W, u32 R, u32 S,
+                                         u32 P, u32 Q, int sh, int sw, int ph, int pw) {
+  u32 G = C >> 3;
+  GRID_LOOP(i, N * P * Q * R * S * G) {
+    u32 t = i;
+    u32 g = t % G; t /= G;
+    u32 s = t % S; t /= S;
+    u32 r = t % R; t /= R;
+    u32 q = t % Q; t /= Q;
+    u32 p = t % P;
+    u32 n = t / P;
+    int h = (int)p * sh - ph + (int)r;
+    int w = (int)q * sw - pw + (int)s;
+    uint4 v;
+    v.x = 0u;
+    v.y = 0u;
+    v.z = 0u;
+    v.w = 0u;
+    if (h >= 0 && h < (int)H && w >= 0 && w < (int)W) v = x[(((u64)n * H + (u32)h) * W + (u32)w) * G + g];
+    col[i] = v;
+  }
+}
+
+// dx (resident) = bf16 of the float32 sum, r then s ascending, of the
+// dcol (N*P*Q, R*S*C) float entries that k_nhwc_im2col took from each
+// pixel (a gather: one thread per dx element).
+extern "C" __global__ void k_nhwc_col2im(bf16* dx, const float* dcol, u32 N, u32 C, u32 H, u32 W, u32 R, u32 S,
+                                         u32 P, u32 Q, int sh, int sw, int ph, int pw) {
+  u32 RSC = R * S * C;
+  GRID_LOOP(i, N * H * W * C) {
+    u32 c = i % C;
+    u32 t = i / C;
+    int w = (int)(t % W); t /= W;
+    int h = (int)(t % H);
+    u32 n = t / H;
+    float acc = 0.f;
+    for (u32 r = 0; r < R; r++) {
+      int hp = h + ph - (int)r;
+      if (hp < 0 || hp % sh != 0) continue;
+      int p = hp / sh;
+      if (p >= (int)P) continue;
+      for (u32 s = 0; s < S; s++) {
+        int wq = w + pw - (int)s;
+        if (wq < 0 || wq % sw != 0) continue;
+        int q = wq / sw;
+        if (q >= (int)Q) continue;
+        acc += dcol[(((u64)n * P + (u32)p) * Q + (u32)q) * RSC + (r * S + s) * C + c];
+      }
+    }
+    dx[i] = f2bf(acc);
+  }
+}
+
+// dw (K, C, R*S) float += src (K, R*S, C) float.
+extern "C" __global__ void k_krsc_to_kcrs_acc(float* dw, const float* src, u32 K, u32 C, u32 RS) {
+  GRID_LOOP(i, K * C * RS) {
+    u32 rs = i % RS;
+    u32 t = i / RS;
+    u32 c = t % C;
+    u32 k = t / C;
+    dw[i] += src[((u64)k * RS + rs) * C + c];
+  }
+}
