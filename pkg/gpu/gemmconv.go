@@ -39,7 +39,10 @@ func (b *Backend) gemmConv(dir int, p nn.ConvParams, x, w, y *nn.Tensor) bool {
 	}
 	PQ, CRS := p.P()*p.Q(), p.C*p.R*p.S
 	NPQ := p.N * PQ
-	_, xres := b.resident(x)
+	xres := false
+	if dir != convBwdData { // x is an input (for bwd-data, the output: its record is stale)
+		_, xres = b.resident(x)
+	}
 	switch {
 	case p.C%8 == 0 && p.K%8 == 0 && PQ <= b.opts.GemmPlanes && aligned16(x, y):
 		need := uint64(NPQ*CRS) * 2

@@ -295,7 +295,7 @@ func TestGPUResNet18BF16Step(t *testing.T) {
 	}
 	lossC, lc := step(c, mc, x[1])
 	defer func() { g.opts.FP32Activations = false }()
-	var first []float32
+	var first, firstSecond []float32
 	var errFP32Act float64
 	for run := 0; run < 3; run++ {
 		g.opts.FP32Activations = run == 0
@@ -304,7 +304,31 @@ func TestGPUResNet18BF16Step(t *testing.T) {
 			t.Fatal(err)
 		}
 		copyModel(t, mg, mc)
-		lossG, lg := step(g, mg, x[0])
+		lossG, lg0 := step(g, mg, x[0])
+		lg := g.New(lg0.Shape...) // the second step below overwrites lg0
+		defer g.Free(lg)
+		g.Copy(lg, lg0)
+		// A second step after an SGD update: every pool buffer now comes
+		// back in another role, with the first step's records behind it.
+		var second []float32
+		if run > 0 {
+			opt, err := nn.NewSGD(g, mg.Params(), nn.SGDConfig{LR: 0.05, Momentum: 0.9, WeightDecay: 5e-4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g1 := make([]float32, mg.GradsFlat().Numel())
+			g.ToHost(g1, mg.GradsFlat())
+			if err := opt.Step(); err != nil {
+				t.Fatal(err)
+			}
+			l2, _ := step(g, mg, x[0])
+			if err := g.Sync(); err != nil || math.IsNaN(float64(l2)) {
+				t.Fatalf("second bf16 step: loss %v, %v", l2, err)
+			}
+			second = make([]float32, mg.GradsFlat().Numel())
+			g.ToHost(second, mg.GradsFlat())
+			g.FromHost(mg.GradsFlat(), g1) // the first step's gradients, for the checks below
+		}
 		what := "resident"
 		if run == 0 {
 			what = "fp32 activations"
@@ -328,9 +352,14 @@ func TestGPUResNet18BF16Step(t *testing.T) {
 			t.Logf("%s: gradients ||bf16-fp32||/||fp32|| = %.3g (tolerance %.3g)", what, rg, tol)
 			first = make([]float32, mg.GradsFlat().Numel())
 			g.ToHost(first, mg.GradsFlat())
+			firstSecond = second
 		case 2:
 			if d := bitDiffs(t, g, mg.GradsFlat(), first); d != 0 {
 				t.Errorf("determinism: %d gradient values differ between two identical bf16 steps", d)
+			}
+			g.FromHost(mg.GradsFlat(), second)
+			if d := bitDiffs(t, g, mg.GradsFlat(), firstSecond); d != 0 {
+				t.Errorf("determinism: %d gradient values of the second step differ between two identical runs", d)
 			}
 		}
 		mg.Free()
