@@ -7,8 +7,11 @@
 #      "stem/batch/precision[/VAR=value,VAR=value]" (the variables are set
 #      for that run only, e.g. RINGTRAIN_GPU_ACTIVATIONS=fp32),
 #   3. the PyTorch peer for each "stem/batch/mode" of TORCH (mode fp32 or amp),
-#   4. gpubench -profile for each configuration of PROFILE,
-#   5. the table of scripts/gpu/table.py (ratios to torch of the same run).
+#   4. PAIRS, each "ours=torch" (e.g. cifar/512/bf16=cifar/512/amp), run
+#      alternately ROUNDS times (a GPU's speed drifts between runs: the
+#      pairs compare like with like), ending with the median ratio,
+#   5. gpubench -profile for each configuration of PROFILE,
+#   6. the table of scripts/gpu/table.py (ratios to torch of the same run).
 # DEVICE=cpu makes a dry run of the benchmark stages on a machine without a GPU.
 # Every stage is bounded by `timeout` and the whole run by BUDGET seconds.
 set -u -o pipefail
@@ -20,6 +23,8 @@ TEST_TIME=${TEST_TIME:-90}
 CONFIGS=${CONFIGS-cifar/512/bf16 cifar/512/bf16/RINGTRAIN_GPU_ACTIVATIONS=fp32}
 TORCH=${TORCH-cifar/512/amp}
 PROFILE=${PROFILE-cifar/512/bf16}
+PAIRS=${PAIRS-}
+ROUNDS=${ROUNDS:-3}
 STEPS=${STEPS:-10}
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
@@ -77,15 +82,47 @@ for cfg in $TORCH; do
     --warmup 5 --steps 15 2>&1 | tee -a "$OUT/torch.log"
 done
 
+torchrun() { # torchrun stem/batch/mode
+  local stem batch mode
+  IFS=/ read -r stem batch mode <<<"$1"
+  PYTHONUNBUFFERED=1 timeout 90 "$PY" scripts/gpu/torch_peer.py --stems "$stem" --batches "$batch" --modes "$mode" \
+    --warmup 5 --steps 15 2>&1
+}
+
+stage "alternating pairs: $PAIRS (x$ROUNDS)"
+: >"$OUT/pairs.log"
+for pair in $PAIRS; do
+  ours=${pair%%=*} theirs=${pair#*=}
+  for r in $(seq "$ROUNDS"); do
+    [ "$(left)" -lt 40 ] && { echo "skipping round $r of $pair: time budget"; status=1; break; }
+    bench "$ours" -warmup 3 -steps "$STEPS" 2>&1 | grep '^RESULT' | sed "s|^RESULT |RESULT pair=$pair round=$r |" | tee -a "$OUT/pairs.log"
+    torchrun "$theirs" | grep '^RESULT' | sed "s|^RESULT |RESULT pair=$pair round=$r |" | tee -a "$OUT/pairs.log"
+  done
+  "$PY" - "$pair" "$OUT/pairs.log" <<'PYEOF'
+import statistics, sys
+pair, path = sys.argv[1], sys.argv[2]
+ours, theirs = [], []
+for line in open(path):
+    kv = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+    if kv.get("pair") != pair:
+        continue
+    (theirs if kv.get("impl") == "torch" else ours).append(float(kv["img_s"]))
+if ours and theirs:
+    mo, mt = statistics.median(ours), statistics.median(theirs)
+    print(f"pair {pair}: ours {sorted(ours)} torch {sorted(theirs)} img/s; median ratio {mo / mt:.2f}x")
+PYEOF
+done
+
 stage "per-op breakdown: $PROFILE"
 for cfg in $PROFILE; do
   [ "$(left)" -lt 30 ] && { echo "skipping profile $cfg: time budget"; continue; }
-  bench "$cfg" -warmup 2 -steps 2 -profile 2 >"$OUT/profile-${cfg//\//_}.log" 2>&1 || echo "profile $cfg failed"
-  grep -E '^(# profile|PROFILE)' "$OUT/profile-${cfg//\//_}.log" | head -n 30
+  f="$OUT/profile-$(echo "$cfg" | tr -c 'A-Za-z0-9_.\n-' '_').log"
+  bench "$cfg" -warmup 2 -steps 2 -profile 2 >"$f" 2>&1 || echo "profile $cfg failed"
+  grep -E '^(# profile|PROFILE)' "$f" | head -n 30
 done
 
 stage "table"
-cat "$OUT/bench.log" "$OUT/torch.log" | "$PY" scripts/gpu/table.py | tee "$OUT/table.txt"
+cat "$OUT/bench.log" "$OUT/torch.log" "$OUT/pairs.log" | "$PY" scripts/gpu/table.py | tee "$OUT/table.txt"
 echo "gpu tests: $([ "$rc" -eq 0 ] && echo PASS || echo "FAIL ($rc)")  total ${SECONDS}s  status $status"
 rm -rf "$RT"
 exit $status

@@ -174,6 +174,7 @@ type Backend struct {
 
 	plans       map[nn.ConvParams]*convPlan // cuDNN plans by shape (nil: im2col)
 	forceIm2col bool                        // tests: bypass cuDNN
+	gemmBwdData bool                        // tests: small-plane data gradients as GEMMs even with cuDNN
 }
 
 var _ nn.Backend = (*Backend)(nil)

@@ -11,7 +11,10 @@ import "github.com/ringtrain/ringtrain/pkg/nn"
 //     last stage at 32x32 inputs, 4x4 planes): cuDNN reached 120-170
 //     TFLOP/s there; the GEMM has M = N*P*Q rows and K = R*S*C, shapes
 //     cuBLAS runs near its peak. Resident tensors only (C and K multiples
-//     of 8); all three directions. The column matrix is channels-last,
+//     of 8); forward and weight gradient (the data gradient's float32
+//     column matrix and col2im pass measured slower than cuDNN, 0.73 vs
+//     0.50-0.68 ms a step for the three 4x4 layers, so it runs only where
+//     cuDNN is missing, instead of im2col). The column matrix is channels-last,
 //     (N*P*Q, R*S*C), so forward writes the resident output directly and
 //     the weight gradient comes out (K, R*S, C), permuted into (K, C, R, S).
 //   - a narrow reduction (C*R*S <= narrowCRS) over a float32 input: the
@@ -44,7 +47,8 @@ func (b *Backend) gemmConv(dir int, p nn.ConvParams, x, w, y *nn.Tensor) bool {
 		_, xres = b.resident(x)
 	}
 	switch {
-	case p.C%8 == 0 && p.K%8 == 0 && PQ <= b.opts.GemmPlanes && aligned16(x, y):
+	case p.C%8 == 0 && p.K%8 == 0 && PQ <= b.opts.GemmPlanes && aligned16(x, y) &&
+		(dir != convBwdData || b.gemmBwdData || !b.hasCUDNN()):
 		need := uint64(NPQ*CRS) * 2
 		if dir == convBwdData {
 			need *= 2 // float32 column gradients
@@ -142,4 +146,10 @@ func (b *Backend) narrowConv(dir int, p nn.ConvParams, x, w, y *nn.Tensor) {
 	}
 	b.ok(b.dev.gemm(gemmCall{transA: true, m: p.K, n: CRS, k: NPQ, alpha: 1, beta: 1, a: dyb, lda: p.K, transB: true,
 		b: col, ldb: NPQ, c: ptr(w), ldc: CRS, bf16Operands: true}))
+}
+
+// hasCUDNN reports whether cuDNN convolutions are available.
+func (b *Backend) hasCUDNN() bool {
+	acc, ok := b.dev.(convAccel)
+	return ok && acc.hasConvLib() && b.opts.Conv != ConvIm2col
 }

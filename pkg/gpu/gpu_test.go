@@ -266,7 +266,9 @@ func testConv(t *testing.T, prec string) {
 	e := newEnv(t, prec)
 	bf16 := prec == PrecisionBF16
 	saved, planes := e.g.opts.ScratchBytes, e.g.opts.GemmPlanes
-	defer func() { e.g.opts.ScratchBytes, e.g.forceIm2col, e.g.opts.GemmPlanes = saved, false, planes }()
+	defer func() {
+		e.g.opts.ScratchBytes, e.g.forceIm2col, e.g.opts.GemmPlanes, e.g.gemmBwdData = saved, false, planes, false
+	}()
 	type run struct {
 		name    string
 		scratch int64
@@ -284,6 +286,7 @@ func testConv(t *testing.T, prec string) {
 		}
 		for _, r := range runs {
 			e.g.opts.ScratchBytes, e.g.forceIm2col, e.g.opts.GemmPlanes = r.scratch, r.im2col, planes
+			e.g.gemmBwdData = r.gemm
 			if r.gemm {
 				e.g.opts.GemmPlanes = 1 << 30
 			}
