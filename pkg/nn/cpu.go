@@ -31,6 +31,8 @@ type CPU struct {
 	xpad   []float32                // the input of a convolution as padded planes
 	work   []*gemm.Workspace        // per-goroutine GEMM packing memory
 	keys   [][]int32                // per-goroutine max-pool keys of a plane
+
+	team team // helper goroutines of parallel (see cpu_team.go)
 }
 
 // NewCPU returns a CPU backend using threads goroutines (<= 0: GOMAXPROCS).

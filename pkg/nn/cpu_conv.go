@@ -71,9 +71,11 @@ type convPlan struct {
 	hp, wp int  // padded plane
 	phase  bool // stride 2: four phase planes of hs x ws
 	hs, ws int
-	copyIn bool // planes are copied into the padded layout (padding or phase)
-	rowRun bool // an output row under a tap is contiguous in the plane
-	q      int  // output width
+	copyIn bool       // planes are copied into the padded layout (padding or phase)
+	rowRun bool       // an output row under a tap is contiguous in the plane
+	q      int        // output width
+	dense  []int      // newDenseTaps, set on first use by a dense convolution
+	px     *convTerms // pixelTerms, set on first use by col2im
 }
 
 // full reports whether every tap of p is live.
@@ -268,6 +270,26 @@ func (c *CPU) col2im(dx []float32, col []float32, ld int, n0, g int, p ConvParam
 		})
 		return
 	}
+	if px := pl.pixelTerms(p); px != nil {
+		// Small planes: each pixel gathers its few column entries (at most
+		// one per tap, in increasing tap order from 0: the same sums as
+		// the plane buffer below, with no clear, scatter or copy-out).
+		c.parallel(g*p.C, max(1, elemGrain/(4*hw)), func(lo, hi int) {
+			for u := lo; u < hi; u++ {
+				i, ch := u/p.C, u%p.C
+				out := dx[((n0+i)*p.C+ch)*hw:][:hw]
+				src := col[ch*T*ld+i*pq:]
+				for j := range out {
+					v := float32(0)
+					for _, tm := range px.terms[px.start[j]:px.start[j+1]] {
+						v += src[int(tm.t)*ld+int(tm.o)]
+					}
+					out[j] = v
+				}
+			}
+		})
+		return
+	}
 	c.parallelParts(g*p.C, 1, func(part, lo, hi int) {
 		buf := c.planes[part][:ph]
 		for u := lo; u < hi; u++ {
@@ -307,6 +329,60 @@ func (c *CPU) col2im(dx []float32, col []float32, ld int, n0, g int, p ConvParam
 			}
 		}
 	})
+}
+
+// pixelTermsMax bounds the live (tap, output pixel) pairs of a plane for
+// col2im's per-pixel gather (pixelTerms); larger planes use the plane
+// buffer. A variable so that tests can compare both paths.
+var pixelTermsMax = 4096
+
+// convTerms lists, per input pixel j of a plane, the column entries that
+// col2im adds into it: terms[start[j]:start[j+1]], each a live tap t and
+// an output pixel o, in increasing t (one entry per tap at most).
+type convTerms struct {
+	start []int32
+	terms []struct{ t, o int32 }
+}
+
+// pixelTerms returns the plan's per-pixel col2im terms (built on first
+// use), or nil for planes with more than pixelTermsMax terms.
+func (pl *convPlan) pixelTerms(p ConvParams) *convTerms {
+	P, Q, T := p.P(), p.Q(), len(pl.taps)
+	if T*P*Q > pixelTermsMax {
+		return nil
+	}
+	if pl.px != nil {
+		return pl.px
+	}
+	hw := p.H * p.W
+	pix := make([]int32, T*P*Q) // input pixel of (t, o), or -1
+	count := make([]int32, hw+1)
+	for t, tap := range pl.taps {
+		r, s := tap/p.S, tap%p.S
+		for o := 0; o < P*Q; o++ {
+			ih, iw := o/Q*p.StrideH+r-p.PadH, o%Q*p.StrideW+s-p.PadW
+			pix[t*P*Q+o] = -1
+			if ih >= 0 && ih < p.H && iw >= 0 && iw < p.W {
+				pix[t*P*Q+o] = int32(ih*p.W + iw)
+				count[ih*p.W+iw+1]++
+			}
+		}
+	}
+	for j := 0; j < hw; j++ {
+		count[j+1] += count[j]
+	}
+	px := &convTerms{start: count, terms: make([]struct{ t, o int32 }, count[hw])}
+	fill := append([]int32(nil), count[:hw]...)
+	for t := 0; t < T; t++ { // increasing t: each pixel's terms in tap order
+		for o := 0; o < P*Q; o++ {
+			if j := pix[t*P*Q+o]; j >= 0 {
+				px.terms[fill[j]] = struct{ t, o int32 }{int32(t), int32(o)}
+				fill[j]++
+			}
+		}
+	}
+	pl.px = px
+	return px
 }
 
 // gatherChunk copies dy of images [n0,n0+g), (g,K,PQ), into m (K x g*PQ).
@@ -538,8 +614,12 @@ func (c *CPU) convForward(yd, xd, wd []float32, p ConvParams) {
 	if convDirect(p) {
 		chw := p.C * p.H * p.W
 		for n := 0; n < p.N; n++ {
-			gemm.Sgemm(false, false, p.K, pq, p.C, 1, wd, p.C, xd[n*chw:], pq, 0, yd[n*kpq:], pq, c.threads)
+			c.sgemm(false, false, p.K, pq, p.C, 1, wd, p.C, xd[n*chw:], pq, 0, yd[n*kpq:], pq)
 		}
+		return
+	}
+	if dense(p) {
+		c.denseForward(yd, xd, wd, p)
 		return
 	}
 	if c.winograd(p) {
@@ -550,23 +630,36 @@ func (c *CPU) convForward(yd, xd, wd []float32, p ConvParams) {
 	ct := p.C * len(pl.taps)
 	wt := c.liveWeights(wd, p, pl)
 	if pointwise(p, pl) {
-		gemm.Sgemm(false, true, p.N, p.K, ct, 1, xd, ct, wt, ct, 0, yd, p.K, c.threads)
+		c.sgemm(false, true, p.N, p.K, ct, 1, xd, ct, wt, ct, 0, yd, p.K)
 		return
 	}
 	ld := p.N * pq
 	xp := c.padInput(xd, p, pl)
 	if p.N == 1 || pq >= perImagePlane {
-		// One product per image, straight into y (no scatter, no scratch).
+		// One product per image, straight into y (no scatter, no scratch):
+		// images are shared among the goroutines, each running
+		// single-threaded products (no hand-over per image; a product's
+		// result does not depend on its thread count).
 		ph := pl.plane()
-		for n := 0; n < p.N; n++ {
-			bp := &convB{x: xp[n*p.C*ph:], C: p.C, T: len(pl.taps), pq: pq, pl: pl}
-			gemm.SgemmPacker(false, p.K, pq, ct, 1, wt, ct, bp, 0, yd[n*kpq:], pq, c.threads)
+		if c.threads == 1 || p.N == 1 {
+			for n := 0; n < p.N; n++ {
+				bp := &convB{x: xp[n*p.C*ph:], C: p.C, T: len(pl.taps), pq: pq, pl: pl}
+				c.sgemmPacker(false, p.K, pq, ct, 1, wt, ct, bp, 0, yd[n*kpq:], pq)
+			}
+			return
 		}
+		c.workspaces()
+		c.parallelParts(p.N, 1, func(part, lo, hi int) {
+			for n := lo; n < hi; n++ {
+				bp := &convB{x: xp[n*p.C*ph:], C: p.C, T: len(pl.taps), pq: pq, pl: pl}
+				c.work[part].SgemmPacker(false, p.K, pq, ct, 1, wt, ct, bp, 0, yd[n*kpq:], pq)
+			}
+		})
 		return
 	}
 	bp := &convB{x: xp, C: p.C, T: len(pl.taps), pq: pq, pl: pl}
 	out := growF32(&c.tmp, p.K*ld)
-	gemm.SgemmPacker(false, p.K, ld, ct, 1, wt, ct, bp, 0, out, ld, c.threads)
+	c.sgemmPacker(false, p.K, ld, ct, 1, wt, ct, bp, 0, out, ld)
 	c.scatterChunk(yd, out, 0, p.N, p.K, pq)
 }
 
@@ -606,8 +699,12 @@ func (c *CPU) Conv2dBackwardData(dx, dy, w *Tensor, p ConvParams) {
 	if convDirect(p) {
 		chw := p.C * p.H * p.W
 		for n := 0; n < p.N; n++ {
-			gemm.Sgemm(true, false, p.C, pq, p.K, 1, wd, p.C, dyd[n*kpq:], pq, 0, dxd[n*chw:], pq, c.threads)
+			c.sgemm(true, false, p.C, pq, p.K, 1, wd, p.C, dyd[n*kpq:], pq, 0, dxd[n*chw:], pq)
 		}
+		return
+	}
+	if dense(p) {
+		c.denseBackwardData(dxd, dyd, wd, p)
 		return
 	}
 	if pt, ok := transposedConv(p); ok && c.plan(p).full(p) {
@@ -624,7 +721,7 @@ func (c *CPU) Conv2dBackwardData(dx, dy, w *Tensor, p ConvParams) {
 	ct := p.C * len(pl.taps)
 	wt := c.liveWeights(wd, p, pl)
 	if pointwise(p, pl) {
-		gemm.Sgemm(false, false, p.N, ct, p.K, 1, dyd, p.K, wt, ct, 0, dxd, ct, c.threads)
+		c.sgemm(false, false, p.N, ct, p.K, 1, dyd, p.K, wt, ct, 0, dxd, ct)
 		return
 	}
 	G := convChunk(p, len(pl.taps))
@@ -637,7 +734,7 @@ func (c *CPU) Conv2dBackwardData(dx, dy, w *Tensor, p ConvParams) {
 			m = growF32(&c.tmp, p.K*ld)
 			c.gatherChunk(m, dyd, n0, g, p.K, pq)
 		}
-		gemm.Sgemm(true, false, ct, ld, p.K, 1, wt, ct, m, ld, 0, col, ld, c.threads)
+		c.sgemm(true, false, ct, ld, p.K, 1, wt, ct, m, ld, 0, col, ld)
 		c.col2im(dxd, col, ld, n0, g, p, pl)
 	}
 }
@@ -680,9 +777,7 @@ func (c *CPU) filterByChunks(dst []float32, beta float32, xp, dyd []float32, p C
 		m = growF32(&c.tmp, p.K*p.N*pq)
 	}
 	ph := pl.plane()
-	for len(c.work) < c.threads {
-		c.work = append(c.work, new(gemm.Workspace))
-	}
+	c.workspaces()
 	c.parallelParts(chunks, 1, func(part, lo, hi int) {
 		for ch := lo; ch < hi; ch++ {
 			n0 := ch * per
@@ -733,8 +828,12 @@ func (c *CPU) Conv2dBackwardFilter(dw, x, dy *Tensor, p ConvParams) {
 	if convDirect(p) {
 		chw := p.C * p.H * p.W
 		for n := 0; n < p.N; n++ {
-			gemm.Sgemm(false, true, p.K, p.C, pq, 1, dyd[n*kpq:], pq, xd[n*chw:], pq, 1, dwd, p.C, c.threads)
+			c.sgemm(false, true, p.K, p.C, pq, 1, dyd[n*kpq:], pq, xd[n*chw:], pq, 1, dwd, p.C)
 		}
+		return
+	}
+	if dense(p) {
+		c.denseBackwardFilter(dwd, xd, dyd, p)
 		return
 	}
 	if c.winogradFilterOn(p) {
@@ -751,7 +850,7 @@ func (c *CPU) Conv2dBackwardFilter(dw, x, dy *Tensor, p ConvParams) {
 		dst, beta = growF32(&c.dwlive, p.K*ct), 0
 	}
 	if pointwise(p, pl) {
-		gemm.Sgemm(true, false, p.K, ct, p.N, 1, dyd, p.K, xd, ct, beta, dst, ct, c.threads)
+		c.sgemm(true, false, p.K, ct, p.N, 1, dyd, p.K, xd, ct, beta, dst, ct)
 	} else if chunks := filterChunks(p, ct); chunks > 1 {
 		c.filterByChunks(dst, beta, c.padInput(xd, p, pl), dyd, p, pl, chunks)
 	} else {
@@ -793,7 +892,7 @@ func (c *CPU) filterProduct(dst []float32, beta float32, xp, dyd []float32, p Co
 		ph := pl.plane()
 		for n := 0; n < p.N; n++ {
 			bp := &convB{x: xp[n*p.C*ph:], C: p.C, T: T, pq: pq, pl: pl, trans: true}
-			gemm.SgemmPacker(false, p.K, ct, pq, 1, dyd[n*kpq:], pq, bp, beta, dst, ct, c.threads)
+			c.sgemmPacker(false, p.K, ct, pq, 1, dyd[n*kpq:], pq, bp, beta, dst, ct)
 			beta = 1
 		}
 	} else {
@@ -804,6 +903,6 @@ func (c *CPU) filterProduct(dst []float32, beta float32, xp, dyd []float32, p Co
 			c.gatherChunk(m, dyd, 0, p.N, p.K, pq)
 		}
 		bp := &convB{x: xp, C: p.C, T: T, pq: pq, pl: pl, trans: true}
-		gemm.SgemmPacker(false, p.K, ct, ld, 1, m, ld, bp, beta, dst, ct, c.threads)
+		c.sgemmPacker(false, p.K, ct, ld, 1, m, ld, bp, beta, dst, ct)
 	}
 }

@@ -25,6 +25,7 @@ func BenchmarkConvOps(b *testing.B) {
 		{N: 128, C: 64, H: 8, W: 8, K: 64, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1},    // imagenet stem layer1
 		{N: 128, C: 64, H: 32, W: 32, K: 64, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1},  // cifar stem layer1
 		{N: 128, C: 128, H: 4, W: 4, K: 128, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1},  // imagenet stem layer2
+		{N: 128, C: 256, H: 2, W: 2, K: 256, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1},  // imagenet stem layer3
 		{N: 128, C: 3, H: 32, W: 32, K: 64, R: 7, S: 7, StrideH: 2, StrideW: 2, PadH: 3, PadW: 3},   // imagenet stem conv1
 		{N: 128, C: 512, H: 1, W: 1, K: 512, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1},  // imagenet stem layer4
 		{N: 32, C: 128, H: 16, W: 16, K: 128, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1}, // cifar stem layer2 (batch 32)

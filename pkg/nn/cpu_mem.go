@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"sync"
-	"sync/atomic"
 )
 
 // Memory and elementwise ops of the CPU backend, plus the helper that splits
@@ -34,7 +33,8 @@ const parallelSlack = 4
 
 // parallelParts is parallel that also tells fn which goroutine (0 <= part
 // < c.threads) runs the range, for per-goroutine scratch memory. Part 0 is
-// the calling goroutine.
+// the calling goroutine. The other parts run on the backend's helper
+// goroutines (see team).
 func (c *CPU) parallelParts(n, grain int, fn func(part, lo, hi int)) {
 	if n <= 0 {
 		return
@@ -49,26 +49,7 @@ func (c *CPU) parallelParts(n, grain int, fn func(part, lo, hi int)) {
 		return
 	}
 	chunks := min(units, workers*parallelSlack)
-	var next atomic.Int64
-	run := func(part int) {
-		for {
-			i := int(next.Add(1) - 1)
-			if i >= chunks {
-				return
-			}
-			fn(part, i*n/chunks, (i+1)*n/chunks)
-		}
-	}
-	var wg sync.WaitGroup
-	wg.Add(workers - 1)
-	for t := 1; t < workers; t++ {
-		go func() {
-			defer wg.Done()
-			run(t)
-		}()
-	}
-	run(0)
-	wg.Wait()
+	c.team.do(&teamJob{fn: fn, n: n, chunks: chunks, parts: int32(workers)})
 }
 
 // elemGrain is the smallest elementwise range handed to a goroutine.

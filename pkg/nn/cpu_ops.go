@@ -1,10 +1,6 @@
 package nn
 
-import (
-	"math"
-
-	"github.com/ringtrain/ringtrain/pkg/nn/internal/gemm"
-)
+import "math"
 
 // Channel bias, linear and pooling ops of the CPU backend.
 
@@ -63,7 +59,7 @@ func (c *CPU) Linear(y, x, w, b *Tensor) {
 		}
 		beta = 1
 	}
-	gemm.Sgemm(false, true, n, out, in, 1, xd, in, wd, in, beta, yd, out, c.threads)
+	c.sgemm(false, true, n, out, in, 1, xd, in, wd, in, beta, yd, out)
 }
 
 // LinearBackward implements Backend.
@@ -72,10 +68,10 @@ func (c *CPU) LinearBackward(dx, dw, db, dy, x, w *Tensor) {
 	n, out := dy.Shape[0], dy.Shape[1]
 	in := w.Numel() / out
 	if dx != nil {
-		gemm.Sgemm(false, false, n, in, out, 1, dyd, out, mustHost(w), in, 0, mustHost(dx), in, c.threads)
+		c.sgemm(false, false, n, in, out, 1, dyd, out, mustHost(w), in, 0, mustHost(dx), in)
 	}
 	if dw != nil {
-		gemm.Sgemm(true, false, out, in, n, 1, dyd, out, mustHost(x), in, 1, mustHost(dw), in, c.threads)
+		c.sgemm(true, false, out, in, n, 1, dyd, out, mustHost(x), in, 1, mustHost(dw), in)
 	}
 	if db != nil {
 		dbd := mustHost(db)

@@ -306,9 +306,7 @@ func (c *CPU) winogradForward(yd, xd, wd []float32, p ConvParams, flipped bool) 
 	for part := 0; part < c.threads; part++ {
 		c.planeBuf(part, need) // grown here, not inside the goroutines
 	}
-	for len(c.work) < c.threads {
-		c.work = append(c.work, new(gemm.Workspace))
-	}
+	c.workspaces()
 	c.parallelParts(blocks, 1, func(part, lo, hi int) {
 		buf := c.planes[part][:need]
 		v, m := buf[:16*sv], buf[16*sv:]
@@ -335,17 +333,25 @@ func (c *CPU) winogradForward(yd, xd, wd []float32, p ConvParams, flipped bool) 
 }
 
 // winoGradBytes bounds the transformed input and dy (V and Z) of one
-// block of the weight gradient (a variable so that tests can force many
-// blocks).
-var winoGradBytes = 8 << 20
+// block of the weight gradient, and winoGradMinTiles is the least tiles per
+// block (variables so that tests can force many blocks). 2 MiB keeps a
+// block in the caches between the transforms and the products: with 8
+// MiB blocks the 64- and 128-channel weight gradients of the imagenet stem
+// ran 1.4-1.9x slower (BenchmarkConvOps, CPU-ms); at least 128 tiles keep
+// the products of wide layers from being bound by their dU reads and
+// writes (k = tiles per block).
+var (
+	winoGradBytes    = 2 << 20
+	winoGradMinTiles = 128
+)
 
 // winoGradBlock is the tiles per block of the weight gradient of p: as
-// many as fit winoGradBytes, a multiple of 32, at least 64. It depends on
-// the shape only.
+// many as fit winoGradBytes, a multiple of 32, at least winoGradMinTiles.
+// It depends on the shape only.
 func winoGradBlock(p ConvParams) int {
 	nb := winoGradBytes / (4 * 16 * (p.C + p.K)) / 32 * 32
 	total := p.N * ((p.P() + 1) / 2) * ((p.Q() + 1) / 2)
-	return min(max(nb, 64), (total+31)/32*32)
+	return min(max(nb, winoGradMinTiles), (total+31)/32*32)
 }
 
 // winogradFilter adds the weight gradient of a convolution that
@@ -367,9 +373,7 @@ func (c *CPU) winogradFilter(dwd, xd, dyd []float32, p ConvParams) {
 	kc := winoStride(K, C)
 	du := growF32(&c.dwlive, 16*kc)
 	xp := c.padInput(xd, p, pl)
-	for len(c.work) < c.threads {
-		c.work = append(c.work, new(gemm.Workspace))
-	}
+	c.workspaces()
 	for t0 := 0; t0 < total; t0 += nb {
 		n := min(nb, total-t0)
 		c.parallel((n+winoGroup-1)/winoGroup, 1, func(lo, hi int) {

@@ -248,12 +248,15 @@ func checkBound(t *testing.T, what string, got []float32, want, bound []float64)
 }
 
 // forceWinograd sends every eligible shape, however narrow, to the
-// Winograd path (all three ops), also under RINGTRAIN_WINOGRAD=0, and
-// returns the function that restores the rule.
+// Winograd path (all three ops), also under RINGTRAIN_WINOGRAD=0 and for
+// shapes that would take the dense path, and returns the function that
+// restores the rules.
 func forceWinograd() func() {
-	oldOff, oldMin, oldFilter := winogradOff, winogradMinChannels, winogradMinFilterChannels
-	winogradOff, winogradMinChannels, winogradMinFilterChannels = false, 1, 1
-	return func() { winogradOff, winogradMinChannels, winogradMinFilterChannels = oldOff, oldMin, oldFilter }
+	oldOff, oldMin, oldFilter, oldDense := winogradOff, winogradMinChannels, winogradMinFilterChannels, denseOff
+	winogradOff, winogradMinChannels, winogradMinFilterChannels, denseOff = false, 1, 1, true
+	return func() {
+		winogradOff, winogradMinChannels, winogradMinFilterChannels, denseOff = oldOff, oldMin, oldFilter, oldDense
+	}
 }
 
 // flippedRef returns w' (C x K x 3 x 3) of transposedConv: the weights of
@@ -275,9 +278,9 @@ func flippedRef(w []float64, K, C int) []float64 {
 // transforms, on even and odd planes, ragged blocks and one-tile planes.
 func TestWinogradErrorBound(t *testing.T) {
 	defer forceWinograd()()
-	old := winoGradBytes
-	winoGradBytes = 1 // weight-gradient blocks of 64 tiles: several per shape
-	defer func() { winoGradBytes = old }()
+	oldBytes, oldTiles := winoGradBytes, winoGradMinTiles
+	winoGradBytes, winoGradMinTiles = 1, 64 // weight-gradient blocks of 64 tiles: several per shape
+	defer func() { winoGradBytes, winoGradMinTiles = oldBytes, oldTiles }()
 	r := NewRNG(31)
 	for _, p := range []ConvParams{
 		{N: 3, C: 5, H: 8, W: 8, K: 6},

@@ -6,7 +6,11 @@
 //
 //	ringtrain stem=imagenet batch=128 threads=2 median_step=...ms images/s=... (min ..., max ..., N steps) peak_rss_mib=...
 //
-// Usage: cpustep [-stem imagenet|cifar] [-batch 128] [-steps 8] [-threads 2] [-cpuprofile FILE] [-memprofile FILE]
+// With -ops it also prints, on stderr, the wall time per step of every
+// compute op by op name and shape (compare -threads 1 and 2 to see which
+// ops scale); the timing itself adds a little to the step.
+//
+// Usage: cpustep [-stem imagenet|cifar] [-batch 128] [-steps 8] [-threads 2] [-ops] [-cpuprofile FILE] [-memprofile FILE]
 package main
 
 import (
@@ -32,18 +36,24 @@ func main() {
 	threads := flag.Int("threads", 2, "CPU backend goroutines")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the timed steps to this file")
 	memprofile := flag.String("memprofile", "", "write a heap profile after the timed steps to this file")
+	ops := flag.Bool("ops", false, "print the wall time per step of each op (by shape) on stderr")
 	flag.Parse()
-	if err := run(*stem, *batch, *steps, *threads, *profile, *memprofile); err != nil {
+	if err := run(*stem, *batch, *steps, *threads, *profile, *memprofile, *ops); err != nil {
 		fmt.Fprintln(os.Stderr, "cpustep:", err)
 		os.Exit(1)
 	}
 }
 
-func run(stem string, batch, steps, threads int, profile, memprofile string) error {
+func run(stem string, batch, steps, threads int, profile, memprofile string, ops bool) error {
 	if batch < 1 || steps < 1 || threads < 1 {
 		return fmt.Errorf("bad sizes: batch %d steps %d threads %d", batch, steps, threads)
 	}
-	b := nn.NewCPU(threads)
+	var b nn.Backend = nn.NewCPU(threads)
+	var timer *opTimer
+	if ops {
+		timer = newOpTimer(b.(*nn.CPU))
+		b = timer
+	}
 	m, err := nn.NewResNet(b, nn.ResNetConfig{Depth: 18, Stem: stem, Classes: 10, Seed: 1})
 	if err != nil {
 		return err
@@ -96,6 +106,9 @@ func run(stem string, batch, steps, threads int, profile, memprofile string) err
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if timer != nil {
+		timer.on = true
+	}
 	ts := make([]float64, steps)
 	for i := range ts {
 		t0 := time.Now()
@@ -119,6 +132,9 @@ func run(stem string, batch, steps, threads int, profile, memprofile string) err
 	}
 	sort.Float64s(ts)
 	dt := ts[len(ts)/2]
+	if timer != nil {
+		timer.report(os.Stderr, steps, time.Duration(dt*float64(time.Second)))
+	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	fmt.Fprintf(os.Stderr, "heap: in use %.0f MiB, from OS %.0f MiB, allocated in total %.0f MiB, %d GCs\n",
