@@ -25,12 +25,7 @@ status=0
 left() { echo $((BUDGET - SECONDS)); }
 stage() { echo; echo "=== [$((SECONDS))s] $*"; }
 
-PY=${PYTHON:-python3}
-if ! "$PY" -c 'import torch' 2>/dev/null; then
-  for p in /opt/torch/.venv/bin/python3 /opt/*/.venv/bin/python3; do
-    if [ -x "$p" ] && "$p" -c 'import torch' 2>/dev/null; then PY=$p; break; fi
-  done
-fi
+. scripts/gpu/python.sh # sets PY
 
 stage "machine"
 timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv || true

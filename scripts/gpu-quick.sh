@@ -35,12 +35,7 @@ left() { echo $((BUDGET - SECONDS)); }
 stage() { echo; echo "=== [${SECONDS}s] $*"; }
 status=0
 
-PY=${PYTHON:-python3}
-if ! "$PY" -c 'import torch' 2>/dev/null; then
-  for p in /opt/torch/.venv/bin/python3 /opt/*/.venv/bin/python3; do
-    if [ -x "$p" ] && "$p" -c 'import torch' 2>/dev/null; then PY=$p; break; fi
-  done
-fi
+. scripts/gpu/python.sh # sets PY
 
 stage "machine"
 timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true

@@ -35,6 +35,38 @@ __device__ __forceinline__ u32 posmask(float y) {
   return y > 0.f ? 0xffffffffu : 0u;
 }
 
+// chan_store writes channel c's finished sums: out0[c] = s0 and, when
+// out1 is not null, out1[c] = s1 (times scale1[c] when scale1 is not
+// null); with accumulate they are added instead.
+__device__ __forceinline__ void chan_store(u32 c, double s0, double s1, const float* scale1, float* out0,
+                                           float* out1, int accumulate) {
+  if (scale1) s1 *= (double)scale1[c];
+  if (accumulate) {
+    out0[c] += (float)s0;
+    if (out1) out1[c] += (float)s1;
+  } else {
+    out0[c] = (float)s0;
+    if (out1) out1[c] = (float)s1;
+  }
+}
+
+// tap_out is the output index o in [0, n) whose window reads input index
+// i through tap k (o*stride - pad + k == i), or -1 when there is none.
+__device__ __forceinline__ int tap_out(int i, int pad, int k, int stride, int n) {
+  int v = i + pad - k;
+  if (v < 0 || v % stride != 0) return -1;
+  int o = v / stride;
+  return o < n ? o : -1;
+}
+
+// pool_windows sets [*o0, *o1] to the outputs (of n) whose K-wide windows
+// of stride S (padding pad) contain input index i.
+__device__ __forceinline__ void pool_windows(int i, int pad, int K, int S, int n, int* o0, int* o1) {
+  int l = i + pad - K + 1;
+  *o0 = l <= 0 ? 0 : (l + S - 1) / S;
+  *o1 = min((i + pad) / S, n - 1);
+}
+
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16* p, float v) { *p = f2bf(v); }
 

@@ -53,14 +53,7 @@ extern "C" __global__ void k_chan_finish(const double* part, u32 C, u32 splits, 
     s0 += part[((u64)c * splits + j) * 2];
     s1 += part[((u64)c * splits + j) * 2 + 1];
   }
-  if (scale1) s1 *= (double)scale1[c];
-  if (accumulate) {
-    out0[c] += (float)s0;
-    if (out1) out1[c] += (float)s1;
-  } else {
-    out0[c] = (float)s0;
-    if (out1) out1[c] = (float)s1;
-  }
+  chan_store(c, s0, s1, scale1, out0, out1, accumulate);
 }
 
 // mean, invStd from sums over m elements; running statistics as torch.

@@ -47,15 +47,11 @@ extern "C" __global__ void k_col2im(float* dx, const float* dcol, u32 G, u32 C, 
     u32 g = t / C;
     float acc = 0.f;
     for (u32 r = 0; r < R; r++) {
-      int hp = h + ph - (int)r;
-      if (hp < 0 || hp % sh != 0) continue;
-      int p = hp / sh;
-      if (p >= (int)P) continue;
+      int p = tap_out(h, ph, (int)r, sh, (int)P);
+      if (p < 0) continue;
       for (u32 s = 0; s < S; s++) {
-        int wq = w + pw - (int)s;
-        if (wq < 0 || wq % sw != 0) continue;
-        int q = wq / sw;
-        if (q >= (int)Q) continue;
+        int q = tap_out(w, pw, (int)s, sw, (int)Q);
+        if (q < 0) continue;
         acc += dcol[((c * R + r) * S + s) * GPQ + g * P * Q + (u32)p * Q + (u32)q];
       }
     }

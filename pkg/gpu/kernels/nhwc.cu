@@ -283,11 +283,9 @@ extern "C" __global__ void k_nhwc_maxpool_bwd(bf16* dx, const bf16* dy, const fl
     u32 hw = t % (H * W);
     u32 n = t / (H * W);
     int h = (int)(hw / W), w = (int)(hw % W);
-    int pl = h + pad - K + 1, ql = w + pad - K + 1;
-    int p0 = pl <= 0 ? 0 : (pl + S - 1) / S;
-    int q0 = ql <= 0 ? 0 : (ql + S - 1) / S;
-    int p1 = min((h + pad) / S, (int)P - 1);
-    int q1 = min((w + pad) / S, (int)Q - 1);
+    int p0, p1, q0, q1;
+    pool_windows(h, pad, K, S, (int)P, &p0, &p1);
+    pool_windows(w, pad, K, S, (int)Q, &q0, &q1);
     u64 base = (u64)n * P * Q * C + c;
     float acc = 0.f;
     for (int p = p0; p <= p1; p++) {
@@ -315,15 +313,7 @@ extern "C" __global__ void k_chan_finish_wide(const double* part, u32 C, u32 spl
   }
   s0 = block_sum<double>(s0, sh);
   s1 = block_sum<double>(s1, sh);
-  if (threadIdx.x != 0) return;
-  if (scale1) s1 *= (double)scale1[c];
-  if (accumulate) {
-    out0[c] += (float)s0;
-    if (out1) out1[c] += (float)s1;
-  } else {
-    out0[c] = (float)s0;
-    if (out1) out1[c] = (float)s1;
-  }
+  if (threadIdx.x == 0) chan_store(c, s0, s1, scale1, out0, out1, accumulate);
 }
 
 // Convolutions of resident tensors as GEMMs (gemmconv.go).
@@ -368,15 +358,11 @@ extern "C" __global__ void k_nhwc_col2im(bf16* dx, const float* dcol, u32 N, u32
     u32 n = t / H;
     float acc = 0.f;
     for (u32 r = 0; r < R; r++) {
-      int hp = h + ph - (int)r;
-      if (hp < 0 || hp % sh != 0) continue;
-      int p = hp / sh;
-      if (p >= (int)P) continue;
+      int p = tap_out(h, ph, (int)r, sh, (int)P);
+      if (p < 0) continue;
       for (u32 s = 0; s < S; s++) {
-        int wq = w + pw - (int)s;
-        if (wq < 0 || wq % sw != 0) continue;
-        int q = wq / sw;
-        if (q >= (int)Q) continue;
+        int q = tap_out(w, pw, (int)s, sw, (int)Q);
+        if (q < 0) continue;
         acc += dcol[(((u64)n * P + (u32)p) * Q + (u32)q) * RSC + (r * S + s) * C + c];
       }
     }

@@ -37,11 +37,9 @@ extern "C" __global__ void k_maxpool_bwd(float* dx, const float* dy, const float
     u32 hw = i % (H * W);
     u32 nc = i / (H * W);
     int h = (int)(hw / W), w = (int)(hw % W);
-    int pl = h + pad - K + 1, ql = w + pad - K + 1;
-    int p0 = pl <= 0 ? 0 : (pl + S - 1) / S;
-    int q0 = ql <= 0 ? 0 : (ql + S - 1) / S;
-    int p1 = min((h + pad) / S, (int)P - 1);
-    int q1 = min((w + pad) / S, (int)Q - 1);
+    int p0, p1, q0, q1;
+    pool_windows(h, pad, K, S, (int)P, &p0, &p1);
+    pool_windows(w, pad, K, S, (int)Q, &q0, &q1);
     const float* dyp = dy + (u64)nc * P * Q;
     const float* ap = argmax + (u64)nc * P * Q;
     float acc = 0.f;
