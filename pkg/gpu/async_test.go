@@ -122,7 +122,9 @@ func freshBackend(t *testing.T) (*Backend, bool) {
 // gradient copies and without: the same bits either way, and the same on
 // every rank (the copies land before their buckets start, the BN buffers
 // before the last bucket). Two ranks on a GPU (a backend each); one on the
-// emulator, which is not safe for concurrent backends.
+// emulator, which is not safe for concurrent backends. With one rank the
+// gradients stay on the device by default: the same bits as through the
+// host (ForceHostGradients).
 func TestTrainerOverlappedCopiesMatchSyncCopies(t *testing.T) {
 	shared := openGPU(t, PrecisionFP32) // skips as the other tests do
 	// The ranks' backends, used by both runs (each trainer frees its
@@ -146,7 +148,7 @@ func TestTrainerOverlappedCopiesMatchSyncCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	const steps = 3
-	run := func(noOverlap bool) [][]float32 {
+	run := func(noOverlap, force bool) [][]float32 {
 		net := allreduce.NewInmemNetwork()
 		peers := []string{"a", "b"}[:world]
 		out := make([][]float32, world)
@@ -164,6 +166,7 @@ func TestTrainerOverlappedCopiesMatchSyncCopies(t *testing.T) {
 					}
 					defer tr.Close()
 					tr.Overlap = !noOverlap
+					tr.ForceHostGradients = force
 					ring, err := allreduce.Open(ctx, net.Transport(peers[r]), allreduce.DefaultConfig("j", 1, r, world), peers)
 					if err != nil {
 						return err
@@ -204,7 +207,15 @@ func TestTrainerOverlappedCopiesMatchSyncCopies(t *testing.T) {
 		}
 		return out
 	}
-	after, overlap := run(true), run(false)
+	after, overlap := run(true, true), run(false, true)
+	if world == 1 {
+		stay := run(false, false)
+		for i := range after[0] {
+			if stay[0][i] != after[0][i] {
+				t.Fatalf("value %d (parameters, then BN buffers): gradients kept on the device give %v, through the host %v", i, stay[0][i], after[0][i])
+			}
+		}
+	}
 	for r := 0; r < world; r++ {
 		for i := range after[0] {
 			if overlap[r][i] != after[0][i] {

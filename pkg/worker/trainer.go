@@ -46,9 +46,14 @@ type Trainer struct {
 	// small copy), and a GPU per worker has not been measured yet (see
 	// BENCHMARKS.md).
 	Overlap bool
-	spans   []allreduce.Span // every parameter's span in the flat gradient
-	copies  []gradCopy       // this step's queued gradient copies, in order
-	copied  []bool           // by parameter: a copy is queued this step
+	// ForceHostGradients copies a device backend's gradients through
+	// host memory even when the world has one worker, where the
+	// all-reduce changes nothing and the round trip is skipped by
+	// default (tests compare the two paths).
+	ForceHostGradients bool
+	spans              []allreduce.Span // every parameter's span in the flat gradient
+	copies             []gradCopy       // this step's queued gradient copies, in order
+	copied             []bool           // by parameter: a copy is queued this step
 }
 
 // gradCopy is a queued device-to-host copy of parameter i's gradient.
@@ -240,9 +245,14 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	if err := red.Begin(ctx, uint64(t.Step)); err != nil {
 		return res, err
 	}
+	// A device backend's gradients and BN buffers go through host memory
+	// for the ring; alone in the world, the all-reduce is the identity
+	// (the metrics riding with it are already this worker's), so they stay
+	// on the device.
 	onDevice := t.hostGrad != nil
+	roundTrip := onDevice && (world > 1 || t.ForceHostGradients)
 	ac, async := t.B.(nn.AsyncCopier)
-	async = async && onDevice && t.Overlap
+	async = async && roundTrip && t.Overlap
 	var hookErr error
 	switch {
 	case !onDevice:
@@ -292,7 +302,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		if err := t.markCopied(ac, red); err != nil && hookErr == nil {
 			hookErr = err
 		}
-	} else if onDevice {
+	} else if roundTrip {
 		t.B.ToHost(t.hostGrad, m.GradsFlat())
 		t.B.ToHost(t.hostBuf, m.BuffersFlat())
 	}
@@ -312,7 +322,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		return res, err
 	}
 	res.Comm = stats
-	if onDevice {
+	if roundTrip {
 		t.B.FromHost(m.GradsFlat(), t.hostGrad)
 		t.B.FromHost(m.BuffersFlat(), t.hostBuf)
 	}
