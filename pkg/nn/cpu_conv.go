@@ -30,7 +30,9 @@ import "github.com/ringtrain/ringtrain/pkg/nn/internal/gemm"
 // (H+2*PadH) x (W+2*PadW) (skipped when there is no padding and stride 1),
 // stored as four phase planes for stride 2 (see convPlan), so every gather
 // is a plain load and every output row under a tap is one contiguous run.
-// col2im accumulates into such a plane and keeps its interior.
+// col2im accumulates into such a plane and keeps its interior; for small
+// planes it instead gathers, per dx pixel, the column entries over it
+// (convPlan.pixelTerms), in the same order.
 //
 // Live taps: a kernel tap (r, s) whose window reads only padding for every
 // output pixel contributes exact zeros, so it is left out of the products
@@ -40,6 +42,9 @@ import "github.com/ringtrain/ringtrain/pkg/nn/internal/gemm"
 // the output is 1x1 and the live taps read the input pixels one each, in
 // order (pointwise), x and y as batch matrices are the products' operands
 // and no padded copy, gather or scatter is made.
+//
+// Convolutions whose every output window covers the whole input plane
+// (3x3 pad 1 on 2x2 planes) are dense products instead (cpu_dense.go).
 //
 // Determinism: every output element is produced by one GEMM element (fixed
 // summation order, any thread count), by a fixed-order sum of chunk

@@ -72,7 +72,10 @@ func (tm *team) do(j *teamJob) {
 	// Chunks still running on helpers are short: wait without parking (a
 	// parked caller would be woken as slowly as a new goroutine), yielding
 	// the core between polls (it may be the one a helper needs).
-	for j.done.Load() < int64(j.chunks) {
+	for spins := 1; j.done.Load() < int64(j.chunks); spins++ {
+		if spins&63 == 0 {
+			runtime.Gosched() // a helper holding a chunk may need this P
+		}
 		yieldThread()
 	}
 }

@@ -16,7 +16,7 @@ func TestParallelPartsTeam(t *testing.T) {
 	for _, threads := range []int{2, 3, 5} {
 		c := NewCPU(threads)
 		busy := make([]atomic.Int32, threads)
-		for call := 0; call < 300; call++ {
+		for call := 0; call < 100; call++ {
 			n := 1 + call*7%200
 			seen := make([]atomic.Int32, n)
 			var bad atomic.Int32
@@ -27,7 +27,7 @@ func TestParallelPartsTeam(t *testing.T) {
 				for i := lo; i < hi; i++ {
 					seen[i].Add(1)
 				}
-				for i := 0; i < 200; i++ { // give other parts time to overlap
+				for i := 0; i < 50; i++ { // give other parts time to overlap
 					runtime.Gosched()
 				}
 				busy[part].Add(-1)
