@@ -17,8 +17,9 @@ import (
 // for the next op for up to teamSpin, then exits (no goroutine outlives a
 // burst of ops by more than that). Every wait yields the core between polls
 // (sched_yield), so that on a machine shared with busy neighbours a waiting
-// goroutine does not take the core from one that has work. Helpers only ever speed an op up: the
-// caller takes chunks like any helper, and runs whatever nobody took.
+// goroutine does not take the core from one that has work. Helpers only
+// ever speed an op up: the caller takes chunks like any helper, and runs
+// whatever nobody took.
 //
 // The GEMMs of the backend's ops go through the same helpers (c.sgemm,
 // gemm.Split), not gemm's pool, whose parked workers would wake as slowly.
