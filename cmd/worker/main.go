@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -24,12 +25,24 @@ func main() {
 	root.AddCommand(runCmd(), summaryCmd(), evaluateCmd())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := root.ExecuteContext(ctx); err != nil {
+	// RINGTRAIN_CPUPROFILE=PREFIX writes this process's CPU profile to
+	// PREFIX.<pid> (go tool pprof reads it): where a job's workers spend
+	// their time, for performance work.
+	if prefix := os.Getenv("RINGTRAIN_CPUPROFILE"); prefix != "" {
+		if f, err := os.Create(fmt.Sprintf("%s.%d", prefix, os.Getpid())); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer func() { pprof.StopCPUProfile(); f.Close() }()
+			}
+		}
+	}
+	err := root.ExecuteContext(ctx)
+	if err != nil {
 		msg := err.Error()
 		if !strings.HasPrefix(msg, "worker:") {
 			msg = "worker: " + msg
 		}
 		fmt.Fprintln(os.Stderr, msg)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
