@@ -39,6 +39,9 @@ func (r *Ring) fusedPath(op *Op) schedule {
 		h.Offset, h.Count = uint64(off), uint32(cnt)
 		return h
 	}
+	// A large vector's all-gather writes go around the cache (see
+	// streamStoreBytes).
+	stream := 4*len(data) >= streamStoreBytes
 	var (
 		out     Header    // the frame being sent
 		scratch []float32 // a received payload that is not one aligned piece
@@ -61,8 +64,12 @@ func (r *Ring) fusedPath(op *Op) schedule {
 				return
 			}
 			addF32Dual(own, fwd, in)
+		case fwd == nil && stream:
+			copyF32Stream(own, in)
 		case fwd == nil:
 			copy(own, in)
+		case stream:
+			copyF32DualStream(own, fwd, in)
 		default:
 			copyF32Dual(own, fwd, in)
 		}
@@ -143,6 +150,15 @@ func (r *Ring) fusedPath(op *Op) schedule {
 	}
 	return schedule{recv: run}
 }
+
+// streamStoreBytes is the vector size from which fusedPath writes the
+// all-gather's values into the vector with non-temporal stores: a vector
+// this large is not in the cache anyway, and an ordinary store would first
+// read every line it overwrites (on the 2-core development machine the
+// all-gather copy into a 44.7 MB vector ran 25-35 % faster, and the 44.7 MB
+// 4-rank collective used about 6 % less CPU). Below it the result stays in
+// the cache for whoever reads it next.
+const streamStoreBytes = 4 << 20
 
 // onePieceF32 views a payload as float32 when it is one 4-byte aligned
 // piece (always so for shared-memory slots).

@@ -232,3 +232,41 @@ func TestMixedRings(t *testing.T) {
 		})
 	}
 }
+
+// TestSharedMemoryLargeVector: a vector of at least streamStoreBytes takes
+// the one-pass path with non-temporal all-gather stores; every rank still
+// gets exactly the ring-order sums (3 ranks, a length that leaves the
+// segments and chunks unaligned to 16 bytes), and Mean divides once.
+func TestSharedMemoryLargeVector(t *testing.T) {
+	if !shmSupported {
+		t.Skip("no shared memory on this OS")
+	}
+	const n = 3
+	l := streamStoreBytes/4 + 1001
+	rings := openRings(t, grpcFabric(true, false), n, DefaultConfig("job", 1, 0, n))
+	in := inputs(11, n, l)
+	for _, red := range []Reduction{Sum, Mean} {
+		out := clone(in)
+		for i, err := range allReduceAll(rings, Tag{Step: uint64(red) + 1}, out, red) {
+			if err != nil {
+				t.Fatalf("%v rank %d: %v", red, i, err)
+			}
+		}
+		for e := 0; e < l; e++ {
+			want := ringOrderSum(in, e)
+			if red == Mean {
+				want /= n
+			}
+			for i := range out {
+				if math.Float32bits(out[i][e]) != math.Float32bits(want) {
+					t.Fatalf("%v rank %d elem %d: got %v, want %v", red, i, e, out[i][e], want)
+				}
+			}
+		}
+	}
+	for i, r := range rings {
+		if r.order != orderLockstep {
+			t.Fatalf("rank %d: not on the lockstep (one-pass) order", i)
+		}
+	}
+}

@@ -187,6 +187,49 @@ func copyF32Dual(dst, out, src []float32) {
 	copy(out[n:], src[n:])
 }
 
+// streamHead is how many leading elements of dst precede its first
+// 16-byte boundary (the non-temporal kernels need an aligned dst).
+func streamHead(dst []float32) int {
+	if len(dst) == 0 {
+		return 0
+	}
+	mis := int(uintptr(unsafe.Pointer(&dst[0])) & 15)
+	return min(len(dst), (16-mis)&15/4)
+}
+
+// copyF32DualStream is copyF32Dual with dst written by non-temporal
+// stores: no read of dst's old contents into the cache and no eviction of
+// what is there (out, a shared-memory slot the neighbour reads next, is
+// written normally). For an all-gather into a vector far larger than the
+// cache, whose lines would be fetched only to be overwritten. The values
+// are the same bits as copyF32Dual's; the stores are fenced before it
+// returns.
+func copyF32DualStream(dst, out, src []float32) {
+	out, src = out[:len(dst)], src[:len(dst)]
+	h := streamHead(dst)
+	copy(dst[:h], src[:h])
+	copy(out[:h], src[:h])
+	n := h + (len(dst)-h)/addF32Block*addF32Block
+	if n > h {
+		copyF32DualStreamBlocks(dst[h:n], out[h:n], src[h:n])
+	}
+	copy(dst[n:], src[n:])
+	copy(out[n:], src[n:])
+}
+
+// copyF32Stream sets dst[i] = src[i] (len(src) >= len(dst)) with
+// non-temporal stores, as copyF32DualStream does for dst.
+func copyF32Stream(dst, src []float32) {
+	src = src[:len(dst)]
+	h := streamHead(dst)
+	copy(dst[:h], src[:h])
+	n := h + (len(dst)-h)/addF32Block*addF32Block
+	if n > h {
+		copyF32StreamBlocks(dst[h:n], src[h:n])
+	}
+	copy(dst[n:], src[n:])
+}
+
 // addPieces adds a received payload into dst; copyPieces stores it.
 func addPieces(dst []float32, pieces [][]byte, d DType) {
 	forEachRun(pieces, d.Size(), func(e int, b []byte) { addRun(dst[e:], b, d) })

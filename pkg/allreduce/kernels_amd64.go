@@ -27,5 +27,19 @@ func addF32DualBlocks(dst, out, src []float32)
 //go:noescape
 func copyF32DualBlocks(dst, out, src []float32)
 
+// copyF32DualStreamBlocks is copyF32DualBlocks with dst (16-byte aligned)
+// written by non-temporal stores, followed by a store fence (see
+// copyF32DualStream).
+//
+//go:noescape
+func copyF32DualStreamBlocks(dst, out, src []float32)
+
+// copyF32StreamBlocks sets dst[i] = src[i] for every i below len(dst)
+// rounded down to a multiple of 16 with non-temporal stores (dst 16-byte
+// aligned), followed by a store fence.
+//
+//go:noescape
+func copyF32StreamBlocks(dst, src []float32)
+
 // addF32Block is how many elements the block kernels handle per step.
 const addF32Block = 16

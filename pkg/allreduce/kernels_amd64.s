@@ -145,3 +145,69 @@ cploop:
 
 cpdone:
 	RET
+
+// func copyF32DualStreamBlocks(dst, out, src []float32)
+// dst[i] = src[i]; out[i] = src[i], for i < len(dst) rounded down to a
+// multiple of 16; len(out), len(src) >= len(dst); dst 16-byte aligned.
+// dst is written with non-temporal stores (no read for ownership, not
+// kept in cache), out with ordinary ones; an SFENCE at the end makes the
+// streamed stores globally visible before the function returns.
+TEXT ·copyF32DualStreamBlocks(SB), NOSPLIT, $0-72
+	MOVQ dst_base+0(FP), DI
+	MOVQ dst_len+8(FP), CX
+	MOVQ out_base+24(FP), DX
+	MOVQ src_base+48(FP), SI
+	SHRQ $4, CX
+	JZ   csdone
+
+csloop:
+	MOVUPS  0(SI), X0
+	MOVUPS  16(SI), X1
+	MOVUPS  32(SI), X2
+	MOVUPS  48(SI), X3
+	MOVNTPS X0, 0(DI)
+	MOVNTPS X1, 16(DI)
+	MOVNTPS X2, 32(DI)
+	MOVNTPS X3, 48(DI)
+	MOVUPS  X0, 0(DX)
+	MOVUPS  X1, 16(DX)
+	MOVUPS  X2, 32(DX)
+	MOVUPS  X3, 48(DX)
+	ADDQ    $64, DI
+	ADDQ    $64, SI
+	ADDQ    $64, DX
+	DECQ    CX
+	JNZ     csloop
+
+csdone:
+	SFENCE
+	RET
+
+// func copyF32StreamBlocks(dst, src []float32)
+// dst[i] = src[i] for i < len(dst) rounded down to a multiple of 16;
+// len(src) >= len(dst); dst 16-byte aligned; non-temporal stores, then
+// SFENCE.
+TEXT ·copyF32StreamBlocks(SB), NOSPLIT, $0-48
+	MOVQ dst_base+0(FP), DI
+	MOVQ dst_len+8(FP), CX
+	MOVQ src_base+24(FP), SI
+	SHRQ $4, CX
+	JZ   stdone
+
+stloop:
+	MOVUPS  0(SI), X0
+	MOVUPS  16(SI), X1
+	MOVUPS  32(SI), X2
+	MOVUPS  48(SI), X3
+	MOVNTPS X0, 0(DI)
+	MOVNTPS X1, 16(DI)
+	MOVNTPS X2, 32(DI)
+	MOVNTPS X3, 48(DI)
+	ADDQ    $64, DI
+	ADDQ    $64, SI
+	DECQ    CX
+	JNZ     stloop
+
+stdone:
+	SFENCE
+	RET

@@ -37,4 +37,13 @@ func copyF32DualBlocks(dst, out, src []float32) {
 	copy(out[:n], src[:n])
 }
 
+// Without non-temporal stores the streamed copies are plain copies.
+
+func copyF32DualStreamBlocks(dst, out, src []float32) { copyF32DualBlocks(dst, out, src) }
+
+func copyF32StreamBlocks(dst, src []float32) {
+	n := len(dst) / addF32Block * addF32Block
+	copy(dst[:n], src[:n])
+}
+
 const addF32Block = 16

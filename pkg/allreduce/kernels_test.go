@@ -36,8 +36,9 @@ func TestAddF32MatchesScalar(t *testing.T) {
 	}
 }
 
-// TestFusedKernelsMatchScalar checks addF32To, addF32Dual and copyF32Dual
-// against plain loops, bit for bit (NaN and Inf included), for every
+// TestFusedKernelsMatchScalar checks addF32To, addF32Dual, copyF32Dual and
+// the non-temporal copyF32DualStream and copyF32Stream (every alignment of
+// dst, so their scalar heads and tails too) against plain loops, bit for bit (NaN and Inf included), for every
 // length up to 70 and every start offset mod 4.
 func TestFusedKernelsMatchScalar(t *testing.T) {
 	rng := rand.New(rand.NewSource(8))
@@ -87,6 +88,20 @@ func TestFusedKernelsMatchScalar(t *testing.T) {
 			copyF32Dual(dst[off:], fwd[off:], src[off:])
 			same("copyF32Dual dst", n, off, dst, wantDst)
 			same("copyF32Dual out", n, off, fwd, wantFwd)
+
+			dst, fwd = vec(n+off), vec(n+off)
+			wantDst, wantFwd = append([]float32(nil), dst...), append([]float32(nil), fwd...)
+			copy(wantDst[off:], src[off:])
+			copy(wantFwd[off:], src[off:])
+			copyF32DualStream(dst[off:], fwd[off:], src[off:])
+			same("copyF32DualStream dst", n, off, dst, wantDst)
+			same("copyF32DualStream out", n, off, fwd, wantFwd)
+
+			dst = vec(n + off)
+			wantDst = append([]float32(nil), dst...)
+			copy(wantDst[off:], src[off:])
+			copyF32Stream(dst[off:], src[off:])
+			same("copyF32Stream", n, off, dst, wantDst)
 		}
 	}
 }

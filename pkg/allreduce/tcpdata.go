@@ -123,6 +123,12 @@ func (t *GRPCTransport) dialData(ctx context.Context, authority string, ack *rin
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
+		if b := t.cfg.TCPSendBuffer; b > 0 {
+			if err := tc.SetWriteBuffer(b); err != nil {
+				_ = c.Close()
+				return nil, fmt.Errorf("%w: frame connection send buffer: %w", ErrClosed, err)
+			}
+		}
 	}
 	if creds := t.cfg.ClientCreds; creds != nil {
 		sc, _, err := creds.ClientHandshake(ctx, authority, c)

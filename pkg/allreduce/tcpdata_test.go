@@ -68,3 +68,11 @@ func TestFrameReaderStream(t *testing.T) {
 		t.Fatalf("read past the frame: got %v, want ErrMalformed", err)
 	}
 }
+
+// TestTCPSendBufferLimit: a frame-connection send buffer over 1 GiB is
+// refused (the read-back of the option is in tcpdata_linux_test.go).
+func TestTCPSendBufferLimit(t *testing.T) {
+	if _, err := NewGRPCTransport(GRPCConfig{TCPSendBuffer: 2 << 30}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("2 GiB send buffer: got %v, want ErrConfig", err)
+	}
+}

@@ -46,6 +46,8 @@ var (
 	python   = flag.String("python", "/usr/bin/python3", "python with torch")
 	rawIters = flag.Int("raw-iters", 5, "raw TCP repetitions (best reported)")
 	cpuProf  = flag.String("cpuprofile", "", "write rank 0's CPU profile here")
+	shmSlots = flag.Int("shmslots", 0, "GRPCConfig.ShmSlots of the same-host path (0: default)")
+	sndbuf   = flag.Int("sndbuf", 0, "GRPCConfig.TCPSendBuffer of the frame connections (0: default, -1: kernel autotuning)")
 )
 
 func main() {
@@ -86,7 +88,7 @@ func ints(s string) []int {
 
 func runChild() error {
 	g, err := allreduce.NewGRPCTransport(allreduce.GRPCConfig{
-		HostID: "bench", DisableSharedMemory: *mode != "shm", MaxChunkBytes: max(*chunk, 1<<20)})
+		HostID: "bench", DisableSharedMemory: *mode != "shm", MaxChunkBytes: max(*chunk, 1<<20), TCPSendBuffer: *sndbuf, ShmSlots: *shmSlots})
 	if err != nil {
 		return err
 	}
@@ -374,7 +376,7 @@ func runRing(exe string, n int, m string) ([]result, rawResult, error) {
 	var addrs, raws []string
 	for i := range procs {
 		cmd := exec.Command(exe, "-child", "-rank", strconv.Itoa(i), "-world", strconv.Itoa(n), "-mode", m,
-			"-sizes", *sizes, "-iters", strconv.Itoa(*iters), "-chunk", strconv.Itoa(*chunk), "-raw-iters", strconv.Itoa(*rawIters), "-cpuprofile", *cpuProf)
+			"-sizes", *sizes, "-iters", strconv.Itoa(*iters), "-chunk", strconv.Itoa(*chunk), "-raw-iters", strconv.Itoa(*rawIters), "-cpuprofile", *cpuProf, "-sndbuf", strconv.Itoa(*sndbuf), "-shmslots", strconv.Itoa(*shmSlots))
 		cmd.Stderr = os.Stderr
 		in, err := cmd.StdinPipe()
 		if err != nil {
