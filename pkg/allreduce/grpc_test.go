@@ -1,7 +1,6 @@
 package allreduce
 
 import (
-	"context"
 	"fmt"
 	"math"
 	"os"
@@ -72,46 +71,17 @@ func TestSharedMemoryChosen(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			var ts [2]*GRPCTransport
-			var peers []string
-			for i := range ts {
-				g, err := NewGRPCTransport(GRPCConfig{HostID: c.hosts[i], ShmDir: dir, DisableSharedMemory: c.disable})
-				if err != nil {
-					t.Fatal(err)
-				}
-				addr, err := g.Listen("127.0.0.1:0")
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer g.Close()
-				ts[i] = g
-				peers = append(peers, addr.String())
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			links := make([]Link, 2)
-			errs := make(chan error, 2)
-			for i := range ts {
-				go func(i int) {
-					var err error
-					links[i], err = ts[i].Open(ctx, Plan{Job: "j", Generation: 1, Rank: i, Peers: peers})
-					errs <- err
-				}(i)
-			}
-			for range ts {
-				if err := <-errs; err != nil {
-					t.Fatal(err)
-				}
-			}
+			links := openLinkPair(t, func(i int) GRPCConfig {
+				return GRPCConfig{HostID: c.hosts[i], ShmDir: dir, DisableSharedMemory: c.disable}
+			})
 			for i, l := range links {
-				if got := l.(*grpcLink).SharedMemory(); got != c.want {
+				if got := l.SharedMemory(); got != c.want {
 					t.Fatalf("rank %d: shared memory %v, want %v", i, got, c.want)
 				}
 				// Shared memory both ways: the ring takes the one-pass path.
-				if got := l.(*grpcLink).ForwardInRecv(); got != c.want {
+				if got := l.ForwardInRecv(); got != c.want {
 					t.Fatalf("rank %d: forward in recv %v, want %v", i, got, c.want)
 				}
-				defer l.Close()
 			}
 			left, _ := filepath.Glob(filepath.Join(dir, "*"))
 			for _, f := range left {

@@ -7,18 +7,15 @@ import (
 	"time"
 )
 
-// shmPair opens a 2-rank ring of same-host GRPCTransports and returns the
-// links (rank 0 sends to rank 1 and back) over shared memory.
-func shmPair(t *testing.T) [2]*grpcLink {
+// openLinkPair starts two GRPCTransports on loopback, rank i configured
+// by cfg(i), and opens the two ranks' links of a 2-rank ring
+// concurrently; transports and links are closed when the test ends.
+func openLinkPair(t *testing.T, cfg func(rank int) GRPCConfig) [2]*grpcLink {
 	t.Helper()
-	if !shmSupported {
-		t.Skip("no shared memory on this OS")
-	}
-	dir := t.TempDir()
 	var ts [2]*GRPCTransport
 	var peers []string
 	for i := range ts {
-		g, err := NewGRPCTransport(GRPCConfig{HostID: "h", ShmDir: dir, ShmSlots: 2, MaxChunkBytes: 1 << 16})
+		g, err := NewGRPCTransport(cfg(i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,11 +45,27 @@ func shmPair(t *testing.T) [2]*grpcLink {
 			t.Fatal(err)
 		}
 	}
+	for _, l := range links {
+		t.Cleanup(func() { _ = l.Close() })
+	}
+	return links
+}
+
+// shmPair opens a 2-rank ring of same-host GRPCTransports and returns the
+// links (rank 0 sends to rank 1 and back) over shared memory.
+func shmPair(t *testing.T) [2]*grpcLink {
+	t.Helper()
+	if !shmSupported {
+		t.Skip("no shared memory on this OS")
+	}
+	dir := t.TempDir()
+	links := openLinkPair(t, func(int) GRPCConfig {
+		return GRPCConfig{HostID: "h", ShmDir: dir, ShmSlots: 2, MaxChunkBytes: 1 << 16}
+	})
 	for i, l := range links {
 		if !l.SharedMemory() {
 			t.Fatalf("rank %d: no shared memory", i)
 		}
-		t.Cleanup(func() { _ = l.Close() })
 	}
 	return links
 }

@@ -1,12 +1,10 @@
 package allreduce
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // TestTCPSendBuffer: the frame connection gets GRPCConfig.TCPSendBuffer as
@@ -22,39 +20,11 @@ func TestTCPSendBuffer(t *testing.T) {
 		{"default", 0, 2 * defaultTCPSendBuffer},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			ts := make([]*GRPCTransport, 2)
-			var peers []string
-			for i := range ts {
-				g, err := NewGRPCTransport(GRPCConfig{HostID: fmt.Sprintf("host-%d", i), TCPSendBuffer: c.set})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer g.Close()
-				addr, err := g.Listen("127.0.0.1:0")
-				if err != nil {
-					t.Fatal(err)
-				}
-				ts[i], peers = g, append(peers, addr.String())
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			links := make([]Link, 2)
-			errs := make(chan error, 2)
-			for i := range ts {
-				go func(i int) {
-					var err error
-					links[i], err = ts[i].Open(ctx, Plan{Job: "j", Generation: 1, Rank: i, Peers: peers})
-					errs <- err
-				}(i)
-			}
-			for range ts {
-				if err := <-errs; err != nil {
-					t.Fatal(err)
-				}
-			}
+			links := openLinkPair(t, func(i int) GRPCConfig {
+				return GRPCConfig{HostID: fmt.Sprintf("host-%d", i), TCPSendBuffer: c.set}
+			})
 			for i, l := range links {
-				defer l.Close()
-				out := l.(*grpcLink).out
+				out := l.out
 				if out == nil {
 					t.Fatalf("rank %d: no TCP frame connection", i)
 				}
