@@ -329,16 +329,19 @@ type convAccel interface {
 
 func (d *cudaDevice) hasConvLib() bool { return d.dnn != nil }
 
+// hasCUDNN reports whether cuDNN convolutions are available.
+func (b *Backend) hasCUDNN() bool {
+	acc, ok := b.dev.(convAccel)
+	return ok && acc.hasConvLib() && b.opts.Conv != ConvIm2col
+}
+
 // plan returns the cuDNN plan of p for direction dir, or nil when that
 // convolution uses im2col (no library, forced, or no admissible algorithm).
 func (b *Backend) plan(p nn.ConvParams, dir int) *convPlan {
-	if b.forceIm2col || b.opts.Conv == ConvIm2col {
+	if b.forceIm2col || !b.hasCUDNN() {
 		return nil
 	}
-	acc, ok := b.dev.(convAccel)
-	if !ok || !acc.hasConvLib() {
-		return nil
-	}
+	acc := b.dev.(convAccel)
 	pl, seen := b.plans[p]
 	if !seen {
 		var err error

@@ -20,8 +20,9 @@ func aligned16(ts ...*nn.Tensor) bool {
 	return true
 }
 
-// vecLaunch launches a _v4 kernel over n4 quads (at least one block, so
-// the n%4 tail of the flat kernels always has threads).
+// vecLaunch launches a vector kernel over n4 vectors (float4 quads, or
+// 8-bf16 groups of the resident kernels), at least one block, so the n%4
+// tail of the flat _v4 kernels always has threads.
 func (b *Backend) vecLaunch(name string, n4 int, args []karg) {
 	b.ok(b.dev.launch(name, b.gridFor(max(n4, 1)), dim3{blockSize, 1, 1}, args))
 }
@@ -35,7 +36,7 @@ func (b *Backend) bnForward(y, x, mean, invStd, gamma, beta *nn.Tensor, relu boo
 	if d, ok := b.residentIO([]*nn.Tensor{y}, x); ok {
 		co := b.bnCoef(0, d.c, mean, invStd, gamma, beta, nil, nil, 0)
 		if b.err == nil {
-			b.vec8("k_nhwc_bn_apply", n, a(y, x, co, d.c, n/8, relu))
+			b.vecLaunch("k_nhwc_bn_apply", n/8, a(y, x, co, d.c, n/8, relu))
 			b.setResident(y, d)
 		}
 		return
@@ -60,7 +61,7 @@ func (b *Backend) add(y, x1, x2 *nn.Tensor, relu bool) {
 		return
 	}
 	if d, ok := b.residentIO([]*nn.Tensor{y}, x1, x2); ok {
-		b.vec8("k_bf16_add", n, a(y, x1, x2, n/8, relu))
+		b.vecLaunch("k_bf16_add", n/8, a(y, x1, x2, n/8, relu))
 		b.setResident(y, d)
 		return
 	}

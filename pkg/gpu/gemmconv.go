@@ -147,9 +147,3 @@ func (b *Backend) narrowConv(dir int, p nn.ConvParams, x, w, y *nn.Tensor) {
 	b.ok(b.dev.gemm(gemmCall{transA: true, m: p.K, n: CRS, k: NPQ, alpha: 1, beta: 1, a: dyb, lda: p.K, transB: true,
 		b: col, ldb: NPQ, c: ptr(w), ldc: CRS, bf16Operands: true}))
 }
-
-// hasCUDNN reports whether cuDNN convolutions are available.
-func (b *Backend) hasCUDNN() bool {
-	acc, ok := b.dev.(convAccel)
-	return ok && acc.hasConvLib() && b.opts.Conv != ConvIm2col
-}

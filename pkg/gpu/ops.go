@@ -327,7 +327,7 @@ func (b *Backend) BatchNormBackward(dx, dy, x, mean, invStd, gamma, sumDy, sumDy
 	if d, ok := b.residentIO([]*nn.Tensor{dx}, dy, x); ok {
 		co := b.bnCoef(1, d.c, mean, invStd, gamma, nil, sumDy, sumDyXhat, m)
 		if b.err == nil {
-			b.vec8("k_nhwc_bn_backward", d.numel(), a(dx, dy, x, co, d.c, d.numel()/8))
+			b.vecLaunch("k_nhwc_bn_backward", d.numel()/8, a(dx, dy, x, co, d.c, d.numel()/8))
 			b.setResident(dx, d)
 		}
 		return
@@ -380,7 +380,7 @@ func (b *Backend) ReLU(y, x *nn.Tensor) {
 		return
 	}
 	if d, ok := b.residentIO([]*nn.Tensor{y}, x); ok {
-		b.vec8("k_bf16_relu", d.numel(), a(y, x, d.numel()/8))
+		b.vecLaunch("k_bf16_relu", d.numel()/8, a(y, x, d.numel()/8))
 		b.setResident(y, d)
 		return
 	}
@@ -395,7 +395,7 @@ func (b *Backend) ReLUBackward(dx, dy, y *nn.Tensor) {
 		return
 	}
 	if d, ok := b.residentIO([]*nn.Tensor{dx}, dy, y); ok {
-		b.vec8("k_bf16_relu_bwd", d.numel(), a(dx, dy, y, d.numel()/8))
+		b.vecLaunch("k_bf16_relu_bwd", d.numel()/8, a(dx, dy, y, d.numel()/8))
 		b.setResident(dx, d)
 		return
 	}

@@ -209,10 +209,6 @@ func (b *Backend) bnCoef(mode int, c int, mean, invStd, gamma, beta, sumDy, sumD
 	return co
 }
 
-func (b *Backend) vec8(name string, n int, args []karg) {
-	b.ok(b.dev.launch(name, b.gridFor(max(n/8, 1)), dim3{blockSize, 1, 1}, args))
-}
-
 // narrowOut makes a convolution's float32 output t resident (dims d) when
 // the precision keeps activations resident (the im2col path; cuDNN
 // writes resident outputs directly).
