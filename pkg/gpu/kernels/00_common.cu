@@ -67,6 +67,36 @@ __device__ __forceinline__ void pool_windows(int i, int pad, int K, int S, int n
   *o1 = min((i + pad) / S, n - 1);
 }
 
+__device__ __forceinline__ float bf2f(bf16 h) { return __uint_as_float((u32)h << 16); }
+
+// load32 reads one element as a float (bf16 widened exactly).
+__device__ __forceinline__ float load32(const float* p) { return *p; }
+__device__ __forceinline__ float load32(const bf16* p) { return bf2f(*p); }
+
+// window_max returns the maximum of output (p, q)'s K x K window (stride S,
+// padding pad) of an H x W plane whose element (h, w) is xp[(h*W + w)*step],
+// with torch's rules: padding is -inf, the first maximum in row-major
+// window order wins, a NaN wins; *bi receives the winner's h*W + w.
+template <typename T>
+__device__ __forceinline__ float window_max(const T* xp, u64 step, u32 p, u32 q, u32 H, u32 W, int K, int S, int pad,
+                                            int* bi) {
+  int h0 = (int)p * S - pad, w0 = (int)q * S - pad;
+  int hs = max(h0, 0), ws = max(w0, 0);
+  int he = min(h0 + K, (int)H), we = min(w0 + K, (int)W);
+  float best = -FINF;
+  *bi = hs * (int)W + ws;
+  for (int h = hs; h < he; h++) {
+    for (int w = ws; w < we; w++) {
+      float v = load32(xp + (u64)(h * (int)W + w) * step);
+      if (v > best || v != v) {
+        best = v;
+        *bi = h * (int)W + w;
+      }
+    }
+  }
+  return best;
+}
+
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16* p, float v) { *p = f2bf(v); }
 

@@ -6,8 +6,6 @@
 // moves one uint4, eight channels of one row. Arithmetic is float32
 // (statistics float64), rounded to bf16 once when stored.
 
-__device__ __forceinline__ float bf2f(bf16 h) { return __uint_as_float((u32)h << 16); }
-
 __device__ __forceinline__ void unpack8(uint4 v, float* f) {
   f[0] = __uint_as_float(v.x << 16);
   f[1] = __uint_as_float(v.x & 0xffff0000u);
@@ -253,21 +251,8 @@ extern "C" __global__ void k_nhwc_maxpool(bf16* y, float* argmax, const bf16* x,
     u32 q = t % Q;
     u32 p = (t / Q) % P;
     u32 n = t / (P * Q);
-    const bf16* xp = x + (u64)n * H * W * C + c;
-    int h0 = (int)p * S - pad, w0 = (int)q * S - pad;
-    int hs = max(h0, 0), ws = max(w0, 0);
-    int he = min(h0 + K, (int)H), we = min(w0 + K, (int)W);
-    float best = -FINF;
-    int bi = hs * (int)W + ws;
-    for (int h = hs; h < he; h++) {
-      for (int w = ws; w < we; w++) {
-        float v = bf2f(xp[(u64)(h * (int)W + w) * C]);
-        if (v > best || v != v) {
-          best = v;
-          bi = h * (int)W + w;
-        }
-      }
-    }
+    int bi;
+    float best = window_max(x + (u64)n * H * W * C + c, C, p, q, H, W, K, S, pad, &bi);
     y[i] = f2bf(best);
     argmax[i] = (float)bi;
   }

@@ -8,21 +8,8 @@ extern "C" __global__ void k_maxpool(float* y, float* argmax, const float* x, u3
     u32 q = i % Q;
     u32 p = (i / Q) % P;
     u32 nc = i / (P * Q);
-    const float* xp = x + (u64)nc * H * W;
-    int h0 = (int)p * S - pad, w0 = (int)q * S - pad;
-    int hs = max(h0, 0), ws = max(w0, 0);
-    int he = min(h0 + K, (int)H), we = min(w0 + K, (int)W);
-    float best = -FINF;
-    int bi = hs * (int)W + ws;
-    for (int h = hs; h < he; h++) {
-      for (int w = ws; w < we; w++) {
-        float v = xp[h * (int)W + w];
-        if (v > best || v != v) {  // torch: NaN wins
-          best = v;
-          bi = h * (int)W + w;
-        }
-      }
-    }
+    int bi;
+    float best = window_max(x + (u64)nc * H * W, 1, p, q, H, W, K, S, pad, &bi);
     y[i] = best;
     argmax[i] = (float)bi;
   }
