@@ -377,10 +377,10 @@ func (b *Backend) toNHWC(name string, t *nn.Tensor, n, c, hw int) uint64 {
 	return buf
 }
 
-// fromNHWC writes bf16 NHWC src into t (N,C,H,W fp32): assign, or add
+// fromNHWC writes bf16 NHWC src into dst (N,C,H,W fp32): assign, or add
 // when accumulate.
-func (b *Backend) fromNHWC(t *nn.Tensor, src uint64, n, c, hw int, accumulate bool) {
-	b.elem("k_nhwc_bf16_to_nchw", n*c*hw, a(t, src, n, c, hw, accumulate))
+func (b *Backend) fromNHWC(dst, src uint64, n, c, hw int, accumulate bool) {
+	b.elem("k_nhwc_bf16_to_nchw", n*c*hw, a(dst, src, n, c, hw, accumulate))
 }
 
 // dnnConv runs direction dir with cuDNN when a plan exists; it reports
@@ -428,7 +428,7 @@ func (b *Backend) dnnConv(dir int, p nn.ConvParams, x, w, y *nn.Tensor) bool {
 		yb := b.getScratch("dnn_y", uint64(p.N*p.K*PQ)*2)
 		if b.err == nil && b.ok(acc.runConv(pl, dir, xb, wb, yb, ws, 1, 0)) {
 			b.setPlain(y)
-			b.fromNHWC(y, yb, p.N, p.K, PQ, false)
+			b.fromNHWC(ptr(y), yb, p.N, p.K, PQ, false)
 		}
 	case convBwdData:
 		yb := b.residentPtr("dnn_y", y, yd)
@@ -442,14 +442,14 @@ func (b *Backend) dnnConv(dir int, p nn.ConvParams, x, w, y *nn.Tensor) bool {
 		xb := b.getScratch("dnn_x", uint64(p.N*p.C*HW)*2)
 		if b.err == nil && b.ok(acc.runConv(pl, dir, xb, wb, yb, ws, 1, 0)) {
 			b.setPlain(x)
-			b.fromNHWC(x, xb, p.N, p.C, HW, false)
+			b.fromNHWC(ptr(x), xb, p.N, p.C, HW, false)
 		}
 	default:
 		xb := b.residentPtr("dnn_x", x, xd)
 		yb := b.residentPtr("dnn_y", y, yd)
 		wb := b.getScratch("dnn_w", uint64(p.K*p.C*RS)*2)
 		if b.err == nil && b.ok(acc.runConv(pl, dir, xb, wb, yb, ws, 1, 0)) {
-			b.fromNHWC(w, wb, p.K, p.C, RS, true)
+			b.fromNHWC(ptr(w), wb, p.K, p.C, RS, true)
 		}
 	}
 	return true

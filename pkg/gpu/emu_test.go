@@ -433,7 +433,7 @@ func TestLayoutKernels(t *testing.T) {
 	}
 	y := b.New(n, c, hw)
 	b.Fill(y, 100)
-	b.fromNHWC(y, buf, n, c, hw, false)
+	b.fromNHWC(ptr(y), buf, n, c, hw, false)
 	h := make([]float32, len(v))
 	b.ToHost(h, y)
 	for i := range h {
@@ -442,7 +442,7 @@ func TestLayoutKernels(t *testing.T) {
 			t.Fatalf("assign: element %d = %v, want %v", i, h[i], want)
 		}
 	}
-	b.fromNHWC(y, buf, n, c, hw, true)
+	b.fromNHWC(ptr(y), buf, n, c, hw, true)
 	b.ToHost(h, y)
 	for i := range h {
 		if w := 2 * bf(v[i]); h[i] != w {

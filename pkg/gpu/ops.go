@@ -495,7 +495,7 @@ func (b *Backend) MaxPool2dBackward(dx, dy, argmax *nn.Tensor, p nn.PoolParams) 
 		b.elem("k_nhwc_maxpool_bwd", dx.Numel(), a(out, dyp, argmax, p.N, p.C, p.H, p.W, p.P(), p.Q(), p.Kernel, p.Stride, p.Pad))
 		if out != ptr(dx) {
 			b.setPlain(dx)
-			b.fromNHWC32(ptr(dx), out, d)
+			b.fromNHWC(ptr(dx), out, d.n, d.c, d.hw, false)
 			return
 		}
 		b.setResident(dx, d)

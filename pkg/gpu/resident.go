@@ -97,26 +97,19 @@ func (b *Backend) widen(ts ...*nn.Tensor) {
 		if b.err != nil {
 			return
 		}
-		b.fromNHWC32(s, ptr(t), d)
+		b.fromNHWC(s, ptr(t), d.n, d.c, d.hw, false)
 		b.ok(b.dev.copyDtoD(ptr(t), s, uint64(n)*4))
 		b.setPlain(t)
 	}
 }
 
-// fromNHWC32 writes resident src (dims d) as float32 (N, C, H, W) at dst.
-func (b *Backend) fromNHWC32(dst, src uint64, d actDims) {
-	b.elem("k_nhwc_bf16_to_nchw", d.numel(), a(dst, src, d.n, d.c, d.hw, false))
-}
-
 // narrow makes float32 tensor t resident with dims d, in place.
 func (b *Backend) narrow(t *nn.Tensor, d actDims) {
-	n := d.numel()
-	s := b.getScratch("repr", uint64(n)*2)
+	s := b.toNHWC("repr", t, d.n, d.c, d.hw)
 	if b.err != nil {
 		return
 	}
-	b.elem("k_nchw_to_nhwc_bf16", n, a(s, t, d.n, d.c, d.hw))
-	b.ok(b.dev.copyDtoD(ptr(t), s, uint64(n)*2))
+	b.ok(b.dev.copyDtoD(ptr(t), s, uint64(d.numel())*2))
 	b.setResident(t, d)
 }
 
@@ -169,7 +162,7 @@ func (b *Backend) plainPtr(name string, t *nn.Tensor) uint64 {
 	}
 	s := b.getScratch(name, uint64(d.numel())*4)
 	if b.err == nil {
-		b.fromNHWC32(s, ptr(t), d)
+		b.fromNHWC(s, ptr(t), d.n, d.c, d.hw, false)
 	}
 	return s
 }
