@@ -383,6 +383,23 @@ func (b *Backend) fromNHWC(dst, src uint64, n, c, hw int, accumulate bool) {
 	b.elem("k_nhwc_bf16_to_nchw", n*c*hw, a(dst, src, n, c, hw, accumulate))
 }
 
+// bf16Output runs an op that writes a bf16 (N, H*W, C) result of dims d
+// at the address it is given: t itself when t may become resident (and
+// is then recorded so), else scratch that is widened into t afterwards.
+func (b *Backend) bf16Output(t *nn.Tensor, d actDims, scratch string, run func(out uint64) error) {
+	if b.residentOK(d.c, t) {
+		if b.err == nil && b.ok(run(ptr(t))) {
+			b.setResident(t, d)
+		}
+		return
+	}
+	out := b.getScratch(scratch, uint64(d.numel())*2)
+	if b.err == nil && b.ok(run(out)) {
+		b.setPlain(t)
+		b.fromNHWC(ptr(t), out, d.n, d.c, d.hw, false)
+	}
+}
+
 // dnnConv runs direction dir with cuDNN when a plan exists; it reports
 // whether it did. out/in follow the op: fwd (y; x, w), bwd-data (dx; dy,
 // w), bwd-filter (dw; x, dy).
@@ -419,31 +436,11 @@ func (b *Backend) dnnConv(dir int, p nn.ConvParams, x, w, y *nn.Tensor) bool {
 	case convFwd:
 		xb := b.residentPtr("dnn_x", x, xd)
 		wb := b.toNHWC("dnn_w", w, p.K, p.C, RS)
-		if b.residentOK(p.K, y) {
-			if b.err == nil && b.ok(acc.runConv(pl, dir, xb, wb, ptr(y), ws, 1, 0)) {
-				b.setResident(y, yd)
-			}
-			break
-		}
-		yb := b.getScratch("dnn_y", uint64(p.N*p.K*PQ)*2)
-		if b.err == nil && b.ok(acc.runConv(pl, dir, xb, wb, yb, ws, 1, 0)) {
-			b.setPlain(y)
-			b.fromNHWC(ptr(y), yb, p.N, p.K, PQ, false)
-		}
+		b.bf16Output(y, yd, "dnn_y", func(out uint64) error { return acc.runConv(pl, dir, xb, wb, out, ws, 1, 0) })
 	case convBwdData:
 		yb := b.residentPtr("dnn_y", y, yd)
 		wb := b.toNHWC("dnn_w", w, p.K, p.C, RS)
-		if b.residentOK(p.C, x) {
-			if b.err == nil && b.ok(acc.runConv(pl, dir, ptr(x), wb, yb, ws, 1, 0)) {
-				b.setResident(x, xd)
-			}
-			break
-		}
-		xb := b.getScratch("dnn_x", uint64(p.N*p.C*HW)*2)
-		if b.err == nil && b.ok(acc.runConv(pl, dir, xb, wb, yb, ws, 1, 0)) {
-			b.setPlain(x)
-			b.fromNHWC(ptr(x), xb, p.N, p.C, HW, false)
-		}
+		b.bf16Output(x, xd, "dnn_x", func(out uint64) error { return acc.runConv(pl, dir, out, wb, yb, ws, 1, 0) })
 	default:
 		xb := b.residentPtr("dnn_x", x, xd)
 		yb := b.residentPtr("dnn_y", y, yd)
