@@ -174,6 +174,10 @@ func testPeerProcess(t *testing.T, sig syscall.Signal, shm bool) {
 	failAfter := make([]time.Duration, 2)
 	errs := make([]error, 2)
 	steps := make([]int, 2)
+	// first[i] closes when rank i has finished its first collective: the
+	// signal goes out only once both are running (a fixed sleep was too
+	// short on a loaded machine).
+	first := []chan struct{}{make(chan struct{}), make(chan struct{})}
 	for i := range rings {
 		wg.Add(1)
 		go func(i int) {
@@ -186,11 +190,22 @@ func testPeerProcess(t *testing.T, sig syscall.Signal, shm bool) {
 					mu.Unlock()
 					return
 				}
+				mu.Lock()
 				steps[i]++
+				if steps[i] == 1 {
+					close(first[i])
+				}
+				mu.Unlock()
 			}
 		}(i)
 	}
-	time.Sleep(300 * time.Millisecond) // collectives are running
+	for i := range first {
+		select {
+		case <-first[i]:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("rank %d: no collective finished within 10s of the ring opening", i)
+		}
+	}
 	mu.Lock()
 	killedAt = time.Now()
 	mu.Unlock()
@@ -198,6 +213,8 @@ func testPeerProcess(t *testing.T, sig syscall.Signal, shm bool) {
 		t.Fatal(err)
 	}
 	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
 	for i := range rings {
 		t.Logf("rank %d: %d collectives, then failed %v after the signal: %v", i, steps[i], failAfter[i].Round(time.Millisecond), errs[i])
 		if steps[i] == 0 {
