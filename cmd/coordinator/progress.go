@@ -56,6 +56,35 @@ type stepLine struct {
 	ImagesPerSec float64 `json:"images_per_sec"` // all workers together
 	Generation   uint64  `json:"generation"`
 	Time         string  `json:"time"`
+	// Phases is where rank 0's step went (see controlpb.StepPhases).
+	Phases *phasesLine `json:"phases,omitempty"`
+}
+
+// phasesLine is controlpb.StepPhases in steps.jsonl: seconds, bytes,
+// bytes/s.
+type phasesLine struct {
+	Step      float64 `json:"step_s"`
+	DataWait  float64 `json:"data_wait_s"`
+	Compute   float64 `json:"compute_s"`
+	Exposed   float64 `json:"exposed_allreduce_s"`
+	Optimizer float64 `json:"optimizer_s"`
+	AllReduce float64 `json:"allreduce_s"`
+	Hidden    float64 `json:"hidden_fraction"`
+	Bytes     int64   `json:"allreduce_bytes"`
+	BusBW     float64 `json:"busbw_bytes_per_s"`
+	Buckets   int32   `json:"buckets"`
+	World     int32   `json:"world"`
+	Emulated  bool    `json:"emulated_compute,omitempty"`
+}
+
+func phasesOf(p *controlpb.StepPhases) *phasesLine {
+	if p == nil {
+		return nil
+	}
+	return &phasesLine{Step: p.GetStepSeconds(), DataWait: p.GetDataWaitSeconds(), Compute: p.GetComputeSeconds(),
+		Exposed: p.GetExposedAllreduceSeconds(), Optimizer: p.GetOptimizerSeconds(), AllReduce: p.GetAllreduceSeconds(),
+		Hidden: p.GetHiddenFraction(), Bytes: p.GetAllreduceBytes(), BusBW: p.GetBusbwBytesPerSecond(),
+		Buckets: p.GetBuckets(), World: p.GetWorld(), Emulated: p.GetEmulatedCompute()}
 }
 
 func newProgress(out io.Writer, log *zap.Logger, outputDir string, stepsPerEpoch int, bar bool) *progress {
@@ -150,7 +179,8 @@ func (p *progress) writeStep(m *controlpb.MetricsReport) {
 		return
 	}
 	l := stepLine{Step: m.GetStep(), Epoch: m.GetEpoch(), Loss: m.GetLoss(), Accuracy: m.GetAccuracy(),
-		ImagesPerSec: p.imagesPerSec(), Generation: m.GetGeneration(), Time: time.Now().UTC().Format(time.RFC3339Nano)}
+		ImagesPerSec: p.imagesPerSec(), Generation: m.GetGeneration(), Time: time.Now().UTC().Format(time.RFC3339Nano),
+		Phases: phasesOf(m.GetPhases())}
 	if p.lr != nil {
 		l.LR = p.lr(m.GetStep() - 1)
 	}

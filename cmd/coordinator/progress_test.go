@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"go.uber.org/zap"
@@ -37,5 +40,37 @@ func TestProgressAggregatesEpochs(t *testing.T) {
 	}
 	if h.Epochs[1].TrainAcc != 0.6 || h.Epochs[1].Epoch != 2 {
 		t.Fatalf("epoch 2: %+v", h.Epochs[1])
+	}
+}
+
+func TestStepsFileCarriesPhases(t *testing.T) {
+	dir := t.TempDir()
+	p := newProgress(&bytes.Buffer{}, zap.NewNop(), dir, 10, false)
+	p.openSteps()
+	ph := &controlpb.StepPhases{StepSeconds: 0.5, DataWaitSeconds: 0.01, ComputeSeconds: 0.3, ExposedAllreduceSeconds: 0.09,
+		OptimizerSeconds: 0.1, AllreduceSeconds: 0.2, HiddenFraction: 0.55, AllreduceBytes: 44_700_000, BusbwBytesPerSecond: 3e8, Buckets: 3, World: 4}
+	p.onMetrics(&controlpb.MetricsReport{Rank: 0, Step: 1, Phase: "train", Samples: 8, Phases: ph})
+	p.onMetrics(&controlpb.MetricsReport{Rank: 0, Step: 2, Phase: "train", Samples: 8}) // an older worker: no phases
+	if err := p.finish(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, StepsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
+	if len(lines) != 2 {
+		t.Fatalf("steps.jsonl: %q", b)
+	}
+	var l stepLine
+	if err := json.Unmarshal(lines[0], &l); err != nil {
+		t.Fatal(err)
+	}
+	if l.Phases == nil || *l.Phases != (phasesLine{Step: 0.5, DataWait: 0.01, Compute: 0.3, Exposed: 0.09, Optimizer: 0.1,
+		AllReduce: 0.2, Hidden: 0.55, Bytes: 44_700_000, BusBW: 3e8, Buckets: 3, World: 4}) {
+		t.Fatalf("phases in steps.jsonl: %s", lines[0])
+	}
+	if bytes.Contains(lines[1], []byte("phases")) {
+		t.Fatalf("a report without phases wrote some: %s", lines[1])
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
@@ -337,6 +338,7 @@ func cloneMetrics(m *controlpb.MetricsReport) *controlpb.MetricsReport {
 		WorkerId: m.GetWorkerId(), Generation: m.GetGeneration(), Rank: m.GetRank(), Step: m.GetStep(),
 		Epoch: m.GetEpoch(), Loss: m.GetLoss(), Accuracy: m.GetAccuracy(), ImagesPerSec: m.GetImagesPerSec(),
 		Phase: m.GetPhase(), Samples: m.GetSamples(), UnixNano: m.GetUnixNano(),
+		Phases: proto.Clone(m.GetPhases()).(*controlpb.StepPhases),
 	}
 }
 

@@ -155,7 +155,8 @@ func TestControlServiceOverGRPCWithEtcdMembership(t *testing.T) {
 	if err != nil || cr.GetCommitted().GetStep() != 3 {
 		t.Fatalf("commit: %v %v", cr, err)
 	}
-	if err := cl.ReportMetrics(ctx, &controlpb.MetricsReport{WorkerId: "w0", Generation: gen, Step: 3, Loss: 2.1, ImagesPerSec: 100, Phase: "train"}); err != nil {
+	if err := cl.ReportMetrics(ctx, &controlpb.MetricsReport{WorkerId: "w0", Generation: gen, Step: 3, Loss: 2.1, ImagesPerSec: 100, Phase: "train",
+		Phases: &controlpb.StepPhases{StepSeconds: 0.25, ExposedAllreduceSeconds: 0.05, AllreduceBytes: 1 << 20, World: 2}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := cl.ReportMetrics(ctx, &controlpb.MetricsReport{WorkerId: "w1", Generation: gen, Rank: 1, Step: 3, Loss: 2.2, ImagesPerSec: 50, Phase: "train"}); err != nil {
@@ -171,6 +172,12 @@ func TestControlServiceOverGRPCWithEtcdMembership(t *testing.T) {
 	if js.GetImagesPerSec() != 150 || len(js.GetMetrics()) != 2 || js.GetMetrics()[0].GetUnixNano() == 0 || len(js.GetLive()) != 2 ||
 		!js.GetLeader().GetIsLeader() || js.GetPlan().GetLatestCheckpoint().GetStep() != 3 || js.GetPlan().GetCommitted().GetCursor() != 384 {
 		t.Fatalf("job status %v", js)
+	}
+	for _, m := range js.GetMetrics() {
+		if ph := m.GetPhases(); m.GetWorkerId() == "w0" && (ph.GetStepSeconds() != 0.25 || ph.GetExposedAllreduceSeconds() != 0.05 ||
+			ph.GetAllreduceBytes() != 1<<20 || ph.GetWorld() != 2) {
+			t.Fatalf("step phases not kept: %v", m)
+		}
 	}
 
 	// w1 dies (its client closes without revoking): below min 2, paused.

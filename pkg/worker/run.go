@@ -779,7 +779,9 @@ func (w *runner) runPlan(ctx context.Context, p *controlpb.Plan) (done bool, err
 		if w.plans.generation() > p.GetGeneration() {
 			return false, nil // membership changed: re-plan
 		}
+		fetch := time.Now()
 		b, err := ld.Next(rctx)
+		dataWait := time.Since(fetch)
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -805,7 +807,7 @@ func (w *runner) runPlan(ctx context.Context, p *controlpb.Plan) (done bool, err
 		ips := float64(imgs) / now.Sub(tick).Seconds()
 		w.report(&controlpb.MetricsReport{WorkerId: w.cfg.ID, Generation: p.GetGeneration(), Rank: int32(rank),
 			Step: w.t.Step, Epoch: int64(epoch), Loss: res.Loss, Accuracy: float64(res.Correct) / float64(max(res.N, 1)),
-			ImagesPerSec: ips, Phase: "train", Samples: int64(res.N)})
+			ImagesPerSec: ips, Phase: "train", Samples: int64(res.N), Phases: stepPhases(res, dataWait, world, false)})
 		if now.Sub(tick) > 5*time.Second {
 			imgs, tick = 0, now
 		}

@@ -228,6 +228,8 @@ type StepResult struct {
 	Comm     allreduce.StepStats
 	Duration time.Duration
 	LR       float64
+	// Phases of the step (DataWait is the caller's to fill in).
+	Phases Phases
 }
 
 // TrainStep runs one step on this rank's slice b: forward, loss, backward
@@ -316,6 +318,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	if hookErr != nil {
 		return res, hookErr
 	}
+	waitAt := time.Now()
 	stats, err := red.Wait(ctx)
 	m.SetGradReadyHook(nil)
 	if err != nil {
@@ -326,6 +329,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		t.B.FromHost(m.GradsFlat(), t.hostGrad)
 		t.B.FromHost(m.BuffersFlat(), t.hostBuf)
 	}
+	optAt := time.Now()
 	// The last bucket averages its extras: scale by world for the sums.
 	w := float64(world)
 	res.Loss = float64(t.metrics[0]) * w / float64(max(b.GlobalSize, 1))
@@ -340,7 +344,9 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	}
 	t.Step++
 	t.Pos = b.Next
-	res.Duration = time.Since(start)
+	end := time.Now()
+	res.Duration = end.Sub(start)
+	res.Phases = Phases{Compute: waitAt.Sub(start), Exposed: optAt.Sub(waitAt), Optimizer: end.Sub(optAt)}
 	return res, nil
 }
 

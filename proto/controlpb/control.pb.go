@@ -676,18 +676,21 @@ func (x *WatchPlanRequest) GetAfterGeneration() uint64 {
 }
 
 type MetricsReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	Rank          int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
-	Step          int64                  `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`
-	Epoch         int64                  `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Loss          float64                `protobuf:"fixed64,6,opt,name=loss,proto3" json:"loss,omitempty"`
-	Accuracy      float64                `protobuf:"fixed64,7,opt,name=accuracy,proto3" json:"accuracy,omitempty"`
-	ImagesPerSec  float64                `protobuf:"fixed64,8,opt,name=images_per_sec,json=imagesPerSec,proto3" json:"images_per_sec,omitempty"`
-	Phase         string                 `protobuf:"bytes,9,opt,name=phase,proto3" json:"phase,omitempty"`                         // "train" or "eval"
-	Samples       int64                  `protobuf:"varint,10,opt,name=samples,proto3" json:"samples,omitempty"`                   // samples behind loss/accuracy
-	UnixNano      int64                  `protobuf:"varint,11,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"` // set by the coordinator on receipt
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId     string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Generation   uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Rank         int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	Step         int64                  `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`
+	Epoch        int64                  `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Loss         float64                `protobuf:"fixed64,6,opt,name=loss,proto3" json:"loss,omitempty"`
+	Accuracy     float64                `protobuf:"fixed64,7,opt,name=accuracy,proto3" json:"accuracy,omitempty"`
+	ImagesPerSec float64                `protobuf:"fixed64,8,opt,name=images_per_sec,json=imagesPerSec,proto3" json:"images_per_sec,omitempty"`
+	Phase        string                 `protobuf:"bytes,9,opt,name=phase,proto3" json:"phase,omitempty"`                         // "train" or "eval"
+	Samples      int64                  `protobuf:"varint,10,opt,name=samples,proto3" json:"samples,omitempty"`                   // samples behind loss/accuracy
+	UnixNano     int64                  `protobuf:"varint,11,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"` // set by the coordinator on receipt
+	// Where this worker's step went (train reports; absent on eval reports
+	// and from workers that predate it).
+	Phases        *StepPhases `protobuf:"bytes,12,opt,name=phases,proto3" json:"phases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -799,6 +802,165 @@ func (x *MetricsReport) GetUnixNano() int64 {
 	return 0
 }
 
+func (x *MetricsReport) GetPhases() *StepPhases {
+	if x != nil {
+		return x.Phases
+	}
+	return nil
+}
+
+// StepPhases is one training step on one worker, measured by the worker.
+// The four phases are consecutive and add up to step_seconds:
+//
+//	data_wait  waiting for the loader's next batch
+//	compute    forward, loss and backward (with the gradient copies of a
+//	           device backend); the emulated wait under --compute
+//	exposed    blocked in the all-reduce after backward: communication
+//	           that was not hidden behind backward (with a device
+//	           backend's copy of the reduced gradients back)
+//	optimizer  the optimizer step (and the device's sync)
+//
+// The all-reduce fields describe the step's bucketed gradient all-reduce.
+type StepPhases struct {
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	StepSeconds             float64                `protobuf:"fixed64,1,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
+	DataWaitSeconds         float64                `protobuf:"fixed64,2,opt,name=data_wait_seconds,json=dataWaitSeconds,proto3" json:"data_wait_seconds,omitempty"`
+	ComputeSeconds          float64                `protobuf:"fixed64,3,opt,name=compute_seconds,json=computeSeconds,proto3" json:"compute_seconds,omitempty"`
+	ExposedAllreduceSeconds float64                `protobuf:"fixed64,4,opt,name=exposed_allreduce_seconds,json=exposedAllreduceSeconds,proto3" json:"exposed_allreduce_seconds,omitempty"`
+	OptimizerSeconds        float64                `protobuf:"fixed64,5,opt,name=optimizer_seconds,json=optimizerSeconds,proto3" json:"optimizer_seconds,omitempty"`
+	// Sum over buckets of each collective's running time (hidden + exposed).
+	AllreduceSeconds float64 `protobuf:"fixed64,6,opt,name=allreduce_seconds,json=allreduceSeconds,proto3" json:"allreduce_seconds,omitempty"`
+	// Part of allreduce_seconds that ran while backward was still computing
+	// (0..1; 0 with a world of one).
+	HiddenFraction float64 `protobuf:"fixed64,7,opt,name=hidden_fraction,json=hiddenFraction,proto3" json:"hidden_fraction,omitempty"`
+	// float32 bytes all-reduced by this worker (gradients, BN buffers, metrics).
+	AllreduceBytes int64 `protobuf:"varint,8,opt,name=allreduce_bytes,json=allreduceBytes,proto3" json:"allreduce_bytes,omitempty"`
+	// Bus bandwidth in bytes/s as nccl-tests defines it:
+	// allreduce_bytes / allreduce_seconds * 2(world-1)/world (0 with world 1).
+	BusbwBytesPerSecond float64 `protobuf:"fixed64,9,opt,name=busbw_bytes_per_second,json=busbwBytesPerSecond,proto3" json:"busbw_bytes_per_second,omitempty"`
+	Buckets             int32   `protobuf:"varint,10,opt,name=buckets,proto3" json:"buckets,omitempty"`
+	World               int32   `protobuf:"varint,11,opt,name=world,proto3" json:"world,omitempty"`
+	// compute_seconds is an emulated wait (coordinator bench --compute), not
+	// the model's forward and backward.
+	EmulatedCompute bool `protobuf:"varint,12,opt,name=emulated_compute,json=emulatedCompute,proto3" json:"emulated_compute,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *StepPhases) Reset() {
+	*x = StepPhases{}
+	mi := &file_controlpb_control_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StepPhases) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StepPhases) ProtoMessage() {}
+
+func (x *StepPhases) ProtoReflect() protoreflect.Message {
+	mi := &file_controlpb_control_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StepPhases.ProtoReflect.Descriptor instead.
+func (*StepPhases) Descriptor() ([]byte, []int) {
+	return file_controlpb_control_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *StepPhases) GetStepSeconds() float64 {
+	if x != nil {
+		return x.StepSeconds
+	}
+	return 0
+}
+
+func (x *StepPhases) GetDataWaitSeconds() float64 {
+	if x != nil {
+		return x.DataWaitSeconds
+	}
+	return 0
+}
+
+func (x *StepPhases) GetComputeSeconds() float64 {
+	if x != nil {
+		return x.ComputeSeconds
+	}
+	return 0
+}
+
+func (x *StepPhases) GetExposedAllreduceSeconds() float64 {
+	if x != nil {
+		return x.ExposedAllreduceSeconds
+	}
+	return 0
+}
+
+func (x *StepPhases) GetOptimizerSeconds() float64 {
+	if x != nil {
+		return x.OptimizerSeconds
+	}
+	return 0
+}
+
+func (x *StepPhases) GetAllreduceSeconds() float64 {
+	if x != nil {
+		return x.AllreduceSeconds
+	}
+	return 0
+}
+
+func (x *StepPhases) GetHiddenFraction() float64 {
+	if x != nil {
+		return x.HiddenFraction
+	}
+	return 0
+}
+
+func (x *StepPhases) GetAllreduceBytes() int64 {
+	if x != nil {
+		return x.AllreduceBytes
+	}
+	return 0
+}
+
+func (x *StepPhases) GetBusbwBytesPerSecond() float64 {
+	if x != nil {
+		return x.BusbwBytesPerSecond
+	}
+	return 0
+}
+
+func (x *StepPhases) GetBuckets() int32 {
+	if x != nil {
+		return x.Buckets
+	}
+	return 0
+}
+
+func (x *StepPhases) GetWorld() int32 {
+	if x != nil {
+		return x.World
+	}
+	return 0
+}
+
+func (x *StepPhases) GetEmulatedCompute() bool {
+	if x != nil {
+		return x.EmulatedCompute
+	}
+	return false
+}
+
 type MetricsAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -807,7 +969,7 @@ type MetricsAck struct {
 
 func (x *MetricsAck) Reset() {
 	*x = MetricsAck{}
-	mi := &file_controlpb_control_proto_msgTypes[9]
+	mi := &file_controlpb_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +981,7 @@ func (x *MetricsAck) String() string {
 func (*MetricsAck) ProtoMessage() {}
 
 func (x *MetricsAck) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[9]
+	mi := &file_controlpb_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +994,7 @@ func (x *MetricsAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsAck.ProtoReflect.Descriptor instead.
 func (*MetricsAck) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{9}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{10}
 }
 
 type FailureReport struct {
@@ -847,7 +1009,7 @@ type FailureReport struct {
 
 func (x *FailureReport) Reset() {
 	*x = FailureReport{}
-	mi := &file_controlpb_control_proto_msgTypes[10]
+	mi := &file_controlpb_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +1021,7 @@ func (x *FailureReport) String() string {
 func (*FailureReport) ProtoMessage() {}
 
 func (x *FailureReport) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[10]
+	mi := &file_controlpb_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +1034,7 @@ func (x *FailureReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailureReport.ProtoReflect.Descriptor instead.
 func (*FailureReport) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{10}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FailureReport) GetWorkerId() string {
@@ -917,7 +1079,7 @@ type CommitStepRequest struct {
 
 func (x *CommitStepRequest) Reset() {
 	*x = CommitStepRequest{}
-	mi := &file_controlpb_control_proto_msgTypes[11]
+	mi := &file_controlpb_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1091,7 @@ func (x *CommitStepRequest) String() string {
 func (*CommitStepRequest) ProtoMessage() {}
 
 func (x *CommitStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[11]
+	mi := &file_controlpb_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1104,7 @@ func (x *CommitStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitStepRequest.ProtoReflect.Descriptor instead.
 func (*CommitStepRequest) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{11}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CommitStepRequest) GetWorkerId() string {
@@ -997,7 +1159,7 @@ type CommitStepResponse struct {
 
 func (x *CommitStepResponse) Reset() {
 	*x = CommitStepResponse{}
-	mi := &file_controlpb_control_proto_msgTypes[12]
+	mi := &file_controlpb_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1171,7 @@ func (x *CommitStepResponse) String() string {
 func (*CommitStepResponse) ProtoMessage() {}
 
 func (x *CommitStepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[12]
+	mi := &file_controlpb_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1184,7 @@ func (x *CommitStepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitStepResponse.ProtoReflect.Descriptor instead.
 func (*CommitStepResponse) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{12}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CommitStepResponse) GetCommitted() *Committed {
@@ -1050,7 +1212,7 @@ type RecordCheckpointRequest struct {
 
 func (x *RecordCheckpointRequest) Reset() {
 	*x = RecordCheckpointRequest{}
-	mi := &file_controlpb_control_proto_msgTypes[13]
+	mi := &file_controlpb_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1224,7 @@ func (x *RecordCheckpointRequest) String() string {
 func (*RecordCheckpointRequest) ProtoMessage() {}
 
 func (x *RecordCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[13]
+	mi := &file_controlpb_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1237,7 @@ func (x *RecordCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*RecordCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{13}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RecordCheckpointRequest) GetWorkerId() string {
@@ -1108,7 +1270,7 @@ type RecordCheckpointResponse struct {
 
 func (x *RecordCheckpointResponse) Reset() {
 	*x = RecordCheckpointResponse{}
-	mi := &file_controlpb_control_proto_msgTypes[14]
+	mi := &file_controlpb_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1282,7 @@ func (x *RecordCheckpointResponse) String() string {
 func (*RecordCheckpointResponse) ProtoMessage() {}
 
 func (x *RecordCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[14]
+	mi := &file_controlpb_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1295,7 @@ func (x *RecordCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*RecordCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{14}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RecordCheckpointResponse) GetLatest() *CheckpointRef {
@@ -1151,7 +1313,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_controlpb_control_proto_msgTypes[15]
+	mi := &file_controlpb_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1325,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[15]
+	mi := &file_controlpb_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1338,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{15}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{16}
 }
 
 type JobStatus struct {
@@ -1194,7 +1356,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_controlpb_control_proto_msgTypes[16]
+	mi := &file_controlpb_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1368,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[16]
+	mi := &file_controlpb_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1381,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{16}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *JobStatus) GetJob() string {
@@ -1279,7 +1441,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_controlpb_control_proto_msgTypes[17]
+	mi := &file_controlpb_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1453,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[17]
+	mi := &file_controlpb_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1466,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{17}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{18}
 }
 
 type LeaderInfo struct {
@@ -1319,7 +1481,7 @@ type LeaderInfo struct {
 
 func (x *LeaderInfo) Reset() {
 	*x = LeaderInfo{}
-	mi := &file_controlpb_control_proto_msgTypes[18]
+	mi := &file_controlpb_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1493,7 @@ func (x *LeaderInfo) String() string {
 func (*LeaderInfo) ProtoMessage() {}
 
 func (x *LeaderInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[18]
+	mi := &file_controlpb_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1506,7 @@ func (x *LeaderInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderInfo.ProtoReflect.Descriptor instead.
 func (*LeaderInfo) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{18}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LeaderInfo) GetLeaderId() string {
@@ -1386,7 +1548,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_controlpb_control_proto_msgTypes[19]
+	mi := &file_controlpb_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +1560,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[19]
+	mi := &file_controlpb_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +1573,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{19}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NotLeader) GetLeaderId() string {
@@ -1488,7 +1650,7 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"maxWorkers\"Z\n" +
 	"\x10WatchPlanRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12)\n" +
-	"\x10after_generation\x18\x02 \x01(\x04R\x0fafterGeneration\"\xad\x02\n" +
+	"\x10after_generation\x18\x02 \x01(\x04R\x0fafterGeneration\"\xe7\x02\n" +
 	"\rMetricsReport\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1e\n" +
 	"\n" +
@@ -1503,7 +1665,23 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\x05phase\x18\t \x01(\tR\x05phase\x12\x18\n" +
 	"\asamples\x18\n" +
 	" \x01(\x03R\asamples\x12\x1b\n" +
-	"\tunix_nano\x18\v \x01(\x03R\bunixNano\"\f\n" +
+	"\tunix_nano\x18\v \x01(\x03R\bunixNano\x128\n" +
+	"\x06phases\x18\f \x01(\v2 .ringtrain.control.v1.StepPhasesR\x06phases\"\xfc\x03\n" +
+	"\n" +
+	"StepPhases\x12!\n" +
+	"\fstep_seconds\x18\x01 \x01(\x01R\vstepSeconds\x12*\n" +
+	"\x11data_wait_seconds\x18\x02 \x01(\x01R\x0fdataWaitSeconds\x12'\n" +
+	"\x0fcompute_seconds\x18\x03 \x01(\x01R\x0ecomputeSeconds\x12:\n" +
+	"\x19exposed_allreduce_seconds\x18\x04 \x01(\x01R\x17exposedAllreduceSeconds\x12+\n" +
+	"\x11optimizer_seconds\x18\x05 \x01(\x01R\x10optimizerSeconds\x12+\n" +
+	"\x11allreduce_seconds\x18\x06 \x01(\x01R\x10allreduceSeconds\x12'\n" +
+	"\x0fhidden_fraction\x18\a \x01(\x01R\x0ehiddenFraction\x12'\n" +
+	"\x0fallreduce_bytes\x18\b \x01(\x03R\x0eallreduceBytes\x123\n" +
+	"\x16busbw_bytes_per_second\x18\t \x01(\x01R\x13busbwBytesPerSecond\x12\x18\n" +
+	"\abuckets\x18\n" +
+	" \x01(\x05R\abuckets\x12\x14\n" +
+	"\x05world\x18\v \x01(\x05R\x05world\x12)\n" +
+	"\x10emulated_compute\x18\f \x01(\bR\x0femulatedCompute\"\f\n" +
 	"\n" +
 	"MetricsAck\"\x83\x01\n" +
 	"\rFailureReport\x12\x1b\n" +
@@ -1585,7 +1763,7 @@ func file_controlpb_control_proto_rawDescGZIP() []byte {
 }
 
 var file_controlpb_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_controlpb_control_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_controlpb_control_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_controlpb_control_proto_goTypes = []any{
 	(JobState)(0),                    // 0: ringtrain.control.v1.JobState
 	(*WorkerInfo)(nil),               // 1: ringtrain.control.v1.WorkerInfo
@@ -1597,17 +1775,18 @@ var file_controlpb_control_proto_goTypes = []any{
 	(*Plan)(nil),                     // 7: ringtrain.control.v1.Plan
 	(*WatchPlanRequest)(nil),         // 8: ringtrain.control.v1.WatchPlanRequest
 	(*MetricsReport)(nil),            // 9: ringtrain.control.v1.MetricsReport
-	(*MetricsAck)(nil),               // 10: ringtrain.control.v1.MetricsAck
-	(*FailureReport)(nil),            // 11: ringtrain.control.v1.FailureReport
-	(*CommitStepRequest)(nil),        // 12: ringtrain.control.v1.CommitStepRequest
-	(*CommitStepResponse)(nil),       // 13: ringtrain.control.v1.CommitStepResponse
-	(*RecordCheckpointRequest)(nil),  // 14: ringtrain.control.v1.RecordCheckpointRequest
-	(*RecordCheckpointResponse)(nil), // 15: ringtrain.control.v1.RecordCheckpointResponse
-	(*GetJobRequest)(nil),            // 16: ringtrain.control.v1.GetJobRequest
-	(*JobStatus)(nil),                // 17: ringtrain.control.v1.JobStatus
-	(*LeaderRequest)(nil),            // 18: ringtrain.control.v1.LeaderRequest
-	(*LeaderInfo)(nil),               // 19: ringtrain.control.v1.LeaderInfo
-	(*NotLeader)(nil),                // 20: ringtrain.control.v1.NotLeader
+	(*StepPhases)(nil),               // 10: ringtrain.control.v1.StepPhases
+	(*MetricsAck)(nil),               // 11: ringtrain.control.v1.MetricsAck
+	(*FailureReport)(nil),            // 12: ringtrain.control.v1.FailureReport
+	(*CommitStepRequest)(nil),        // 13: ringtrain.control.v1.CommitStepRequest
+	(*CommitStepResponse)(nil),       // 14: ringtrain.control.v1.CommitStepResponse
+	(*RecordCheckpointRequest)(nil),  // 15: ringtrain.control.v1.RecordCheckpointRequest
+	(*RecordCheckpointResponse)(nil), // 16: ringtrain.control.v1.RecordCheckpointResponse
+	(*GetJobRequest)(nil),            // 17: ringtrain.control.v1.GetJobRequest
+	(*JobStatus)(nil),                // 18: ringtrain.control.v1.JobStatus
+	(*LeaderRequest)(nil),            // 19: ringtrain.control.v1.LeaderRequest
+	(*LeaderInfo)(nil),               // 20: ringtrain.control.v1.LeaderInfo
+	(*NotLeader)(nil),                // 21: ringtrain.control.v1.NotLeader
 }
 var file_controlpb_control_proto_depIdxs = []int32{
 	1,  // 0: ringtrain.control.v1.JoinRequest.worker:type_name -> ringtrain.control.v1.WorkerInfo
@@ -1616,35 +1795,36 @@ var file_controlpb_control_proto_depIdxs = []int32{
 	4,  // 3: ringtrain.control.v1.Plan.members:type_name -> ringtrain.control.v1.PlanMember
 	5,  // 4: ringtrain.control.v1.Plan.committed:type_name -> ringtrain.control.v1.Committed
 	6,  // 5: ringtrain.control.v1.Plan.latest_checkpoint:type_name -> ringtrain.control.v1.CheckpointRef
-	5,  // 6: ringtrain.control.v1.CommitStepResponse.committed:type_name -> ringtrain.control.v1.Committed
-	0,  // 7: ringtrain.control.v1.CommitStepResponse.state:type_name -> ringtrain.control.v1.JobState
-	6,  // 8: ringtrain.control.v1.RecordCheckpointRequest.checkpoint:type_name -> ringtrain.control.v1.CheckpointRef
-	6,  // 9: ringtrain.control.v1.RecordCheckpointResponse.latest:type_name -> ringtrain.control.v1.CheckpointRef
-	7,  // 10: ringtrain.control.v1.JobStatus.plan:type_name -> ringtrain.control.v1.Plan
-	19, // 11: ringtrain.control.v1.JobStatus.leader:type_name -> ringtrain.control.v1.LeaderInfo
-	9,  // 12: ringtrain.control.v1.JobStatus.metrics:type_name -> ringtrain.control.v1.MetricsReport
-	1,  // 13: ringtrain.control.v1.JobStatus.live:type_name -> ringtrain.control.v1.WorkerInfo
-	2,  // 14: ringtrain.control.v1.Control.Join:input_type -> ringtrain.control.v1.JoinRequest
-	8,  // 15: ringtrain.control.v1.Control.WatchPlan:input_type -> ringtrain.control.v1.WatchPlanRequest
-	9,  // 16: ringtrain.control.v1.Control.ReportMetrics:input_type -> ringtrain.control.v1.MetricsReport
-	11, // 17: ringtrain.control.v1.Control.ReportFailure:input_type -> ringtrain.control.v1.FailureReport
-	12, // 18: ringtrain.control.v1.Control.CommitStep:input_type -> ringtrain.control.v1.CommitStepRequest
-	14, // 19: ringtrain.control.v1.Control.RecordCheckpoint:input_type -> ringtrain.control.v1.RecordCheckpointRequest
-	16, // 20: ringtrain.control.v1.Control.GetJob:input_type -> ringtrain.control.v1.GetJobRequest
-	18, // 21: ringtrain.control.v1.Control.Leader:input_type -> ringtrain.control.v1.LeaderRequest
-	3,  // 22: ringtrain.control.v1.Control.Join:output_type -> ringtrain.control.v1.JoinResponse
-	7,  // 23: ringtrain.control.v1.Control.WatchPlan:output_type -> ringtrain.control.v1.Plan
-	10, // 24: ringtrain.control.v1.Control.ReportMetrics:output_type -> ringtrain.control.v1.MetricsAck
-	7,  // 25: ringtrain.control.v1.Control.ReportFailure:output_type -> ringtrain.control.v1.Plan
-	13, // 26: ringtrain.control.v1.Control.CommitStep:output_type -> ringtrain.control.v1.CommitStepResponse
-	15, // 27: ringtrain.control.v1.Control.RecordCheckpoint:output_type -> ringtrain.control.v1.RecordCheckpointResponse
-	17, // 28: ringtrain.control.v1.Control.GetJob:output_type -> ringtrain.control.v1.JobStatus
-	19, // 29: ringtrain.control.v1.Control.Leader:output_type -> ringtrain.control.v1.LeaderInfo
-	22, // [22:30] is the sub-list for method output_type
-	14, // [14:22] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	10, // 6: ringtrain.control.v1.MetricsReport.phases:type_name -> ringtrain.control.v1.StepPhases
+	5,  // 7: ringtrain.control.v1.CommitStepResponse.committed:type_name -> ringtrain.control.v1.Committed
+	0,  // 8: ringtrain.control.v1.CommitStepResponse.state:type_name -> ringtrain.control.v1.JobState
+	6,  // 9: ringtrain.control.v1.RecordCheckpointRequest.checkpoint:type_name -> ringtrain.control.v1.CheckpointRef
+	6,  // 10: ringtrain.control.v1.RecordCheckpointResponse.latest:type_name -> ringtrain.control.v1.CheckpointRef
+	7,  // 11: ringtrain.control.v1.JobStatus.plan:type_name -> ringtrain.control.v1.Plan
+	20, // 12: ringtrain.control.v1.JobStatus.leader:type_name -> ringtrain.control.v1.LeaderInfo
+	9,  // 13: ringtrain.control.v1.JobStatus.metrics:type_name -> ringtrain.control.v1.MetricsReport
+	1,  // 14: ringtrain.control.v1.JobStatus.live:type_name -> ringtrain.control.v1.WorkerInfo
+	2,  // 15: ringtrain.control.v1.Control.Join:input_type -> ringtrain.control.v1.JoinRequest
+	8,  // 16: ringtrain.control.v1.Control.WatchPlan:input_type -> ringtrain.control.v1.WatchPlanRequest
+	9,  // 17: ringtrain.control.v1.Control.ReportMetrics:input_type -> ringtrain.control.v1.MetricsReport
+	12, // 18: ringtrain.control.v1.Control.ReportFailure:input_type -> ringtrain.control.v1.FailureReport
+	13, // 19: ringtrain.control.v1.Control.CommitStep:input_type -> ringtrain.control.v1.CommitStepRequest
+	15, // 20: ringtrain.control.v1.Control.RecordCheckpoint:input_type -> ringtrain.control.v1.RecordCheckpointRequest
+	17, // 21: ringtrain.control.v1.Control.GetJob:input_type -> ringtrain.control.v1.GetJobRequest
+	19, // 22: ringtrain.control.v1.Control.Leader:input_type -> ringtrain.control.v1.LeaderRequest
+	3,  // 23: ringtrain.control.v1.Control.Join:output_type -> ringtrain.control.v1.JoinResponse
+	7,  // 24: ringtrain.control.v1.Control.WatchPlan:output_type -> ringtrain.control.v1.Plan
+	11, // 25: ringtrain.control.v1.Control.ReportMetrics:output_type -> ringtrain.control.v1.MetricsAck
+	7,  // 26: ringtrain.control.v1.Control.ReportFailure:output_type -> ringtrain.control.v1.Plan
+	14, // 27: ringtrain.control.v1.Control.CommitStep:output_type -> ringtrain.control.v1.CommitStepResponse
+	16, // 28: ringtrain.control.v1.Control.RecordCheckpoint:output_type -> ringtrain.control.v1.RecordCheckpointResponse
+	18, // 29: ringtrain.control.v1.Control.GetJob:output_type -> ringtrain.control.v1.JobStatus
+	20, // 30: ringtrain.control.v1.Control.Leader:output_type -> ringtrain.control.v1.LeaderInfo
+	23, // [23:31] is the sub-list for method output_type
+	15, // [15:23] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_controlpb_control_proto_init() }
@@ -1658,7 +1838,7 @@ func file_controlpb_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlpb_control_proto_rawDesc), len(file_controlpb_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
