@@ -34,3 +34,22 @@ gpu-quickbin:
 	CGO_ENABLED=0 $(GO) build -ldflags "-s -w" -o .devbin/q/ ./cmd/gpubench
 	CGO_ENABLED=0 $(GO) test -c -ldflags "-s -w" -o .devbin/q/gpu.test ./pkg/gpu
 	gzip -f .devbin/q/gpubench .devbin/q/gpu.test
+
+# Time to accuracy (scripts/gpu-tta.sh): ours vs PyTorch (eager and
+# torch.compile) on the recipe examples/cifar10-fast.yaml. `make gpu-ttabin`
+# builds what travels to a GPU machine; `make gpu-tta-parts` splits the
+# CIFAR-10 archive (CIFAR_ARCHIVE) into parts small enough to carry one per
+# call; `make gpu-tta` runs it here (needs a GPU, or DEVICE=cpu for a dry run).
+CIFAR_ARCHIVE ?= ../shared/data/cifar-10-binary.tar.gz
+.PHONY: gpu-ttabin gpu-tta-parts gpu-tta
+gpu-ttabin:
+	mkdir -p .devbin/tta
+	CGO_ENABLED=0 $(GO) build -ldflags "-s -w" -o .devbin/tta/ ./cmd/coordinator ./cmd/worker
+	gzip -f .devbin/tta/coordinator .devbin/tta/worker
+
+gpu-tta-parts:
+	rm -rf .devbin/cifar-parts && mkdir -p .devbin/cifar-parts
+	split -b 45M -d $(CIFAR_ARCHIVE) .devbin/cifar-parts/part-
+
+gpu-tta: gpu-ttabin
+	ARCHIVE=$(CIFAR_ARCHIVE) ./scripts/gpu-tta.sh

@@ -6,13 +6,19 @@
 #   2. gpubench for each configuration of CONFIGS, each
 #      "stem/batch/precision[/VAR=value,VAR=value]" (the variables are set
 #      for that run only, e.g. RINGTRAIN_GPU_ACTIVATIONS=fp32),
-#   3. the PyTorch peer for each "stem/batch/mode" of TORCH (mode fp32 or amp),
-#   4. PAIRS, each "ours=torch" (e.g. cifar/512/bf16=cifar/512/amp), run
-#      alternately ROUNDS times (a GPU's speed drifts between runs: the
-#      pairs compare like with like), ending with the median ratio,
+#   3. the PyTorch peer for each "stem/batch/mode" of TORCH (mode fp32, amp
+#      or amp-compile: torch.compile, its compile time inside the warm-up),
+#   4. PAIRS, each "ours=torch[,torch...]" (e.g.
+#      cifar/512/bf16=cifar/512/amp,cifar/512/amp-compile), run ROUNDS times,
+#      ours first in odd rounds and the peers first in even ones (a GPU's
+#      speed drifts between runs: the pairs compare like with like), ending
+#      with each side's median (min-max) over the rounds and the median
+#      ratio against the faster peer,
 #   5. gpubench -profile for each configuration of PROFILE,
 #   6. the table of scripts/gpu/table.py (ratios to torch of the same run).
 # DEVICE=cpu makes a dry run of the benchmark stages on a machine without a GPU.
+# Both sides run WARMUP untimed then STEPS timed steps; each RESULT's img_s is
+# the mean over one run's timed steps, and the pair lines give medians over runs.
 # Every stage is bounded by `timeout` and the whole run by BUDGET seconds.
 set -u -o pipefail
 OUT=${OUT:-out/gpu-quick}
@@ -25,7 +31,8 @@ TORCH=${TORCH-cifar/512/amp}
 PROFILE=${PROFILE-cifar/512/bf16}
 PAIRS=${PAIRS-}
 ROUNDS=${ROUNDS:-3}
-STEPS=${STEPS:-10}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-5}
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -64,7 +71,7 @@ stage "ringtrain: $CONFIGS"
 for cfg in $CONFIGS; do
   [ "$(left)" -lt 40 ] && { echo "skipping $cfg: time budget"; status=1; continue; }
   echo "# config $cfg"
-  bench "$cfg" -warmup 3 -steps "$STEPS" 2>&1 | tee -a "$OUT/bench.log" | grep -v '^gpu: cuDNN'
+  bench "$cfg" -warmup "$WARMUP" -steps "$STEPS" 2>&1 | tee -a "$OUT/bench.log" | grep -v '^gpu: cuDNN'
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpubench $cfg failed"; status=1; }
 done
 
@@ -73,38 +80,53 @@ stage "PyTorch peer: $TORCH"
 for cfg in $TORCH; do
   [ "$(left)" -lt 30 ] && { echo "skipping torch $cfg: time budget"; status=1; continue; }
   IFS=/ read -r stem batch mode <<<"$cfg"
-  PYTHONUNBUFFERED=1 timeout 90 "$PY" scripts/gpu/torch_peer.py --stems "$stem" --batches "$batch" --modes "$mode" \
-    --warmup 5 --steps 15 2>&1 | tee -a "$OUT/torch.log"
+  PYTHONUNBUFFERED=1 timeout 150 "$PY" scripts/gpu/torch_peer.py --stems "$stem" --batches "$batch" --modes "$mode" \
+    --warmup "$WARMUP" --steps "$STEPS" 2>&1 | tee -a "$OUT/torch.log"
 done
 
 torchrun() { # torchrun stem/batch/mode
   local stem batch mode
   IFS=/ read -r stem batch mode <<<"$1"
-  PYTHONUNBUFFERED=1 timeout 90 "$PY" scripts/gpu/torch_peer.py --stems "$stem" --batches "$batch" --modes "$mode" \
-    --warmup 5 --steps 15 2>&1
+  PYTHONUNBUFFERED=1 timeout 150 "$PY" scripts/gpu/torch_peer.py --stems "$stem" --batches "$batch" --modes "$mode" \
+    --warmup "$WARMUP" --steps "$STEPS" 2>&1
 }
 
 stage "alternating pairs: $PAIRS (x$ROUNDS)"
 : >"$OUT/pairs.log"
 for pair in $PAIRS; do
   ours=${pair%%=*} theirs=${pair#*=}
+  runours() { bench "$ours" -warmup "$WARMUP" -steps "$STEPS" 2>&1 | grep '^RESULT' | sed "s|^RESULT |RESULT pair=$pair round=$r |" | tee -a "$OUT/pairs.log"; }
+  runtheirs() {
+    local t
+    for t in ${theirs//,/ }; do
+      torchrun "$t" | grep '^RESULT' | sed "s|^RESULT |RESULT pair=$pair round=$r |" | tee -a "$OUT/pairs.log"
+    done
+  }
   for r in $(seq "$ROUNDS"); do
     [ "$(left)" -lt 40 ] && { echo "skipping round $r of $pair: time budget"; status=1; break; }
-    bench "$ours" -warmup 3 -steps "$STEPS" 2>&1 | grep '^RESULT' | sed "s|^RESULT |RESULT pair=$pair round=$r |" | tee -a "$OUT/pairs.log"
-    torchrun "$theirs" | grep '^RESULT' | sed "s|^RESULT |RESULT pair=$pair round=$r |" | tee -a "$OUT/pairs.log"
+    if [ $((r % 2)) -eq 1 ]; then runours; runtheirs; else runtheirs; runours; fi
   done
   "$PY" - "$pair" "$OUT/pairs.log" <<'PYEOF'
 import statistics, sys
 pair, path = sys.argv[1], sys.argv[2]
-ours, theirs = [], []
+ours, theirs = [], {}
 for line in open(path):
     kv = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
     if kv.get("pair") != pair:
         continue
-    (theirs if kv.get("impl") == "torch" else ours).append(float(kv["img_s"]))
+    if kv.get("impl") == "torch":
+        theirs.setdefault(kv.get("precision"), []).append(float(kv["img_s"]))
+    else:
+        ours.append(float(kv["img_s"]))
+def span(v):
+    return f"median {statistics.median(v):.0f} (min {min(v):.0f}, max {max(v):.0f}, {len(v)} runs)"
 if ours and theirs:
-    mo, mt = statistics.median(ours), statistics.median(theirs)
-    print(f"pair {pair}: ours {sorted(ours)} torch {sorted(theirs)} img/s; median ratio {mo / mt:.2f}x")
+    mo = statistics.median(ours)
+    print(f"pair {pair}: ours {span(ours)} img/s")
+    for mode, v in sorted(theirs.items()):
+        print(f"pair {pair}: torch {mode} {span(v)} img/s; ratio {mo / statistics.median(v):.2f}x")
+    best = max(theirs, key=lambda m: statistics.median(theirs[m]))
+    print(f"pair {pair}: vs the faster peer (torch {best}): median ratio {mo / statistics.median(theirs[best]):.2f}x")
 PYEOF
 done
 

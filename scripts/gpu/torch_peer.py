@@ -6,7 +6,10 @@ same GPU as ringtrain's CUDA backend, the same model (torchvision resnet18,
 momentum 0.9, weight decay 5e-4) and random 3x32x32 inputs.
 
 Modes: "fp32" = eager float32 (TF32 off, as ringtrain's fp32), "amp" = eager
-autocast bf16 + channels_last. Prints one RESULT line per configuration.
+autocast bf16 + channels_last, "amp-compile" = the same step under
+torch.compile (compile time reported as compile_s, not in img_s: the timed
+steps start after the warm-up, as for ringtrain). Prints one RESULT line per
+configuration; img_s is the mean over the timed steps of that one run.
 """
 import argparse
 import sys
@@ -33,7 +36,7 @@ def bench(stem, batch, mode, warmup, steps):
     torch.backends.cudnn.benchmark = True
     dev = torch.device("cuda")
     m = model(stem).to(dev)
-    fmt = torch.channels_last if mode == "amp" else torch.contiguous_format
+    fmt = torch.channels_last if mode.startswith("amp") else torch.contiguous_format
     m = m.to(memory_format=fmt)
     opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator(device="cpu").manual_seed(1)
@@ -43,7 +46,7 @@ def bench(stem, batch, mode, warmup, steps):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        if mode == "amp":
+        if mode.startswith("amp"):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = lossf(m(x), y)
         else:
@@ -52,9 +55,15 @@ def bench(stem, batch, mode, warmup, steps):
         opt.step()
         return loss
 
+    if mode == "amp-compile":
+        if not hasattr(torch, "compile"):
+            raise RuntimeError(f"torch {torch.__version__} has no torch.compile")
+        step = torch.compile(step)
+    tc = time.perf_counter()
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
+    compile_s = time.perf_counter() - tc
     t0 = time.perf_counter()
     for _ in range(steps):
         loss = step()
@@ -62,7 +71,8 @@ def bench(stem, batch, mode, warmup, steps):
     el = time.perf_counter() - t0
     ips = batch * steps / el
     print(f"RESULT impl=torch backend=cuda precision={mode} stem={stem} batch={batch} img_s={ips:.1f} "
-          f"ms_step={1000 * el / steps:.2f} tflops={ips * GFLOP[stem] / 1000:.2f} loss_last={loss.item():.4f}",
+          f"ms_step={1000 * el / steps:.2f} tflops={ips * GFLOP[stem] / 1000:.2f} loss_last={loss.item():.4f} "
+          f"warmup={warmup} steps={steps} compile_s={compile_s:.1f}",
           flush=True)
 
 
