@@ -34,6 +34,7 @@ type Model struct {
 	inShape []int   // last input shape that passed the shape walk
 	out     *Tensor // logits of the last forward
 	inGrad  actBuf  // dL/dx of the input when inputGrad
+	tap     *tap    // SetTap's layer (tap.go); nil when none
 }
 
 // ModelDepth parses "resnet18", "resnet34", "resnet50", "resnet101" or
@@ -408,11 +409,12 @@ func (m *Model) Forward(x *Tensor) (*Tensor, error) {
 		m.drop.Step = m.step
 	}
 	h := x
-	for _, u := range m.units {
+	for i, u := range m.units {
 		var err error
 		if h, err = u.Forward(h); err != nil {
 			return nil, err
 		}
+		m.tapForward(i, h)
 	}
 	if m.train {
 		m.step++
@@ -467,7 +469,8 @@ func (m *Model) Backward(dlogits *Tensor) error {
 	}
 	h := dlogits
 	for i := len(m.units) - 1; i >= 0; i-- {
-		need := m.inputGrad || below[i]
+		m.tapBackward(i, h)
+		need := m.inputGrad || below[i] || m.tapAbove(i)
 		if !need && !trainable[i] {
 			announce(i)
 			h = nil
@@ -502,6 +505,7 @@ func (m *Model) Free() {
 	}
 	m.e.pool.free(b)
 	m.inGrad.free(b)
+	m.freeTap()
 	for _, t := range []*Tensor{m.flat, m.grads, m.bufFlat} {
 		if t != nil {
 			b.Free(t)
