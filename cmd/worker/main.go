@@ -22,7 +22,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), summaryCmd(), evaluateCmd())
+	root.AddCommand(runCmd(), summaryCmd(), evaluateCmd(), predictCmd(), explainCmd())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// RINGTRAIN_CPUPROFILE=PREFIX writes this process's CPU profile to

@@ -1,0 +1,319 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ringtrain/ringtrain/pkg/data"
+	"github.com/ringtrain/ringtrain/pkg/nn"
+)
+
+// runWorker runs worker subcommands in-process and returns their output.
+func runWorker(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := &cobra.Command{Use: "worker", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(evaluateCmd(), predictCmd(), explainCmd())
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+// tinyWeights saves a small cifar-stem ResNet-18 (width 0.125) trained
+// for a few dozen SGD steps on the synthetic shapes (a second or two), so
+// that its predictions differ between images.
+func tinyWeights(t *testing.T, dir string, seed int64) string {
+	t.Helper()
+	b := nn.NewCPU(1)
+	m, err := nn.NewResNet(b, nn.ResNetConfig{Depth: 18, Stem: "cifar", Width: 0.125, Classes: 10, Seed: seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Free()
+	opt, err := nn.NewSGD(b, m.Params(), nn.SGDConfig{LR: 0.05, Momentum: 0.9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := data.NewSynthetic(1024, uint64(seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const batch, steps = 32, 40
+	shape := data.Shape{C: 3, H: 32, W: 32}
+	x := nn.NewTensor(batch, 3, 32, 32)
+	raw := make([]float32, shape.Len())
+	labels := make([]int32, batch)
+	var ce nn.CrossEntropy
+	for step := range steps {
+		for i := range batch {
+			lab, err := ds.Get((step*batch+i)%ds.Len(), raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			labels[i] = int32(lab)
+			data.EvalTransform().Apply(x.Data[i*shape.Len():(i+1)*shape.Len()], raw, shape, 0, 0, 0)
+		}
+		m.ZeroGrad()
+		logits, err := m.Forward(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, dl, err := ce.Compute(b, logits, labels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Backward(dl); err != nil {
+			t.Fatal(err)
+		}
+		if err := opt.Step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(dir, "tiny.safetensors")
+	if err := nn.SaveWeights(path, b, m.Params(), m.Buffers(), nil); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// writePNG writes a (3,32,32) [0,1] image as an 8-bit PNG.
+func writePNG(t *testing.T, path string, px []float32, h, w int) {
+	t.Helper()
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		for x := range w {
+			v := func(c int) uint8 { return uint8(px[c*h*w+y*w+x]*255 + 0.5) }
+			img.Set(x, y, color.RGBA{v(0), v(1), v(2), 255})
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := png.Encode(f, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// syntheticFolder writes perClass synthetic images of every class under
+// root/<split>/<class>/ for the splits train and val.
+func syntheticFolder(t *testing.T, root string, perClass int) {
+	t.Helper()
+	ds, err := data.NewSynthetic(40*perClass, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := ds.Classes()
+	for i, n := range names { // directory order = label order
+		names[i] = fmt.Sprintf("%d-%s", i, n)
+	}
+	count := map[string]int{}
+	buf := make([]float32, 3*32*32)
+	for i := 0; i < ds.Len(); i++ {
+		lab, err := ds.Get(i, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		split := "val"
+		if count["val/"+names[lab]] >= perClass {
+			split = "train"
+			if count["train/"+names[lab]] >= perClass {
+				continue
+			}
+		}
+		key := split + "/" + names[lab]
+		writePNG(t, filepath.Join(root, split, names[lab], fmt.Sprintf("%03d.png", count[key])), buf, 32, 32)
+		count[key]++
+	}
+	for _, n := range names {
+		if count["val/"+n] != perClass {
+			t.Fatalf("class %s: %d validation images, want %d", n, count["val/"+n], perClass)
+		}
+	}
+}
+
+// TestPredictAgreesWithEvaluate: on an image folder's validation split,
+// the fraction of predict's top-1 classes that match the class directory
+// is exactly the accuracy evaluate reports for the same weights.
+func TestPredictAgreesWithEvaluate(t *testing.T) {
+	dir := t.TempDir()
+	weights := tinyWeights(t, dir, 3)
+	root := filepath.Join(dir, "shapes")
+	syntheticFolder(t, root, 6)
+	common := []string{"--weights", weights, "--dataset", "folder", "--folder", root, "--device", "cpu", "--threads", "1"}
+
+	ev, err := runWorker(t, append([]string{"evaluate", "--model", "resnet18", "--stem", "cifar", "--width", "0.125"}, common...)...)
+	if err != nil {
+		t.Fatalf("evaluate: %v\n%s", err, ev)
+	}
+	m := regexp.MustCompile(`evaluate: (\d+) samples, loss [0-9.]+, accuracy ([0-9.]+)%`).FindStringSubmatch(ev)
+	if m == nil {
+		t.Fatalf("evaluate printed no summary:\n%s", ev)
+	}
+
+	out, err := runWorker(t, append([]string{"predict", "--json", "--top", "1", filepath.Join(root, "val")}, common...)...)
+	if err != nil {
+		t.Fatalf("predict: %v\n%s", err, out)
+	}
+	var preds []prediction
+	if err := json.Unmarshal([]byte(out), &preds); err != nil {
+		t.Fatalf("predict --json: %v\n%s", err, out)
+	}
+	correct, seen := 0, map[string]bool{}
+	for _, p := range preds {
+		want := filepath.Base(filepath.Dir(p.File))
+		seen[p.Top[0].Name] = true
+		if p.Top[0].Name == want {
+			correct++
+		}
+	}
+	got := fmt.Sprintf("%d samples, accuracy %.2f%%", len(preds), 100*float64(correct)/float64(len(preds)))
+	want := fmt.Sprintf("%s samples, accuracy %s%%", m[1], m[2])
+	if got != want {
+		t.Fatalf("predict: %s; evaluate: %s", got, want)
+	}
+	if len(seen) < 3 {
+		t.Fatalf("predict chose only %d distinct classes: the comparison shows little; change the weights", len(seen))
+	}
+	t.Logf("predict and evaluate agree: %s (%d distinct top-1 classes)", got, len(seen))
+
+	table, err := runWorker(t, append([]string{"predict", "--top", "3", filepath.Join(root, "val", "0-disc", "000.png")}, common...)...)
+	if err != nil || !strings.Contains(table, "1. ") || !strings.Contains(table, "centre crop 32x32") {
+		t.Fatalf("predict table: %v\n%s", err, table)
+	}
+}
+
+// TestInferenceBadInputs: each bad input gets one clear error naming it.
+func TestInferenceBadInputs(t *testing.T) {
+	dir := t.TempDir()
+	weights := tinyWeights(t, dir, 4)
+	good := filepath.Join(dir, "good.png")
+	px := make([]float32, 3*40*48)
+	for i := range px {
+		px[i] = float32(i%7) / 7
+	}
+	writePNG(t, good, px, 40, 48)
+	broken := filepath.Join(dir, "broken.png")
+	if err := os.WriteFile(broken, []byte("\x89PNG\r\n\x1a\nnot really"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notWeights := filepath.Join(dir, "notes.safetensors")
+	if err := os.WriteFile(notWeights, []byte("these are not weights"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"--device", "cpu", "--threads", "1"}
+	cases := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"unreadable image", []string{"predict", "--weights", weights, broken}, []string{"cannot read image", broken}},
+		{"missing image", []string{"predict", "--weights", weights, filepath.Join(dir, "nope.png")}, []string{"nope.png", "no such file"}},
+		{"not a weights file", []string{"predict", "--weights", notWeights, good}, []string{"not a readable safetensors weights file", notWeights}},
+		{"missing weights", []string{"predict", "--weights", filepath.Join(dir, "gone.safetensors"), good}, []string{"gone.safetensors"}},
+		{"no weights", []string{"predict", good}, []string{"--weights is required"}},
+		{"weights of another model", []string{"predict", "--weights", weights, "--model", "resnet34", good},
+			[]string{"does not fit the model", "the file holds resnet18 (cifar stem, width 0.125, 10 classes)"}},
+		{"wrong class names", []string{"predict", "--weights", weights, "--dataset", "synthetic", "--classes-file", weights, good}, []string{"classes"}},
+		{"unknown layer", []string{"explain", "--weights", weights, "--method", "gradcam", "--layer", "layer9", "--out", filepath.Join(dir, "x"), good},
+			[]string{`unknown layer "layer9"`, "layer4"}},
+		{"unknown class", []string{"explain", "--weights", weights, "--class", "unicorn", "--out", filepath.Join(dir, "x"), good}, []string{"unicorn", "airplane"}},
+		{"unknown method", []string{"explain", "--weights", weights, "--method", "lime", "--out", filepath.Join(dir, "x"), good}, []string{"--method", "gradcam, shapley or both"}},
+	}
+	for _, c := range cases {
+		out, err := runWorker(t, append(c.args, base...)...)
+		if err == nil {
+			t.Errorf("%s: no error; output:\n%s", c.name, out)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %q does not mention %q", c.name, err, w)
+			}
+		}
+		if n := strings.Count(err.Error(), "\n"); n > 0 {
+			t.Errorf("%s: error spans %d lines: %q", c.name, n+1, err)
+		}
+	}
+	// The good image still works with the same weights (nothing was lost).
+	if out, err := runWorker(t, append([]string{"predict", "--weights", weights, good}, base...)...); err != nil || !strings.Contains(out, "48x40 -> resized to 38x32 -> centre crop 32x32") {
+		t.Errorf("good image: %v\n%s", err, out)
+	}
+}
+
+// TestExplainWritesMapsAndChecksEfficiency runs explain --method both on
+// two images and checks the files and the printed efficiency check.
+func TestExplainWritesMapsAndChecksEfficiency(t *testing.T) {
+	dir := t.TempDir()
+	weights := tinyWeights(t, dir, 5)
+	ds, err := data.NewSynthetic(2, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]float32, 3*32*32)
+	var imgs []string
+	for i := range 2 {
+		if _, err := ds.Get(i, buf); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, "in", fmt.Sprintf("img%d.png", i))
+		writePNG(t, p, buf, 32, 32)
+		imgs = append(imgs, p)
+	}
+	outDir := filepath.Join(dir, "out")
+	out, err := runWorker(t, append([]string{"explain", "--weights", weights, "--method", "both", "--samples", "16",
+		"--baseline", "blur", "--out", outDir, "--device", "cpu", "--threads", "1"}, imgs...)...)
+	if err != nil {
+		t.Fatalf("explain: %v\n%s", err, out)
+	}
+	if n := strings.Count(out, "efficiency: sum of values"); n != 2 || strings.Count(out, ": holds (gap") != 2 {
+		t.Errorf("want 2 efficiency checks that hold:\n%s", out)
+	}
+	if !strings.Contains(out, "grad-cam: layer layer4 (4x4 map)") {
+		t.Errorf("default Grad-CAM layer of the cifar stem on 32x32 should be layer4 (4x4):\n%s", out)
+	}
+	for i := range 2 {
+		for _, suffix := range []string{".gradcam.png", ".gradcam.json", ".shapley.png", ".shapley.json"} {
+			p := filepath.Join(outDir, fmt.Sprintf("img%d%s", i, suffix))
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.HasSuffix(p, ".png") {
+				if _, err := png.Decode(bytes.NewReader(b)); err != nil {
+					t.Errorf("%s: %v", p, err)
+				}
+				continue
+			}
+			var rec map[string]any
+			if err := json.Unmarshal(b, &rec); err != nil {
+				t.Errorf("%s: %v", p, err)
+			}
+			if suffix == ".shapley.json" && (len(rec["values"].([]any)) != 16 || rec["efficiency_ok"] != true) {
+				t.Errorf("%s: %d values, efficiency_ok %v", p, len(rec["values"].([]any)), rec["efficiency_ok"])
+			}
+			if suffix == ".gradcam.json" && len(rec["map"].([]any)) != 16 {
+				t.Errorf("%s: map of %d values, want 4x4", p, len(rec["map"].([]any)))
+			}
+		}
+	}
+	t.Logf("%s", out)
+}
