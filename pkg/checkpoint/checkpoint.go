@@ -395,6 +395,15 @@ func (s *Store) LoadLatest(configHash string) (l *Loaded, skipped []Skipped, err
 // (no limit when maxStep < 0): the newest usable state not ahead of a
 // committed step.
 func (s *Store) LoadAtMost(configHash string, maxStep int64) (l *Loaded, skipped []Skipped, err error) {
+	return loadAtMost(s, configHash, maxStep, s.Dir)
+}
+
+// loadAtMost is LoadAtMost over any store that lists and loads steps;
+// where names it in the error.
+func loadAtMost(s interface {
+	Steps() ([]int64, error)
+	Load(int64) (*Loaded, error)
+}, configHash string, maxStep int64, where string) (l *Loaded, skipped []Skipped, err error) {
 	steps, err := s.Steps()
 	if err != nil {
 		return nil, nil, err
@@ -413,7 +422,7 @@ func (s *Store) LoadAtMost(configHash string, maxStep int64) (l *Loaded, skipped
 		}
 		return l, skipped, nil
 	}
-	return nil, skipped, fmt.Errorf("%w in %s", ErrNotFound, s.Dir)
+	return nil, skipped, fmt.Errorf("%w in %s", ErrNotFound, where)
 }
 
 // Apply loads the checkpoint's weights (and optimizer state, when opt is

@@ -12,7 +12,7 @@ import (
 // most one snapshot waits while another is written; a newer submission
 // replaces a waiting one (the newest state is the one worth keeping).
 type Writer struct {
-	store  *Store
+	store  Destination
 	onDone func(Meta, cluster.Manifest, error)
 
 	mu      sync.Mutex // guards pending, closed, submitted, finished, idle
@@ -29,10 +29,16 @@ type Writer struct {
 	idle                chan struct{}
 }
 
+// Destination is what a Writer writes to: a Store, or its in-memory twin
+// MemStore.
+type Destination interface {
+	Write(*Snapshot) (cluster.Manifest, error)
+}
+
 // NewWriter starts the background writer. onDone is called on the writer's
 // goroutine after every write (success or failure) with the written
 // snapshot's metadata; it may be nil.
-func NewWriter(s *Store, onDone func(Meta, cluster.Manifest, error)) *Writer {
+func NewWriter(s Destination, onDone func(Meta, cluster.Manifest, error)) *Writer {
 	w := &Writer{store: s, onDone: onDone, wake: make(chan struct{}, 1), done: make(chan struct{}), idle: make(chan struct{})}
 	go w.loop()
 	return w

@@ -1,7 +1,3 @@
-// Package worker is the training side of ringtrain: it turns a job spec
-// into a model, an optimizer, a schedule and data, runs training steps
-// (locally or over the ring all-reduce), evaluates, and talks to the
-// coordinator.
 package worker
 
 import (

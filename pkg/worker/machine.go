@@ -1,0 +1,257 @@
+package worker
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ringtrain/ringtrain/pkg/allreduce"
+	"github.com/ringtrain/ringtrain/pkg/checkpoint"
+	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/data"
+	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/proto/controlpb"
+)
+
+// state is a state of the worker's protocol (see the package doc for the
+// diagram). Each state's code is in the file named after it.
+type state int
+
+const (
+	stateRegistering state = iota // registering.go
+	stateWaiting                  // waiting.go
+	stateSyncing                  // syncing.go
+	stateTraining                 // training.go
+	stateCommitting               // committing.go
+	stateFinishing                // finishing.go
+	stateRecovering               // recovering.go
+	stateDone
+)
+
+func (s state) String() string {
+	return [...]string{"registering", "waiting", "syncing", "training", "committing", "finishing", "recovering", "done"}[s]
+}
+
+// Timing holds the worker's tuning knobs. The defaults suit a real job;
+// unit tests shorten them.
+type Timing struct {
+	// ProbeTimeout bounds the liveness probe of one ring neighbour after a
+	// ring failure: a killed peer refuses at once, a stalled one never
+	// answers.
+	ProbeTimeout time.Duration
+	// SuspectWait is how long a worker that found no suspect waits for a
+	// newer plan before it reports the failure without one (the dead
+	// worker's neighbours usually report it first).
+	SuspectWait time.Duration
+	// ExcludedGrace is how long a worker waits, left out of a plan with
+	// room for it, before it registers again.
+	ExcludedGrace time.Duration
+	// RegisterRetry is the pause between registration attempts.
+	RegisterRetry time.Duration
+	// WatchRetry is the first pause before a plan watch that ended is
+	// opened again (doubling up to 20 times it).
+	WatchRetry time.Duration
+	// RingSlack is added to the spec's collective deadline to bound the
+	// opening of a ring.
+	RingSlack time.Duration
+	// WriterLag bounds the backpressure wait for a checkpoint write.
+	WriterLag time.Duration
+	// CallTimeout bounds a commit, a failure report or a manifest update.
+	CallTimeout time.Duration
+	// RegisterTimeout bounds one registration attempt.
+	RegisterTimeout time.Duration
+	// ReportTimeout bounds sending one metrics report.
+	ReportTimeout time.Duration
+	// FlushTimeout bounds the wait for queued reports before the final commit.
+	FlushTimeout time.Duration
+}
+
+// DefaultTiming returns the knobs a real job uses.
+func DefaultTiming() Timing {
+	return Timing{
+		ProbeTimeout:    1 * time.Second,
+		SuspectWait:     2 * time.Second,
+		ExcludedGrace:   3 * time.Second,
+		RegisterRetry:   500 * time.Millisecond,
+		WatchRetry:      100 * time.Millisecond,
+		RingSlack:       5 * time.Second,
+		WriterLag:       2 * time.Minute,
+		CallTimeout:     10 * time.Second,
+		RegisterTimeout: 5 * time.Second,
+		ReportTimeout:   5 * time.Second,
+		FlushTimeout:    5 * time.Second,
+	}
+}
+
+// deps are the machine's collaborators and settings: Run builds them from
+// the real control plane, etcd, gRPC ring and checkpoint directory; the
+// unit tests from their in-memory twins.
+type deps struct {
+	ID      string
+	Job     string // the job's name (for the log)
+	Log     *zap.Logger
+	Spec    job.Spec
+	Trainer *Trainer
+	Ring    allreduce.Transport
+	Control ControlPlane
+	Members Membership
+	// MembersName names the membership service in errors ("etcd [...]").
+	MembersName string
+	Store       CheckpointStore
+	// Probe checks that the ring endpoint at addr is served by a live
+	// process (within ctx's deadline).
+	Probe func(ctx context.Context, addr string) error
+	// Member is this worker's registration; TTL its lease's time to live;
+	// Patience bounds the first registration.
+	Member   cluster.Member
+	TTL      time.Duration
+	Patience time.Duration
+	Timing   Timing
+	Samples  *sampleLog // nil unless the sample log is on
+}
+
+// machine is one worker's protocol: a loop over states, each a method
+// that does its work and returns the next state. Only the loop goroutine
+// runs the states; the background goroutines (membership, plan watch,
+// reporter, checkpoint writer) talk to it through plans, rereg, reports
+// and mem.
+type machine struct {
+	deps
+	t     *Trainer
+	plans *planBox
+	rereg chan struct{} // asks keepRegistered for a new registration
+	// reports is the queue of metric reports, sent in order.
+	reports chan *controlpb.MetricsReport
+	pending sync.WaitGroup // counts queued and in-flight reports
+
+	// Loop state (the loop goroutine only).
+	seen    uint64          // the newest plan generation taken
+	plan    *controlpb.Plan // the plan being trained
+	failure error           // why the last plan's ring failed (recovering)
+	sess    *session        // the open ring of plan, nil outside it
+	writer  *checkpoint.Writer
+	lastAcc *float64
+	trace   func(from, to state) // tests observe transitions
+
+	mu  sync.Mutex                     // guards mem
+	mem map[int64]*checkpoint.Snapshot // in-memory states at checkpoint steps, by step
+}
+
+// session is what a worker holds while it trains under one plan: the
+// ring, the reducer, the loader and the cancellation of its collectives.
+type session struct {
+	rank, world int
+	ring        *allreduce.Ring
+	red         *allreduce.Reducer
+	ld          *data.Loader
+	// ctx ends the plan's collectives: on a newer plan or when the run ends.
+	ctx     context.Context
+	closers []func() // run in reverse order by close
+	// images and since measure throughput for the reports.
+	images int
+	since  time.Time
+}
+
+func (s *session) close() {
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+}
+
+func newMachine(d deps) *machine {
+	if d.Log == nil {
+		d.Log = zap.NewNop()
+	}
+	if d.Timing == (Timing{}) {
+		d.Timing = DefaultTiming()
+	}
+	return &machine{deps: d, t: d.Trainer, plans: newPlanBox(), rereg: make(chan struct{}, 1),
+		reports: make(chan *controlpb.MetricsReport, 1024), mem: map[int64]*checkpoint.Snapshot{}}
+}
+
+// run registers, then runs the states until the job is done, ctx ends
+// (nil: a clean stop) or an error that no new plan fixes. It returns only
+// after every goroutine it started has ended.
+func (m *machine) run(ctx context.Context) error {
+	reg, err := m.registering(ctx)
+	if err != nil || reg == nil {
+		return err
+	}
+	if m.trace != nil {
+		m.trace(stateRegistering, stateWaiting)
+	}
+	ctx, stop := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	defer func() {
+		stop()
+		bg.Wait()
+	}()
+	bg.Add(3)
+	go func() { defer bg.Done(); m.keepRegistered(ctx, reg) }()
+	go func() { defer bg.Done(); m.watchPlans(ctx) }()
+	go func() { defer bg.Done(); m.reporter(ctx) }()
+	err = m.loop(ctx, stateWaiting)
+	m.drainReports()
+	return err
+}
+
+// loop runs the states from st on until done.
+func (m *machine) loop(ctx context.Context, st state) error {
+	defer func() {
+		m.endSession()
+		if m.writer != nil {
+			m.writer.Close()
+			m.writer = nil
+		}
+	}()
+	for st != stateDone {
+		next, err := m.enter(ctx, st)
+		if err != nil {
+			return err
+		}
+		if m.trace != nil {
+			m.trace(st, next)
+		}
+		if next != stateTraining && next != stateCommitting && next != stateFinishing {
+			m.endSession() // the plan's ring is no longer needed
+		}
+		st = next
+	}
+	return nil
+}
+
+func (m *machine) enter(ctx context.Context, st state) (state, error) {
+	switch st {
+	case stateWaiting:
+		return m.waiting(ctx)
+	case stateSyncing:
+		return m.syncing(ctx)
+	case stateTraining:
+		return m.training(ctx)
+	case stateCommitting:
+		return m.committing(ctx)
+	case stateFinishing:
+		return m.finishing(ctx)
+	case stateRecovering:
+		return m.recovering(ctx)
+	}
+	return stateDone, nil
+}
+
+func (m *machine) endSession() {
+	if m.sess != nil {
+		m.sess.close()
+		m.sess = nil
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,546 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/ringtrain/ringtrain/pkg/allreduce"
+	"github.com/ringtrain/ringtrain/pkg/checkpoint"
+	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/data"
+	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/nn"
+	"github.com/ringtrain/ringtrain/proto/controlpb"
+)
+
+// The tests in this file drive the worker's state machine over the
+// in-memory twins of its collaborators: no processes, no sockets, a tiny
+// model on the CPU. Each test is a scenario the e2e tests run for real.
+
+// testJob is a job of steps steps (4 an epoch) with a checkpoint every
+// 2 steps.
+func testJob(t *testing.T, epochs int) job.Spec {
+	s := tinySpec()
+	s.Data.SyntheticSize = 64
+	s.Epochs = epochs
+	s.Checkpoint = job.Checkpoint{EverySteps: 2, Keep: 3, Resume: true}
+	s.DeadlineSec = 1
+	s.OutputDir = t.TempDir()
+	return s
+}
+
+// fastTiming shortens every wait of the machine to test scale.
+func fastTiming() Timing {
+	return Timing{ProbeTimeout: 50 * time.Millisecond, SuspectWait: 50 * time.Millisecond, ExcludedGrace: 100 * time.Millisecond,
+		RegisterRetry: 5 * time.Millisecond, WatchRetry: 5 * time.Millisecond, RingSlack: 500 * time.Millisecond,
+		WriterLag: 10 * time.Second, CallTimeout: time.Second, RegisterTimeout: time.Second, ReportTimeout: time.Second,
+		FlushTimeout: time.Second}
+}
+
+// harness is one job's in-memory world: control plane, membership, ring
+// network, a shared checkpoint store and the liveness of each address.
+type harness struct {
+	t       *testing.T
+	spec    job.Spec
+	train   data.Dataset
+	test    data.Dataset
+	ctrl    *MemControlPlane
+	members *MemMembership
+	net     *allreduce.InmemNetwork
+	store   *checkpoint.MemStore
+	logs    *observer.ObservedLogs
+	log     *zap.Logger
+
+	mu      sync.Mutex // guards dead, stalled, workers
+	dead    map[string]bool
+	stalled map[string]*stallTransport
+	workers map[string]*testWorker
+}
+
+type testWorker struct {
+	id     string
+	addr   string // its ring address
+	m      *machine
+	cancel context.CancelFunc
+	done   chan error
+	// hash and step are the trainer's state when run returned.
+	hash uint64
+	step int64
+
+	mu    sync.Mutex // guards trace
+	trace []string   // "from>to" transitions
+}
+
+func newHarness(t *testing.T, spec job.Spec) *harness {
+	train, test, err := OpenDatasets(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	h := &harness{t: t, spec: spec, train: train, test: test, ctrl: NewMemControlPlane(spec.Hash()),
+		members: NewMemMembership(), net: allreduce.NewInmemNetwork(), store: checkpoint.NewMemStore(spec.Checkpoint.Keep),
+		logs: logs, log: zap.New(core), dead: map[string]bool{}, stalled: map[string]*stallTransport{}, workers: map[string]*testWorker{}}
+	t.Cleanup(h.stopAll)
+	return h
+}
+
+// probe is the in-memory liveness probe: a dead worker refuses at once, a
+// stalled one does not answer before the deadline.
+func (h *harness) probe(ctx context.Context, addr string) error {
+	h.mu.Lock()
+	dead, st := h.dead[addr], h.stalled[addr]
+	h.mu.Unlock()
+	switch {
+	case dead:
+		return fmt.Errorf("%s: connection refused", addr)
+	case st != nil && st.isStalled():
+		<-ctx.Done()
+		return fmt.Errorf("%s did not answer: %w", addr, ctx.Err())
+	}
+	return nil
+}
+
+// start starts worker id from step 0, with a ring address of its own
+// (id, then id+"'" for a replacement).
+func (h *harness) start(id string) *testWorker {
+	h.t.Helper()
+	h.mu.Lock()
+	addr := id
+	if w := h.workers[id]; w != nil {
+		addr = w.addr + "'"
+	}
+	h.mu.Unlock()
+	tr, err := NewTrainer(h.spec, nn.NewCPU(1), h.train, h.test)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	st := &stallTransport{Transport: h.net.Transport(addr), gate: make(chan struct{})}
+	w := &testWorker{id: id, addr: addr, done: make(chan error, 1)}
+	w.m = newMachine(deps{ID: id, Job: h.spec.Name, Log: h.log.With(zap.String("worker", id)), Spec: h.spec, Trainer: tr,
+		Ring: st, Control: h.ctrl, Members: h.members, MembersName: "memory", Store: h.store, Probe: h.probe,
+		Member: cluster.Member{ID: id, Address: addr, Device: "cpu"}, TTL: time.Second, Patience: time.Second, Timing: fastTiming()})
+	w.m.trace = func(from, to state) {
+		w.mu.Lock()
+		w.trace = append(w.trace, from.String()+">"+to.String())
+		w.mu.Unlock()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	h.mu.Lock()
+	h.workers[id] = w
+	h.stalled[addr] = st
+	h.mu.Unlock()
+	go func() {
+		err := w.m.run(ctx)
+		w.hash, _ = tr.StateHash()
+		w.step = tr.Step
+		tr.Close()
+		w.done <- err
+	}()
+	return w
+}
+
+// kill makes worker id die as a killed process would: its ring breaks at
+// once, its address refuses probes, and it stops.
+func (h *harness) kill(id string) {
+	h.mu.Lock()
+	w := h.workers[id]
+	h.dead[w.addr] = true
+	h.mu.Unlock()
+	h.net.Partition(w.addr)
+	w.cancel()
+	if err := w.wait(h.t); err != nil {
+		h.t.Logf("killed worker %s: %v", id, err)
+	}
+}
+
+func (h *harness) stopAll() {
+	h.mu.Lock()
+	ws := make([]*testWorker, 0, len(h.workers))
+	for _, w := range h.workers {
+		ws = append(ws, w)
+	}
+	h.mu.Unlock()
+	for _, w := range ws {
+		w.cancel()
+		select {
+		case err := <-w.done:
+			w.done <- err
+		case <-time.After(10 * time.Second):
+			h.t.Errorf("worker %s did not stop", w.id)
+		}
+	}
+}
+
+// wait waits for the worker's run to return.
+func (w *testWorker) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-w.done:
+		w.done <- err
+		return err
+	case <-time.After(60 * time.Second):
+		t.Fatalf("worker %s did not finish", w.id)
+		return nil
+	}
+}
+
+func (w *testWorker) transitions() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.trace)
+}
+
+// publish waits until ids are registered and publishes their plan.
+func (h *harness) publish(ids ...string) uint64 {
+	h.t.Helper()
+	h.awaitMembers(func(have []string) bool {
+		for _, id := range ids {
+			if !slices.Contains(have, id) {
+				return false
+			}
+		}
+		return true
+	})
+	h.mu.Lock()
+	addrs := make([]string, len(ids))
+	for i, id := range ids {
+		addrs[i] = h.workers[id].addr
+	}
+	h.mu.Unlock()
+	return h.ctrl.Publish(ids, addrs)
+}
+
+func (h *harness) awaitMembers(cond func([]string) bool) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.members.Await(ctx, func(m *MemMembership) bool { return cond(m.Members()) }); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) await(what string, cond func(MemControlState) bool) MemControlState {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := h.ctrl.Await(ctx, cond); err != nil {
+		h.t.Fatalf("%s: %v", what, err)
+	}
+	return h.ctrl.Snapshot()
+}
+
+func committedAtLeast(step int64) func(MemControlState) bool {
+	return func(s MemControlState) bool { return s.Committed.Step >= step }
+}
+
+func jobDone(s MemControlState) bool { return s.State == controlpb.JobState_JOB_STATE_DONE }
+
+// totalSteps is the job's length in steps.
+func (h *harness) totalSteps() int64 {
+	return int64(h.spec.Epochs * (h.spec.Data.SyntheticSize / h.spec.GlobalBatch))
+}
+
+// finishes waits for the job to be done and checks the end state: the
+// final step committed, every given worker ended cleanly with the same
+// weights, the model saved.
+func (h *harness) finishes(ws ...*testWorker) {
+	h.t.Helper()
+	s := h.await("job done", jobDone)
+	if s.Committed.Step != h.totalSteps() {
+		h.t.Errorf("final commit at step %d, want %d", s.Committed.Step, h.totalSteps())
+	}
+	var hashes []uint64
+	for _, w := range ws {
+		if err := w.wait(h.t); err != nil {
+			h.t.Errorf("worker %s: %v", w.id, err)
+		}
+		if w.step != h.totalSteps() {
+			h.t.Errorf("worker %s ended at step %d, want %d", w.id, w.step, h.totalSteps())
+		}
+		hashes = append(hashes, w.hash)
+	}
+	for i := 1; i < len(hashes); i++ {
+		if hashes[i] != hashes[0] {
+			h.t.Errorf("worker %s ended with weights %x, worker %s with %x", ws[i].id, hashes[i], ws[0].id, hashes[0])
+		}
+	}
+	if got := h.logs.FilterMessage("saved model").Len(); got != 1 {
+		h.t.Errorf("%d workers saved the model, want 1", got)
+	}
+	if _, err := nn.ReadSafetensorsFile(filepath.Join(h.spec.OutputDir, ModelFile)); err != nil {
+		h.t.Errorf("final model: %v", err)
+	}
+}
+
+// logged returns the logged messages of worker id that contain s.
+func (h *harness) logged(id, s string) int {
+	n := 0
+	for _, e := range h.logs.All() {
+		if strings.Contains(e.Message, s) && e.ContextMap()["worker"] == id {
+			n++
+		}
+	}
+	return n
+}
+
+// stallTransport wraps a transport whose links can be stalled as a
+// SIGSTOPped process's would: accepted, but nothing moves.
+type stallTransport struct {
+	allreduce.Transport
+	mu    sync.Mutex // guards stall
+	stall bool
+	gate  chan struct{} // closed when the stall ends
+}
+
+func (s *stallTransport) setStalled(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stall == on {
+		return
+	}
+	s.stall = on
+	if on {
+		s.gate = make(chan struct{})
+	} else {
+		close(s.gate)
+	}
+}
+
+func (s *stallTransport) isStalled() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stall
+}
+
+func (s *stallTransport) wait(closed <-chan struct{}) error {
+	s.mu.Lock()
+	on, gate := s.stall, s.gate
+	s.mu.Unlock()
+	if !on {
+		return nil
+	}
+	select {
+	case <-gate:
+		return nil
+	case <-closed:
+		return allreduce.ErrClosed
+	}
+}
+
+func (s *stallTransport) Open(ctx context.Context, p allreduce.Plan) (allreduce.Link, error) {
+	l, err := s.Transport.Open(ctx, p)
+	if err != nil || l == nil {
+		return l, err
+	}
+	return &stallLink{Link: l, t: s, closed: make(chan struct{})}, nil
+}
+
+type stallLink struct {
+	allreduce.Link
+	t      *stallTransport
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (l *stallLink) Send(h *allreduce.Header, size int, fill func([]byte)) error {
+	if err := l.t.wait(l.closed); err != nil {
+		return err
+	}
+	return l.Link.Send(h, size, fill)
+}
+
+func (l *stallLink) Recv(fn func(*allreduce.Header, [][]byte) error) error {
+	if err := l.t.wait(l.closed); err != nil {
+		return err
+	}
+	return l.Link.Recv(fn)
+}
+
+func (l *stallLink) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Link.Close()
+}
+
+// TestMachineJoinsAndTrainsToTheEnd: two workers register, take the plan,
+// train every step through checkpoints and epoch ends, and finish with the
+// same weights; rank 0 commits the end.
+func TestMachineJoinsAndTrainsToTheEnd(t *testing.T) {
+	h := newHarness(t, testJob(t, 2))
+	w0, w1 := h.start("w0"), h.start("w1")
+	h.publish("w0", "w1")
+	h.finishes(w0, w1)
+	want := []string{"registering>waiting", "waiting>syncing", "syncing>training", "training>committing", "committing>training", "training>finishing", "finishing>done"}
+	for _, w := range []*testWorker{w0, w1} {
+		tr := w.transitions()
+		for _, x := range want {
+			if !slices.Contains(tr, x) {
+				t.Errorf("worker %s: no transition %s in %v", w.id, x, tr)
+			}
+		}
+	}
+	s := h.ctrl.Snapshot()
+	if len(s.Failures) != 0 {
+		t.Errorf("failures reported in a clean run: %v", s.Failures)
+	}
+	if len(s.Checkpoints) == 0 {
+		t.Error("no checkpoint recorded")
+	}
+}
+
+// TestMachinePeerDeathMidStep: a worker of three dies while the others
+// train; its ring neighbours find it dead and name it, and under the next
+// plan the survivors roll back to the committed step (from memory, not
+// from the store) and finish.
+func TestMachinePeerDeathMidStep(t *testing.T) {
+	h := newHarness(t, testJob(t, 3))
+	w0, w1 := h.start("w0"), h.start("w1")
+	h.start("w2")
+	h.publish("w0", "w1", "w2")
+	// Kill w2 once the others have trained past a committed step, so that
+	// they must roll back.
+	h.await("steps past a committed one", func(s MemControlState) bool {
+		past := map[string]bool{}
+		for _, r := range s.Metrics {
+			if s.Committed.Step >= 2 && r.GetStep() > s.Committed.Step {
+				past[r.GetWorkerId()] = true
+			}
+		}
+		return past["w0"] && past["w1"]
+	})
+	h.kill("w2")
+	s := h.await("failure naming w2", func(s MemControlState) bool {
+		return slices.ContainsFunc(s.Failures, func(f *controlpb.FailureReport) bool { return f.GetSuspectId() == "w2" })
+	})
+	for _, f := range s.Failures {
+		if f.GetSuspectId() != "" && f.GetSuspectId() != "w2" {
+			t.Errorf("%s named %s as the suspect, not w2", f.GetWorkerId(), f.GetSuspectId())
+		}
+	}
+	committed := h.ctrl.Snapshot().Committed.Step
+	h.publish("w0", "w1")
+	h.finishes(w0, w1)
+	for _, w := range []*testWorker{w0, w1} {
+		for _, e := range h.logs.FilterMessage("ring failed; reporting and waiting for a new plan").All() {
+			if e.ContextMap()["worker"] == w.id && e.ContextMap()["step"].(int64) > committed && h.logged(w.id, "rolling back in memory") == 0 {
+				t.Errorf("worker %s failed at step %v past the committed %d but did not roll back in memory", w.id, e.ContextMap()["step"], committed)
+			}
+		}
+		// A survivor recovers, or (when the other one's report brought
+		// the new plan first) drops the broken plan for it.
+		if tr := w.transitions(); !slices.Contains(tr, "training>recovering") && !slices.Contains(tr, "training>waiting") {
+			t.Errorf("worker %s did not leave the broken plan: %v", w.id, tr)
+		}
+		if n := h.logged(w.id, "loaded checkpoint"); n != 0 {
+			t.Errorf("survivor %s read its state from the store %d times (the committed step is in memory)", w.id, n)
+		}
+	}
+}
+
+// TestMachineStalledPeer: a worker stops answering (its ring accepts but
+// nothing moves). Its neighbours' collectives time out, their probes find
+// it silent and name it; the others finish without it. The stalled
+// worker, left out of a plan with room for it, registers again.
+func TestMachineStalledPeer(t *testing.T) {
+	h := newHarness(t, testJob(t, 3))
+	w0, w1, w2 := h.start("w0"), h.start("w1"), h.start("w2")
+	h.publish("w0", "w1", "w2")
+	h.await("a committed step", committedAtLeast(2))
+	h.mu.Lock()
+	st := h.stalled["w2"]
+	h.mu.Unlock()
+	st.setStalled(true)
+	h.await("failure naming w2", func(s MemControlState) bool {
+		return slices.ContainsFunc(s.Failures, func(f *controlpb.FailureReport) bool { return f.GetSuspectId() == "w2" })
+	})
+	h.publish("w0", "w1")
+	st.setStalled(false) // it wakes up: left out of a plan that has room
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.members.Await(ctx, func(m *MemMembership) bool { return m.Registrations("w2") >= 2 }); err != nil {
+		t.Errorf("the excluded worker did not register again: %v", err)
+	}
+	h.finishes(w0, w1)
+	w2.cancel()
+	if err := w2.wait(t); err != nil {
+		t.Errorf("stalled worker: %v", err)
+	}
+}
+
+// TestMachineLeaderChange: the coordinator fails over twice during the
+// job (every plan watch breaks, calls fail until the new leader is found,
+// including the final commit's): the workers reconnect and finish without
+// reporting a ring failure.
+func TestMachineLeaderChange(t *testing.T) {
+	h := newHarness(t, testJob(t, 3))
+	w0, w1 := h.start("w0"), h.start("w1")
+	h.publish("w0", "w1")
+	h.await("a committed step", committedAtLeast(2))
+	h.ctrl.LeaderChange(4)
+	h.await("a commit after the change", committedAtLeast(8))
+	h.ctrl.LeaderChange(2)
+	h.finishes(w0, w1)
+	if n := h.logged("w0", "plan watch ended; reconnecting") + h.logged("w1", "plan watch ended; reconnecting"); n < 2 {
+		t.Errorf("%d plan watches reopened, want one per worker and change at least", n)
+	}
+	if f := h.ctrl.Snapshot().Failures; len(f) != 0 {
+		t.Errorf("a leader change made workers report ring failures: %v", f)
+	}
+}
+
+// TestMachineDamagedCheckpoint: a replacement joins after a death and the
+// committed step's checkpoint is damaged: it falls back to the previous
+// checkpoint, the ranks disagree on their starting state, and all load
+// the same older checkpoint, then finish identically.
+func TestMachineDamagedCheckpoint(t *testing.T) {
+	h := newHarness(t, testJob(t, 3))
+	w0 := h.start("w0")
+	h.start("w1")
+	h.publish("w0", "w1")
+	s := h.await("two checkpoints", func(s MemControlState) bool { return s.Committed.Step >= 4 })
+	h.kill("w1")
+	h.await("failure naming w1", func(s MemControlState) bool {
+		return slices.ContainsFunc(s.Failures, func(f *controlpb.FailureReport) bool { return f.GetSuspectId() == "w1" })
+	})
+	s = h.ctrl.Snapshot()
+	if !h.store.Damage(s.Committed.Step) {
+		t.Fatalf("no checkpoint of the committed step %d", s.Committed.Step)
+	}
+	w1b := h.start("w1") // a replacement: same id, a new ring address
+	h.publish("w0", "w1")
+	h.finishes(w0, w1b)
+	if n := h.logged("w1", "checkpoint unusable; falling back to an older one"); n == 0 {
+		t.Error("the replacement did not log the damaged checkpoint")
+	}
+	if n := h.logged("w0", "ranks start from different states; all load the checkpoint of the oldest step"); n == 0 {
+		t.Error("rank 0 did not notice that the ranks started from different states")
+	}
+}
+
+// TestMachineScaleUp: one worker trains alone; a second joins, loads the
+// committed state from the store, and both finish with the same weights.
+func TestMachineScaleUp(t *testing.T) {
+	h := newHarness(t, testJob(t, 3))
+	w0 := h.start("w0")
+	h.publish("w0")
+	h.await("a committed step", committedAtLeast(2))
+	w1 := h.start("w1")
+	h.publish("w0", "w1")
+	h.finishes(w0, w1)
+	if n := h.logged("w1", "loaded checkpoint"); n == 0 {
+		t.Error("the joiner did not load the committed state from the store")
+	}
+	if !slices.Contains(w0.transitions(), "training>waiting") {
+		t.Errorf("w0 did not leave its one-worker plan for the new one: %v", w0.transitions())
+	}
+}

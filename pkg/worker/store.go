@@ -1,0 +1,25 @@
+package worker
+
+import (
+	"github.com/ringtrain/ringtrain/pkg/checkpoint"
+	"github.com/ringtrain/ringtrain/pkg/cluster"
+)
+
+// CheckpointStore is where checkpoints are written and read back.
+// *checkpoint.Store (a directory) is the real one; checkpoint.MemStore the
+// in-memory twin.
+type CheckpointStore interface {
+	// Write stores a snapshot durably and applies retention.
+	Write(s *checkpoint.Snapshot) (cluster.Manifest, error)
+	// Steps lists the steps that have a checkpoint, newest first.
+	Steps() ([]int64, error)
+	// LoadAtMost loads the newest checkpoint of configHash at or before
+	// maxStep (any step when maxStep < 0) that verifies; skipped says
+	// which newer ones were passed over and why.
+	LoadAtMost(configHash string, maxStep int64) (*checkpoint.Loaded, []checkpoint.Skipped, error)
+}
+
+var (
+	_ CheckpointStore = (*checkpoint.Store)(nil)
+	_ CheckpointStore = (*checkpoint.MemStore)(nil)
+)
