@@ -1,6 +1,6 @@
 # Cluster deployment: the Helm chart (deploy/helm/ringtrain) and the images
 # (deploy/docker/Dockerfile). See docs/deploy.md.
-.PHONY: test-deploy helm-template image image-cuda
+.PHONY: test-deploy helm-template image test-image image-cuda cluster-e2e
 
 # Loads, lints and renders the chart with the Helm Go SDK and checks the
 # manifests as typed Kubernetes objects (a few seconds after compiling).
@@ -17,11 +17,25 @@ helm-template:
 		$(GO) test -count=1 -run TestRenderToDir ./deploy/helm/
 	@find $(HELM_OUT) -type f | sort
 
-# Images (needs docker with BuildKit; both binaries in each image).
+# Images without docker and without pulling anything (buildah, podman and runc
+# from Debian; as root): the CPU image (coordinator + worker + the glibc files
+# their ELF headers ask for, from Debian's libc6) and an etcd image (etcd built
+# from the go.etcd.io module in go.mod), FROM scratch, written as OCI archives
+# under IMAGE_OUT (podman load -i FILE) after their binaries were started
+# inside them. See docs/deploy.md.
+IMAGE_OUT ?= build/images
+image:
+	$(GO) run ./deploy/image --out $(IMAGE_OUT)
+
+# The image tests: a broken image (a runtime file left out) fails loudly;
+# both images build, load into a fresh store and run. A few minutes.
+test-image:
+	RINGTRAIN_PODMAN=1 $(GO) test -count=1 -timeout 30m -v ./deploy/image/ ./deploy/podman/
+
+# The CUDA image stays a Dockerfile: it starts from NVIDIA's CUDA runtime
+# image (NVRTC, cuBLAS), so it needs docker with BuildKit and registry access.
 IMAGE ?= ghcr.io/ringtrain/ringtrain
 IMAGE_TAG ?= 0.1.0
 DOCKER ?= docker
-image:
-	$(DOCKER) build -f deploy/docker/Dockerfile --target cpu -t $(IMAGE):$(IMAGE_TAG) .
 image-cuda:
 	$(DOCKER) build -f deploy/docker/Dockerfile --target cuda -t $(IMAGE):$(IMAGE_TAG)-cuda .

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
 
 	"github.com/ringtrain/ringtrain/internal/cli"
@@ -13,6 +15,7 @@ func runCmd() *cobra.Command {
 	var cfg worker.Config
 	var tf tlsconf.Files
 	shm := true
+	procs := 1
 	cmd := &cobra.Command{
 		Use:   "run --coordinator ADDR[,ADDR...]",
 		Short: "Join a job and train (what the coordinator's --workers N starts)",
@@ -20,6 +23,12 @@ func runCmd() *cobra.Command {
   worker run --coordinator c0:7070,c1:7070,c2:7070 --listen 0.0.0.0:7080 --advertise $(hostname -i):7080 --device cuda`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if procs < 1 {
+				return fmt.Errorf("--procs %d: must be at least 1", procs)
+			}
+			if procs > 1 {
+				return runProcs(cmd.Context(), procsOptions{cfg: cfg, tls: tf, shm: shm, procs: procs})
+			}
 			log := cli.NewLogger("worker")
 			defer log.Sync()
 			cfg.Log = log
@@ -44,6 +53,7 @@ func runCmd() *cobra.Command {
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (default: the job's)")
 	tf.Bind(f)
 	f.BoolVar(&shm, "shared-memory", true, "ring traffic to a worker on the same host goes through shared memory (false: TCP)")
+	f.IntVar(&procs, "procs", 1, "run this many worker processes on this host (one per GPU, like torchrun's --nproc-per-node): ids <id>-0..K-1, ring ports <port>+0..K-1; they share memory with each other")
 	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 0, "give up when the coordinator or etcd does not answer within this (default 15s)")
 	return cmd
 }

@@ -96,6 +96,14 @@ func TestSharedMemoryChosen(t *testing.T) {
 				if rings[i], err = NewRing(links[i], DefaultConfig("j", 1, i, 2)); err != nil {
 					t.Fatal(err)
 				}
+				// The ring reports the kind of each of its links.
+				want := LinkStream
+				if c.want {
+					want = LinkSharedMemory
+				}
+				if right, left := rings[i].Links(); right != want || left != want {
+					t.Fatalf("rank %d: links right %q left %q, want %q both", i, right, left, want)
+				}
 			}
 			in := inputs(3, 2, 300_000)
 			out := clone(in)

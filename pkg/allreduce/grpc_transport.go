@@ -624,6 +624,10 @@ func (l *grpcLink) LockstepIn() bool { return l.in != nil && l.in.reader == nil 
 // shared memory.
 func (l *grpcLink) SharedMemory() bool { return l.shm != nil }
 
+// SharedMemoryIn reports whether payloads from the left neighbour come
+// through shared memory.
+func (l *grpcLink) SharedMemoryIn() bool { return l.in != nil && l.in.shm != nil }
+
 // readAcks watches the stream to the right neighbour, which carries no
 // message after the handshake: its end (the neighbour closed or died)
 // closes ackDone and wakes a Send waiting for a shared-memory slot.

@@ -139,6 +139,36 @@ func Open(ctx context.Context, t Transport, cfg Config, peers []string) (*Ring, 
 }
 
 // Config returns the ring's configuration (defaults filled in).
+// Link kinds reported by Ring.Links.
+const (
+	LinkSharedMemory = "shm"    // tensor bytes through a shared-memory segment (same host)
+	LinkStream       = "stream" // tensor bytes over the transport's stream (TCP for gRPC)
+)
+
+// sharedMemoryLink is a link that can say whether each direction goes
+// through shared memory (GRPCTransport's links).
+type sharedMemoryLink interface {
+	SharedMemory() bool   // payloads to the right neighbour
+	SharedMemoryIn() bool // payloads from the left neighbour
+}
+
+// Links says how tensor bytes travel to the right neighbour and from the
+// left one: LinkSharedMemory or LinkStream; both "" for a one-rank ring
+// or a link that cannot tell.
+func (r *Ring) Links() (right, left string) {
+	l, ok := r.link.(sharedMemoryLink)
+	if !ok {
+		return "", ""
+	}
+	kind := func(shm bool) string {
+		if shm {
+			return LinkSharedMemory
+		}
+		return LinkStream
+	}
+	return kind(l.SharedMemory()), kind(l.SharedMemoryIn())
+}
+
 func (r *Ring) Config() Config { return r.cfg }
 
 // Err returns the failure that broke the ring, or nil.

@@ -355,7 +355,8 @@ func applyCheckpoint(s *JobState, c *CheckpointCommand) error {
 // starts a new generation when the plan or the status changed (or always,
 // with force). Ranks: the survivors of the previous plan keep their
 // relative order (a worker that re-registered under its id keeps its
-// place); newcomers follow in join order; at most MaxWorkers are planned,
+// place); newcomers follow in join order, each placed right after the last
+// planned worker of its host (see placeByHost); at most MaxWorkers are planned,
 // the rest wait as standbys.
 func replan(s *JobState, force bool) {
 	if s.Status == StatusDone {
@@ -379,9 +380,14 @@ func replan(s *JobState, force bool) {
 		}
 	}
 	for _, w := range s.Live { // join order
-		if _, ok := live[w.ID]; ok {
-			next = append(next, w)
+		if _, ok := live[w.ID]; !ok {
+			continue
 		}
+		if s.MaxWorkers > 0 && len(next) >= s.MaxWorkers {
+			next = append(next, w) // a standby: never ahead of a planned worker
+			continue
+		}
+		next = placeByHost(next, w)
 	}
 	if s.MaxWorkers > 0 && len(next) > s.MaxWorkers {
 		next = next[:s.MaxWorkers]
@@ -400,4 +406,20 @@ func replan(s *JobState, force bool) {
 		s.Plan = next
 		s.Status = status
 	}
+}
+
+// placeByHost adds w to the ring order next: right after the last worker
+// with w's HostID, so that the workers of one host (the processes of one
+// pod, one per GPU) are ring neighbours and talk through shared memory,
+// leaving TCP to the links between hosts; at the end when no worker of its
+// host is planned (or it names no host).
+func placeByHost(next []Worker, w Worker) []Worker {
+	if w.HostID != "" {
+		for i := len(next) - 1; i >= 0; i-- {
+			if next[i].HostID == w.HostID {
+				return slices.Insert(next, i+1, w)
+			}
+		}
+	}
+	return append(next, w)
 }

@@ -100,6 +100,38 @@ func TestPlanningKeepsSurvivorOrderAndBounds(t *testing.T) {
 	}
 }
 
+// Workers of one host (the processes of one pod) become ring neighbours
+// whatever order they join in; survivors keep their relative order and a
+// standby never displaces a planned worker.
+func TestPlanningGroupsWorkersOfAHost(t *testing.T) {
+	join := func(s JobState, byHost map[string]string, ids ...string) JobState {
+		c := members(ids...)
+		for i := range c.Members.Members {
+			c.Members.Members[i].HostID = byHost[c.Members.Members[i].ID]
+		}
+		return mustApply(t, s, c)
+	}
+	clear(joinRev)
+	host := map[string]string{"n0a": "n0", "n0b": "n0", "n1a": "n1", "n1b": "n1", "n2a": "n2"}
+	s := mustApply(t, initialState(), spec(1, 5))
+	s = join(s, host, "n0a", "n1a")
+	s = join(s, host, "n0a", "n1a", "n1b", "n0b") // n1b joined before n0b
+	if got := planIDs(s); got != "n0a,n0b,n1a,n1b" {
+		t.Fatalf("plan %s, want the workers of each host side by side: n0a,n0b,n1a,n1b", got)
+	}
+	s = join(s, host, "n0a", "n1a", "n1b", "n0b", "n2a")
+	if got := planIDs(s); got != "n0a,n0b,n1a,n1b,n2a" {
+		t.Fatalf("plan %s, want a new host last", got)
+	}
+	// At MaxWorkers a newcomer of a planned host waits as a standby.
+	s = mustApply(t, initialState(), spec(1, 2))
+	s = join(s, host, "n1a", "n2a")
+	s = join(s, host, "n1a", "n2a", "n1b")
+	if got := planIDs(s); got != "n1a,n2a" {
+		t.Fatalf("plan %s, want n1a,n2a (n1b a standby)", got)
+	}
+}
+
 func TestFailureReportExcludesSuspectUntilItRejoins(t *testing.T) {
 	clear(joinRev)
 	s := mustApply(t, mustApply(t, initialState(), spec(1, 0)), members("a", "b", "c"))

@@ -77,8 +77,10 @@ func (m *machine) syncing(ctx context.Context) (state, error) {
 		return stateDone, err
 	}
 	s.closers = append(s.closers, func() { s.ld.Close() })
+	right, left := ring.Links() // shm or stream: which links stay on the host
 	m.Log.Info("training", zap.Int("rank", rank), zap.Int("world", world), zap.Int64("step", m.t.Step),
-		zap.Int("epoch", m.t.Pos.Epoch), zap.Int("cursor", m.t.Pos.Cursor))
+		zap.Int("epoch", m.t.Pos.Epoch), zap.Int("cursor", m.t.Pos.Cursor),
+		zap.String("link_right", right), zap.String("link_left", left))
 	s.since = time.Now()
 	return stateTraining, nil
 }

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ringtrain/ringtrain/pkg/tlsconf"
+	"github.com/ringtrain/ringtrain/pkg/worker"
+)
+
+// errProc is returned when one of the processes of `worker run --procs`
+// fails; the others have been stopped.
+var errProc = errors.New("worker: a process of this host failed")
+
+// procsOptions is what `worker run --procs K` passes on to its children.
+type procsOptions struct {
+	cfg   worker.Config
+	tls   tlsconf.Files
+	shm   bool
+	procs int
+}
+
+// childArgs returns the `worker run` arguments of child i: the parent's
+// flags with id <id>-<i>, ring port +i (listen and advertise) and --procs 1.
+func (o procsOptions) childArgs(i int) ([]string, error) {
+	id := o.cfg.ID
+	if id == "" {
+		id, _ = os.Hostname()
+	}
+	listen, err := shiftPort(o.cfg.ListenAddr, i)
+	if err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	args := []string{"run", "--procs", "1", "--id", fmt.Sprintf("%s-%d", id, i), "--listen", listen,
+		"--coordinator", strings.Join(o.cfg.Coordinators, ","), "--shared-memory=" + strconv.FormatBool(o.shm)}
+	if o.cfg.Advertise != "" {
+		adv, err := shiftPort(o.cfg.Advertise, i)
+		if err != nil {
+			return nil, fmt.Errorf("--advertise: %w", err)
+		}
+		args = append(args, "--advertise", adv)
+	}
+	if o.cfg.Device != "" {
+		args = append(args, "--device", o.cfg.Device)
+	}
+	if o.cfg.Threads > 0 {
+		args = append(args, "--threads", strconv.Itoa(o.cfg.Threads))
+	}
+	if o.cfg.JoinTimeout > 0 {
+		args = append(args, "--join-timeout", o.cfg.JoinTimeout.String())
+	}
+	return append(args, o.tls.Args()...), nil
+}
+
+// shiftPort adds i to the port of host:port; port 0 stays 0.
+func shiftPort(addr string, i int) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", fmt.Errorf("port %q: %w", port, err)
+	}
+	if p == 0 {
+		return addr, nil
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+i)), nil
+}
+
+// childEnv is the environment of child i: the parent's, with one GPU each
+// for a GPU device (the i-th of CUDA_VISIBLE_DEVICES, or GPU i).
+func (o procsOptions) childEnv(i int) []string {
+	env := os.Environ()
+	if o.cfg.Device == "cpu" {
+		return env
+	}
+	gpu := strconv.Itoa(i)
+	if v := os.Getenv("CUDA_VISIBLE_DEVICES"); v != "" {
+		list := strings.Split(v, ",")
+		if i >= len(list) {
+			return env // fewer GPUs than processes: leave the choice to the process
+		}
+		gpu = list[i]
+	}
+	return append(env, "CUDA_VISIBLE_DEVICES="+gpu)
+}
+
+// runProcs is `worker run --procs K`: K worker processes on this host, as
+// torchrun's --nproc-per-node starts them. They share the host's name and
+// /dev/shm, so ring neighbours among them exchange tensors through shared
+// memory (the coordinator places workers of one host next to each other
+// in the ring). When one fails the others are stopped and the error is
+// returned, so that the whole pod restarts with the same ids; when all
+// finish cleanly it returns nil. Cancelling ctx stops them (SIGTERM).
+func runProcs(ctx context.Context, o procsOptions) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	type exit struct {
+		i   int
+		err error
+	}
+	exits := make(chan exit, o.procs)
+	var cmds []*exec.Cmd
+	for i := 0; i < o.procs; i++ {
+		args, err := o.childArgs(i)
+		if err != nil {
+			stopAll(cmds)
+			return err
+		}
+		c := exec.Command(self, args...)
+		c.Stdout, c.Stderr = os.Stdout, os.Stderr
+		c.Env = o.childEnv(i)
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive this process
+		if err := c.Start(); err != nil {
+			stopAll(cmds)
+			return fmt.Errorf("worker: start process %d: %w", i, err)
+		}
+		cmds = append(cmds, c)
+		go func(i int) { exits <- exit{i, c.Wait()} }(i)
+	}
+	var first error
+	for left := o.procs; left > 0; left-- {
+		var e exit
+		select {
+		case e = <-exits:
+		case <-ctx.Done():
+			stopAll(cmds)
+			e = <-exits
+		}
+		if e.err != nil && first == nil && ctx.Err() == nil {
+			first = fmt.Errorf("%w: process %d (id %s-%d): %w", errProc, e.i, o.cfg.ID, e.i, e.err)
+			stopAll(cmds)
+		}
+	}
+	return first
+}
+
+// stopAll asks every process to stop (SIGTERM) and kills what is left
+// after 10 s.
+func stopAll(cmds []*exec.Cmd) {
+	for _, c := range cmds {
+		_ = c.Process.Signal(syscall.SIGTERM)
+	}
+	go func() {
+		time.Sleep(10 * time.Second)
+		for _, c := range cmds {
+			_ = c.Process.Kill()
+		}
+	}()
+}
