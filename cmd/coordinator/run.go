@@ -2,23 +2,20 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"golang.org/x/term"
 
 	"github.com/ringtrain/ringtrain/internal/cli"
+	"github.com/ringtrain/ringtrain/internal/supervisor"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/coordinator"
 	"github.com/ringtrain/ringtrain/pkg/data"
@@ -28,22 +25,25 @@ import (
 )
 
 type options struct {
-	config        string
-	workers       int
-	stateDir      string
-	listen        string
-	advertise     string
-	etcdEndpoints []string
-	id            string
-	raftBind      string
-	raftPeers     []string
-	workerBin     string
-	noProgress    bool
-	timeout       time.Duration
-	memberTTL     time.Duration
-	restart       bool
-	workerArgs    []string
-	tls           tlsconf.Files
+	config         string
+	workers        int
+	stateDir       string
+	listen         string
+	advertise      string
+	etcdEndpoints  []string
+	id             string
+	raftBind       string
+	raftPeers      []string
+	workerBin      string
+	noProgress     bool
+	timeout        time.Duration
+	memberTTL      time.Duration
+	restart        bool
+	restartLimit   int
+	restartBackoff time.Duration
+	moveOutput     bool
+	workerArgs     []string
+	tls            tlsconf.Files
 }
 
 func rootCmd() *cobra.Command {
@@ -93,6 +93,9 @@ file and flags given on the command line override it.`,
 	f.BoolVar(&o.noProgress, "no-progress", false, "no progress bar (logs only)")
 	f.DurationVar(&o.timeout, "timeout", 0, "give up after this long (0 = no limit)")
 	f.BoolVar(&o.restart, "restart-workers", true, "with --workers: restart a local worker process that dies (a replacement with the same id)")
+	f.IntVar(&o.restartLimit, "restart-limit", 5, "with --workers: stop the job after a local worker crashed this many times in a row without the job committing a step in between")
+	f.DurationVar(&o.restartBackoff, "restart-backoff", time.Second, "with --workers: delay before restarting a worker that crashed again without progress; doubles each time, at most 30s")
+	f.BoolVar(&o.moveOutput, "move-output", false, "continue a job whose saved state names another output directory in --output (e.g. a copied output directory)")
 	f.StringSliceVar(&o.workerArgs, "worker-args", nil, "with --workers: extra arguments for every local 'worker run'")
 	o.tls.Bind(f)
 	f.DurationVar(&o.memberTTL, "member-ttl", 10*time.Second, "etcd lease TTL of worker registrations (a killed worker is usually noticed sooner, by its broken ring streams)")
@@ -100,6 +103,9 @@ file and flags given on the command line override it.`,
 }
 
 func run(ctx context.Context, spec job.Spec, o options) error {
+	if err := checkOptions(spec, &o); err != nil {
+		return err
+	}
 	log := cli.NewLogger("coordinator")
 	defer log.Sync()
 	if o.timeout > 0 {
@@ -117,27 +123,35 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	if err := os.MkdirAll(o.stateDir, 0o755); err != nil {
 		return err
 	}
+	if err := claimOutput(o.stateDir, spec.OutputDir, o.moveOutput); err != nil {
+		return err
+	}
 	if o.listen == "" {
 		o.listen = ":7070"
 		if o.workers > 0 {
 			o.listen = "127.0.0.1:0"
 		}
 	}
+	warnPlaintext(log, o.listen, tc)
 	// The data first: one download for all local workers, and an early,
 	// clear error when it cannot be had.
-	n, err := trainSetSize(ctx, spec)
+	train, err := trainSet(ctx, spec)
 	if err != nil {
 		if errors.Is(err, data.ErrUnavailable) {
 			return fmt.Errorf("%w\n(a local copy of the archive: --cifar-mirror /path/to/cifar-10-binary.tar.gz; or train offline on procedurally drawn images: --dataset synthetic)", err)
 		}
 		return err
 	}
+	n := train.Len()
 	sampler, err := worker.NewSampler(spec, n)
 	if err != nil {
 		return err
 	}
 	spe := sampler.StepsPerEpoch(spec.GlobalBatch)
 
+	if err := precheck(spec, train, o); err != nil {
+		return err
+	}
 	cl, err := cluster.Open(ctx, cluster.Options{Endpoints: o.etcdEndpoints, Dir: o.stateDir, Logger: cli.Quiet(log.Named("etcd")), TLS: tc.EtcdTLS()})
 	if err != nil {
 		return err
@@ -180,11 +194,11 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	log.Info("coordinator ready", zap.String("control", co.Addr()), zap.String("job", spec.Name),
 		zap.String("model", spec.Model.Arch+"/"+spec.Model.Stem), zap.String("dataset", spec.Data.Dataset),
 		zap.Int("train_samples", n), zap.Int("steps_per_epoch", spe), zap.Int("epochs", spec.Epochs),
-		zap.Strings("etcd", cl.Endpoints()))
+		zap.Strings("etcd", cl.Endpoints()), zap.String("output", absPath(spec.OutputDir)))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var procs *localWorkers
+	var procs *supervisor.Supervisor
 	if o.workers > 0 {
 		threads := spec.Threads
 		if threads == 0 {
@@ -194,7 +208,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		if err != nil {
 			return err
 		}
-		defer procs.stop()
+		defer procs.Stop()
 	} else {
 		log.Info("waiting for workers: start them with 'worker run --coordinator " + co.Addr() + "'")
 	}
@@ -208,7 +222,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		return err
 	}
 	if procs != nil {
-		procs.wait(30 * time.Second)
+		procs.Wait(30 * time.Second)
 	}
 	if len(peers) > 1 && co.Node().IsLeader() {
 		// Followers learn that the final entry is committed from the
@@ -227,37 +241,43 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	return nil
 }
 
-// waitDone returns when the job state is done, ctx ends, or every local
-// worker process has exited.
-func waitDone(ctx context.Context, co *coordinator.Coordinator, procs *localWorkers) error {
-	var exited <-chan struct{}
+// waitDone returns when the job state is done or failed, ctx ends, the
+// local workers' supervisor stops the job, or every local worker process
+// has exited.
+func waitDone(ctx context.Context, co *coordinator.Coordinator, procs *supervisor.Supervisor) error {
+	var exited, failed <-chan struct{}
 	if procs != nil {
-		exited = procs.allExited
+		exited, failed = procs.AllExited(), procs.Failed()
 	}
 	for {
 		st, changed := co.Node().Watch()
-		if st.Status == coordinator.StatusDone {
+		switch st.Status {
+		case coordinator.StatusDone:
 			return nil
+		case coordinator.StatusFailed:
+			return jobFailed(st, procs)
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("stopped before the job finished (step %d): %w", st.Committed.Step, ctx.Err())
+		case <-failed:
+			return procs.Err()
 		case <-exited:
 			if s := co.Node().State(); s.Status == coordinator.StatusDone {
 				return nil
 			}
-			return fmt.Errorf("all local workers exited before the job finished; see %s", procs.logDir)
+			if err := procs.Err(); err != nil {
+				return err
+			}
+			return fmt.Errorf("all local workers exited before the job finished; see %s", procs.LogDir())
 		case <-changed:
 		}
 	}
 }
 
-func trainSetSize(ctx context.Context, spec job.Spec) (int, error) {
+func trainSet(ctx context.Context, spec job.Spec) (data.Dataset, error) {
 	train, _, err := worker.OpenDatasets(ctx, spec)
-	if err != nil {
-		return 0, err
-	}
-	return train.Len(), nil
+	return train, err
 }
 
 func parsePeers(list []string) ([]coordinator.Peer, error) {
@@ -295,245 +315,5 @@ func followLeadership(ctx context.Context, co *coordinator.Coordinator, prog *pr
 			}
 		}
 		lead = now
-	}
-}
-
-// localWorkers are the worker processes of one-machine mode. A worker that
-// dies is restarted with the same id (unless restarts are off): its etcd
-// registration is deleted first, so that the coordinator re-plans at once
-// and the replacement can register under the id without waiting for the
-// dead process's lease to expire.
-type localWorkers struct {
-	ctx     context.Context
-	log     *zap.Logger
-	logDir  string
-	bin     string
-	args    []string
-	tls     tlsconf.Files
-	threads int
-	restart bool
-	co      *coordinator.Coordinator
-	etcd    *cluster.Client
-	job     string
-
-	mu        sync.Mutex // guards procs and stopping
-	procs     map[string]*exec.Cmd
-	stopping  bool
-	wg        sync.WaitGroup
-	allExited chan struct{}
-}
-
-func workerBinary(explicit string) (string, error) {
-	if explicit != "" {
-		return explicit, nil
-	}
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "worker")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath("worker")
-	if err != nil {
-		return "", fmt.Errorf("worker binary not found next to the coordinator or on PATH (build it with 'make build', or pass --worker-bin)")
-	}
-	return p, nil
-}
-
-func startWorkers(ctx context.Context, log *zap.Logger, o options, co *coordinator.Coordinator, etcd *cluster.Client, job string, outputDir string, threads int) (*localWorkers, error) {
-	bin, err := workerBinary(o.workerBin)
-	if err != nil {
-		return nil, err
-	}
-	lw := &localWorkers{ctx: ctx, log: log, logDir: filepath.Join(outputDir, "logs"), bin: bin, args: o.workerArgs, tls: o.tls,
-		threads: threads, restart: o.restart, co: co, etcd: etcd, job: job,
-		procs: map[string]*exec.Cmd{}, allExited: make(chan struct{})}
-	if err := os.MkdirAll(lw.logDir, 0o755); err != nil {
-		return nil, err
-	}
-	for i := 0; i < o.workers; i++ {
-		// A registration left by a local worker of an earlier run of this
-		// job (killed with it) would hold the id until its lease expires.
-		id := fmt.Sprintf("w%d", i)
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := deleteStaleMember(dctx, etcd, job, id); err != nil {
-			log.Warn("stale registration not deleted", zap.String("id", id), zap.Error(err))
-		}
-		cancel()
-		lw.wg.Add(1)
-		if err := lw.start(fmt.Sprintf("w%d", i)); err != nil {
-			lw.wg.Done()
-			lw.stop()
-			return nil, err
-		}
-	}
-	go func() { lw.wg.Wait(); close(lw.allExited) }()
-	return lw, nil
-}
-
-// start launches worker id; lw.wg must already count it.
-func (lw *localWorkers) start(id string) error {
-	path := filepath.Join(lw.logDir, id+".log")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	args := append([]string{"run", "--coordinator", lw.co.Addr(), "--id", id, "--threads", fmt.Sprint(lw.threads)}, lw.tls.Args()...)
-	args = append(args, lw.args...)
-	cmd := exec.Command(lw.bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	// One Go scheduler slot more than compute threads: the ring, the data
-	// loader and the control plane run beside the compute instead of
-	// waiting for it to be preempted (2 workers x 1 thread on 2 cores:
-	// 843-933 vs 710-814 images/s over six interleaved runs each).
-	cmd.Env = append(os.Environ(), "RINGTRAIN_LOG=json", fmt.Sprintf("GOMAXPROCS=%d", max(lw.threads, 1)+1))
-	cmd.SysProcAttr = childAttr() // local workers die with the coordinator
-	lw.mu.Lock()
-	if lw.stopping {
-		lw.mu.Unlock()
-		f.Close()
-		return fmt.Errorf("start worker %s: stopping", id)
-	}
-	if err := cmd.Start(); err != nil {
-		lw.mu.Unlock()
-		f.Close()
-		return fmt.Errorf("start worker %s: %w", id, err)
-	}
-	lw.procs[id] = cmd
-	lw.mu.Unlock()
-	lw.log.Info("started worker", zap.String("id", id), zap.Int("pid", cmd.Process.Pid), zap.String("log", path))
-	started := time.Now()
-	go func() {
-		err := cmd.Wait()
-		f.Close()
-		if !lw.shouldRestart(id, cmd.Process.Pid, err, time.Since(started)) {
-			lw.wg.Done()
-			return
-		}
-		// The wg count carries over to the replacement.
-		if err := lw.start(id); err != nil {
-			lw.log.Error("worker not restarted", zap.String("id", id), zap.Error(err))
-			lw.wg.Done()
-		}
-	}()
-	return nil
-}
-
-// shouldRestart decides after worker id exited with err (nil: a clean exit
-// at the end of the job) after running for d.
-func (lw *localWorkers) shouldRestart(id string, pid int, err error, d time.Duration) bool {
-	lw.mu.Lock()
-	stopping := lw.stopping
-	lw.mu.Unlock()
-	if err == nil || stopping || lw.ctx.Err() != nil {
-		return false
-	}
-	lw.log.Warn("worker exited", zap.String("id", id), zap.Error(err), zap.Duration("after", d.Round(time.Millisecond)),
-		zap.String("log", filepath.Join(lw.logDir, id+".log")))
-	if !lw.restart || lw.co.Node().State().Status == coordinator.StatusDone {
-		return false
-	}
-	// Its registration goes at once: the coordinator re-plans without it
-	// and the replacement may register under the same id.
-	dctx, cancel := context.WithTimeout(lw.ctx, 5*time.Second)
-	if err := deleteMember(dctx, lw.etcd, lw.job, id, pid); err != nil {
-		lw.log.Warn("registration of the dead worker not deleted; the replacement waits for its lease", zap.Error(err))
-	}
-	cancel()
-	if d < 2*time.Second {
-		// It died at once (a bad flag, no data ...): do not spin.
-		sleepCtx(lw.ctx, 2*time.Second)
-		if lw.ctx.Err() != nil {
-			return false
-		}
-	}
-	lw.log.Info("restarting worker", zap.String("id", id))
-	return true
-}
-
-// deleteMember deletes the etcd registration of worker id if it is still
-// the one of process pid (never a replacement's).
-func deleteMember(ctx context.Context, c *cluster.Client, job, id string, pid int) error {
-	key := cluster.MemberKey(job, id)
-	resp, err := c.Etcd().Get(ctx, key)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", key, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil // already gone
-	}
-	kv := resp.Kvs[0]
-	var m cluster.Member
-	if err := json.Unmarshal(kv.Value, &m); err != nil {
-		return fmt.Errorf("decode %s: %w", key, err)
-	}
-	if m.PID != pid {
-		return nil
-	}
-	_, err = c.Etcd().Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-		Then(clientv3.OpDelete(key)).Commit()
-	if err != nil {
-		return fmt.Errorf("delete %s: %w", key, err)
-	}
-	return nil
-}
-
-// deleteStaleMember deletes the registration of id when it belongs to a
-// process of this host that no longer exists.
-func deleteStaleMember(ctx context.Context, c *cluster.Client, job, id string) error {
-	resp, err := c.Etcd().Get(ctx, cluster.MemberKey(job, id))
-	if err != nil || len(resp.Kvs) == 0 {
-		return err
-	}
-	var m cluster.Member
-	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
-		return err
-	}
-	host, _ := os.Hostname()
-	if m.HostID != host || m.PID <= 0 || processAlive(m.PID) {
-		return nil
-	}
-	return deleteMember(ctx, c, job, id, m.PID)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
-
-// wait gives the workers d to exit on their own, then stops them.
-func (lw *localWorkers) wait(d time.Duration) {
-	select {
-	case <-lw.allExited:
-	case <-time.After(d):
-		lw.stop()
-	}
-}
-
-func (lw *localWorkers) stop() {
-	lw.mu.Lock()
-	lw.stopping = true
-	procs := make([]*exec.Cmd, 0, len(lw.procs))
-	for _, c := range lw.procs {
-		procs = append(procs, c)
-	}
-	lw.mu.Unlock()
-	for _, c := range procs {
-		if c.Process != nil {
-			_ = c.Process.Signal(os.Interrupt)
-		}
-	}
-	select {
-	case <-lw.allExited:
-	case <-time.After(5 * time.Second):
-		for _, c := range procs {
-			if c.Process != nil {
-				_ = c.Process.Kill()
-			}
-		}
 	}
 }

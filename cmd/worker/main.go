@@ -13,6 +13,9 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ringtrain/ringtrain/internal/cli"
+	"github.com/ringtrain/ringtrain/pkg/worker"
 )
 
 func main() {
@@ -43,6 +46,10 @@ func main() {
 		}
 		fmt.Fprintln(os.Stderr, msg)
 		pprof.StopCPUProfile()
+		if worker.IsInputError(err) {
+			// Bad input: a supervisor must not restart this worker.
+			os.Exit(cli.ExitInputError)
+		}
 		os.Exit(1)
 	}
 }

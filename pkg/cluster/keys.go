@@ -20,7 +20,7 @@ func ValidateName(kind, name string) error {
 		return fmt.Errorf("%w: empty %s", ErrInvalid, kind)
 	}
 	if len(name) > 128 {
-		return fmt.Errorf("%w: %s %q longer than 128 bytes", ErrInvalid, kind, name)
+		return fmt.Errorf("%w: %s %.32q... is %d bytes long; at most 128", ErrInvalid, kind, name, len(name))
 	}
 	for _, r := range name {
 		if r == '/' || unicode.IsSpace(r) || !unicode.IsPrint(r) {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -47,7 +48,9 @@ type ServiceConfig struct {
 	// from membership (tests may apply UpdateMembers themselves).
 	Members MembershipSource
 	// Spec, when set, is applied each time this replica becomes leader
-	// and the replicated spec differs.
+	// and the replicated spec differs or the job is failed (a coordinator
+	// started again retries a job an earlier run stopped: the input may
+	// have been fixed).
 	Spec *SpecInput
 	// SettleDelay batches membership changes that arrive close together
 	// into one plan (default 200 ms).
@@ -179,7 +182,7 @@ func (s *Service) leaderDuties(ctx context.Context) {
 			hash = ConfigHash(sp.Spec)
 		}
 		st := s.node.State()
-		if st.ConfigHash != hash || st.MinWorkers != sp.MinWorkers || st.MaxWorkers != sp.MaxWorkers {
+		if st.ConfigHash != hash || st.MinWorkers != sp.MinWorkers || st.MaxWorkers != sp.MaxWorkers || st.Status == StatusFailed {
 			_, err := s.node.Apply(ctx, Command{Op: opSetSpec, Spec: &SetSpecCommand{
 				Spec: sp.Spec, ConfigHash: hash, MinWorkers: sp.MinWorkers, MaxWorkers: sp.MaxWorkers}})
 			if err != nil {
@@ -345,12 +348,18 @@ func cloneMetrics(m *controlpb.MetricsReport) *controlpb.MetricsReport {
 // ReportFailure re-plans when the report is about the current generation.
 func (s *Service) ReportFailure(ctx context.Context, r *controlpb.FailureReport) (*controlpb.Plan, error) {
 	st, err := s.apply(ctx, Command{Op: opReportFailure, Failure: &FailureCommand{
-		WorkerID: r.GetWorkerId(), Generation: r.GetGeneration(), Reason: r.GetReason(), SuspectID: r.GetSuspectId()}})
+		WorkerID: r.GetWorkerId(), Generation: r.GetGeneration(), Reason: truncate(r.GetReason(), maxReason), SuspectID: r.GetSuspectId(),
+		Fatal: r.GetFatal()}})
 	if err != nil {
 		return nil, err
 	}
-	s.log.Warn("failure reported", zap.String("worker", r.GetWorkerId()), zap.Uint64("generation", r.GetGeneration()),
-		zap.String("suspect", r.GetSuspectId()), zap.String("reason", r.GetReason()), zap.Uint64("new_generation", st.Generation))
+	if r.GetFatal() {
+		s.log.Error("worker reported an error that will repeat; job stopped", zap.String("worker", r.GetWorkerId()),
+			zap.String("reason", truncate(r.GetReason(), maxReason)))
+	} else {
+		s.log.Warn("failure reported", zap.String("worker", r.GetWorkerId()), zap.Uint64("generation", r.GetGeneration()),
+			zap.String("suspect", r.GetSuspectId()), zap.String("reason", truncate(r.GetReason(), maxReason)), zap.Uint64("new_generation", st.Generation))
+	}
 	return PlanProto(st, r.GetWorkerId()), nil
 }
 
@@ -430,6 +439,9 @@ func PlanProto(st JobState, id string) *controlpb.Plan {
 		MinWorkers:       int32(st.MinWorkers),
 		MaxWorkers:       int32(st.MaxWorkers),
 	}
+	if st.Status == StatusFailed && st.LastFailure != nil {
+		p.Failure = st.LastFailure.String()
+	}
 	for i, w := range st.Plan {
 		p.Members = append(p.Members, &controlpb.PlanMember{Rank: int32(i), Id: w.ID, Address: w.Address, HostId: w.HostID, Device: w.Device})
 	}
@@ -461,6 +473,25 @@ func statusProto(s Status) controlpb.JobState {
 		return controlpb.JobState_JOB_STATE_PAUSED
 	case StatusDone:
 		return controlpb.JobState_JOB_STATE_DONE
+	case StatusFailed:
+		return controlpb.JobState_JOB_STATE_FAILED
 	}
 	return controlpb.JobState_JOB_STATE_UNSPECIFIED
+}
+
+// maxReason bounds a reported failure reason kept in the replicated state
+// (a worker's error may quote user input of any length).
+const maxReason = 4096
+
+// truncate shortens s to at most n bytes (on a rune boundary), marking
+// the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("... (%d bytes more)", len(s)-cut)
 }

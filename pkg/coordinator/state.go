@@ -18,6 +18,10 @@ const (
 	StatusRunning Status = "running" // the plan has min..max workers
 	StatusPaused  Status = "paused"  // fell below min workers after running
 	StatusDone    Status = "done"    // rank 0 committed the final step
+	// StatusFailed: a worker reported an error that would repeat under any
+	// plan (bad input); LastFailure says which. Only a new spec (a
+	// coordinator started again) leaves it.
+	StatusFailed Status = "failed"
 )
 
 // Worker is a live member as the coordinator plans with it.
@@ -71,6 +75,7 @@ type Failure struct {
 	Generation uint64 `json:"generation"`
 	Reason     string `json:"reason"`
 	SuspectID  string `json:"suspect_id,omitempty"`
+	Fatal      bool   `json:"fatal,omitempty"`
 }
 
 // JobState is the replicated state of one job. Plan is in rank order (ring
@@ -177,6 +182,9 @@ type FailureCommand struct {
 	Generation uint64 `json:"generation"`
 	Reason     string `json:"reason"`
 	SuspectID  string `json:"suspect_id,omitempty"`
+	// Fatal: the error will repeat under any plan; the job stops
+	// (StatusFailed) whatever Generation is.
+	Fatal bool `json:"fatal,omitempty"`
 }
 
 // CommitCommand records rank 0's committed step.
@@ -240,6 +248,11 @@ func applySetSpec(s *JobState, c *SetSpecCommand) error {
 	if s.Status == StatusDone {
 		return ErrJobDone
 	}
+	if s.Status == StatusFailed {
+		// A coordinator started again retries the job: the user may
+		// have fixed the input.
+		s.Status = StatusWaiting
+	}
 	hash := c.ConfigHash
 	if hash == "" {
 		hash = ConfigHash(c.Spec)
@@ -293,8 +306,17 @@ func applyFailure(s *JobState, c *FailureCommand) error {
 	if c == nil {
 		return fmt.Errorf("%w: report_failure without payload", ErrInvalid)
 	}
-	if c.Generation != s.Generation || s.Status == StatusDone {
-		return nil // already re-planned (or finished): nothing to do
+	if s.Status == StatusDone || s.Status == StatusFailed {
+		return nil // finished or already stopped: nothing to do
+	}
+	if c.Fatal {
+		s.LastFailure = &Failure{WorkerID: c.WorkerID, Generation: c.Generation, Reason: c.Reason, SuspectID: c.SuspectID, Fatal: true}
+		s.Status = StatusFailed
+		s.Generation++ // watchers learn that the job stopped
+		return nil
+	}
+	if c.Generation != s.Generation {
+		return nil // already re-planned: nothing to do
 	}
 	if r := s.Rank(c.SuspectID); c.SuspectID != "" && r >= 0 {
 		s.Excluded = append(s.Excluded, Exclusion{ID: c.SuspectID, JoinRevision: s.Plan[r].JoinRevision})
@@ -313,6 +335,9 @@ func applyCommit(s *JobState, c *CommitCommand) error {
 	}
 	if s.Status == StatusDone {
 		return ErrJobDone
+	}
+	if s.Status == StatusFailed {
+		return fmt.Errorf("%w (status %s)", ErrNotRunning, s.Status)
 	}
 	if c.Generation != s.Generation {
 		return fmt.Errorf("%w: commit for generation %d, current is %d", ErrStaleGeneration, c.Generation, s.Generation)
@@ -359,7 +384,7 @@ func applyCheckpoint(s *JobState, c *CheckpointCommand) error {
 // planned worker of its host (see placeByHost); at most MaxWorkers are planned,
 // the rest wait as standbys.
 func replan(s *JobState, force bool) {
-	if s.Status == StatusDone {
+	if s.Status == StatusDone || s.Status == StatusFailed {
 		return
 	}
 	excluded := make(map[Exclusion]bool, len(s.Excluded))
@@ -422,4 +447,12 @@ func placeByHost(next []Worker, w Worker) []Worker {
 		}
 	}
 	return append(next, w)
+}
+
+// String is the failure as the user reads it: "worker ID: reason".
+func (f Failure) String() string {
+	if f.WorkerID == "" {
+		return f.Reason
+	}
+	return "worker " + f.WorkerID + ": " + f.Reason
 }

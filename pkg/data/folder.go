@@ -25,12 +25,18 @@ const MaxImagePixels = 64 << 20
 // bilinear, like torchvision's Resize(Size)) and centre-cropped to
 // Size x Size (CenterCrop(Size)). Files are decoded on every Get; it is
 // safe for concurrent use.
+//
+// Decoding is bounded by a pixel budget (DefaultDecodeBudget, see
+// SetDecodeBudget): concurrent Get calls wait until the pixels their
+// images declare fit, so memory does not grow with the number of
+// goroutines decoding.
 type ImageFolder struct {
 	root    string
 	size    int
 	classes []string
 	files   []string
 	labels  []int
+	budget  *pixelBudget
 }
 
 var _ Dataset = (*ImageFolder)(nil)
@@ -55,7 +61,7 @@ func NewImageFolder(root string, size int) (*ImageFolder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data: image folder: %w", err)
 	}
-	f := &ImageFolder{root: root, size: size}
+	f := &ImageFolder{root: root, size: size, budget: newPixelBudget(DefaultDecodeBudget)}
 	for _, e := range entries {
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue
@@ -116,7 +122,14 @@ func (f *ImageFolder) Get(i int, dst []float32) (int, error) {
 	if err := checkGet(i, len(f.files), dst, f.Shape()); err != nil {
 		return 0, err
 	}
-	img, err := decodeImage(f.files[i])
+	file, pixels, err := openImage(f.files[i])
+	if err != nil {
+		return 0, err
+	}
+	defer file.Close()
+	held := f.budget.acquire(pixels)
+	defer f.budget.release(held)
+	img, err := decodeImage(file)
 	if err != nil {
 		return 0, err
 	}
@@ -124,26 +137,71 @@ func (f *ImageFolder) Get(i int, dst []float32) (int, error) {
 	return f.labels[i], nil
 }
 
-// decodeImage decodes a PNG or JPEG file after checking its declared size.
-func decodeImage(path string) (*planes, error) {
+// SetDecodeBudget sets how many pixels the folder decodes at once over
+// all concurrent Get calls (DefaultDecodeBudget unless set). An image
+// larger than the budget is decoded alone. Call it before the first Get.
+func (f *ImageFolder) SetDecodeBudget(pixels int64) { f.budget = newPixelBudget(pixels) }
+
+// Check reads the header of every file (a PNG or JPEG signature,
+// dimensions within MaxImagePixels) and, when the files hold at most
+// decodeBytes in all, decodes every image too (decoded reports whether it
+// did). It returns the first problem, naming the file. It is what a
+// coordinator checks before starting workers that would fail on the same
+// file; a worker meets any remaining problem when it decodes the image.
+func (f *ImageFolder) Check(decodeBytes int64) (decoded bool, err error) {
+	var total int64
+	for _, p := range f.files {
+		if fi, err := os.Stat(p); err == nil {
+			total += fi.Size()
+		}
+	}
+	decoded = total <= decodeBytes
+	for i, p := range f.files {
+		file, _, err := openImage(p)
+		if err != nil {
+			return false, fmt.Errorf("%w (image %d of %d)", err, i+1, len(f.files))
+		}
+		if decoded {
+			_, err = decodeImage(file)
+		}
+		file.Close()
+		if err != nil {
+			return false, fmt.Errorf("%w (image %d of %d)", err, i+1, len(f.files))
+		}
+	}
+	return decoded, nil
+}
+
+// openImage opens a PNG or JPEG file and checks its declared size from
+// the header, before anything is decoded; it returns the file positioned
+// at its start and its pixel count.
+func openImage(path string) (*os.File, int64, error) {
 	file, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("data: image: %w", err)
+		return nil, 0, fmt.Errorf("data: image: %w", err)
 	}
-	defer file.Close()
 	cfg, _, err := image.DecodeConfig(file)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, path, err)
+		file.Close()
+		return nil, 0, fmt.Errorf("%w: %s: %w", ErrCorrupt, path, err)
 	}
-	if cfg.Width <= 0 || cfg.Height <= 0 || int64(cfg.Width)*int64(cfg.Height) > MaxImagePixels {
-		return nil, fmt.Errorf("%w: %s: %dx%d pixels (limit %d)", ErrCorrupt, path, cfg.Width, cfg.Height, MaxImagePixels)
+	pixels := int64(cfg.Width) * int64(cfg.Height)
+	if cfg.Width <= 0 || cfg.Height <= 0 || pixels > MaxImagePixels {
+		file.Close()
+		return nil, 0, fmt.Errorf("%w: %s: the header declares %dx%d pixels (at most %d in all)", ErrCorrupt, path, cfg.Width, cfg.Height, MaxImagePixels)
 	}
 	if _, err := file.Seek(0, 0); err != nil {
-		return nil, fmt.Errorf("data: image: %w", err)
+		file.Close()
+		return nil, 0, fmt.Errorf("data: image: %w", err)
 	}
+	return file, pixels, nil
+}
+
+// decodeImage decodes an image file opened by openImage.
+func decodeImage(file *os.File) (*planes, error) {
 	img, _, err := image.Decode(file)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, path, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, file.Name(), err)
 	}
 	return toPlanes(img), nil
 }

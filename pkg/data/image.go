@@ -31,7 +31,12 @@ func ReadImage(path string, size int) ([]float32, ImageInfo, error) {
 	if size <= 0 {
 		return nil, ImageInfo{}, fmt.Errorf("%w: image size %d", ErrInvalid, size)
 	}
-	img, err := decodeImage(path)
+	file, _, err := openImage(path)
+	if err != nil {
+		return nil, ImageInfo{}, err
+	}
+	defer file.Close()
+	img, err := decodeImage(file)
 	if err != nil {
 		return nil, ImageInfo{}, err
 	}

@@ -10,9 +10,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"sort"
 	"strings"
+	"unicode"
 
+	yamlv2 "go.yaml.in/yaml/v2"
 	"sigs.k8s.io/yaml"
 )
 
@@ -146,9 +150,57 @@ func (s *Spec) LoadYAML(path string) error {
 		return fmt.Errorf("job: read spec: %w", err)
 	}
 	if err := yaml.UnmarshalStrict(b, s); err != nil {
+		if key := nonFiniteKey(b); key != "" {
+			return fmt.Errorf("%w: %s: %s is not a finite number", ErrInvalid, path, key)
+		}
 		return fmt.Errorf("%w: %s: %v", ErrInvalid, path, err)
 	}
 	return nil
+}
+
+// nonFiniteKey returns the dotted key of the first NaN or infinite number
+// in the YAML document b, or "" (the YAML-to-JSON conversion refuses them
+// without saying where).
+func nonFiniteKey(b []byte) string {
+	var doc any
+	if yamlv2.Unmarshal(b, &doc) != nil {
+		return ""
+	}
+	var walk func(prefix string, v any) string
+	walk = func(prefix string, v any) string {
+		switch v := v.(type) {
+		case float64:
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return prefix
+			}
+		case map[any]any:
+			keys := make([]string, 0, len(v))
+			byKey := make(map[string]any, len(v))
+			for k, x := range v {
+				ks := fmt.Sprint(k)
+				keys = append(keys, ks)
+				byKey[ks] = x
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				p := k
+				if prefix != "" {
+					p = prefix + "." + k
+				}
+				if r := walk(p, byKey[k]); r != "" {
+					return r
+				}
+			}
+		case []any:
+			for i, x := range v {
+				if r := walk(fmt.Sprintf("%s[%d]", prefix, i), x); r != "" {
+					return r
+				}
+			}
+		}
+		return ""
+	}
+	return walk("", doc)
 }
 
 func oneOf(field, v string, allowed ...string) error {
@@ -157,10 +209,36 @@ func oneOf(field, v string, allowed ...string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: %s %q is not one of %s", ErrInvalid, field, v, strings.Join(allowed, ", "))
+	return fmt.Errorf("%w: %s %q is not one of %s", ErrInvalid, field, clip(v), strings.Join(allowed, ", "))
 }
 
-// Validate checks every field and says which one is wrong.
+// clip shortens a user's value quoted in an error to 64 bytes.
+func clip(v string) string {
+	const n = 64
+	if len(v) <= n {
+		return v
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strings.ToValidUTF8(v[:n], ""), len(v))
+}
+
+// Bounds on the numbers a user can type: far above any sensible job, far
+// below what would exhaust a machine's memory or overflow a duration.
+const (
+	MaxNameLen        = 128
+	MaxClasses        = 100_000
+	MaxImageSize      = 1024         // data.image_size (pixels per side)
+	MaxSyntheticSize  = 10_000_000   // data.synthetic_size
+	MaxGlobalBatch    = 65_536       // global_batch
+	MaxEpochs         = 100_000      // epochs
+	MaxWorkers        = 1024         // max_workers
+	MaxThreads        = 1024         // threads
+	MaxBucketMB       = 1024         // bucket_mb
+	MaxDeadlineSec    = 24 * 60 * 60 // deadline_sec: one day
+	MaxCheckpointKeep = 10_000       // checkpoint.keep
+)
+
+// Validate checks every field and says which one is wrong (by its YAML
+// key and, where it has one, its flag).
 func (s *Spec) Validate() error {
 	var errs []error
 	add := func(err error) {
@@ -171,68 +249,116 @@ func (s *Spec) Validate() error {
 	bad := func(format string, a ...any) {
 		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...))
 	}
+	// Every float first: a NaN passes every comparison below.
+	for _, f := range []struct {
+		key string
+		v   float64
+	}{
+		{"model.width (--width)", s.Model.Width}, {"model.dropout (--dropout)", float64(s.Model.Dropout)},
+		{"optimizer.lr (--lr)", s.Optimizer.LR}, {"optimizer.momentum (--momentum)", s.Optimizer.Momentum},
+		{"optimizer.dampening (--dampening)", s.Optimizer.Dampening}, {"optimizer.weight_decay (--weight-decay)", s.Optimizer.WeightDecay},
+		{"optimizer.beta1 (--beta1)", s.Optimizer.Beta1}, {"optimizer.beta2 (--beta2)", s.Optimizer.Beta2},
+		{"optimizer.eps (--eps)", s.Optimizer.Eps}, {"optimizer.alpha (--alpha)", s.Optimizer.Alpha},
+		{"optimizer.lr_decay (--lr-decay)", s.Optimizer.LRDecay}, {"schedule.gamma (--gamma)", s.Schedule.Gamma},
+		{"schedule.warmup_epochs (--warmup-epochs)", s.Schedule.WarmupEpochs},
+		{"schedule.warmup_start_factor (--warmup-start-factor)", s.Schedule.WarmupStart},
+		{"schedule.max_lr (--max-lr)", s.Schedule.MaxLR}, {"label_smoothing (--label-smoothing)", s.LabelSmoothing},
+		{"bucket_mb (--bucket-mb)", s.BucketMB}, {"deadline_sec (--deadline)", s.DeadlineSec},
+	} {
+		if math.IsNaN(f.v) || math.IsInf(f.v, 0) {
+			bad("%s is %v; it must be a finite number", f.key, f.v)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if s.Name == "" {
+		bad("name (--job) is empty")
+	} else if len(s.Name) > MaxNameLen {
+		bad("name (--job) is %d bytes long; at most %d", len(s.Name), MaxNameLen)
+	} else if i := strings.IndexFunc(s.Name, func(r rune) bool { return r == '/' || unicode.IsSpace(r) || !unicode.IsPrint(r) }); i >= 0 {
+		bad("name (--job) %q: no '/', spaces or control characters", s.Name)
+	}
 	add(oneOf("model.arch", s.Model.Arch, "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"))
 	add(oneOf("model.stem", s.Model.Stem, "imagenet", "cifar"))
 	if s.Model.Width <= 0 || s.Model.Width > 8 {
-		bad("model.width %g must be in (0, 8]", s.Model.Width)
+		bad("model.width (--width) %g must be in (0, 8]", s.Model.Width)
 	}
-	if s.Model.Classes < 0 {
-		bad("model.classes %d is negative", s.Model.Classes)
+	if s.Model.Classes < 0 || s.Model.Classes > MaxClasses {
+		bad("model.classes (--classes) %d must be in [0, %d] (0: the dataset's)", s.Model.Classes, MaxClasses)
 	}
 	if s.Model.Dropout < 0 || s.Model.Dropout >= 1 {
-		bad("model.dropout %g must be in [0, 1)", s.Model.Dropout)
+		bad("model.dropout (--dropout) %g must be in [0, 1)", s.Model.Dropout)
 	}
 	add(oneOf("data.dataset", s.Data.Dataset, "cifar10", "synthetic", "folder"))
 	if s.Data.Dataset == "folder" && s.Data.Folder == "" {
-		bad("data.folder is required with dataset folder")
+		bad("data.folder (--folder) is required with dataset folder")
 	}
-	if s.Data.Dataset == "synthetic" && s.Data.SyntheticSize <= 0 {
-		bad("data.synthetic_size %d must be positive", s.Data.SyntheticSize)
+	if s.Data.SyntheticSize <= 0 || s.Data.SyntheticSize > MaxSyntheticSize {
+		bad("data.synthetic_size (--synthetic-size) %d must be in [1, %d]", s.Data.SyntheticSize, MaxSyntheticSize)
 	}
-	if s.Epochs <= 0 {
-		bad("epochs %d must be positive", s.Epochs)
+	if s.Data.ImageSize < 1 || s.Data.ImageSize > MaxImageSize {
+		bad("data.image_size (--image-size) %d must be in [1, %d]", s.Data.ImageSize, MaxImageSize)
+	}
+	if s.Epochs <= 0 || s.Epochs > MaxEpochs {
+		bad("epochs (--epochs) %d must be in [1, %d]", s.Epochs, MaxEpochs)
 	}
 	if s.MaxSteps < 0 {
-		bad("max_steps %d is negative", s.MaxSteps)
+		bad("max_steps (--max-steps) %d is negative", s.MaxSteps)
 	}
-	if s.GlobalBatch <= 0 {
-		bad("global_batch %d must be positive", s.GlobalBatch)
+	if s.GlobalBatch <= 0 || s.GlobalBatch > MaxGlobalBatch {
+		bad("global_batch (--batch) %d must be in [1, %d]", s.GlobalBatch, MaxGlobalBatch)
 	}
 	add(oneOf("optimizer.name", s.Optimizer.Name, "sgd", "adam", "adamw", "adagrad", "rmsprop"))
 	if s.Optimizer.LR <= 0 {
-		bad("optimizer.lr %g must be positive", s.Optimizer.LR)
+		bad("optimizer.lr (--lr) %g must be positive", s.Optimizer.LR)
 	}
 	if s.Optimizer.Nesterov && (s.Optimizer.Momentum <= 0 || s.Optimizer.Dampening != 0) {
 		bad("optimizer.nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD)")
 	}
 	add(oneOf("schedule.name", s.Schedule.Name, "none", "step", "multistep", "cosine", "onecycle"))
 	if s.Schedule.Name == "step" && s.Schedule.StepSize <= 0 {
-		bad("schedule.step_size must be positive for the step schedule")
+		bad("schedule.step_size (--step-size) must be positive for the step schedule")
+	}
+	for _, m := range s.Schedule.Milestones {
+		if m < 0 || m > MaxEpochs {
+			bad("schedule.milestones (--milestones): %d must be in [0, %d]", m, MaxEpochs)
+			break
+		}
+	}
+	if s.Schedule.WarmupEpochs < 0 || s.Schedule.WarmupEpochs > MaxEpochs {
+		bad("schedule.warmup_epochs (--warmup-epochs) %g must be in [0, %d]", s.Schedule.WarmupEpochs, MaxEpochs)
 	}
 	if s.LabelSmoothing < 0 || s.LabelSmoothing > 1 {
-		bad("label_smoothing %g must be in [0, 1]", s.LabelSmoothing)
+		bad("label_smoothing (--label-smoothing) %g must be in [0, 1]", s.LabelSmoothing)
 	}
 	add(oneOf("batch_norm", s.BatchNorm, "average", "sync"))
-	if s.MinWorkers < 1 || s.MaxWorkers < s.MinWorkers {
-		bad("workers: need 1 <= min_workers (%d) <= max_workers (%d)", s.MinWorkers, s.MaxWorkers)
+	if s.MinWorkers < 1 || s.MaxWorkers < s.MinWorkers || s.MaxWorkers > MaxWorkers {
+		bad("workers: need 1 <= min_workers (--min-workers, %d) <= max_workers (--max-workers, %d) <= %d", s.MinWorkers, s.MaxWorkers, MaxWorkers)
 	}
 	if s.GlobalBatch < s.MinWorkers {
-		bad("global_batch %d is smaller than min_workers %d", s.GlobalBatch, s.MinWorkers)
+		bad("global_batch (--batch) %d is smaller than min_workers (--min-workers) %d", s.GlobalBatch, s.MinWorkers)
+	}
+	if s.OutputDir == "" {
+		bad("output_dir (--output) is empty")
 	}
 	add(oneOf("device", s.Device, "cpu", "cuda", "auto"))
 	add(oneOf("precision", s.Precision, "", "fp32", "tf32", "bf16"))
 	if s.Device == "cpu" && s.Precision != "" && s.Precision != "fp32" {
 		add(fmt.Errorf("%w: precision %s needs a GPU (the CPU backend is fp32)", ErrInvalid, s.Precision))
 	}
+	if s.Threads < 0 || s.Threads > MaxThreads {
+		bad("threads (--threads) %d must be in [0, %d] (0: cores / local workers)", s.Threads, MaxThreads)
+	}
 	add(oneOf("compression", s.Compression, "none", "bf16"))
-	if s.BucketMB <= 0 {
-		bad("bucket_mb %g must be positive", s.BucketMB)
+	if s.BucketMB <= 0 || s.BucketMB > MaxBucketMB {
+		bad("bucket_mb (--bucket-mb) %g must be in (0, %d]", s.BucketMB, MaxBucketMB)
 	}
-	if s.DeadlineSec <= 0 {
-		bad("deadline_sec %g must be positive", s.DeadlineSec)
+	if s.DeadlineSec <= 0 || s.DeadlineSec > MaxDeadlineSec {
+		bad("deadline_sec (--deadline) %g must be in (0, %d] seconds", s.DeadlineSec, MaxDeadlineSec)
 	}
-	if s.Checkpoint.EverySteps < 0 || s.Checkpoint.Keep < 1 {
-		bad("checkpoint: every_steps must be >= 0 and keep >= 1")
+	if s.Checkpoint.EverySteps < 0 || s.Checkpoint.Keep < 1 || s.Checkpoint.Keep > MaxCheckpointKeep {
+		bad("checkpoint: every_steps (--checkpoint-every) must be >= 0 and keep (--checkpoint-keep) in [1, %d]", MaxCheckpointKeep)
 	}
 	return errors.Join(errs...)
 }

@@ -7,7 +7,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ringtrain/ringtrain/pkg/nn"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
@@ -22,9 +21,9 @@ func (e *ringError) Error() string { return e.err.Error() }
 func (e *ringError) Unwrap() error { return e.err }
 
 // ringFailed classifies an error of a step under the current plan: a
-// cancelled run is a clean stop, a newer plan means waiting, a diverged
-// model stops the job (no plan fixes that), anything else is a broken
-// ring (recovering).
+// cancelled run is a clean stop, a newer plan means waiting, an input
+// error (a diverged model, a bad label: see IsInputError) stops the job
+// (no plan fixes that), anything else is a broken ring (recovering).
 func (m *machine) ringFailed(ctx context.Context, err error) (state, error) {
 	if ctx.Err() != nil {
 		return stateDone, nil
@@ -32,8 +31,8 @@ func (m *machine) ringFailed(ctx context.Context, err error) (state, error) {
 	if m.plans.generation() > m.plan.GetGeneration() {
 		return stateWaiting, nil // aborted for a newer plan
 	}
-	if errors.Is(err, nn.ErrNonFinite) {
-		return stateDone, err
+	if IsInputError(err) {
+		return stateDone, err // diverged, a bad label ...: no plan fixes that
 	}
 	m.failure = &ringError{err: err}
 	return stateRecovering, nil

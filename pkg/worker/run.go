@@ -64,7 +64,7 @@ var ErrUnreachable = errors.New("worker: cannot reach the control plane")
 // unrecoverable error occurs. A broken ring, a lost etcd lease or a
 // coordinator failover are not fatal: the worker reports, re-registers or
 // reconnects and goes on with the next plan.
-func Run(ctx context.Context, cfg Config) error {
+func Run(ctx context.Context, cfg Config) (err error) {
 	log := cfg.Log
 	if log == nil {
 		log = zap.NewNop()
@@ -108,6 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer cl.Close()
+	defer func() { reportFatal(cl, cfg.ID, 0, err, log) }() // an input error stops the job (fatal.go)
 	jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
 	hostID, _ := os.Hostname()
 	info := &controlpb.WorkerInfo{Id: cfg.ID, Address: addr.String(), HostId: hostID, Device: cfg.Device, Pid: int64(os.Getpid())}

@@ -23,6 +23,9 @@ func (m *machine) waiting(ctx context.Context) (state, error) {
 		m.Log.Info("job done")
 		return stateDone, nil
 	}
+	if p.GetState() == controlpb.JobState_JOB_STATE_FAILED {
+		return stateDone, jobFailed(p) // a worker's input error stopped the job
+	}
 	m.plan = p
 	return stateSyncing, nil
 }
@@ -39,7 +42,7 @@ func (m *machine) nextPlan(ctx context.Context, after uint64) (*controlpb.Plan, 
 			after = p.GetGeneration()
 			m.Log.Info("plan", zap.Uint64("generation", p.GetGeneration()), zap.String("state", p.GetState().String()),
 				zap.Int32("rank", p.GetYourRank()), zap.Int("world", len(p.GetMembers())), zap.Int64("committed", p.GetCommitted().GetStep()))
-			if p.GetState() == controlpb.JobState_JOB_STATE_DONE {
+			if p.GetState() == controlpb.JobState_JOB_STATE_DONE || p.GetState() == controlpb.JobState_JOB_STATE_FAILED {
 				return p, nil
 			}
 			if p.GetState() == controlpb.JobState_JOB_STATE_RUNNING && p.GetYourRank() >= 0 {

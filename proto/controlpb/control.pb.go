@@ -38,6 +38,10 @@ const (
 	JobState_JOB_STATE_PAUSED JobState = 3
 	// DONE: rank 0 committed the final step.
 	JobState_JOB_STATE_DONE JobState = 4
+	// FAILED: a worker reported an error that would repeat under any plan
+	// (bad input data, weights or labels); the job is stopped and
+	// Plan.failure says why. Starting the coordinator again retries it.
+	JobState_JOB_STATE_FAILED JobState = 5
 )
 
 // Enum value maps for JobState.
@@ -48,6 +52,7 @@ var (
 		2: "JOB_STATE_RUNNING",
 		3: "JOB_STATE_PAUSED",
 		4: "JOB_STATE_DONE",
+		5: "JOB_STATE_FAILED",
 	}
 	JobState_value = map[string]int32{
 		"JOB_STATE_UNSPECIFIED": 0,
@@ -55,6 +60,7 @@ var (
 		"JOB_STATE_RUNNING":     2,
 		"JOB_STATE_PAUSED":      3,
 		"JOB_STATE_DONE":        4,
+		"JOB_STATE_FAILED":      5,
 	}
 )
 
@@ -526,6 +532,7 @@ type Plan struct {
 	ConfigHash       string                 `protobuf:"bytes,7,opt,name=config_hash,json=configHash,proto3" json:"config_hash,omitempty"`
 	MinWorkers       int32                  `protobuf:"varint,8,opt,name=min_workers,json=minWorkers,proto3" json:"min_workers,omitempty"`
 	MaxWorkers       int32                  `protobuf:"varint,9,opt,name=max_workers,json=maxWorkers,proto3" json:"max_workers,omitempty"` // 0: no limit
+	Failure          string                 `protobuf:"bytes,10,opt,name=failure,proto3" json:"failure,omitempty"`                         // FAILED: "worker ID: the reported error"
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -621,6 +628,13 @@ func (x *Plan) GetMaxWorkers() int32 {
 		return x.MaxWorkers
 	}
 	return 0
+}
+
+func (x *Plan) GetFailure() string {
+	if x != nil {
+		return x.Failure
+	}
+	return ""
 }
 
 type WatchPlanRequest struct {
@@ -998,11 +1012,15 @@ func (*MetricsAck) Descriptor() ([]byte, []int) {
 }
 
 type FailureReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	SuspectId     string                 `protobuf:"bytes,4,opt,name=suspect_id,json=suspectId,proto3" json:"suspect_id,omitempty"` // the member believed dead or stalled, if known
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId   string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Reason     string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	SuspectId  string                 `protobuf:"bytes,4,opt,name=suspect_id,json=suspectId,proto3" json:"suspect_id,omitempty"` // the member believed dead or stalled, if known
+	// fatal: the error will repeat under any plan (bad input, a bad label):
+	// the coordinator stops the job (JOB_STATE_FAILED) instead of re-planning.
+	// Accepted for any generation.
+	Fatal         bool `protobuf:"varint,5,opt,name=fatal,proto3" json:"fatal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1063,6 +1081,13 @@ func (x *FailureReport) GetSuspectId() string {
 		return x.SuspectId
 	}
 	return ""
+}
+
+func (x *FailureReport) GetFatal() bool {
+	if x != nil {
+		return x.Fatal
+	}
+	return false
 }
 
 type CommitStepRequest struct {
@@ -1632,7 +1657,7 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\x03key\x18\x03 \x01(\tR\x03key\x12\x1a\n" +
 	"\baccuracy\x18\x04 \x01(\x01R\baccuracy\x12\x1f\n" +
 	"\vconfig_hash\x18\x05 \x01(\tR\n" +
-	"configHash\"\xa9\x03\n" +
+	"configHash\"\xc3\x03\n" +
 	"\x04Plan\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1647,7 +1672,9 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\vmin_workers\x18\b \x01(\x05R\n" +
 	"minWorkers\x12\x1f\n" +
 	"\vmax_workers\x18\t \x01(\x05R\n" +
-	"maxWorkers\"Z\n" +
+	"maxWorkers\x12\x18\n" +
+	"\afailure\x18\n" +
+	" \x01(\tR\afailure\"Z\n" +
 	"\x10WatchPlanRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12)\n" +
 	"\x10after_generation\x18\x02 \x01(\x04R\x0fafterGeneration\"\xe7\x02\n" +
@@ -1683,7 +1710,7 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\x05world\x18\v \x01(\x05R\x05world\x12)\n" +
 	"\x10emulated_compute\x18\f \x01(\bR\x0femulatedCompute\"\f\n" +
 	"\n" +
-	"MetricsAck\"\x83\x01\n" +
+	"MetricsAck\"\x99\x01\n" +
 	"\rFailureReport\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1e\n" +
 	"\n" +
@@ -1691,7 +1718,8 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"generation\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1d\n" +
 	"\n" +
-	"suspect_id\x18\x04 \x01(\tR\tsuspectId\"\xa6\x01\n" +
+	"suspect_id\x18\x04 \x01(\tR\tsuspectId\x12\x14\n" +
+	"\x05fatal\x18\x05 \x01(\bR\x05fatal\"\xa6\x01\n" +
 	"\x11CommitStepRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1e\n" +
 	"\n" +
@@ -1732,13 +1760,14 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\tis_leader\x18\x04 \x01(\bR\bisLeader\"O\n" +
 	"\tNotLeader\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12%\n" +
-	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress*}\n" +
+	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress*\x93\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_WAITING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x14\n" +
 	"\x10JOB_STATE_PAUSED\x10\x03\x12\x12\n" +
-	"\x0eJOB_STATE_DONE\x10\x042\xca\x05\n" +
+	"\x0eJOB_STATE_DONE\x10\x04\x12\x14\n" +
+	"\x10JOB_STATE_FAILED\x10\x052\xca\x05\n" +
 	"\aControl\x12M\n" +
 	"\x04Join\x12!.ringtrain.control.v1.JoinRequest\x1a\".ringtrain.control.v1.JoinResponse\x12Q\n" +
 	"\tWatchPlan\x12&.ringtrain.control.v1.WatchPlanRequest\x1a\x1a.ringtrain.control.v1.Plan0\x01\x12V\n" +

@@ -56,7 +56,9 @@ type ControlClient interface {
 	// ReportFailure tells the coordinator that the ring of a generation
 	// failed. A report for the current generation publishes a new plan
 	// (excluding suspect_id when it names a planned member); a report for an
-	// older generation changes nothing. The reply is the current plan.
+	// older generation changes nothing. A fatal report stops the job
+	// (JOB_STATE_FAILED) whatever its generation. The reply is the current
+	// plan.
 	ReportFailure(ctx context.Context, in *FailureReport, opts ...grpc.CallOption) (*Plan, error)
 	// CommitStep records the step that rank 0 of the current generation has
 	// committed. Within one generation steps never go back.
@@ -190,7 +192,9 @@ type ControlServer interface {
 	// ReportFailure tells the coordinator that the ring of a generation
 	// failed. A report for the current generation publishes a new plan
 	// (excluding suspect_id when it names a planned member); a report for an
-	// older generation changes nothing. The reply is the current plan.
+	// older generation changes nothing. A fatal report stops the job
+	// (JOB_STATE_FAILED) whatever its generation. The reply is the current
+	// plan.
 	ReportFailure(context.Context, *FailureReport) (*Plan, error)
 	// CommitStep records the step that rank 0 of the current generation has
 	// committed. Within one generation steps never go back.

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ringtrain/ringtrain/internal/cli"
+	"github.com/ringtrain/ringtrain/internal/supervisor"
+	"github.com/ringtrain/ringtrain/pkg/coordinator"
+	"github.com/ringtrain/ringtrain/pkg/data"
+	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/tlsconf"
+	"github.com/ringtrain/ringtrain/pkg/worker"
+)
+
+// errUsage marks a bad coordinator flag (the job's own flags are checked
+// by job.Spec.Validate).
+var errUsage = errors.New("invalid flags")
+
+// maxLocalWorkers bounds --workers: one machine never runs more worker
+// processes than this.
+const maxLocalWorkers = 256
+
+// checkOptions checks the coordinator's own flags against each other and
+// the spec, before anything starts.
+func checkOptions(spec job.Spec, o *options) error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{errUsage}, a...)...))
+	}
+	switch {
+	case o.workers < 0:
+		bad("--workers %d is negative", o.workers)
+	case o.workers > maxLocalWorkers:
+		bad("--workers %d: at most %d local worker processes", o.workers, maxLocalWorkers)
+	case o.workers > spec.MaxWorkers:
+		bad("--workers %d: at most --max-workers (%d) workers are ever planned; lower --workers or raise --max-workers", o.workers, spec.MaxWorkers)
+	case o.workers > 0 && o.workers < spec.MinWorkers:
+		bad("--workers %d is fewer than --min-workers (%d): the job would never start", o.workers, spec.MinWorkers)
+	}
+	if len(o.raftPeers) > 1 && len(o.etcdEndpoints) == 0 {
+		bad("--raft-peers with %d replicas needs a shared etcd (--etcd-endpoints): each replica would otherwise start its own embedded etcd, see other workers, and after a failover the new leader would have none", len(o.raftPeers))
+	}
+	if o.timeout < 0 {
+		bad("--timeout %s is negative", o.timeout)
+	}
+	if o.memberTTL < minMemberTTL || o.memberTTL > maxMemberTTL {
+		bad("--member-ttl %s must be within [%s, %s]", o.memberTTL, minMemberTTL, maxMemberTTL)
+	}
+	if o.restartLimit < 0 {
+		bad("--restart-limit %d is negative", o.restartLimit)
+	}
+	if o.restartBackoff < 0 {
+		bad("--restart-backoff %s is negative", o.restartBackoff)
+	}
+	if o.restartLimit == 0 {
+		o.restart = false
+	}
+	return errors.Join(errs...)
+}
+
+// The bounds of --member-ttl: etcd leases are whole seconds.
+const (
+	minMemberTTL = 1e9        // 1 s
+	maxMemberTTL = 3600 * 1e9 // 1 h
+)
+
+// folderDecodeBytes: an image folder of at most this many bytes is fully
+// decoded before the job starts (larger ones: every header is read).
+const folderDecodeBytes = 64 << 20
+
+// precheck checks what the coordinator can about the job's input before
+// any worker starts: the model's classes against the data's, the batch
+// against the data's size, and the initial weights file (read and applied
+// to the model on the CPU, exactly as every worker will).
+func precheck(spec job.Spec, train data.Dataset, o options) error {
+	nc := len(train.Classes())
+	if c := spec.Model.Classes; c > 0 && c < nc {
+		return fmt.Errorf("%w: model.classes (--classes) %d is fewer than the %d classes of the %s dataset: labels %d..%d would be out of range (0 uses the dataset's count)",
+			job.ErrInvalid, c, nc, spec.Data.Dataset, c, nc-1)
+	}
+	if n := train.Len(); spec.GlobalBatch > n {
+		return fmt.Errorf("%w: global_batch (--batch) %d is larger than the training set (%d samples)", job.ErrInvalid, spec.GlobalBatch, n)
+	}
+	if spec.Data.Dataset == "folder" {
+		// Every image file under the folder (train/, val/ or classes):
+		// headers always, full decodes when the folder is small.
+		all, err := data.NewImageFolder(spec.Data.Folder, spec.Data.ImageSize)
+		if err != nil {
+			return err
+		}
+		if _, err := all.Check(folderDecodeBytes); err != nil {
+			return err
+		}
+	}
+	if spec.Transfer.Weights != "" {
+		b, err := cli.Backend("cpu", 1, "", zap.NewNop())
+		if err != nil {
+			return err
+		}
+		m, err := worker.BuildModel(b, spec, nc)
+		if err != nil {
+			return err
+		}
+		m.Free()
+	}
+	return nil
+}
+
+// claimOutput ties the state directory to the output directory: the
+// state of a job (its spec, replicated through raft) names the output
+// directory the workers write to, so a state directory reused with
+// another --output (a copied output directory) would silently split the
+// job between two directories. The first run records the output
+// directory in <state>/output; a later run with another one is refused
+// unless move is set, which records the new one.
+func claimOutput(stateDir, outputDir string, move bool) error {
+	p := filepath.Join(stateDir, "output")
+	now := absPath(outputDir)
+	if b, err := os.ReadFile(p); err == nil {
+		was := strings.TrimSpace(string(b))
+		if was != now && !move {
+			return fmt.Errorf("%w: --output is %s but the job state in %s was written for the output directory %s: "+
+				"continue there with --output %s, continue this job in %s with --move-output (its checkpoints/ must be there), "+
+				"or start a new job with an empty --state-dir", errUsage, now, stateDir, was, was, now)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("read %s: %w", p, err)
+	}
+	return os.WriteFile(p, []byte(now+"\n"), 0o644)
+}
+
+// absPath is p made absolute (p itself when that fails).
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
+
+// jobFailed is the error of a job a worker stopped with an input error:
+// the reported cause, and, for a local worker, the last lines of its log.
+func jobFailed(st coordinator.JobState, procs *supervisor.Supervisor) error {
+	reason := "a worker reported an error that would repeat"
+	id := ""
+	if f := st.LastFailure; f != nil {
+		reason, id = f.String(), f.WorkerID
+	}
+	msg := fmt.Sprintf("job stopped: %s", reason)
+	if procs != nil && id != "" {
+		// The workers exit on seeing the job stopped; their last words
+		// come after the report.
+		t := time.NewTimer(5 * time.Second)
+		select {
+		case <-procs.AllExited():
+		case <-t.C:
+		}
+		t.Stop()
+		if _, err := os.Stat(procs.LogPath(id)); err == nil {
+			msg += fmt.Sprintf("\nlast lines of %s:\n  %s", procs.LogPath(id), strings.Join(supervisor.LastErrorLines(procs.LogPath(id), 6), "\n  "))
+		}
+	}
+	return fmt.Errorf("%w: %s", supervisor.ErrStopped, strings.TrimPrefix(msg, "job stopped: "))
+}
+
+// warnPlaintext warns when the control port is reachable from other
+// machines without TLS: anyone who can reach it can join the job.
+func warnPlaintext(log *zap.Logger, listen string, tc *tlsconf.Config) {
+	if tc != nil {
+		return
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return
+	}
+	if ip := net.ParseIP(host); host != "" && host != "localhost" && (ip == nil || !ip.IsUnspecified()) {
+		return
+	}
+	log.Warn("the control port listens on every interface without TLS: anyone who reaches it can join or disturb the job; " +
+		"use --tls-cert/--tls-key/--tls-ca (see 'coordinator certs'), or --listen 127.0.0.1:PORT on one machine")
+}
