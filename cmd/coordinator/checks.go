@@ -13,6 +13,7 @@ import (
 
 	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/internal/supervisor"
+	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/coordinator"
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
@@ -185,4 +186,13 @@ func warnPlaintext(log *zap.Logger, listen string, tc *tlsconf.Config) {
 	}
 	log.Warn("the control port listens on every interface without TLS: anyone who reaches it can join or disturb the job; " +
 		"use --tls-cert/--tls-key/--tls-ca (see 'coordinator certs'), or --listen 127.0.0.1:PORT on one machine")
+}
+
+// etcdServerTLS is the mutual TLS of the embedded etcd: the job's own
+// certificate and CA whenever the job's TLS is on.
+func etcdServerTLS(f tlsconf.Files) *cluster.ServerTLS {
+	if !f.Enabled() {
+		return nil
+	}
+	return &cluster.ServerTLS{CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA}
 }

@@ -27,8 +27,11 @@ type Options struct {
 	// Logger receives warnings from etcd (default: none).
 	Logger *zap.Logger
 	// TLS is the client side of mutual TLS for https endpoints (http
-	// endpoints, like the embedded server's, stay plaintext).
+	// endpoints stay plaintext).
 	TLS *tls.Config
+	// ServerTLS, when set, makes the embedded server (Endpoints empty)
+	// serve mutual TLS; TLS must then present a certificate its CA signed.
+	ServerTLS *ServerTLS
 }
 
 // Client is an etcd client, optionally owning the embedded server it talks
@@ -54,7 +57,10 @@ func Open(ctx context.Context, opts Options) (*Client, error) {
 	if opts.Dir == "" {
 		return nil, fmt.Errorf("%w: neither etcd endpoints nor a state directory given", ErrInvalid)
 	}
-	e, err := StartEmbedded(ctx, EmbeddedConfig{Dir: opts.Dir, Logger: opts.Logger})
+	if opts.ServerTLS != nil && opts.TLS == nil {
+		return nil, fmt.Errorf("%w: an embedded etcd with TLS needs the client's TLS too", ErrInvalid)
+	}
+	e, err := StartEmbedded(ctx, EmbeddedConfig{Dir: opts.Dir, Logger: opts.Logger, TLS: opts.ServerTLS})
 	if err != nil {
 		return nil, err
 	}

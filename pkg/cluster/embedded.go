@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -27,6 +28,18 @@ type EmbeddedConfig struct {
 	StartTimeout time.Duration
 	// Logger receives etcd's logs at warn level and above (default: none).
 	Logger *zap.Logger
+	// TLS, when set, makes the server serve https on its client and peer
+	// ports and accept only clients presenting a certificate signed by
+	// TLS.CAFile (mutual TLS). Without it the server speaks plain http,
+	// unauthenticated, on 127.0.0.1: every local user can reach it.
+	TLS *ServerTLS
+}
+
+// ServerTLS names the PEM files of an embedded server's mutual TLS. The
+// certificate serves both ports and is the client certificate of the
+// peer port; clients must present a certificate signed by CAFile.
+type ServerTLS struct {
+	CertFile, KeyFile, CAFile string
 }
 
 // Embedded is a running single-member etcd server listening on free
@@ -44,7 +57,8 @@ type Embedded struct {
 const maxPortTries = 3
 
 // StartEmbedded starts an etcd server in cfg.Dir on two free 127.0.0.1
-// ports (client and peer) and waits until it is ready or ctx or
+// ports (client and peer; https with client-certificate authentication
+// when cfg.TLS is set) and waits until it is ready or ctx or
 // cfg.StartTimeout expires (ErrStartTimeout). On error nothing is left
 // running.
 func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
@@ -83,8 +97,12 @@ func startOnce(ctx context.Context, cfg EmbeddedConfig, dataDir string) (*Embedd
 	if err != nil {
 		return nil, err
 	}
-	clientURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
-	peerURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	scheme := "http"
+	if cfg.TLS != nil {
+		scheme = "https"
+	}
+	clientURL := url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	peerURL := url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
 
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
@@ -94,6 +112,18 @@ func startOnce(ctx context.Context, cfg EmbeddedConfig, dataDir string) (*Embedd
 	ec.ListenPeerUrls = []url.URL{peerURL}
 	ec.AdvertisePeerUrls = []url.URL{peerURL}
 	ec.InitialCluster = ec.InitialClusterFromName(cfg.Name)
+	if t := cfg.TLS; t != nil {
+		if t.CertFile == "" || t.KeyFile == "" || t.CAFile == "" {
+			return nil, fmt.Errorf("%w: embedded etcd TLS needs a certificate, its key and a CA", ErrInvalid)
+		}
+		// Certificates name the job (tlsconf's server name), not an
+		// address: peers are verified by the CA alone, like every other
+		// connection of the job.
+		info := transport.TLSInfo{CertFile: t.CertFile, KeyFile: t.KeyFile, TrustedCAFile: t.CAFile,
+			ClientCertAuth: true, SkipClientSANVerify: true}
+		ec.ClientTLSInfo = info
+		ec.PeerTLSInfo = info
+	}
 	ec.Logger = "zap"
 	ec.LogLevel = "warn"
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(cfg.Logger.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
@@ -122,7 +152,8 @@ func startOnce(ctx context.Context, cfg EmbeddedConfig, dataDir string) (*Embedd
 	return &Embedded{etcd: e, endpoints: []string{clientURL.String()}}, nil
 }
 
-// Endpoints returns the client URLs of the server (one http://127.0.0.1:port).
+// Endpoints returns the client URLs of the server (one
+// http://127.0.0.1:port, or https:// with TLS).
 func (e *Embedded) Endpoints() []string { return append([]string(nil), e.endpoints...) }
 
 // Err returns a channel that receives a fatal server error, if one occurs.

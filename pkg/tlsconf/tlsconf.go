@@ -187,14 +187,47 @@ func (c *Config) ClientTLS() *tls.Config {
 }
 
 // EtcdTLS returns the client-side tls.Config for etcd's https endpoints
-// (nil for plaintext): the process's certificate and the CA bundle, with
-// the server verified against the endpoint's host name as etcd clients
-// usually are (the bundle must then also hold the CA of etcd's servers).
+// (nil for plaintext): the process's certificate and the CA bundle. The
+// server's certificate must chain to the bundle and carry either the
+// endpoint's host name, as an external etcd's usually does (the bundle
+// must then also hold the CA of etcd's servers), or the job's server
+// name, as the coordinator's embedded etcd's does (it serves the job's
+// certificate on 127.0.0.1).
 func (c *Config) EtcdTLS() *tls.Config {
 	if c == nil {
 		return nil
 	}
 	t := c.Client.Clone()
+	name, roots := t.ServerName, t.RootCAs
 	t.ServerName = ""
+	// Verified by VerifyConnection below, against either name; the chain
+	// is always verified.
+	t.InsecureSkipVerify = true
+	t.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return fmt.Errorf("%w: the etcd server presented no certificate", ErrConfig)
+		}
+		inter := x509.NewCertPool()
+		for _, ic := range cs.PeerCertificates[1:] {
+			inter.AddCert(ic)
+		}
+		leaf := cs.PeerCertificates[0]
+		opts := x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+		var firstErr error
+		for _, n := range []string{cs.ServerName, name} {
+			if n == "" {
+				continue
+			}
+			opts.DNSName = n
+			_, err := leaf.Verify(opts)
+			if err == nil {
+				return nil
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		return fmt.Errorf("%w: etcd server certificate: %w", ErrConfig, firstErr)
+	}
 	return t
 }
