@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/cluster/embedded"
 	"github.com/ringtrain/ringtrain/pkg/coordinator"
 	"github.com/ringtrain/ringtrain/pkg/report"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
@@ -213,7 +213,7 @@ func TestWorkerUnreachableFailsClearly(t *testing.T) {
 
 	// A coordinator on an external etcd that then goes away.
 	ctx := runCtx(t, time.Minute)
-	etcd, err := cluster.StartEmbedded(ctx, cluster.EmbeddedConfig{Dir: t.TempDir()})
+	etcd, err := embedded.Start(ctx, embedded.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestReplicatedCoordinatorLeaderKill(t *testing.T) {
 		t.Skip("three coordinators and two workers (~30 s)")
 	}
 	ctx := runCtx(t, 3*time.Minute)
-	etcd, err := cluster.StartEmbedded(ctx, cluster.EmbeddedConfig{Dir: t.TempDir()})
+	etcd, err := embedded.Start(ctx, embedded.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ func checkpointsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cl, err := cluster.Open(cmd.Context(), cluster.Options{Endpoints: endpoints, Dir: stateDir, DialTimeout: 5 * time.Second, TLS: tc.EtcdTLS()})
+			cl, err := cluster.Open(cmd.Context(), cluster.Options{Endpoints: endpoints, Dir: stateDir, Start: startEtcd, DialTimeout: 5 * time.Second, TLS: tc.EtcdTLS()})
 			if err != nil {
 				return err
 			}

@@ -152,7 +152,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	if err := precheck(spec, train, o); err != nil {
 		return err
 	}
-	cl, err := cluster.Open(ctx, cluster.Options{Endpoints: o.etcdEndpoints, Dir: o.stateDir, Logger: cli.Quiet(log.Named("etcd")),
+	cl, err := cluster.Open(ctx, cluster.Options{Endpoints: o.etcdEndpoints, Dir: o.stateDir, Start: startEtcd, Logger: cli.Quiet(log.Named("etcd")),
 		TLS: tc.EtcdTLS(), ServerTLS: etcdServerTLS(o.tls)})
 	if err != nil {
 		return err

@@ -13,9 +13,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// Options says which etcd to use. With Endpoints empty, Open starts an
-// embedded server in Dir (one-machine mode); otherwise it connects to the
-// existing cluster at Endpoints (the --etcd-endpoints flag).
+// Options says which etcd to use. With Endpoints empty, Open starts a
+// server in Dir with Start (one-machine mode: embedded.Start); otherwise
+// it connects to the existing cluster at Endpoints (the --etcd-endpoints
+// flag).
 type Options struct {
 	// Endpoints of an external etcd cluster, e.g. "http://10.0.0.5:2379".
 	Endpoints []string
@@ -32,13 +33,29 @@ type Options struct {
 	// ServerTLS, when set, makes the embedded server (Endpoints empty)
 	// serve mutual TLS; TLS must then present a certificate its CA signed.
 	ServerTLS *ServerTLS
+	// Start starts a server in dir (logging to log) for Open when
+	// Endpoints is empty; the client owns it. Package embedded provides
+	// one; this package does not link etcd's server itself.
+	Start func(ctx context.Context, dir string, tls *ServerTLS, log *zap.Logger) (Server, error)
+}
+
+// ServerTLS names the PEM files of an embedded server's mutual TLS (see
+// embedded.ServerTLS, which Options.Start is handed a copy of).
+type ServerTLS struct {
+	CertFile, KeyFile, CAFile string
+}
+
+// Server is an etcd server a Client may own.
+type Server interface {
+	Endpoints() []string
+	Close() error
 }
 
 // Client is an etcd client, optionally owning the embedded server it talks
 // to. It is safe for concurrent use.
 type Client struct {
 	etcd     *clientv3.Client
-	embedded *Embedded // nil for an external cluster
+	embedded Server // nil for an external cluster
 
 	mu     sync.Mutex // guards closed
 	closed bool
@@ -47,20 +64,20 @@ type Client struct {
 // defaultDialTimeout bounds connecting when Options.DialTimeout is zero.
 const defaultDialTimeout = 5 * time.Second
 
-// Open connects to etcd as opts says, starting an embedded server first
-// when opts.Endpoints is empty. It fails with ErrUnreachable when no
+// Open connects to etcd as opts says, starting a server with opts.Start
+// first when opts.Endpoints is empty. It fails with ErrUnreachable when no
 // endpoint answers within opts.DialTimeout.
 func Open(ctx context.Context, opts Options) (*Client, error) {
 	if len(opts.Endpoints) > 0 {
 		return Connect(ctx, opts)
 	}
-	if opts.Dir == "" {
-		return nil, fmt.Errorf("%w: neither etcd endpoints nor a state directory given", ErrInvalid)
+	if opts.Dir == "" || opts.Start == nil {
+		return nil, fmt.Errorf("%w: neither etcd endpoints nor a state directory and a server to start given", ErrInvalid)
 	}
 	if opts.ServerTLS != nil && opts.TLS == nil {
 		return nil, fmt.Errorf("%w: an embedded etcd with TLS needs the client's TLS too", ErrInvalid)
 	}
-	e, err := StartEmbedded(ctx, EmbeddedConfig{Dir: opts.Dir, Logger: opts.Logger, TLS: opts.ServerTLS})
+	e, err := opts.Start(ctx, opts.Dir, opts.ServerTLS, opts.Logger)
 	if err != nil {
 		return nil, err
 	}

@@ -13,11 +13,23 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+
+	"github.com/ringtrain/ringtrain/pkg/cluster/embedded"
 )
 
 // shared is the one embedded etcd of this test binary; tests use distinct
 // job names so that they do not see each other's keys.
-var shared *Embedded
+var shared *embedded.Server
+
+// startEmbedded is Options.Start over package embedded.
+func startEmbedded(ctx context.Context, dir string, tls *ServerTLS, log *zap.Logger) (Server, error) {
+	cfg := embedded.Config{Dir: dir, Logger: log}
+	if tls != nil {
+		cfg.TLS = &embedded.ServerTLS{CertFile: tls.CertFile, KeyFile: tls.KeyFile, CAFile: tls.CAFile}
+	}
+	return embedded.Start(ctx, cfg)
+}
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "cluster-test-")
@@ -25,7 +37,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	shared, err = StartEmbedded(context.Background(), EmbeddedConfig{Dir: dir})
+	shared, err = embedded.Start(context.Background(), embedded.Config{Dir: dir})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start shared etcd:", err)
 		os.Exit(2)
@@ -89,7 +101,7 @@ func job(t *testing.T, c *Client) *Job {
 func TestEmbeddedRestartKeepsDataAndCloseIsIdempotent(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
-	c, err := Open(ctx, Options{Dir: dir})
+	c, err := Open(ctx, Options{Dir: dir, Start: startEmbedded})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +123,7 @@ func TestEmbeddedRestartKeepsDataAndCloseIsIdempotent(t *testing.T) {
 		t.Fatalf("connect to a closed server: got %v, want ErrUnreachable", err)
 	}
 
-	c2, err := Open(ctx, Options{Dir: dir})
+	c2, err := Open(ctx, Options{Dir: dir, Start: startEmbedded})
 	if err != nil {
 		t.Fatalf("restart in the same directory: %v", err)
 	}

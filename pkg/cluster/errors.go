@@ -9,8 +9,6 @@ var (
 	ErrInvalid = errors.New("cluster: invalid argument")
 	// ErrUnreachable reports that no etcd endpoint answered in time.
 	ErrUnreachable = errors.New("cluster: etcd unreachable")
-	// ErrStartTimeout reports that an embedded etcd did not become ready in time.
-	ErrStartTimeout = errors.New("cluster: embedded etcd not ready in time")
 	// ErrClosed reports use of a closed Client or Embedded server.
 	ErrClosed = errors.New("cluster: closed")
 	// ErrMemberExists reports that a live member already holds the id.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/ringtrain/ringtrain/pkg/cluster/embedded"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 )
 
@@ -40,7 +42,7 @@ func TestEmbeddedMutualTLSRefusesStrangers(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := Open(ctx, Options{Dir: filepath.Join(dir, "state"), TLS: job.EtcdTLS(),
+	c, err := Open(ctx, Options{Dir: filepath.Join(dir, "state"), TLS: job.EtcdTLS(), Start: startEmbedded,
 		ServerTLS: &ServerTLS{CertFile: files.Cert, KeyFile: files.Key, CAFile: files.CA}})
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +102,10 @@ func TestEmbeddedMutualTLSRefusesStrangers(t *testing.T) {
 	}
 
 	// The peer port demands a certificate of the job's CA too.
-	peer := c.embedded.etcd.Config().ListenPeerUrls[0]
+	peer, err := url.Parse(c.embedded.(*embedded.Server).PeerEndpoints()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
 	if peer.Scheme != "https" {
 		t.Fatalf("peer URL %s is not https", peer.String())
 	}
@@ -117,8 +122,8 @@ func TestEmbeddedMutualTLSRefusesStrangers(t *testing.T) {
 }
 
 func TestEmbeddedTLSNeedsItsFiles(t *testing.T) {
-	_, err := StartEmbedded(context.Background(), EmbeddedConfig{Dir: t.TempDir(), TLS: &ServerTLS{CertFile: "x"}})
-	if !errors.Is(err, ErrInvalid) {
+	_, err := embedded.Start(context.Background(), embedded.Config{Dir: t.TempDir(), TLS: &embedded.ServerTLS{CertFile: "x"}})
+	if !errors.Is(err, embedded.ErrInvalid) {
 		t.Fatalf("got %v", err)
 	}
 }

@@ -1,31 +1,40 @@
 package coordinator
 
-import "errors"
-
-// Sentinel errors. Callers test them with errors.Is; the Control service
-// carries them across gRPC (see client.go), so a worker's errors.Is works
-// on errors returned by Client too.
-var (
-	// ErrInvalid reports a malformed request or configuration.
-	ErrInvalid = errors.New("coordinator: invalid argument")
-	// ErrNotLeader reports that this replica is not the raft leader.
-	ErrNotLeader = errors.New("coordinator: not the leader")
-	// ErrStaleGeneration reports a request made for an older plan.
-	ErrStaleGeneration = errors.New("coordinator: stale plan generation")
-	// ErrNotRankZero reports a commit from a worker that is not rank 0.
-	ErrNotRankZero = errors.New("coordinator: only rank 0 may commit")
-	// ErrStepRegression reports a commit older than the last one of the
-	// same generation.
-	ErrStepRegression = errors.New("coordinator: committed step went back")
-	// ErrSpecMismatch reports a job spec (config hash) different from the
-	// one the job has committed steps under.
-	ErrSpecMismatch = errors.New("coordinator: job spec differs from the running job's")
-	// ErrJobDone reports a change to a finished job.
-	ErrJobDone = errors.New("coordinator: job is done")
-	// ErrNotRunning reports a commit while the job is not running.
-	ErrNotRunning = errors.New("coordinator: job is not running")
-	// ErrClosed reports use of a closed node, service or client.
-	ErrClosed = errors.New("coordinator: closed")
-	// ErrUnreachable reports that no coordinator replica answered in time.
-	ErrUnreachable = errors.New("coordinator: unreachable")
+import (
+	"github.com/ringtrain/ringtrain/pkg/control"
+	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
+
+// Sentinel errors, defined in package control (which workers import
+// without linking raft); see there.
+var (
+	ErrInvalid         = control.ErrInvalid
+	ErrNotLeader       = control.ErrNotLeader
+	ErrStaleGeneration = control.ErrStaleGeneration
+	ErrNotRankZero     = control.ErrNotRankZero
+	ErrStepRegression  = control.ErrStepRegression
+	ErrSpecMismatch    = control.ErrSpecMismatch
+	ErrJobDone         = control.ErrJobDone
+	ErrNotRunning      = control.ErrNotRunning
+	ErrClosed          = control.ErrClosed
+	ErrUnreachable     = control.ErrUnreachable
+)
+
+// Client is the Control API's client (see control.Client).
+type Client = control.Client
+
+// NewClient returns a client for the replicas at addrs (see
+// control.NewClient).
+var NewClient = control.NewClient
+
+// toStatus converts an error of this package into a gRPC status carrying
+// its sentinel and, for ErrNotLeader, the leader.
+func toStatus(err error, leader *LeaderInfo) error {
+	var nl *controlpb.NotLeader
+	if leader != nil {
+		nl = &controlpb.NotLeader{LeaderId: leader.ID, LeaderAddress: leader.ControlAddr}
+	}
+	return control.ToStatus(err, nl)
+}
+
+func fromStatus(err error) (error, *controlpb.NotLeader) { return control.FromStatus(err) }

@@ -10,13 +10,16 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/cluster/embedded"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
 // etcd is the one embedded etcd of this test binary.
-var etcd *cluster.Embedded
+var etcd *embedded.Server
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "coordinator-test-")
@@ -24,7 +27,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	etcd, err = cluster.StartEmbedded(context.Background(), cluster.EmbeddedConfig{Dir: dir})
+	etcd, err = embedded.Start(context.Background(), embedded.Config{Dir: dir})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start etcd:", err)
 		os.Exit(2)
@@ -299,15 +302,12 @@ func TestThreeReplicasRedirectAndFailover(t *testing.T) {
 	waitFor(t, 5*time.Second, "follower catch-up", func() bool { return follower.co.Node().State().Leader.ID == leader.co.Node().ID() })
 
 	// A raw call to the follower is refused with the leader's address.
-	direct, err := NewClient([]string{follower.co.Addr()})
+	raw, err := grpc.NewClient(follower.co.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer direct.Close()
-	cc, err := direct.conn(follower.co.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	defer raw.Close()
+	cc := controlpb.NewControlClient(raw)
 	_, rawErr := cc.GetJob(ctxT(t, 5*time.Second), &controlpb.GetJobRequest{})
 	conv, nl := fromStatus(rawErr)
 	if !errors.Is(conv, ErrNotLeader) || nl.GetLeaderAddress() != leader.co.Addr() {
@@ -318,6 +318,11 @@ func TestThreeReplicasRedirectAndFailover(t *testing.T) {
 		t.Fatalf("Leader on follower: %v %v", li, err)
 	}
 	// The redirecting client reaches the leader through the follower.
+	direct, err := NewClient([]string{follower.co.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
 	cr, err := direct.CommitStep(ctxT(t, 5*time.Second), &controlpb.CommitStepRequest{WorkerId: "w0", Generation: st.Generation, Step: 11, Cursor: 7})
 	if err != nil || cr.GetCommitted().GetStep() != 11 {
 		t.Fatalf("commit via follower: %v %v", cr, err)

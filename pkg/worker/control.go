@@ -3,15 +3,15 @@ package worker
 import (
 	"context"
 
-	"github.com/ringtrain/ringtrain/pkg/coordinator"
+	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
 // ControlPlane is the coordinator as a worker sees it: the plans it
 // follows and the reports and commits it sends. A call may fail with
-// coordinator.ErrUnreachable (no replica answered; retrying may help),
-// coordinator.ErrStaleGeneration (a newer plan exists) or
-// coordinator.ErrJobDone. *coordinator.Client is the real one (gRPC, with
+// control.ErrUnreachable (no replica answered; retrying may help),
+// control.ErrStaleGeneration (a newer plan exists) or
+// control.ErrJobDone. *control.Client is the real one (gRPC, with
 // leader failover); MemControlPlane the in-memory twin.
 type ControlPlane interface {
 	// WatchPlan calls fn with every plan for workerID newer than after,
@@ -28,4 +28,4 @@ type ControlPlane interface {
 	RecordCheckpoint(ctx context.Context, r *controlpb.RecordCheckpointRequest) (*controlpb.RecordCheckpointResponse, error)
 }
 
-var _ ControlPlane = (*coordinator.Client)(nil)
+var _ ControlPlane = (*control.Client)(nil)

@@ -9,7 +9,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
-	"github.com/ringtrain/ringtrain/pkg/coordinator"
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -47,7 +46,7 @@ func IsInputError(err error) bool {
 // reportFatal tells the coordinator that this worker stops with an input
 // error (see IsInputError), so that it stops the job and shows why
 // instead of planning again. It waits at most 5 s; errors are logged.
-func reportFatal(cl *coordinator.Client, id string, gen uint64, err error, log *zap.Logger) {
+func reportFatal(cl ControlPlane, id string, gen uint64, err error, log *zap.Logger) {
 	if !IsInputError(err) || errors.Is(err, ErrJobFailed) {
 		return
 	}

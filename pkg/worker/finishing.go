@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ringtrain/ringtrain/pkg/coordinator"
+	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
@@ -48,11 +48,11 @@ func (m *machine) finishing(ctx context.Context) (state, error) {
 			Step: m.t.Step, Epoch: int64(m.t.Pos.Epoch), Cursor: int64(m.t.Pos.Cursor), Done: true})
 		cancel()
 		switch {
-		case err == nil, errors.Is(err, coordinator.ErrJobDone):
+		case err == nil, errors.Is(err, control.ErrJobDone):
 			return stateDone, nil
 		case ctx.Err() != nil:
 			return stateDone, nil
-		case errors.Is(err, coordinator.ErrUnreachable):
+		case errors.Is(err, control.ErrUnreachable):
 			m.Log.Warn("final commit: coordinator unreachable; retrying", zap.Error(err))
 			continue
 		default:

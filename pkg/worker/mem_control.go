@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/ringtrain/ringtrain/pkg/coordinator"
+	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
@@ -74,7 +74,7 @@ func (c *MemControlPlane) SetMaxWorkers(n int) {
 }
 
 // LeaderChange acts out a coordinator failover: every open plan watch
-// breaks, and the next calls fail with coordinator.ErrUnreachable until
+// breaks, and the next calls fail with control.ErrUnreachable until
 // the new leader is found.
 func (c *MemControlPlane) LeaderChange(failedCalls int) {
 	c.mu.Lock()
@@ -122,7 +122,7 @@ func (c *MemControlPlane) changedLocked() {
 func (c *MemControlPlane) unreachableLocked() error {
 	if c.down > 0 {
 		c.down--
-		return fmt.Errorf("%w: leader changing", coordinator.ErrUnreachable)
+		return fmt.Errorf("%w: leader changing", control.ErrUnreachable)
 	}
 	return nil
 }
@@ -166,7 +166,7 @@ func (c *MemControlPlane) WatchPlan(ctx context.Context, workerID string, after 
 		select {
 		case <-ch:
 		case <-broken:
-			return fmt.Errorf("%w: plan stream broken by a leader change", coordinator.ErrUnreachable)
+			return fmt.Errorf("%w: plan stream broken by a leader change", control.ErrUnreachable)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -207,11 +207,11 @@ func (c *MemControlPlane) CommitStep(_ context.Context, r *controlpb.CommitStepR
 	}
 	switch {
 	case c.s.State == controlpb.JobState_JOB_STATE_DONE:
-		return nil, coordinator.ErrJobDone
+		return nil, control.ErrJobDone
 	case r.GetGeneration() != c.s.Generation:
-		return nil, fmt.Errorf("%w: commit for generation %d, current is %d", coordinator.ErrStaleGeneration, r.GetGeneration(), c.s.Generation)
+		return nil, fmt.Errorf("%w: commit for generation %d, current is %d", control.ErrStaleGeneration, r.GetGeneration(), c.s.Generation)
 	case len(c.s.Members) == 0 || c.s.Members[0].Id != r.GetWorkerId():
-		return nil, fmt.Errorf("%w: %q", coordinator.ErrNotRankZero, r.GetWorkerId())
+		return nil, fmt.Errorf("%w: %q", control.ErrNotRankZero, r.GetWorkerId())
 	}
 	c.s.Committed = MemCommitted{Step: r.GetStep(), Epoch: r.GetEpoch(), Cursor: r.GetCursor(), Generation: r.GetGeneration()}
 	c.s.Commits++

@@ -16,7 +16,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/allreduce"
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
-	"github.com/ringtrain/ringtrain/pkg/coordinator"
+	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
@@ -103,7 +103,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 
-	cl, err := coordinator.NewClient(cfg.Coordinators, cfg.TLS.DialOption())
+	cl, err := control.NewClient(cfg.Coordinators, cfg.TLS.DialOption())
 	if err != nil {
 		return err
 	}

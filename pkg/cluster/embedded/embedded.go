@@ -1,4 +1,13 @@
-package cluster
+// Package embedded runs an in-process, single-member etcd server for
+// one-machine mode and tests. It is the only package that links etcd's
+// server; pkg/cluster (the client side) does not, so a worker binary
+// carries only the etcd client.
+//
+// Promises:
+//   - Start returns a ready server or an error, leaving nothing running on
+//     error; restarting in the same Dir keeps every key.
+//   - Close is idempotent.
+package embedded
 
 import (
 	"context"
@@ -16,8 +25,16 @@ import (
 	"go.uber.org/zap"
 )
 
-// EmbeddedConfig configures an in-process etcd server.
-type EmbeddedConfig struct {
+// Errors.
+var (
+	// ErrInvalid reports a bad configuration.
+	ErrInvalid = errors.New("embedded etcd: invalid configuration")
+	// ErrStartTimeout reports that the server did not become ready in time.
+	ErrStartTimeout = errors.New("embedded etcd: not ready in time")
+)
+
+// Config configures an in-process etcd server.
+type Config struct {
 	// Dir is the state directory; etcd's data lives in Dir/etcd. Required.
 	// Restarting with the same Dir keeps all keys.
 	Dir string
@@ -42,9 +59,9 @@ type ServerTLS struct {
 	CertFile, KeyFile, CAFile string
 }
 
-// Embedded is a running single-member etcd server listening on free
+// Server is a running single-member etcd server listening on free
 // loopback ports. It is safe for concurrent use.
-type Embedded struct {
+type Server struct {
 	etcd      *embed.Etcd
 	endpoints []string
 
@@ -52,16 +69,16 @@ type Embedded struct {
 	closed bool
 }
 
-// maxPortTries is how often StartEmbedded retries when a chosen free port
+// maxPortTries is how often Start retries when a chosen free port
 // was taken by someone else before etcd bound it.
 const maxPortTries = 3
 
-// StartEmbedded starts an etcd server in cfg.Dir on two free 127.0.0.1
+// Start starts an etcd server in cfg.Dir on two free 127.0.0.1
 // ports (client and peer; https with client-certificate authentication
 // when cfg.TLS is set) and waits until it is ready or ctx or
 // cfg.StartTimeout expires (ErrStartTimeout). On error nothing is left
 // running.
-func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
+func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Dir == "" {
 		return nil, fmt.Errorf("%w: embedded etcd needs a state directory", ErrInvalid)
 	}
@@ -92,7 +109,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	return nil, lastErr
 }
 
-func startOnce(ctx context.Context, cfg EmbeddedConfig, dataDir string) (*Embedded, error) {
+func startOnce(ctx context.Context, cfg Config, dataDir string) (*Server, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
@@ -149,19 +166,28 @@ func startOnce(ctx context.Context, cfg EmbeddedConfig, dataDir string) (*Embedd
 		e.Close()
 		return nil, fmt.Errorf("%w: %w", ErrStartTimeout, ctx.Err())
 	}
-	return &Embedded{etcd: e, endpoints: []string{clientURL.String()}}, nil
+	return &Server{etcd: e, endpoints: []string{clientURL.String()}}, nil
 }
 
 // Endpoints returns the client URLs of the server (one
 // http://127.0.0.1:port, or https:// with TLS).
-func (e *Embedded) Endpoints() []string { return append([]string(nil), e.endpoints...) }
+func (e *Server) Endpoints() []string { return append([]string(nil), e.endpoints...) }
+
+// PeerEndpoints returns the server's peer URLs.
+func (e *Server) PeerEndpoints() []string {
+	var out []string
+	for _, u := range e.etcd.Config().ListenPeerUrls {
+		out = append(out, u.String())
+	}
+	return out
+}
 
 // Err returns a channel that receives a fatal server error, if one occurs.
-func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
+func (e *Server) Err() <-chan error { return e.etcd.Err() }
 
 // Close stops the server and waits for it. It is idempotent and always
 // returns nil; it exists to satisfy io.Closer.
-func (e *Embedded) Close() error {
+func (e *Server) Close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {

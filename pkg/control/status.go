@@ -1,4 +1,4 @@
-package coordinator
+package control
 
 import (
 	"context"
@@ -32,9 +32,11 @@ var sentinels = []struct {
 	{"CLOSED", ErrClosed, codes.Unavailable},
 }
 
-// toStatus converts an error of this package into a gRPC status that
-// carries the sentinel's reason and, for ErrNotLeader, the leader.
-func toStatus(err error, leader *LeaderInfo) error {
+// ToStatus converts an error of this package into a gRPC status that
+// carries the sentinel's reason and, for ErrNotLeader, the leader (when
+// leader is not nil). The coordinator's service returns it; Client turns
+// it back into the sentinel.
+func ToStatus(err error, leader *controlpb.NotLeader) error {
 	if err == nil {
 		return nil
 	}
@@ -51,7 +53,7 @@ func toStatus(err error, leader *LeaderInfo) error {
 		st := status.New(s.code, err.Error())
 		details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: s.reason, Domain: errorDomain}}
 		if s.err == ErrNotLeader && leader != nil {
-			details = append(details, &controlpb.NotLeader{LeaderId: leader.ID, LeaderAddress: leader.ControlAddr})
+			details = append(details, leader)
 		}
 		if withDetails, derr := st.WithDetails(details...); derr == nil {
 			st = withDetails
@@ -61,10 +63,10 @@ func toStatus(err error, leader *LeaderInfo) error {
 	return status.Error(codes.Internal, err.Error())
 }
 
-// fromStatus turns a gRPC error from the Control service back into an
+// FromStatus turns a gRPC error from the Control service back into an
 // error that matches this package's sentinels with errors.Is. It also
 // returns the NotLeader detail, if any.
-func fromStatus(err error) (error, *controlpb.NotLeader) {
+func FromStatus(err error) (error, *controlpb.NotLeader) {
 	st, ok := status.FromError(err)
 	if !ok || err == nil {
 		return err, nil

@@ -1,4 +1,4 @@
-package coordinator
+package control
 
 import (
 	"context"
@@ -115,7 +115,7 @@ func (c *Client) call(ctx context.Context, fn func(controlpb.ControlClient) erro
 					c.setLeader(addr)
 					return nil
 				}
-				conv, nl := fromStatus(err)
+				conv, nl := FromStatus(err)
 				switch {
 				case errors.Is(conv, ErrNotLeader):
 					last = conv
