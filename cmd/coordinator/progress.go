@@ -39,11 +39,15 @@ type progress struct {
 	world    int
 	lr       func(step int64) float64 // learning rate of a step (0-based); nil: unknown
 	steps    *os.File                 // steps.jsonl; nil when it could not be opened
+	onEpoch  func(report.Epoch)       // called with every epoch's record; nil: none
+	onEvent  func(kind, text string)  // called with timeline events (resume); nil: none
+	restored bool                     // the record of an earlier run was read back (see restore)
 }
 
 // StepsFile is the per-step metrics log in the output directory: one JSON
 // line per step reported by rank 0 (a step trained again after a rollback
-// appears again, with a newer generation; the last line of a step wins).
+// appears again, with a newer generation; the last line of a step wins;
+// a report sent again after a lost answer may repeat a line).
 const StepsFile = "steps.jsonl"
 
 // stepLine is one line of StepsFile.
@@ -55,7 +59,10 @@ type stepLine struct {
 	LR           float64 `json:"lr"`
 	ImagesPerSec float64 `json:"images_per_sec"` // all workers together
 	Generation   uint64  `json:"generation"`
-	Time         string  `json:"time"`
+	Samples      int64   `json:"samples,omitempty"` // global batch behind loss and accuracy
+	// Time is when the worker finished the step (its clock; the leader's
+	// receipt time for reports of workers that do not say).
+	Time string `json:"time"`
 	// Phases is where rank 0's step went (see controlpb.StepPhases).
 	Phases *phasesLine `json:"phases,omitempty"`
 }
@@ -110,6 +117,13 @@ func (p *progress) onMetrics(m *controlpb.MetricsReport) {
 		if m.GetRank() != 0 {
 			return // loss and accuracy are global: rank 0's reports suffice
 		}
+		if !p.restored && m.GetStep() > p.lastStep+1 {
+			// The first report of this process comes after steps it never
+			// saw: a resumed job (state directory kept or lost) or a new
+			// leader. Read back the record of those steps.
+			p.restoreLocked(m.GetStep() - 1)
+		}
+		p.restored = true
 		if m.GetStep() <= p.lastStep {
 			// A step trained again after a rollback: logged, not counted twice.
 			p.writeStep(m)
@@ -121,7 +135,7 @@ func (p *progress) onMetrics(m *controlpb.MetricsReport) {
 		}
 		p.writeStep(m)
 		if m.GetEpoch() != p.epoch {
-			p.newEpoch(m.GetEpoch())
+			p.newEpoch(m.GetEpoch(), stepTime(m))
 		}
 		w := float64(m.GetSamples())
 		p.lossSum += m.GetLoss() * w
@@ -145,8 +159,11 @@ func (p *progress) onMetrics(m *controlpb.MetricsReport) {
 		e := report.Epoch{Epoch: int(m.GetEpoch()) + 1, Steps: m.GetStep(),
 			TrainLoss: p.lossSum / float64(max(p.n, 1)), TrainAcc: p.accSum / float64(max(p.n, 1)),
 			ValLoss: m.GetLoss(), ValAcc: m.GetAccuracy(), ImagesPerSec: p.imagesPerSec(),
-			Seconds: time.Since(p.started).Seconds(), Workers: len(p.ips), LR: p.lastLR}
+			Seconds: stepTime(m).Sub(p.started).Seconds(), Workers: len(p.ips), LR: p.lastLR}
 		p.hist.Add(e)
+		if p.onEpoch != nil {
+			p.onEpoch(e)
+		}
 		p.log.Info("epoch", zap.Int("epoch", e.Epoch), zap.Float64("train_loss", e.TrainLoss), zap.Float64("train_acc", e.TrainAcc),
 			zap.Float64("val_loss", e.ValLoss), zap.Float64("val_acc", e.ValAcc), zap.Float64("images_per_sec", e.ImagesPerSec))
 		if err := p.hist.Write(p.outputDir); err != nil {
@@ -155,12 +172,17 @@ func (p *progress) onMetrics(m *controlpb.MetricsReport) {
 	}
 }
 
-func (p *progress) newEpoch(epoch int64) {
+// newEpoch starts the figures of epoch, whose first step ended at t.
+func (p *progress) newEpoch(epoch int64, t time.Time) {
 	if p.pb != nil {
 		_ = p.pb.Finish()
 		fmt.Fprintln(p.out)
 	}
-	p.epoch, p.lossSum, p.accSum, p.n, p.started = epoch, 0, 0, 0, time.Now()
+	p.epoch, p.lossSum, p.accSum, p.n, p.started = epoch, 0, 0, 0, t
+	p.newBar(epoch)
+}
+
+func (p *progress) newBar(epoch int64) {
 	if p.bar {
 		p.pb = progressbar.NewOptions(p.stepsPerEpoch,
 			progressbar.OptionSetWriter(p.out),
@@ -179,7 +201,7 @@ func (p *progress) writeStep(m *controlpb.MetricsReport) {
 		return
 	}
 	l := stepLine{Step: m.GetStep(), Epoch: m.GetEpoch(), Loss: m.GetLoss(), Accuracy: m.GetAccuracy(),
-		ImagesPerSec: p.imagesPerSec(), Generation: m.GetGeneration(), Time: time.Now().UTC().Format(time.RFC3339Nano),
+		ImagesPerSec: p.imagesPerSec(), Generation: m.GetGeneration(), Samples: m.GetSamples(), Time: stepTime(m).UTC().Format(time.RFC3339Nano),
 		Phases: phasesOf(m.GetPhases())}
 	if p.lr != nil {
 		l.LR = p.lr(m.GetStep() - 1)
@@ -207,19 +229,14 @@ func (p *progress) openSteps() {
 }
 
 // resume continues the history of an earlier run of the job (a restarted
-// coordinator) from history.json in the output directory.
+// coordinator, or a replica that became leader) up to the committed step.
 func (p *progress) resume(lastStep int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	h, err := report.ReadHistory(filepath.Join(p.outputDir, report.JSONFile))
-	if err == nil {
-		for _, e := range h.Epochs {
-			if e.Steps <= lastStep {
-				p.hist.Add(e)
-			}
-		}
+	if !p.restored {
+		p.restoreLocked(lastStep)
+		p.restored = true
 	}
-	p.lastStep = lastStep
 }
 
 // finish writes the history one last time.
@@ -245,4 +262,13 @@ func (p *progress) history() report.History {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.hist
+}
+
+// stepTime is when the worker finished the step of m (the receipt time
+// when the worker did not say).
+func stepTime(m *controlpb.MetricsReport) time.Time {
+	if m.GetUnixNano() > 0 {
+		return time.Unix(0, m.GetUnixNano())
+	}
+	return time.Now()
 }

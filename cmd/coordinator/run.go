@@ -22,6 +22,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 	"github.com/ringtrain/ringtrain/pkg/worker"
+	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
 type options struct {
@@ -44,6 +45,7 @@ type options struct {
 	moveOutput     bool
 	workerArgs     []string
 	tls            tlsconf.Files
+	http           httpOptions
 }
 
 func rootCmd() *cobra.Command {
@@ -98,6 +100,7 @@ file and flags given on the command line override it.`,
 	f.BoolVar(&o.moveOutput, "move-output", false, "continue a job whose saved state names another output directory in --output (e.g. a copied output directory)")
 	f.StringSliceVar(&o.workerArgs, "worker-args", nil, "with --workers: extra arguments for every local 'worker run'")
 	o.tls.Bind(f)
+	o.http.bind(f)
 	f.DurationVar(&o.memberTTL, "member-ttl", 10*time.Second, "etcd lease TTL of worker registrations (a killed worker is usually noticed sooner, by its broken ring streams)")
 	return cmd
 }
@@ -179,18 +182,31 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		prog.lr = func(step int64) float64 { return sch.LR(int(max(step, 0))) }
 	}
 	prog.openSteps()
+	obs := newObserver(log, ej, spec, spe, tc)
+	prog.onEpoch, prog.onEvent, obs.lr = obs.onEpoch, obs.board.AddEvent, prog.lr
+	_, statErr := os.Stat(filepath.Join(o.stateDir, "raft", "raft.db"))
+	rejoined := statErr == nil // this replica has raft state from an earlier run
 	co, err := coordinator.Start(coordinator.Config{
 		ListenAddr: o.listen, AdvertiseAddr: o.advertise, ServerOptions: tc.ServerOptions(),
 		Node: coordinator.NodeConfig{ID: o.id, Dir: o.stateDir, BindAddr: o.raftBind, Bootstrap: true, Peers: peers,
 			TLSServer: tc.ServerTLS(), TLSClient: tc.ClientTLS(), Logger: cli.Quiet(log.Named("raft"))},
 		Service: coordinator.ServiceConfig{Job: spec.Name, EtcdEndpoints: cl.Endpoints(), Members: ej, MemberTTL: o.memberTTL,
 			Spec:      &coordinator.SpecInput{Spec: specJSON, ConfigHash: spec.Hash(), MinWorkers: spec.MinWorkers, MaxWorkers: spec.MaxWorkers},
-			OnMetrics: prog.onMetrics, Logger: log.Named("control")},
+			OnMetrics: func(m *controlpb.MetricsReport) { prog.onMetrics(m); obs.onMetrics(m) }, Logger: log.Named("control")},
 	})
 	if err != nil {
 		return err
 	}
 	defer co.Close()
+	obs.attach(co)
+	if err := startHTTP(ctx, obs, o, tc, cl, log); err != nil {
+		return err
+	}
+	defer obs.close()
+	if obs.srv != nil {
+		// Local workers serve their metrics too (on free ports, in their logs).
+		o.workerArgs = append([]string{"--http=127.0.0.1:0"}, o.workerArgs...)
+	}
 	go followLeadership(ctx, co, prog, log)
 	log.Info("coordinator ready", zap.String("control", co.Addr()), zap.String("job", spec.Name),
 		zap.String("model", spec.Model.Arch+"/"+spec.Model.Stem), zap.String("dataset", spec.Data.Dataset),
@@ -211,7 +227,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		}
 		defer procs.Stop()
 	} else {
-		log.Info("waiting for workers: start them with 'worker run --coordinator " + co.Addr() + "'")
+		logWaiting(ctx, log, co, len(peers), rejoined)
 	}
 
 	start := time.Now()
@@ -233,7 +249,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	h := prog.history()
 	st := co.Node().State()
 	fmt.Fprintf(os.Stderr, "\ndone: %d steps in %s; output in %s (history.json, history.csv, loss.png, accuracy.png, %s, checkpoints/)\n",
-		st.Committed.Step, time.Since(start).Round(time.Second), spec.OutputDir, worker.ModelFile)
+		st.Committed.Step, jobDuration(prog, start), spec.OutputDir, worker.ModelFile)
 	if len(h.Epochs) > 0 {
 		e := h.Epochs[len(h.Epochs)-1]
 		fmt.Fprintf(os.Stderr, "final: epoch %d, train loss %.4f, train acc %.2f%%, test loss %.4f, test acc %.2f%%\n",

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -38,6 +39,9 @@ func runCmd() *cobra.Command {
 			}
 			cfg.TLS = tc
 			cfg.NoSharedMemory = !shm
+			if cfg.HTTPToken == "" {
+				cfg.HTTPToken = os.Getenv("RINGTRAIN_HTTP_TOKEN")
+			}
 			cfg.OpenBackend = func(device string, threads int, precision string) (nn.Backend, error) {
 				return cli.Backend(device, threads, precision, log)
 			}
@@ -54,6 +58,8 @@ func runCmd() *cobra.Command {
 	tf.Bind(f)
 	f.BoolVar(&shm, "shared-memory", true, "ring traffic to a worker on the same host goes through shared memory (false: TCP)")
 	f.IntVar(&procs, "procs", 1, "run this many worker processes on this host (one per GPU, like torchrun's --nproc-per-node): ids <id>-0..K-1, ring ports <port>+0..K-1; they share memory with each other")
+	f.StringVar(&cfg.HTTPAddr, "http", "", "serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:0 or :9090; empty: off)")
+	f.StringVar(&cfg.HTTPToken, "http-token", "", "bearer token /metrics requires (default $RINGTRAIN_HTTP_TOKEN)")
 	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 0, "give up when the coordinator or etcd does not answer within this (default 15s)")
 	return cmd
 }

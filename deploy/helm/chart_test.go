@@ -44,6 +44,8 @@ type rendered struct {
 	configMaps   map[string]*corev1.ConfigMap
 	pvcs         map[string]*corev1.PersistentVolumeClaim
 	notes        string
+	// serviceMonitors are prometheus-operator objects, kept as plain maps.
+	serviceMonitors map[string]map[string]any
 }
 
 func loadChart(t *testing.T) *chart.Chart {
@@ -81,6 +83,8 @@ func render(t *testing.T, c *chart.Chart, overrides string) (*rendered, error) {
 		services:     map[string]*corev1.Service{},
 		configMaps:   map[string]*corev1.ConfigMap{},
 		pvcs:         map[string]*corev1.PersistentVolumeClaim{},
+
+		serviceMonitors: map[string]map[string]any{},
 	}
 	for name, text := range out {
 		if strings.HasSuffix(name, "NOTES.txt") {
@@ -136,6 +140,12 @@ func (r *rendered) add(doc string) error {
 		var o *corev1.PersistentVolumeClaim
 		if o, err = decode(doc, &corev1.PersistentVolumeClaim{}); err == nil {
 			r.pvcs[o.Name] = o
+		}
+	case "monitoring.coreos.com/v1/ServiceMonitor":
+		var o map[string]any
+		if err = yaml.Unmarshal([]byte(doc), &o); err == nil {
+			name, _ := o["metadata"].(map[string]any)["name"].(string)
+			r.serviceMonitors[name] = o
 		}
 	default:
 		return fmt.Errorf("unexpected object %s %s", tm.APIVersion, tm.Kind)
@@ -304,11 +314,7 @@ func TestDefaults(t *testing.T) {
 	if got := arg(t, cc, "output"); got != "/shared/runs/cifar" {
 		t.Errorf("--output %q", got)
 	}
-	for name, p := range map[string]*corev1.Probe{"liveness": cc.LivenessProbe, "readiness": cc.ReadinessProbe, "startup": cc.StartupProbe} {
-		if p == nil || p.TCPSocket == nil || p.TCPSocket.Port.String() != "control" {
-			t.Errorf("coordinator %s probe is not TCP on the control port: %+v", name, p)
-		}
-	}
+	checkHTTPProbes(t, "coordinator", cc, corev1.URISchemeHTTP)
 	if !slices.ContainsFunc(cc.Ports, func(p corev1.ContainerPort) bool { return p.Name == "control" && p.ContainerPort == 7070 }) {
 		t.Errorf("coordinator ports %+v", cc.Ports)
 	}
@@ -613,5 +619,74 @@ func TestBadValues(t *testing.T) {
 	s := job.Default()
 	if err := s.LoadYAML(path); !errors.Is(err, job.ErrInvalid) {
 		t.Errorf("unknown job key: LoadYAML error %v, want job.ErrInvalid", err)
+	}
+}
+
+// checkHTTPProbes checks that a container serves HTTP (scheme) on its
+// "http" port and that its probes use /healthz (liveness, startup) and
+// /readyz (readiness) there.
+func checkHTTPProbes(t *testing.T, name string, c corev1.Container, scheme corev1.URIScheme) {
+	t.Helper()
+	if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == "http" }) {
+		t.Errorf("%s has no http port: %+v", name, c.Ports)
+	}
+	if _, ok := lookupArg(c, "http"); !ok {
+		t.Errorf("%s runs without --http: %q", name, c.Args)
+	}
+	probes := map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe}
+	if c.StartupProbe != nil {
+		probes["startup"] = c.StartupProbe
+	}
+	for kind, p := range probes {
+		want := "/healthz"
+		if kind == "readiness" {
+			want = "/readyz"
+		}
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != want || p.HTTPGet.Port.String() != "http" || p.HTTPGet.Scheme != scheme {
+			t.Errorf("%s %s probe is not %s %s on the http port: %+v", name, kind, scheme, want, p)
+		}
+	}
+}
+
+func TestMetricsAndProbes(t *testing.T) {
+	r := mustRender(t, loadChart(t), "")
+	for _, n := range []string{"rt-ringtrain-coordinator", "rt-ringtrain-worker"} {
+		sts := r.sts(t, n)
+		checkHTTPProbes(t, n, sts.Spec.Template.Spec.Containers[0], corev1.URISchemeHTTP)
+		a := sts.Spec.Template.Annotations
+		if a["prometheus.io/scrape"] != "true" || a["prometheus.io/path"] != "/metrics" || a["prometheus.io/scheme"] != "http" || a["prometheus.io/port"] == "" {
+			t.Errorf("%s: scrape annotations %v", n, a)
+		}
+		svc, ok := r.services[n]
+		if !ok || !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == "http" }) {
+			t.Errorf("%s: no http Service port", n)
+		}
+	}
+	if got := arg(t, r.sts(t, "rt-ringtrain-coordinator").Spec.Template.Spec.Containers[0], "http"); got != ":8080" {
+		t.Errorf("coordinator --http %q", got)
+	}
+	if len(r.serviceMonitors) != 0 {
+		t.Errorf("ServiceMonitors rendered by default: %v", keys(r.serviceMonitors))
+	}
+
+	r = mustRender(t, loadChart(t), `
+metrics: {annotations: false, serviceMonitor: {enabled: true, labels: {release: prom}}}
+tls: {enabled: true, secretName: ringtrain-tls}
+`)
+	for _, n := range []string{"rt-ringtrain-coordinator", "rt-ringtrain-worker"} {
+		sts := r.sts(t, n)
+		checkHTTPProbes(t, n, sts.Spec.Template.Spec.Containers[0], corev1.URISchemeHTTPS)
+		if _, ok := sts.Spec.Template.Annotations["prometheus.io/scrape"]; ok {
+			t.Errorf("%s: scrape annotations although metrics.annotations is false", n)
+		}
+		sm, ok := r.serviceMonitors[n]
+		if !ok {
+			t.Fatalf("no ServiceMonitor %s (have %v)", n, keys(r.serviceMonitors))
+		}
+		labels := sm["metadata"].(map[string]any)["labels"].(map[string]any)
+		ep := sm["spec"].(map[string]any)["endpoints"].([]any)[0].(map[string]any)
+		if labels["release"] != "prom" || ep["port"] != "http" || ep["scheme"] != "https" || ep["tlsConfig"] == nil {
+			t.Errorf("ServiceMonitor %s: labels %v endpoint %v", n, labels, ep)
+		}
 	}
 }

@@ -24,10 +24,28 @@ type Client struct {
 	addrs []string
 	opts  []grpc.DialOption
 
-	mu     sync.Mutex // guards conns, leader and closed
-	conns  map[string]*grpc.ClientConn
-	leader string // last known leader address; "" if none
-	closed bool
+	mu       sync.Mutex // guards conns, leader, closed and onLeader
+	conns    map[string]*grpc.ClientConn
+	leader   string // last known leader address; "" if none
+	closed   bool
+	onLeader func(LeaderChange)
+}
+
+// LeaderChange describes the client moving to another replica.
+type LeaderChange struct {
+	From, To string // control addresses; From is "" at the first call
+	// Via is the follower that named the new leader ("" when the client
+	// found it by trying the replicas).
+	Via    string
+	Reason string // the error that made the client move, if any
+}
+
+// OnLeaderChange sets f to be called (on the calling goroutine) each time
+// a call succeeds at a replica other than the previous one.
+func (c *Client) OnLeaderChange(f func(LeaderChange)) {
+	c.mu.Lock()
+	c.onLeader = f
+	c.mu.Unlock()
 }
 
 // retryPause is the wait before trying again when no leader is known.
@@ -86,10 +104,18 @@ func (c *Client) candidates() []string {
 	return out
 }
 
-func (c *Client) setLeader(addr string) {
+func (c *Client) setLeader(addr, via string, last error) {
 	c.mu.Lock()
+	old, f := c.leader, c.onLeader
 	c.leader = addr
 	c.mu.Unlock()
+	if old != addr && f != nil {
+		ch := LeaderChange{From: old, To: addr, Via: via}
+		if last != nil {
+			ch.Reason = last.Error()
+		}
+		f(ch)
+	}
 }
 
 // Leader returns the address of the leader the client last talked to.
@@ -105,6 +131,7 @@ func (c *Client) call(ctx context.Context, fn func(controlpb.ControlClient) erro
 	var last error
 	for {
 		for _, addr := range c.candidates() {
+			via := ""
 			for hop := 0; addr != "" && hop < 3; hop++ {
 				cl, err := c.conn(addr)
 				if err != nil {
@@ -112,7 +139,7 @@ func (c *Client) call(ctx context.Context, fn func(controlpb.ControlClient) erro
 				}
 				err = fn(cl)
 				if err == nil {
-					c.setLeader(addr)
+					c.setLeader(addr, via, last)
 					return nil
 				}
 				conv, nl := FromStatus(err)
@@ -125,6 +152,9 @@ func (c *Client) call(ctx context.Context, fn func(controlpb.ControlClient) erro
 					}
 					if next == addr {
 						next = "" // stale self-reference: try the others
+					}
+					if next != "" {
+						via = addr
 					}
 					addr = next
 				case status.Code(err) == codes.Unavailable:

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -468,4 +469,13 @@ func (n *Node) Close() error {
 		errs = append(errs, fmt.Errorf("coordinator: close raft store: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// Term returns this replica's current raft term (0 when unknown).
+func (n *Node) Term() uint64 {
+	t, err := strconv.ParseUint(n.raft.Stats()["term"], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return t
 }

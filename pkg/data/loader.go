@@ -318,6 +318,10 @@ func (l *Loader) stopErr(err error) error {
 	return l.finalErr
 }
 
+// Ready returns how many batches are prepared ahead of Next (the queue
+// depth a monitor shows: 0 means training waits for data).
+func (l *Loader) Ready() int { return len(l.ready) }
+
 // Close stops the loader's goroutines and waits for them; it is safe to
 // call more than once and from any goroutine. Batches returned earlier must
 // not be used after Close.

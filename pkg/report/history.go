@@ -32,6 +32,10 @@ type Epoch struct {
 	Seconds      float64 `json:"seconds"`
 	Workers      int     `json:"workers"`
 	LR           float64 `json:"lr"`
+	// Rebuilt marks an epoch rebuilt from steps.jsonl and checkpoints
+	// after the history was lost (validation loss 0 when no checkpoint
+	// kept it).
+	Rebuilt bool `json:"rebuilt,omitempty"`
 }
 
 // History is the run's record.

@@ -30,6 +30,7 @@ func (m *machine) commitLocal() error {
 		return err
 	}
 	s.Meta.Generation = m.plan.GetGeneration()
+	s.Meta.Loss = m.lastLoss // the validation loss beside the accuracy, for the history
 	m.remember(s)
 	if m.sess.rank == 0 && m.writer != nil {
 		// Backpressure: the previous checkpoint must be durable and
@@ -44,6 +45,7 @@ func (m *machine) commitLocal() error {
 		} else if d := time.Since(waited); d > 100*time.Millisecond {
 			m.Log.Info("waited for the previous checkpoint write", zap.Duration("waited", d))
 		}
+		m.checkpointSubmitted(s.Meta.Step)
 		m.writer.Submit(s)
 		m.Log.Debug("checkpoint captured", zap.Int64("step", s.Meta.Step), zap.Duration("stall", time.Since(start)))
 	}
@@ -80,6 +82,7 @@ func (m *machine) onCheckpoint(meta checkpoint.Meta, man cluster.Manifest, err e
 		Step: man.Step, Epoch: man.Epoch, Cursor: man.Cursor}); err != nil {
 		m.Log.Debug("step not committed", zap.Int64("step", man.Step), zap.Error(err))
 	}
+	m.checkpointDone(man.Step, man.TotalSize())
 	m.Log.Info("checkpoint", zap.Int64("step", man.Step), zap.String("dir", man.Dir))
 }
 

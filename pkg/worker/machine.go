@@ -2,6 +2,9 @@ package worker
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/observe"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
@@ -110,6 +114,11 @@ type deps struct {
 	Patience time.Duration
 	Timing   Timing
 	Samples  *sampleLog // nil unless the sample log is on
+	// Metrics are the worker's Prometheus metrics (new ones when nil).
+	Metrics *observe.WorkerMetrics
+	// ReportSpool is the file reports spill to while the coordinator
+	// does not take them (default: in the temporary directory).
+	ReportSpool string
 }
 
 // machine is one worker's protocol: a loop over states, each a method
@@ -122,9 +131,8 @@ type machine struct {
 	t     *Trainer
 	plans *planBox
 	rereg chan struct{} // asks keepRegistered for a new registration
-	// reports is the queue of metric reports, sent in order.
-	reports chan *controlpb.MetricsReport
-	pending sync.WaitGroup // counts queued and in-flight reports
+	// reports is the queue of metric reports, sent in order, none lost.
+	reports *reportQueue
 
 	// Loop state (the loop goroutine only).
 	seen    uint64          // the newest plan generation taken
@@ -133,10 +141,14 @@ type machine struct {
 	sess    *session        // the open ring of plan, nil outside it
 	writer  *checkpoint.Writer
 	lastAcc *float64
-	trace   func(from, to state) // tests observe transitions
+	// lastLoss is the validation loss of lastAcc's evaluation.
+	lastLoss *float64
+	trace    func(from, to state) // tests observe transitions
 
-	mu  sync.Mutex                     // guards mem
+	mu  sync.Mutex                     // guards mem and submitted
 	mem map[int64]*checkpoint.Snapshot // in-memory states at checkpoint steps, by step
+	// submitted is when rank 0 handed each checkpoint to the writer, by step.
+	submitted map[int64]time.Time
 }
 
 // session is what a worker holds while it trains under one plan: the
@@ -167,8 +179,14 @@ func newMachine(d deps) *machine {
 	if d.Timing == (Timing{}) {
 		d.Timing = DefaultTiming()
 	}
+	if d.Metrics == nil {
+		d.Metrics = observe.NewWorkerMetrics()
+	}
+	if d.ReportSpool == "" {
+		d.ReportSpool = filepath.Join(os.TempDir(), fmt.Sprintf("ringtrain-reports-%s-%d.bin", d.ID, os.Getpid()))
+	}
 	return &machine{deps: d, t: d.Trainer, plans: newPlanBox(), rereg: make(chan struct{}, 1),
-		reports: make(chan *controlpb.MetricsReport, 1024), mem: map[int64]*checkpoint.Snapshot{}}
+		reports: newReportQueue(1024, d.ReportSpool), mem: map[int64]*checkpoint.Snapshot{}, submitted: map[int64]time.Time{}}
 }
 
 // run registers, then runs the states until the job is done, ctx ends
@@ -194,6 +212,9 @@ func (m *machine) run(ctx context.Context) error {
 	go func() { defer bg.Done(); m.reporter(ctx) }()
 	err = m.loop(ctx, stateWaiting)
 	m.drainReports()
+	if qerr := m.reports.close(); qerr != nil {
+		m.Log.Warn("metric reports lost", zap.Error(qerr))
+	}
 	return err
 }
 

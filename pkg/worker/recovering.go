@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ringtrain/ringtrain/pkg/observe"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
@@ -51,6 +52,8 @@ func (m *machine) recovering(ctx context.Context) (state, error) {
 	if ctx.Err() != nil {
 		return stateDone, nil
 	}
+	m.Metrics.RingFailure()
+	m.Metrics.SetState(observe.StateJoining)
 	var re *ringError
 	openFailed := errors.As(err, &re) && re.open
 	suspect := m.findSuspect(ctx, p, openFailed)

@@ -2,66 +2,51 @@ package worker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/ringtrain/ringtrain/pkg/coordinator"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
 // report queues metrics for the reporter goroutine, which sends them in
-// order without blocking training (when the queue is full, the report is
-// dropped: metrics must never slow a step down).
+// order without blocking training (see reportQueue: nothing is dropped);
+// the time is the worker's, now (the step's end).
 func (m *machine) report(r *controlpb.MetricsReport) {
-	m.pending.Add(1)
-	select {
-	case m.reports <- r:
-	default:
-		m.pending.Done()
+	if r.UnixNano == 0 {
+		r.UnixNano = time.Now().UnixNano()
 	}
+	m.reports.push(r)
 }
 
 // flushReports waits (at most d) until every queued report was sent: the
 // final step's figures must reach the coordinator before the job is
 // declared done and the coordinator exits.
-func (m *machine) flushReports(d time.Duration) {
-	done := make(chan struct{})
-	go func() { m.pending.Wait(); close(done) }()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-	}
-}
+func (m *machine) flushReports(d time.Duration) { m.reports.wait(d) }
 
+// reporter sends the queued reports until ctx ends, each until it goes
+// through (a coordinator failover delays them, it does not lose them).
 func (m *machine) reporter(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case r := <-m.reports:
-			rctx, cancel := context.WithTimeout(ctx, m.Timing.ReportTimeout)
-			if err := m.Control.ReportMetrics(rctx, r); err != nil {
-				m.Log.Debug("metrics not reported", zap.Error(err))
-			}
-			cancel()
-			m.pending.Done()
-		}
-	}
+	m.reports.deliver(ctx, m.sendReport, func(err error) { m.Log.Debug("metrics not reported yet", zap.Error(err)) })
 }
 
-// drainReports sends what is still queued (the last epoch's figures).
+// drainReports sends what is still queued (the last epoch's figures),
+// for at most FlushTimeout.
 func (m *machine) drainReports() {
-	for {
-		select {
-		case r := <-m.reports:
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = m.Control.ReportMetrics(ctx, r)
-			cancel()
-			m.pending.Done()
-		default:
-			return
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), m.Timing.FlushTimeout)
+	defer cancel()
+	m.reports.deliver(ctx, m.sendReport, nil)
+}
+
+func (m *machine) sendReport(ctx context.Context, r *controlpb.MetricsReport) error {
+	rctx, cancel := context.WithTimeout(ctx, m.Timing.ReportTimeout)
+	defer cancel()
+	err := m.Control.ReportMetrics(rctx, r)
+	if errors.Is(err, coordinator.ErrInvalid) {
+		return fmt.Errorf("%w: %w", errPermanent, err)
 	}
+	return err
 }

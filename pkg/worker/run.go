@@ -51,6 +51,10 @@ type Config struct {
 	// NoSharedMemory keeps ring traffic between workers on the same host
 	// on TCP instead of the shared-memory fast path.
 	NoSharedMemory bool
+	// HTTPAddr, when set, serves /metrics, /healthz and /readyz there
+	// (HTTPS with TLS's certificate when TLS is set); HTTPToken, when
+	// set, is required as a bearer token for /metrics.
+	HTTPAddr, HTTPToken string
 	// OpenBackend opens the compute backend (device, threads, GPU
 	// precision); required.
 	OpenBackend func(device string, threads int, precision string) (nn.Backend, error)
@@ -109,6 +113,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer cl.Close()
 	defer func() { reportFatal(cl, cfg.ID, 0, err, log) }() // an input error stops the job (fatal.go)
+	cl.OnLeaderChange(func(c coordinator.LeaderChange) { logLeaderChange(log, c) })
 	jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
 	hostID, _ := os.Hostname()
 	info := &controlpb.WorkerInfo{Id: cfg.ID, Address: addr.String(), HostId: hostID, Device: cfg.Device, Pid: int64(os.Getpid())}
@@ -184,7 +189,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		defer sl.Close()
 		d.Samples = sl
 	}
-	return newMachine(d).run(ctx)
+	m := newMachine(d)
+	if cfg.HTTPAddr != "" {
+		stop, err := m.serveHTTP(cfg.HTTPAddr, cfg.HTTPToken, cfg.TLS)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	return m.run(ctx)
 }
 
 // advertised is the ring address to register: adv when given, else the

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringtrain/ringtrain/pkg/allreduce"
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
+	"github.com/ringtrain/ringtrain/pkg/observe"
 )
 
 // syncing prepares training under the plan taken by waiting: the trainer
@@ -19,6 +20,7 @@ import (
 // newer plan while waiting for the peers back to waiting.
 func (m *machine) syncing(ctx context.Context) (state, error) {
 	p := m.plan
+	m.Metrics.SetState(observe.StateSyncing)
 	if err := m.syncState(p.GetCommitted().GetStep()); err != nil {
 		return stateDone, err
 	}
@@ -98,6 +100,7 @@ func (m *machine) syncState(target int64) error {
 	}
 	if s := m.memAt(target); s != nil {
 		m.Log.Info("rolling back in memory", zap.Int64("from", m.t.Step), zap.Int64("to", target))
+		m.Metrics.Rollback()
 		return m.t.Restore(s)
 	}
 	return m.loadAtMost(target)

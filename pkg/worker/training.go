@@ -54,6 +54,7 @@ func (m *machine) training(ctx context.Context) (state, error) {
 	m.report(&controlpb.MetricsReport{WorkerId: m.ID, Generation: p.GetGeneration(), Rank: int32(s.rank),
 		Step: m.t.Step, Epoch: int64(epoch), Loss: res.Loss, Accuracy: float64(res.Correct) / float64(max(res.N, 1)),
 		ImagesPerSec: ips, Phase: "train", Samples: int64(res.N), Phases: stepPhases(res, dataWait, s.world, false)})
+	m.observeStep(res, p.GetGeneration(), epoch, s.world, ips, s.ld.Ready(), dataWait)
 	if now.Sub(s.since) > 5*time.Second {
 		s.images, s.since = 0, now
 	}
@@ -63,8 +64,9 @@ func (m *machine) training(ctx context.Context) (state, error) {
 		if err != nil {
 			return m.ringFailed(ctx, err)
 		}
-		acc := ev.Accuracy
-		m.lastAcc = &acc
+		acc, loss := ev.Accuracy, ev.Loss
+		m.lastAcc, m.lastLoss = &acc, &loss
+		m.Metrics.ObserveEval(ev.Loss, ev.Accuracy)
 		m.report(&controlpb.MetricsReport{WorkerId: m.ID, Generation: p.GetGeneration(), Rank: int32(s.rank),
 			Step: m.t.Step, Epoch: int64(epoch), Loss: ev.Loss, Accuracy: ev.Accuracy, Phase: "eval", Samples: int64(ev.N)})
 		if s.rank == 0 {

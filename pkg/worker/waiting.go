@@ -19,6 +19,7 @@ func (m *machine) waiting(ctx context.Context) (state, error) {
 		return stateDone, nil // cancelled: a clean stop
 	}
 	m.seen = p.GetGeneration()
+	m.Metrics.SetPlan(p.GetGeneration(), int(p.GetYourRank()), len(p.GetMembers()))
 	if p.GetState() == controlpb.JobState_JOB_STATE_DONE {
 		m.Log.Info("job done")
 		return stateDone, nil

@@ -173,3 +173,16 @@ app.kubernetes.io/component: {{ .component }}
 - --tls-server-name={{ .Values.tls.serverName | default "ringtrain" }}
 {{- end }}
 {{- end }}
+
+{{/* HTTP probe scheme: the HTTP servers follow the job's TLS setting. */}}
+{{- define "ringtrain.httpScheme" -}}{{ if .Values.tls.enabled }}HTTPS{{ else }}HTTP{{ end }}{{- end }}
+
+{{/* Prometheus scrape annotations for a pod serving /metrics on port (dict "ctx" . "port" N). */}}
+{{- define "ringtrain.scrapeAnnotations" -}}
+{{- if .ctx.Values.metrics.annotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+prometheus.io/scheme: {{ include "ringtrain.httpScheme" .ctx | lower | quote }}
+{{- end }}
+{{- end }}
