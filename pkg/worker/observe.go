@@ -5,7 +5,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ringtrain/ringtrain/pkg/coordinator"
+	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/pkg/observe"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 )
@@ -81,7 +81,7 @@ func (m *machine) checkpointDone(step, bytes int64) {
 // logLeaderChange logs the control client moving to another coordinator
 // replica: the first contact (possibly redirected by a follower), or a
 // failover from a leader that stopped answering or stepped down.
-func logLeaderChange(log *zap.Logger, c coordinator.LeaderChange) {
+func logLeaderChange(log *zap.Logger, c control.LeaderChange) {
 	switch {
 	case c.From == "" && c.Via != "":
 		log.Info("coordinator redirect: a follower named the leader", zap.String("follower", c.Via), zap.String("leader", c.To))

@@ -8,7 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ringtrain/ringtrain/pkg/coordinator"
+	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
@@ -45,7 +45,7 @@ func (m *machine) sendReport(ctx context.Context, r *controlpb.MetricsReport) er
 	rctx, cancel := context.WithTimeout(ctx, m.Timing.ReportTimeout)
 	defer cancel()
 	err := m.Control.ReportMetrics(rctx, r)
-	if errors.Is(err, coordinator.ErrInvalid) {
+	if errors.Is(err, control.ErrInvalid) {
 		return fmt.Errorf("%w: %w", errPermanent, err)
 	}
 	return err

@@ -113,7 +113,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer cl.Close()
 	defer func() { reportFatal(cl, cfg.ID, 0, err, log) }() // an input error stops the job (fatal.go)
-	cl.OnLeaderChange(func(c coordinator.LeaderChange) { logLeaderChange(log, c) })
+	cl.OnLeaderChange(func(c control.LeaderChange) { logLeaderChange(log, c) })
 	jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
 	hostID, _ := os.Hostname()
 	info := &controlpb.WorkerInfo{Id: cfg.ID, Address: addr.String(), HostId: hostID, Device: cfg.Device, Pid: int64(os.Getpid())}
