@@ -24,7 +24,7 @@ import (
 func runWorker(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "worker", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(evaluateCmd(), predictCmd(), explainCmd())
+	root.AddCommand(evaluateCmd(), predictCmd(), explainCmd(), exportCmd())
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
@@ -316,4 +316,48 @@ func TestExplainWritesMapsAndChecksEfficiency(t *testing.T) {
 		}
 	}
 	t.Logf("%s", out)
+}
+
+// TestExportCommand exports the tiny model both ways and checks the
+// summary lines and the file; bad flags give one clear error.
+func TestExportCommand(t *testing.T) {
+	dir := t.TempDir()
+	weights := tinyWeights(t, dir, 6)
+	for _, fold := range []bool{false, true} {
+		out := filepath.Join(dir, fmt.Sprintf("m-%v.onnx", fold))
+		args := []string{"export", "--weights", weights, "--out", out, "--device", "cpu"}
+		if fold {
+			args = append(args, "--fold-bn", "--input-size", "32")
+		}
+		msg, err := runWorker(t, args...)
+		if err != nil {
+			t.Fatalf("export: %v\n%s", err, msg)
+		}
+		want := "batch norm kept as BatchNormalization nodes"
+		if fold {
+			want = "batch norm folded into the convolutions"
+		}
+		for _, w := range []string{"ONNX opset 13 (IR version 7)", want, `output "logits" N x 10`, "resnet18 (cifar stem, width 0.125, 10 classes)"} {
+			if !strings.Contains(msg, w) {
+				t.Errorf("export output lacks %q:\n%s", w, msg)
+			}
+		}
+		if st, err := os.Stat(out); err != nil || st.Size() < 100_000 {
+			t.Errorf("%s: %v, %v", out, st, err)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--format", "tflite", "--out", filepath.Join(dir, "x")}, `--format "tflite": only onnx`},
+		{[]string{}, "--out FILE.onnx is required"},
+		{[]string{"--out", filepath.Join(dir, "x"), "--input-size", "-1"}, "--input-size -1"},
+		{[]string{"--out", filepath.Join(dir, "no", "such", "dir", "m.onnx")}, "no such file or directory"},
+	} {
+		_, err := runWorker(t, append([]string{"export", "--weights", weights, "--device", "cpu"}, c.args...)...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("export %v: error %v, want one mentioning %q", c.args, err, c.want)
+		}
+	}
 }
