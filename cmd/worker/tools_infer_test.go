@@ -3,15 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"image"
 	"image/color"
 	"image/png"
+	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/spf13/cobra"
@@ -360,4 +364,87 @@ func TestExportCommand(t *testing.T) {
 			t.Errorf("export %v: error %v, want one mentioning %q", c.args, err, c.want)
 		}
 	}
+}
+
+// TestTorchvisionWeightsPredict is the first step of the transfer-learning
+// walkthrough: a torchvision ResNet-18 state_dict saved by PyTorch (.pth)
+// is converted by scripts/tutorial/pth2safetensors.py, and predict (which
+// reads the architecture from the file) gives torch's logits for the same
+// image within 1e-4 relative error.
+func TestTorchvisionWeightsPredict(t *testing.T) {
+	py := torchPython(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "photo.png")
+	px := make([]float32, 3*45*60)
+	for i := range px {
+		px[i] = float32((i*37)%101) / 100
+	}
+	writePNG(t, img, px, 45, 60)
+	in, err := readInput(img, 32) // what predict feeds the model
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := filepath.Join(dir, "x.f32")
+	b := make([]byte, 4*len(in.x))
+	for i, v := range in.x {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+	}
+	if err := os.WriteFile(raw, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pth, ref, st := filepath.Join(dir, "resnet18.pth"), filepath.Join(dir, "ref.json"), filepath.Join(dir, "resnet18.safetensors")
+	if out, err := exec.Command(py, "testdata/torchvision_ref.py", pth, raw, "32", "32", ref).CombinedOutput(); err != nil {
+		t.Fatalf("torch: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(py, "../../scripts/tutorial/pth2safetensors.py", pth, st).CombinedOutput(); err != nil {
+		t.Fatalf("pth2safetensors: %v\n%s", err, out)
+	}
+	out, err := runWorker(t, "predict", "--weights", st, "--json", "--top", "10", "--device", "cpu", img)
+	if err != nil {
+		t.Fatalf("predict: %v\n%s", err, out)
+	}
+	var preds []prediction
+	if err := json.Unmarshal([]byte(out), &preds); err != nil || len(preds) != 1 {
+		t.Fatalf("predict --json: %v\n%s", err, out)
+	}
+	var want struct{ Logits []float64 }
+	rb, err := os.ReadFile(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(rb, &want); err != nil || len(want.Logits) != 10 {
+		t.Fatalf("reference: %v", err)
+	}
+	var d, s float64
+	for _, r := range preds[0].Top {
+		d = math.Max(d, math.Abs(float64(r.Logit)-want.Logits[r.Class]))
+		s = math.Max(s, math.Abs(want.Logits[r.Class]))
+	}
+	if len(preds[0].Top) != 10 || d/s > 1e-4 {
+		t.Fatalf("predict's logits vs torchvision's: max difference %.3g of %.3g (relative %.3g > 1e-4)", d, s, d/s)
+	}
+	t.Logf("torchvision resnet18 .pth -> safetensors -> predict: logits within %.3g relative of torch's; top-1 %s", d/s, preds[0].Top[0].Name)
+}
+
+var (
+	torchOnce sync.Once
+	torchPy   string
+)
+
+// torchPython returns a Python that imports torch and torchvision, or
+// skips the test with a message saying how to get one.
+func torchPython(t *testing.T) string {
+	t.Helper()
+	torchOnce.Do(func() {
+		for _, c := range []string{os.Getenv("PYTHON"), "python3", "/usr/bin/python3"} {
+			if c != "" && exec.Command(c, "-c", "import torch, torchvision").Run() == nil {
+				torchPy = c
+				return
+			}
+		}
+	})
+	if torchPy == "" {
+		t.Skip("PyTorch check skipped: no python3 with torch and torchvision (apt-get install python3-torch python3-torchvision, or set PYTHON)")
+	}
+	return torchPy
 }
