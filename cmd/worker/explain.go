@@ -252,19 +252,26 @@ func parseClass(s string, names []string) (int, error) {
 	return 0, fmt.Errorf("--class %q: not a class name (%s)", s, strings.Join(names, ", "))
 }
 
-// outputNames gives every file a distinct output base name (its base name
-// without extension, numbered when two files share one).
+// outputNames gives every file a distinct output base name: its base name
+// without extension, prefixed with its directory's name when two files
+// share one (val/cat/0000.png -> cat-0000), numbered if still not unique.
 func outputNames(files []string) []string {
+	stem := func(f string) string { return strings.TrimSuffix(filepath.Base(f), filepath.Ext(f)) }
 	count := map[string]int{}
 	for _, f := range files {
-		count[strings.TrimSuffix(filepath.Base(f), filepath.Ext(f))]++
+		count[stem(f)]++
 	}
 	out := make([]string, len(files))
+	seen := map[string]bool{}
 	for i, f := range files {
-		b := strings.TrimSuffix(filepath.Base(f), filepath.Ext(f))
+		b := stem(f)
 		if count[b] > 1 {
+			b = filepath.Base(filepath.Dir(f)) + "-" + b
+		}
+		if seen[b] {
 			b = fmt.Sprintf("%s-%d", b, i)
 		}
+		seen[b] = true
 		out[i] = b
 	}
 	return out

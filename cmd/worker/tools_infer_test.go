@@ -448,3 +448,11 @@ func torchPython(t *testing.T) string {
 	}
 	return torchPy
 }
+
+func TestOutputNames(t *testing.T) {
+	got := outputNames([]string{"a/val/cat/0000.png", "a/val/dog/0000.png", "b/x.jpg", "c/x.png", "c/x.jpeg"})
+	want := []string{"cat-0000", "dog-0000", "b-x", "c-x", "c-x-4"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
