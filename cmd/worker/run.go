@@ -56,6 +56,7 @@ func runCmd() *cobra.Command {
 	f.StringVar(&cfg.Device, "device", "", "cpu | cuda | auto (default: the job's)")
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (default: the job's)")
 	tf.Bind(f)
+	f.StringVar(&cfg.HostID, "host-id", "", "name of this worker's machine: workers with equal host ids use shared memory between them (default: this machine's)")
 	f.BoolVar(&shm, "shared-memory", true, "ring traffic to a worker on the same host goes through shared memory (false: TCP)")
 	f.IntVar(&procs, "procs", 1, "run this many worker processes on this host (one per GPU, like torchrun's --nproc-per-node): ids <id>-0..K-1, ring ports <port>+0..K-1; they share memory with each other")
 	f.StringVar(&cfg.HTTPAddr, "http", "", "serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:0 or :9090; empty: off)")

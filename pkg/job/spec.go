@@ -113,6 +113,37 @@ type Spec struct {
 	BucketMB    float64 `json:"bucket_mb"`
 	Compression string  `json:"compression"`  // none, bf16
 	DeadlineSec float64 `json:"deadline_sec"` // all-reduce deadline
+	// EmulateCompute, when set, replaces forward and backward by a wait
+	// (coordinator bench --compute); nil trains the model.
+	EmulateCompute *EmulateCompute `json:"emulate_compute,omitempty"`
+}
+
+// EmulateCompute replaces a step's forward and backward with a wait of
+// Seconds during which every parameter's gradient becomes ready in the
+// order and at the fraction of backward measured on the real model
+// (worker.MeasureCompute). The gradients are the real tensors (zero), so
+// the all-reduce moves the real sizes; everything after is the real code.
+type EmulateCompute struct {
+	Seconds float64 `json:"seconds"` // forward + backward
+	// Forward is the fraction of Seconds before backward starts.
+	Forward float64 `json:"forward"`
+	// Ready[i] is the fraction of backward after which parameter i (model
+	// order) is ready; parameters with equal fractions become ready in
+	// backward's order (descending index).
+	Ready []float64 `json:"ready"`
+}
+
+// Validate checks the emulation's fields.
+func (e *EmulateCompute) Validate() error {
+	if e.Seconds <= 0 || e.Forward < 0 || e.Forward >= 1 {
+		return fmt.Errorf("%w: emulate_compute: seconds %g must be positive and forward %g in [0, 1)", ErrInvalid, e.Seconds, e.Forward)
+	}
+	for i, r := range e.Ready {
+		if !(r >= 0 && r <= 1) {
+			return fmt.Errorf("%w: emulate_compute: ready[%d] = %g is not in [0, 1]", ErrInvalid, i, r)
+		}
+	}
+	return nil
 }
 
 // Default returns the tutorial's recipe (2 epochs: minutes on a laptop CPU; the
@@ -359,6 +390,9 @@ func (s *Spec) Validate() error {
 	}
 	if s.Checkpoint.EverySteps < 0 || s.Checkpoint.Keep < 1 || s.Checkpoint.Keep > MaxCheckpointKeep {
 		bad("checkpoint: every_steps (--checkpoint-every) must be >= 0 and keep (--checkpoint-keep) in [1, %d]", MaxCheckpointKeep)
+	}
+	if s.EmulateCompute != nil {
+		add(s.EmulateCompute.Validate())
 	}
 	return errors.Join(errs...)
 }

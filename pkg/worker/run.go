@@ -48,6 +48,11 @@ type Config struct {
 	// probes, etcd endpoints given as https) with mutual TLS; nil is
 	// plaintext.
 	TLS *tlsconf.Config
+	// HostID names this worker's machine (default: the hostname for the
+	// coordinator, the boot id for the shared-memory path); workers with
+	// equal host ids exchange ring traffic through shared memory. Emulated
+	// hosts (coordinator bench --emulate-hosts) set it per namespace.
+	HostID string
 	// NoSharedMemory keeps ring traffic between workers on the same host
 	// on TCP instead of the shared-memory fast path.
 	NoSharedMemory bool
@@ -93,7 +98,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	// The ring endpoint first: its address is part of the registration.
 	tr, err := allreduce.NewGRPCTransport(allreduce.GRPCConfig{
-		ServerCreds: cfg.TLS.ServerCreds(), ClientCreds: cfg.TLS.ClientCreds(), DisableSharedMemory: cfg.NoSharedMemory})
+		ServerCreds: cfg.TLS.ServerCreds(), ClientCreds: cfg.TLS.ClientCreds(), DisableSharedMemory: cfg.NoSharedMemory, HostID: cfg.HostID})
 	if err != nil {
 		return err
 	}
@@ -115,7 +120,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer func() { reportFatal(cl, cfg.ID, 0, err, log) }() // an input error stops the job (fatal.go)
 	cl.OnLeaderChange(func(c control.LeaderChange) { logLeaderChange(log, c) })
 	jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
-	hostID, _ := os.Hostname()
+	hostID := cfg.HostID
+	if hostID == "" {
+		hostID, _ = os.Hostname()
+	}
 	info := &controlpb.WorkerInfo{Id: cfg.ID, Address: addr.String(), HostId: hostID, Device: cfg.Device, Pid: int64(os.Getpid())}
 	jr, err := cl.Join(jctx, info)
 	cancel()

@@ -54,6 +54,7 @@ type Trainer struct {
 	spans              []allreduce.Span // every parameter's span in the flat gradient
 	copies             []gradCopy       // this step's queued gradient copies, in order
 	copied             []bool           // by parameter: a copy is queued this step
+	order              []int            // emulated compute: the order parameters become ready
 }
 
 // gradCopy is a queued device-to-host copy of parameter i's gradient.
@@ -254,9 +255,12 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	onDevice := t.hostGrad != nil
 	roundTrip := onDevice && (world > 1 || t.ForceHostGradients)
 	ac, async := t.B.(nn.AsyncCopier)
-	async = async && roundTrip && t.Overlap
+	emulated := t.Spec.EmulateCompute != nil
+	async = async && roundTrip && t.Overlap && !emulated
 	var hookErr error
 	switch {
+	case emulated:
+		m.SetGradReadyHook(nil) // emulatedPass marks the parameters
 	case !onDevice:
 		m.SetGradReadyHook(func(i int) {
 			if err := red.MarkReady(i); err != nil && hookErr == nil {
@@ -274,7 +278,11 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	}
 	var lossSum float64
 	var correct int
-	if b.N > 0 {
+	if emulated {
+		if err := t.emulatedPass(ctx, b, red.MarkReady); err != nil {
+			return res, fmt.Errorf("worker: step %d emulated compute: %w", t.Step, err)
+		}
+	} else if b.N > 0 {
 		x := t.input(b)
 		m.SetDropoutStep(t.Step)
 		logits, err := m.Forward(x)
@@ -297,7 +305,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 			return res, fmt.Errorf("worker: step %d backward: %w", t.Step, err)
 		}
 	}
-	if b.N == 0 {
+	if b.N == 0 && !emulated {
 		t.metrics[0], t.metrics[1], t.metrics[2] = 0, 0, 0
 	}
 	if async {
@@ -308,7 +316,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		t.B.ToHost(t.hostGrad, m.GradsFlat())
 		t.B.ToHost(t.hostBuf, m.BuffersFlat())
 	}
-	if !async && (onDevice || b.N == 0) {
+	if !async && !emulated && (onDevice || b.N == 0) {
 		for i := len(m.Params()) - 1; i >= 0; i-- {
 			if err := red.MarkReady(i); err != nil && hookErr == nil {
 				hookErr = err
