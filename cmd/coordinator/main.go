@@ -16,6 +16,7 @@ import (
 func main() {
 	root := rootCmd()
 	root.AddCommand(checkpointsCmd(), certsCmd())
+	root.AddCommand(benchCmd())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil {

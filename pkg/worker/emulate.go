@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/ringtrain/ringtrain/pkg/allreduce"
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -18,6 +19,23 @@ type ComputeProfile struct {
 	Backward time.Duration   // backward
 	Ready    []time.Duration // by parameter: time after backward started
 	Order    []int           // parameters in the order backward made them ready
+	// Buckets is the reducer's bucket plan for this model and spec, in
+	// launch order (BN buffers and the step's metrics ride with the last).
+	Buckets []allreduce.BucketInfo
+}
+
+// BucketReady is the fraction of the compute time (forward + backward)
+// after which bucket b can start: when its last parameter is ready.
+func (p ComputeProfile) BucketReady(b int) float64 {
+	fb := float64(p.Forward + p.Backward)
+	if fb <= 0 {
+		return 1
+	}
+	var r time.Duration
+	for _, i := range p.Buckets[b].Params {
+		r = max(r, p.Ready[i])
+	}
+	return (float64(p.Forward) + float64(r)) / fb
 }
 
 // Emulation is the profile as a job.EmulateCompute of the given total
@@ -100,6 +118,16 @@ func MeasureCompute(ctx context.Context, spec job.Spec, b nn.Backend, batch, war
 			}
 		}
 	}
+	ring, err := allreduce.Open(ctx, allreduce.NewInmemNetwork().Transport("p"), allreduce.DefaultConfig("profile", 1, 0, 1), []string{"p"})
+	if err != nil {
+		return p, err
+	}
+	defer ring.Close()
+	red, err := t.NewReducer(ring)
+	if err != nil {
+		return p, err
+	}
+	p.Buckets = red.Buckets()
 	return p, nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -50,6 +51,9 @@ type Config struct {
 	// TLS.CAFile (mutual TLS). Without it the server speaks plain http,
 	// unauthenticated, on 127.0.0.1: every local user can reach it.
 	TLS *ServerTLS
+	// ClientHost is the address the client port listens on (default
+	// 127.0.0.1), e.g. a bridge address that emulated hosts reach.
+	ClientHost string
 }
 
 // ServerTLS names the PEM files of an embedded server's mutual TLS. The
@@ -118,7 +122,11 @@ func startOnce(ctx context.Context, cfg Config, dataDir string) (*Server, error)
 	if cfg.TLS != nil {
 		scheme = "https"
 	}
-	clientURL := url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	host := cfg.ClientHost
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	clientURL := url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(ports[0]))}
 	peerURL := url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
 
 	ec := embed.NewConfig()

@@ -1,0 +1,372 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/ringtrain/ringtrain/internal/cli"
+	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/nn"
+	"github.com/ringtrain/ringtrain/pkg/scale"
+	"github.com/ringtrain/ringtrain/pkg/worker"
+)
+
+type benchOptions struct {
+	config       string
+	workers      []int
+	warmup       int
+	steps        int
+	compute      time.Duration
+	hosts        int
+	links        []string
+	mtu          int
+	predict      bool
+	latency      time.Duration
+	linkEff      float64
+	optimizer    time.Duration
+	rounds       int
+	glooIters    int
+	python       string
+	glooScript   string
+	workerBin    string
+	threads      int
+	profileBatch int
+	timeout      time.Duration
+}
+
+// Goals of bench-scale (issue #14).
+const (
+	goalBusBW      = 0.90
+	goalVsGloo     = 1.2
+	goalModelError = 0.10
+	goalEff8       = 0.90
+)
+
+func benchCmd() *cobra.Command {
+	var o benchOptions
+	spec := job.Default()
+	spec.Name = "bench"
+	spec.Model.Stem = "cifar"
+	spec.Data.Dataset = "synthetic"
+	spec.Data.Augment = false
+	spec.GlobalBatch = 32
+	spec.OutputDir = "runs/bench"
+	spec.Device = "cpu"
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure (and predict) how a job scales with the number of workers",
+		Long: `Runs a sweep of real jobs over worker counts (each a few warm-up steps, then
+timed steps) and reports images/s, scaling efficiency, where the step time goes
+(data wait, compute, exposed all-reduce, optimizer), the all-reduce's busbw and
+hidden fraction, next to a calibrated ring alpha-beta model. Writes scale.json,
+scale.csv and scale.png in --output. --batch is per worker here (weak scaling).
+
+  # 1, 2, 4, 8 local workers on this machine's loopback
+  coordinator bench
+  # 8 emulated hosts (network namespaces, 1 Gbit/s tbf links; needs root),
+  # forward+backward replaced by a 9.7 ms wait with the real bucket timing
+  coordinator bench --emulate-hosts 8 --link 1gbit --compute 9.7ms
+  # the model alone: 8 to 512 workers on 25 and 100 Gbit/s links
+  coordinator bench --predict --workers 8,64,512 --link 25gbit,100gbit --compute 9.7ms
+
+See docs/scale.md.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := job.Resolve(cmd.Flags(), &spec, o.config)
+			if err != nil {
+				return err
+			}
+			return bench(cmd.Context(), s, o)
+		},
+	}
+	job.BindFlags(cmd.Flags(), &spec)
+	f := cmd.Flags()
+	f.Lookup("batch").Usage = "batch per worker (weak scaling: the global batch is workers x batch) [yaml: global_batch]"
+	f.StringVar(&o.config, "config", "", "YAML job file (flags override it)")
+	f.IntSliceVar(&o.workers, "workers", []int{1, 2, 4, 8}, "worker counts to run (or predict)")
+	f.IntVar(&o.warmup, "warmup", 2, "untimed steps per point")
+	f.IntVar(&o.steps, "steps", 5, "timed steps per point")
+	f.DurationVar(&o.compute, "compute", 0, "emulated forward+backward time per step, e.g. 9.7ms (0: the real model computes)")
+	f.IntVar(&o.hosts, "emulate-hosts", 0, "put the workers on this many emulated hosts (network namespaces; needs root, ip and tc)")
+	f.StringSliceVar(&o.links, "link", nil, "link rate of emulated hosts, e.g. 1gbit (with --predict: a list, e.g. 25gbit,100gbit)")
+	f.IntVar(&o.mtu, "mtu", 9000, "MTU of the emulated links")
+	f.BoolVar(&o.predict, "predict", false, "print the model's predicted table for --workers and --link; run nothing")
+	f.DurationVar(&o.latency, "latency", 10*time.Microsecond, "with --predict: per-message link latency (alpha)")
+	f.Float64Var(&o.linkEff, "link-efficiency", 0.95, "with --predict: TCP payload share of the link rate (measured 95-97.5% on emulated links)")
+	f.DurationVar(&o.optimizer, "optimizer-time", 0, "with --predict: optimizer time per step (0: included in --compute)")
+	f.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of ours and gloo at n=4 (emulated hosts)")
+	f.IntVar(&o.glooIters, "gloo-iters", 5, "timed all-reduces per gloo run")
+	f.StringVar(&o.python, "python", "/usr/bin/python3", "python with torch for the gloo peer (empty: skip gloo)")
+	f.StringVar(&o.glooScript, "gloo-script", "", "gloo rank script (default scripts/bench/gloo_rank.py here or next to the binary)")
+	f.StringVar(&o.workerBin, "worker-bin", "", "worker binary (default: 'worker' next to this binary, then PATH)")
+	f.IntVar(&o.threads, "worker-threads", 1, "compute threads per worker")
+	f.IntVar(&o.profileBatch, "profile-batch", 8, "batch of the real forward+backward that measures the bucket timing")
+	f.DurationVar(&o.timeout, "point-timeout", 10*time.Minute, "give up on a point after this long")
+	return cmd
+}
+
+func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
+	log := cli.NewLogger("bench")
+	defer log.Sync()
+	out := os.Stdout
+	if o.warmup < 1 || o.steps < 1 {
+		return fmt.Errorf("bench: --warmup %d and --steps %d must be at least 1", o.warmup, o.steps)
+	}
+	var rates []float64
+	for _, l := range o.links {
+		r, err := scale.ParseRate(l)
+		if err != nil {
+			return err
+		}
+		rates = append(rates, r)
+	}
+	if !o.predict && o.hosts > 0 {
+		if len(rates) != 1 {
+			return errors.New("bench: --emulate-hosts needs one --link rate, e.g. --link 1gbit")
+		}
+		if err := scale.CheckRoot(); err != nil {
+			return err
+		}
+	}
+	if o.predict && len(rates) == 0 {
+		return errors.New("bench: --predict needs --link, e.g. --link 25gbit,100gbit")
+	}
+	batch := spec.GlobalBatch
+
+	// The real model's bucket timing, measured once.
+	fmt.Fprintf(out, "bench: measuring the real %s/%s backward (batch %d) for the bucket timing ...\n", spec.Model.Arch, spec.Model.Stem, o.profileBatch)
+	prof, err := worker.MeasureCompute(ctx, spec, nn.NewCPU(max(1, runtime.NumCPU())), o.profileBatch, 1)
+	if err != nil {
+		return fmt.Errorf("bench: compute profile: %w", err)
+	}
+	var gradBytes int64
+	for _, b := range prof.Buckets {
+		gradBytes += 4 * int64(b.Elements)
+	}
+	fmt.Fprintf(out, "bench: forward %s, backward %s; %d buckets, %.1f MB all-reduced per step\n",
+		prof.Forward.Round(time.Millisecond), prof.Backward.Round(time.Millisecond), len(prof.Buckets), float64(gradBytes)/1e6)
+	compute := o.compute.Seconds()
+	if o.compute > 0 {
+		spec.EmulateCompute = prof.Emulation(o.compute)
+	}
+	model := scale.Model{Buckets: scale.ModelFromProfile(prof), Compute: compute, Latency: o.latency.Seconds(), BatchPerWorker: batch}
+
+	if o.predict {
+		if compute <= 0 {
+			return errors.New("bench: --predict needs --compute (the forward+backward time of one step on the target device)")
+		}
+		model.Optimizer = o.optimizer.Seconds()
+		rows := scale.PredictTable(model, o.workers, rates, o.linkEff)
+		fmt.Fprintf(out, "\npredicted: %s/%s (%.1f MB per all-reduce), compute %s, optimizer %s, alpha %s, beta = %.0f%% of the link\n\n",
+			spec.Model.Arch, spec.Model.Stem, float64(gradBytes)/1e6, o.compute, o.optimizer, o.latency, 100*o.linkEff)
+		fmt.Fprint(out, scale.PredictedMarkdown(rows))
+		return nil
+	}
+
+	bin, err := workerBinary(o.workerBin)
+	if err != nil {
+		return err
+	}
+	res := &scale.Result{Setup: scale.Setup{Model: spec.Model.Arch + "/" + spec.Model.Stem, GradientBytes: gradBytes, BucketMB: spec.BucketMB,
+		BatchPerWorker: batch, Warmup: o.warmup, Steps: o.steps, Compute: compute, EmulatedHosts: o.hosts, MTU: o.mtu, Cores: runtime.NumCPU()}}
+	cfg := scale.SweepConfig{Spec: spec, BatchPerWorker: batch, Workers: o.workers, Warmup: o.warmup, Steps: o.steps,
+		WorkerBin: bin, Threads: o.threads, OutputDir: spec.OutputDir, Timeout: o.timeout, Log: log, Progress: out}
+	var glooCfg *scale.GlooConfig
+	if o.hosts > 0 {
+		hosts, err := scale.NewHosts(ctx, scale.HostsConfig{Hosts: o.hosts, Rate: o.links[0], MTU: o.mtu})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := hosts.Close(); err != nil {
+				log.Error("emulated hosts not fully removed", zap.Error(err))
+			}
+		}()
+		cfg.Hosts = hosts
+		res.Setup.LinkBits = hosts.RateBits
+		fmt.Fprintf(out, "bench: %d emulated hosts (network namespaces %s..), links %s (tbf both ways), MTU %d\n",
+			o.hosts, hosts.Names[0], scale.FormatRate(hosts.RateBits), hosts.MTU)
+		if o.hosts >= 2 {
+			l, err := hosts.MeasureLink(ctx, 0, 1, time.Second)
+			if err != nil {
+				return fmt.Errorf("bench: link probe: %w", err)
+			}
+			res.Link = &l
+			model.Bandwidth, model.Latency = l.Goodput, l.Latency.Seconds()
+			fmt.Fprintf(out, "bench: link measured: TCP goodput %.1f Mbit/s (%.1f%% of the rate), latency %s\n",
+				l.Goodput*8/1e6, 100*l.Goodput*8/hosts.RateBits, l.Latency.Round(time.Microsecond))
+		}
+		if g, err := glooConfig(o, hosts); err != nil {
+			fmt.Fprintf(out, "bench: gloo peer skipped: %v\n", err)
+		} else {
+			glooCfg = g
+		}
+	}
+
+	// The sweep, gloo after ours at n=2 and n=4 (same links, interleaved).
+	var vs []float64
+	for _, n := range o.workers {
+		p, err := scale.RunPoint(ctx, cfg, n)
+		if err != nil {
+			return fmt.Errorf("bench: %d workers: %w", n, err)
+		}
+		res.Points = append(res.Points, p)
+		scale.SetEfficiency(res.Points)
+		progressLine(out, res.Points[len(res.Points)-1])
+		if glooCfg != nil && (n == 2 || n == 4) && n <= o.hosts {
+			g, err := glooRun(ctx, glooCfg, n, p, 1, out)
+			if err != nil {
+				fmt.Fprintf(out, "bench: gloo n=%d failed: %v\n", n, err)
+				continue
+			}
+			res.Gloo = append(res.Gloo, g)
+			if n == 4 {
+				vs = append(vs, p.BusBW/g.BusBW)
+			}
+		}
+	}
+	if glooCfg != nil && len(vs) > 0 {
+		for r := 2; r <= o.rounds; r++ {
+			p, err := scale.RunPoint(ctx, cfg, 4)
+			if err != nil {
+				return fmt.Errorf("bench: round %d, 4 workers: %w", r, err)
+			}
+			res.Ours = append(res.Ours, p)
+			g, err := glooRun(ctx, glooCfg, 4, p, r, out)
+			if err != nil {
+				fmt.Fprintf(out, "bench: gloo n=4 round %d failed: %v\n", r, err)
+				continue
+			}
+			res.Gloo = append(res.Gloo, g)
+			vs = append(vs, p.BusBW/g.BusBW)
+		}
+		r := scale.NewRatio(vs)
+		res.VsGloo = &r
+	}
+	if model.Bandwidth > 0 {
+		if compute <= 0 { // real compute: the one-worker point's
+			for _, p := range res.Points {
+				if p.Workers == 1 {
+					model.Compute = p.Compute
+				}
+			}
+		}
+		res.Model = &model
+		res.ModelError = scale.Compare(model, res.Points)
+	}
+
+	fmt.Fprintf(out, "\n%s", res.Markdown())
+	res.Summary = summary(res, out)
+	if err := res.Write(spec.OutputDir); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "bench: wrote %s, %s and %s in %s\n", scale.JSONFile, scale.CSVFile, scale.PlotFile, spec.OutputDir)
+	fmt.Fprintln(out, res.Summary)
+	return nil
+}
+
+func progressLine(out *os.File, p scale.Point) {
+	fmt.Fprintf(out, "scale: n=%d  %8.1f img/s (%6.1f/worker)  eff %5.1f%%  step %7.1f ms = data %.1f + compute %.1f + exposed %.1f + optimizer %.1f ms  busbw %s  hidden %3.0f%%  cpu: workers %.2f of %d cores, machine %3.0f%% busy\n",
+		p.Workers, p.ImagesPerSec, p.PerWorker, 100*p.Efficiency, 1e3*p.StepSeconds, 1e3*p.DataWait, 1e3*p.Compute,
+		1e3*p.ExposedAllReduce, 1e3*p.Optimizer, scale.FormatBW(p.BusBW), 100*p.HiddenFraction, p.WorkerCores, p.MachineCores, 100*p.MachineBusy)
+}
+
+func glooRun(ctx context.Context, g *scale.GlooConfig, n int, ours scale.Point, round int, out *os.File) (scale.GlooResult, error) {
+	g.Bytes = ours.AllReduceBytes
+	r, err := scale.RunGloo(ctx, *g, n)
+	if err != nil {
+		return r, err
+	}
+	r.Interleaved = round
+	fmt.Fprintf(out, "scale: gloo n=%d  %.1f MB all-reduce %.1f ms  busbw %s  (ours %s in the job just before: %.2fx)\n",
+		n, float64(r.Bytes)/1e6, 1e3*r.MedianTime, scale.FormatBW(r.BusBW), scale.FormatBW(ours.BusBW), ours.BusBW/r.BusBW)
+	return r, nil
+}
+
+// glooConfig finds python with torch and the rank script.
+func glooConfig(o benchOptions, hosts *scale.Hosts) (*scale.GlooConfig, error) {
+	if o.python == "" {
+		return nil, errors.New("--python is empty")
+	}
+	if err := exec.Command(o.python, "-c", "import torch.distributed").Run(); err != nil {
+		return nil, fmt.Errorf("%s cannot import torch (apt-get install python3-torch): %v", o.python, err)
+	}
+	script := o.glooScript
+	if script == "" {
+		cands := []string{filepath.Join("scripts", "bench", "gloo_rank.py")}
+		if exe, err := os.Executable(); err == nil {
+			cands = append(cands, filepath.Join(filepath.Dir(exe), "..", "scripts", "bench", "gloo_rank.py"))
+		}
+		for _, c := range cands {
+			if _, err := os.Stat(c); err == nil {
+				script = c
+				break
+			}
+		}
+		if script == "" {
+			return nil, errors.New("scripts/bench/gloo_rank.py not found (run from the repository root or pass --gloo-script)")
+		}
+	}
+	abs, err := filepath.Abs(script)
+	if err != nil {
+		return nil, err
+	}
+	return &scale.GlooConfig{Python: o.python, Script: abs, Hosts: hosts, Iters: o.glooIters}, nil
+}
+
+// summary prints the goal verdicts and returns the final line.
+func summary(res *scale.Result, out *os.File) string {
+	eff := map[int]string{2: "-", 4: "-", 8: "-"}
+	var bus8 float64
+	for _, p := range res.Points {
+		if _, ok := eff[p.Workers]; ok {
+			eff[p.Workers] = fmt.Sprintf("%.1f%%", 100*p.Efficiency)
+		}
+		if p.Workers == 8 {
+			bus8 = p.BusBW
+		}
+		if p.Workers == 8 && res.Setup.Compute > 0 {
+			verdict(out, fmt.Sprintf("efficiency at n=8 %.1f%%", 100*p.Efficiency), p.Efficiency >= goalEff8, ">= 90%")
+		}
+	}
+	busVsLink, vsGloo, modelErr := "-", "n/a", "-"
+	if res.Setup.LinkBits > 0 && bus8 > 0 {
+		b := bus8 * 8 / res.Setup.LinkBits
+		busVsLink = fmt.Sprintf("%.1f%%", 100*b)
+		verdict(out, "busbw n=8 "+busVsLink+" of the link", b >= goalBusBW, ">= 90%")
+	}
+	if r := res.VsGloo; r != nil {
+		vsGloo = fmt.Sprintf("%.2f", r.Median)
+		verdict(out, fmt.Sprintf("vs gloo busbw n=4 median %.2fx (min %.2fx, max %.2fx over %d interleaved rounds)", r.Median, r.Min, r.Max, len(r.Rounds)),
+			r.Median >= goalVsGloo, ">= 1.2x")
+		if r.Unstable(goalVsGloo) {
+			fmt.Fprintf(out, "warning: the rounds straddle the 1.2x goal (%.2fx-%.2fx): this verdict may change between runs\n", r.Min, r.Max)
+		}
+	}
+	if res.Model != nil {
+		modelErr = fmt.Sprintf("%.1f%%", 100*res.ModelError)
+		verdict(out, "worst model error "+modelErr, res.ModelError <= goalModelError, "<= 10%")
+	}
+	return fmt.Sprintf("scale: efficiency n=2 %s n=4 %s n=8 %s, busbw vs link %s, vs gloo %s x, model error %s",
+		eff[2], eff[4], eff[8], busVsLink, vsGloo, modelErr)
+}
+
+func verdict(out *os.File, what string, ok bool, goal string) {
+	v := "met"
+	if !ok {
+		v = "MISSED"
+	}
+	fmt.Fprintf(out, "goal %s: %s (%s)\n", goal, strings.TrimSpace(what), v)
+}
