@@ -147,7 +147,7 @@ func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
 
 	// The real model's bucket timing, measured once.
 	fmt.Fprintf(out, "bench: measuring the real %s/%s backward (batch %d) for the bucket timing ...\n", spec.Model.Arch, spec.Model.Stem, o.profileBatch)
-	prof, err := worker.MeasureCompute(ctx, spec, nn.NewCPU(max(1, runtime.NumCPU())), o.profileBatch, 1)
+	prof, err := worker.MeasureCompute(ctx, spec, nn.NewCPU(max(1, runtime.NumCPU())), o.profileBatch, 3)
 	if err != nil {
 		return fmt.Errorf("bench: compute profile: %w", err)
 	}

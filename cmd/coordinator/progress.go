@@ -82,6 +82,7 @@ type phasesLine struct {
 	Buckets   int32   `json:"buckets"`
 	World     int32   `json:"world"`
 	Emulated  bool    `json:"emulated_compute,omitempty"`
+	EndUnixNs int64   `json:"end_unix_ns,omitempty"`
 }
 
 func phasesOf(p *controlpb.StepPhases) *phasesLine {
@@ -91,7 +92,7 @@ func phasesOf(p *controlpb.StepPhases) *phasesLine {
 	return &phasesLine{Step: p.GetStepSeconds(), DataWait: p.GetDataWaitSeconds(), Compute: p.GetComputeSeconds(),
 		Exposed: p.GetExposedAllreduceSeconds(), Optimizer: p.GetOptimizerSeconds(), AllReduce: p.GetAllreduceSeconds(),
 		Hidden: p.GetHiddenFraction(), Bytes: p.GetAllreduceBytes(), BusBW: p.GetBusbwBytesPerSecond(),
-		Buckets: p.GetBuckets(), World: p.GetWorld(), Emulated: p.GetEmulatedCompute()}
+		Buckets: p.GetBuckets(), World: p.GetWorld(), Emulated: p.GetEmulatedCompute(), EndUnixNs: p.GetEndUnixNano()}
 }
 
 func newProgress(out io.Writer, log *zap.Logger, outputDir string, stepsPerEpoch int, bar bool) *progress {

@@ -11,8 +11,14 @@ import (
 	"time"
 )
 
+// needRoot skips unless emulated hosts can be made and were asked for
+// (make test-scale sets RINGTRAIN_SCALE_TESTS=1): they need root and
+// CAP_NET_ADMIN, and the rate test wants a CPU that is not saturated.
 func needRoot(t *testing.T) {
 	t.Helper()
+	if os.Getenv("RINGTRAIN_SCALE_TESTS") != "1" {
+		t.Skip("skipped: namespace tests run with make test-scale (root, ip, tc)")
+	}
 	if err := CheckRoot(); err != nil {
 		t.Skipf("skipped: %v (emulated hosts need root and iproute2)", err)
 	}
@@ -101,7 +107,15 @@ func TestRateLimitLimits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The better of two probes: other load on the machine only
+		// lowers a measurement, it never raises it above the limit.
 		l, err := h.MeasureLink(ctx, 0, 1, 1500*time.Millisecond)
+		if err == nil {
+			var l2 Link
+			if l2, err = h.MeasureLink(ctx, 0, 1, 1500*time.Millisecond); l2.Goodput > l.Goodput {
+				l = l2
+			}
+		}
 		cerr := h.Close()
 		if err != nil {
 			t.Fatal(err)

@@ -139,7 +139,7 @@ func FormatBW(b float64) string {
 type collector struct {
 	mu      sync.Mutex // guards the fields below
 	byStep  map[int64]map[int32]*controlpb.MetricsReport
-	arrival map[int64]int64 // rank 0's report of a step: receipt time (unix ns)
+	arrival map[int64]int64 // rank 0's end of a step (unix ns, its clock)
 }
 
 func (c *collector) onMetrics(m *controlpb.MetricsReport) {
@@ -154,7 +154,10 @@ func (c *collector) onMetrics(m *controlpb.MetricsReport) {
 	}
 	c.byStep[s][m.GetRank()] = m
 	if m.GetRank() == 0 {
-		c.arrival[s] = m.GetUnixNano()
+		c.arrival[s] = m.GetPhases().GetEndUnixNano()
+		if c.arrival[s] == 0 { // a worker without it: the receipt time
+			c.arrival[s] = m.GetUnixNano()
+		}
 	}
 }
 
@@ -221,7 +224,7 @@ func RunPoint(ctx context.Context, cfg SweepConfig, n int) (Point, error) {
 		Node:       coordinator.NodeConfig{ID: "c0", Dir: filepath.Join(dir, "state"), BindAddr: "127.0.0.1:0", Bootstrap: true},
 		Service: coordinator.ServiceConfig{Job: spec.Name, EtcdEndpoints: cl.Endpoints(), Members: ej, MemberTTL: 10 * time.Second,
 			Spec:      &coordinator.SpecInput{Spec: specJSON, ConfigHash: spec.Hash(), MinWorkers: n, MaxWorkers: n},
-			OnMetrics: col.onMetrics, Logger: log.Named("control")},
+			OnMetrics: col.onMetrics, Logger: log.Named("control").WithOptions(zap.IncreaseLevel(zap.WarnLevel))},
 	})
 	if err != nil {
 		return Point{}, err

@@ -52,10 +52,10 @@ func (p ComputeProfile) Emulation(total time.Duration) *job.EmulateCompute {
 	return e
 }
 
-// MeasureCompute runs warm+1 real forward and backward passes of spec's
+// MeasureCompute runs reps real forward and backward passes of spec's
 // model on b with a batch of batch samples (synthetic inputs) and returns
-// the last one's profile.
-func MeasureCompute(ctx context.Context, spec job.Spec, b nn.Backend, batch, warm int) (ComputeProfile, error) {
+// the profile of the fastest one (the least disturbed by other load).
+func MeasureCompute(ctx context.Context, spec job.Spec, b nn.Backend, batch, reps int) (ComputeProfile, error) {
 	spec.EmulateCompute = nil
 	spec.GlobalBatch, spec.MinWorkers, spec.MaxWorkers = batch, 1, max(spec.MaxWorkers, 1)
 	train, test, err := OpenDatasets(ctx, spec)
@@ -76,12 +76,12 @@ func MeasureCompute(ctx context.Context, spec job.Spec, b nn.Backend, batch, war
 	if err != nil {
 		return ComputeProfile{}, err
 	}
-	var p ComputeProfile
+	var best ComputeProfile
 	m := t.Model
 	m.SetTrain(true)
-	for rep := 0; rep <= warm; rep++ {
+	for rep := 0; rep < max(reps, 1); rep++ {
 		m.ZeroGrad()
-		p = ComputeProfile{Ready: make([]time.Duration, len(m.Params()))}
+		p := ComputeProfile{Ready: make([]time.Duration, len(m.Params()))}
 		start := time.Now()
 		logits, err := m.Forward(t.input(bt))
 		if err != nil {
@@ -117,7 +117,11 @@ func MeasureCompute(ctx context.Context, spec job.Spec, b nn.Backend, batch, war
 				p.Order = append(p.Order, i)
 			}
 		}
+		if rep == 0 || p.Forward+p.Backward < best.Forward+best.Backward {
+			best = p
+		}
 	}
+	p := best
 	ring, err := allreduce.Open(ctx, allreduce.NewInmemNetwork().Transport("p"), allreduce.DefaultConfig("profile", 1, 0, 1), []string{"p"})
 	if err != nil {
 		return p, err

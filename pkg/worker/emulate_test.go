@@ -18,7 +18,7 @@ import (
 // fraction of the emulated time, and the pass lasts the emulated time.
 func TestEmulatedComputeKeepsTheRealOrder(t *testing.T) {
 	spec := tinySpec()
-	prof, err := MeasureCompute(context.Background(), spec, nn.NewCPU(1), 8, 1)
+	prof, err := MeasureCompute(context.Background(), spec, nn.NewCPU(1), 8, 2)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,5 +46,6 @@ func stepPhases(res StepResult, dataWait time.Duration, world int, emulated bool
 		Buckets:                 int32(res.Comm.Buckets),
 		World:                   int32(world),
 		EmulatedCompute:         emulated,
+		EndUnixNano:             res.End.UnixNano(),
 	}
 }

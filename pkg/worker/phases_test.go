@@ -89,6 +89,9 @@ func TestStepPhasesAddUp(t *testing.T) {
 	if p.GetBusbwBytesPerSecond() <= 0 || math.Abs(p.GetBusbwBytesPerSecond()-want) > 1e-6*want {
 		t.Fatalf("busbw %g, want %g", p.GetBusbwBytesPerSecond(), want)
 	}
+	if e := p.GetEndUnixNano(); e != res.End.UnixNano() || time.Since(res.End) > time.Minute || time.Since(res.End) < 0 {
+		t.Fatalf("end %d, step ended %s", e, res.End)
+	}
 	if h := p.GetHiddenFraction(); h < 0 || h > 1 {
 		t.Fatalf("hidden fraction %g", h)
 	}

@@ -231,6 +231,7 @@ type StepResult struct {
 	LR       float64
 	// Phases of the step (DataWait is the caller's to fill in).
 	Phases Phases
+	End    time.Time // when the step ended
 }
 
 // TrainStep runs one step on this rank's slice b: forward, loss, backward
@@ -353,7 +354,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	t.Step++
 	t.Pos = b.Next
 	end := time.Now()
-	res.Duration = end.Sub(start)
+	res.Duration, res.End = end.Sub(start), end
 	res.Phases = Phases{Compute: waitAt.Sub(start), Exposed: optAt.Sub(waitAt), Optimizer: end.Sub(optAt)}
 	return res, nil
 }

@@ -857,8 +857,11 @@ type StepPhases struct {
 	// compute_seconds is an emulated wait (coordinator bench --compute), not
 	// the model's forward and backward.
 	EmulatedCompute bool `protobuf:"varint,12,opt,name=emulated_compute,json=emulatedCompute,proto3" json:"emulated_compute,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When the step ended, on the worker's clock (Unix ns): rank 0's give
+	// the job's step rate without the report's trip to the coordinator.
+	EndUnixNano   int64 `protobuf:"varint,13,opt,name=end_unix_nano,json=endUnixNano,proto3" json:"end_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StepPhases) Reset() {
@@ -973,6 +976,13 @@ func (x *StepPhases) GetEmulatedCompute() bool {
 		return x.EmulatedCompute
 	}
 	return false
+}
+
+func (x *StepPhases) GetEndUnixNano() int64 {
+	if x != nil {
+		return x.EndUnixNano
+	}
+	return 0
 }
 
 type MetricsAck struct {
@@ -1693,7 +1703,7 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\asamples\x18\n" +
 	" \x01(\x03R\asamples\x12\x1b\n" +
 	"\tunix_nano\x18\v \x01(\x03R\bunixNano\x128\n" +
-	"\x06phases\x18\f \x01(\v2 .ringtrain.control.v1.StepPhasesR\x06phases\"\xfc\x03\n" +
+	"\x06phases\x18\f \x01(\v2 .ringtrain.control.v1.StepPhasesR\x06phases\"\xa0\x04\n" +
 	"\n" +
 	"StepPhases\x12!\n" +
 	"\fstep_seconds\x18\x01 \x01(\x01R\vstepSeconds\x12*\n" +
@@ -1708,7 +1718,8 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\abuckets\x18\n" +
 	" \x01(\x05R\abuckets\x12\x14\n" +
 	"\x05world\x18\v \x01(\x05R\x05world\x12)\n" +
-	"\x10emulated_compute\x18\f \x01(\bR\x0femulatedCompute\"\f\n" +
+	"\x10emulated_compute\x18\f \x01(\bR\x0femulatedCompute\x12\"\n" +
+	"\rend_unix_nano\x18\r \x01(\x03R\vendUnixNano\"\f\n" +
 	"\n" +
 	"MetricsAck\"\x99\x01\n" +
 	"\rFailureReport\x12\x1b\n" +

@@ -1,0 +1,24 @@
+# Scale-out benchmarking (pkg/scale, coordinator bench; see docs/scale.md).
+#
+# bench-scale: 8 emulated hosts (network namespaces, tbf-limited links;
+# needs root, ip and tc), one worker per host, ResNet-18 (cifar stem)
+# gradients on the wire, forward+backward emulated (--compute) so that 8
+# workers fit on 2 cores; gloo (python3-torch) over the same links,
+# interleaved. Ends with
+#   scale: efficiency n=2 E2 n=4 E4 n=8 E8, busbw vs link B%, vs gloo G x, model error M%
+# Extra flags: make bench-scale BENCH_SCALE_FLAGS="--steps 8".
+BENCH_SCALE_FLAGS ?=
+BENCH_SCALE_ARGS ?= --emulate-hosts 8 --link 500mbit --compute 3s --bucket-mb 4 --workers 1,2,4,8 \
+	--warmup 1 --steps 4 --rounds 3 --profile-batch 16 --output runs/bench-scale
+
+.PHONY: bench-scale test-scale scale-predict
+bench-scale: build
+	bin/coordinator bench $(BENCH_SCALE_ARGS) $(BENCH_SCALE_FLAGS)
+
+# The model alone: 8-512 GPUs at 25 and 100 Gbit/s with an H100's step.
+scale-predict: build
+	bin/coordinator bench --predict --workers 8,16,32,64,128,256,512 --link 25gbit,100gbit --compute 9.7ms $(BENCH_SCALE_FLAGS)
+
+# pkg/scale's tests; the namespace ones skip with a message unless root.
+test-scale:
+	RINGTRAIN_SCALE_TESTS=1 $(GO) test -count=1 -v ./pkg/scale/...
