@@ -53,7 +53,7 @@ func (m *machine) training(ctx context.Context) (state, error) {
 	ips := float64(s.images) / now.Sub(s.since).Seconds()
 	m.report(&controlpb.MetricsReport{WorkerId: m.ID, Generation: p.GetGeneration(), Rank: int32(s.rank),
 		Step: m.t.Step, Epoch: int64(epoch), Loss: res.Loss, Accuracy: float64(res.Correct) / float64(max(res.N, 1)),
-		ImagesPerSec: ips, Phase: "train", Samples: int64(res.N), Phases: stepPhases(res, dataWait, s.world, false)})
+		ImagesPerSec: ips, Phase: "train", Samples: int64(res.N), Phases: stepPhases(res, dataWait, s.world, m.t.Spec.EmulateCompute != nil)})
 	m.observeStep(res, p.GetGeneration(), epoch, s.world, ips, s.ld.Ready(), dataWait)
 	if now.Sub(s.since) > 5*time.Second {
 		s.images, s.since = 0, now
