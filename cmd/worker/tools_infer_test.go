@@ -37,11 +37,38 @@ func runWorker(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
-// tinyWeights saves a small cifar-stem ResNet-18 (width 0.125) trained
-// for a few dozen SGD steps on the synthetic shapes (a second or two), so
-// that its predictions differ between images.
-func tinyWeights(t *testing.T, dir string, seed int64) string {
+// tinyDir holds the weights tinyWeights trains once per test binary.
+var (
+	tinyMu   sync.Mutex
+	tinyDir  string
+	tinyPath string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if tinyDir != "" {
+		os.RemoveAll(tinyDir)
+	}
+	os.Exit(code)
+}
+
+// tinyWeights returns a small cifar-stem ResNet-18 (width 0.125) trained
+// for a few dozen SGD steps on the synthetic shapes (a second or two, once
+// per test binary), so that its predictions differ between images. The
+// file is shared: tests must not change it.
+func tinyWeights(t *testing.T) string {
 	t.Helper()
+	tinyMu.Lock()
+	defer tinyMu.Unlock()
+	if tinyPath != "" {
+		return tinyPath
+	}
+	dir, err := os.MkdirTemp("", "worker-tiny-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tinyDir = dir
+	const seed = 3
 	b := nn.NewCPU(1)
 	m, err := nn.NewResNet(b, nn.ResNetConfig{Depth: 18, Stem: "cifar", Width: 0.125, Classes: 10, Seed: seed})
 	if err != nil {
@@ -91,6 +118,7 @@ func tinyWeights(t *testing.T, dir string, seed int64) string {
 	if err := nn.SaveWeights(path, b, m.Params(), m.Buffers(), nil); err != nil {
 		t.Fatal(err)
 	}
+	tinyPath = path
 	return path
 }
 
@@ -159,7 +187,7 @@ func syntheticFolder(t *testing.T, root string, perClass int) {
 // is exactly the accuracy evaluate reports for the same weights.
 func TestPredictAgreesWithEvaluate(t *testing.T) {
 	dir := t.TempDir()
-	weights := tinyWeights(t, dir, 3)
+	weights := tinyWeights(t)
 	root := filepath.Join(dir, "shapes")
 	syntheticFolder(t, root, 6)
 	common := []string{"--weights", weights, "--dataset", "folder", "--folder", root, "--device", "cpu", "--threads", "1"}
@@ -208,7 +236,7 @@ func TestPredictAgreesWithEvaluate(t *testing.T) {
 // TestInferenceBadInputs: each bad input gets one clear error naming it.
 func TestInferenceBadInputs(t *testing.T) {
 	dir := t.TempDir()
-	weights := tinyWeights(t, dir, 4)
+	weights := tinyWeights(t)
 	good := filepath.Join(dir, "good.png")
 	px := make([]float32, 3*40*48)
 	for i := range px {
@@ -267,7 +295,7 @@ func TestInferenceBadInputs(t *testing.T) {
 // two images and checks the files and the printed efficiency check.
 func TestExplainWritesMapsAndChecksEfficiency(t *testing.T) {
 	dir := t.TempDir()
-	weights := tinyWeights(t, dir, 5)
+	weights := tinyWeights(t)
 	ds, err := data.NewSynthetic(2, 9)
 	if err != nil {
 		t.Fatal(err)
@@ -326,7 +354,7 @@ func TestExplainWritesMapsAndChecksEfficiency(t *testing.T) {
 // summary lines and the file; bad flags give one clear error.
 func TestExportCommand(t *testing.T) {
 	dir := t.TempDir()
-	weights := tinyWeights(t, dir, 6)
+	weights := tinyWeights(t)
 	for _, fold := range []bool{false, true} {
 		out := filepath.Join(dir, fmt.Sprintf("m-%v.onnx", fold))
 		args := []string{"export", "--weights", weights, "--out", out, "--device", "cpu"}
