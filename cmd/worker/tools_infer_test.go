@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"image"
 	"image/color"
+	"image/jpeg"
 	"image/png"
 	"math"
 	"os"
@@ -284,6 +285,23 @@ func TestInferenceBadInputs(t *testing.T) {
 		if n := strings.Count(err.Error(), "\n"); n > 0 {
 			t.Errorf("%s: error spans %d lines: %q", c.name, n+1, err)
 		}
+	}
+	// A JPEG of any size is read too.
+	jpg := filepath.Join(dir, "photo.jpg")
+	jimg := image.NewRGBA(image.Rect(0, 0, 80, 50))
+	for i := range jimg.Pix {
+		jimg.Pix[i] = uint8(i * 7)
+	}
+	jf, err := os.Create(jpg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := jpeg.Encode(jf, jimg, nil); err != nil {
+		t.Fatal(err)
+	}
+	jf.Close()
+	if out, err := runWorker(t, append([]string{"predict", "--weights", weights, jpg}, base...)...); err != nil || !strings.Contains(out, "80x50 -> resized to 51x32 -> centre crop 32x32") {
+		t.Errorf("jpeg: %v\n%s", err, out)
 	}
 	// The good image still works with the same weights (nothing was lost).
 	if out, err := runWorker(t, append([]string{"predict", "--weights", weights, good}, base...)...); err != nil || !strings.Contains(out, "48x40 -> resized to 38x32 -> centre crop 32x32") {
