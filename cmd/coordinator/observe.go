@@ -464,11 +464,17 @@ func (o *observer) setRing(st coordinator.JobState) {
 			o.board.UpdateWorker(w.ID, func(v *observe.WorkerView) { v.State, v.Rank = observe.StateGone, -1 })
 		}
 	}
+	excluded := map[coordinator.Exclusion]bool{}
+	for _, e := range st.Excluded {
+		excluded[e] = true
+	}
 	for _, w := range st.Live {
 		rank := st.Rank(w.ID)
 		o.board.UpdateWorker(w.ID, func(v *observe.WorkerView) {
 			v.Host, v.Device, v.Address, v.Rank = w.HostID, w.Device, w.Address, rank
 			switch {
+			case excluded[coordinator.Exclusion{ID: w.ID, JoinRevision: w.JoinRevision}]:
+				v.State = observe.StateGone // reported failed: out until it registers again
 			case rank < 0 || st.Status != coordinator.StatusRunning:
 				v.State = observe.StateJoining
 			case v.State == observe.StateGone || v.State == observe.StateJoining:

@@ -238,7 +238,7 @@ func TestDashboardPage(t *testing.T) {
 		t.Fatalf("/: %d", code)
 	}
 	// The plain-HTML fallback carries the state without JavaScript.
-	for _, want := range []string{`<tr data-worker="w0">`, `class="state st-training">training`, `class="state st-gone">gone`,
+	for _, want := range []string{`<tr data-worker="w0" class="row-training">`, `class="state st-training">training`, `class="state st-gone">gone`,
 		`href="files/history.json"`, `ring of generation 1 failed &lt;script&gt;`, `http-equiv="refresh"`, `src="assets/app.js"`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)

@@ -7,7 +7,8 @@
   const q = (p) => (token ? p + (p.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : p);
   const $ = (id) => document.getElementById(id);
   const colors = ["#2563eb", "#dc2626", "#059669", "#7c3aed"];
-  let steps = [];
+  let steps = []; // every point received, in order
+  let curve = []; // the points on the curves: rolled-back steps removed
   let state = null;
 
   const fmt = (v, d) => (v === undefined || v === null || isNaN(v) ? "-" : Number(v).toFixed(d));
@@ -42,11 +43,19 @@
     c.dataset.points = String(n);
     if (!n) { g.fillStyle = "#9ca3af"; g.fillText("waiting for data", 10, 20); return; }
     if (opt && opt.zero) y0 = Math.min(0, y0);
+    // A few far outliers (the first epoch's validation loss) would flatten
+    // the rest: the range stops at cap x the reference series' maximum and
+    // points above it are drawn on the top edge.
+    if (opt && opt.cap) {
+      let m = -Infinity;
+      for (const [, y] of series[opt.capRef || 0].pts) if (isFinite(y)) m = Math.max(m, y);
+      if (isFinite(m) && m > 0) y1 = Math.min(y1, opt.cap * m);
+    }
     if (x1 === x0) x1 = x0 + 1;
     if (y1 === y0) { y1 = y0 + Math.abs(y0 || 1) * 0.1; y0 = y0 - Math.abs(y0 || 1) * 0.1; }
     const L = 48, R = 8, T = 8, B = 20;
     const X = (x) => L + ((x - x0) / (x1 - x0)) * (w - L - R);
-    const Y = (y) => h - B - ((y - y0) / (y1 - y0)) * (h - T - B);
+    const Y = (y) => h - B - ((Math.min(y, y1) - y0) / (y1 - y0)) * (h - T - B);
     g.strokeStyle = "#e5e7eb"; g.fillStyle = "#6b7280"; g.font = "11px system-ui, sans-serif"; g.lineWidth = 1;
     for (let i = 0; i <= 4; i++) {
       const y = y0 + ((y1 - y0) * i) / 4, py = Y(y);
@@ -78,13 +87,13 @@
 
   function drawCharts() {
     const ep = (state && state.epochs) || [];
-    const S = (f) => steps.map((p) => [p.step, f(p)]);
+    const S = (f) => curve.map((p) => [p.step, f(p)]);
     const E = (f) => ep.map((e) => [e.steps, f(e)]);
     chart($("c-loss"), [
       { name: "train (step)", color: "#93c5fd", pts: S((p) => p.loss) },
       { name: "smoothed", color: "#2563eb", pts: smooth(S((p) => p.loss), 0.9) },
       { name: "validation", color: "#dc2626", pts: E((e) => e.val_loss), dots: true },
-    ]);
+    ], { cap: 1.5 });
     chart($("c-acc"), [
       { name: "train (step)", color: "#93c5fd", pts: S((p) => 100 * p.accuracy) },
       { name: "smoothed", color: "#2563eb", pts: smooth(S((p) => 100 * p.accuracy), 0.9) },
@@ -93,8 +102,8 @@
     chart($("c-lr"), [{ name: "lr", color: "#7c3aed", pts: S((p) => p.lr) }], { zero: true });
     chart($("c-ips"), [{ name: "images/s", color: "#059669", pts: S((p) => p.images_per_sec) }], { zero: true });
     const sc = $("steps-count");
-    sc.dataset.count = String(steps.length);
-    sc.textContent = steps.length + " steps";
+    sc.dataset.count = String(curve.length);
+    sc.textContent = curve.length + " steps";
   }
 
   function render(s) {
@@ -112,7 +121,7 @@
     $("files").innerHTML = (j.files || []).map((f) => `<li><a href="${esc(q(f.url))}">${esc(f.name)}</a> <small>${size(f.size)}</small></li>`).join("") || "<li>none yet</li>";
     if (j.spec) $("spec").textContent = JSON.stringify(j.spec, null, 2);
     $("worker-rows").innerHTML = (s.workers || []).map((w) =>
-      `<tr data-worker="${esc(w.id)}"><td>${esc(w.id)}</td><td>${esc(w.host)}</td><td>${esc(w.device)}</td><td>${w.rank}</td>` +
+      `<tr data-worker="${esc(w.id)}" class="row-${esc(w.state)}"><td>${esc(w.id)}</td><td>${esc(w.host)}</td><td>${esc(w.device)}</td><td>${w.rank}</td>` +
       `<td class="state st-${esc(w.state)}">${esc(w.state)}</td><td>${fmt(w.images_per_sec, 0)}</td><td>${fmt(w.step_ms, 1)}</td>` +
       `<td>${fmt(w.data_ms, 1)}</td><td>${fmt(w.compute_ms, 1)}</td><td>${fmt(w.exposed_ms, 1)}</td><td>${fmt(w.optimizer_ms, 1)}</td>` +
       `<td>${ago(w.last_seen)}</td></tr>`).join("");
@@ -137,6 +146,13 @@
       steps = got;
     } else {
       steps = steps.slice(0, s.steps_from - base).concat(got);
+    }
+    curve = [];
+    for (const p of steps) {
+      // A step trained again after a rollback replaces the abandoned ones
+      // from there on (the last report of a step wins).
+      while (curve.length && curve[curve.length - 1].step >= p.step) curve.pop();
+      curve.push(p);
     }
     state = s;
     render(s);
