@@ -26,7 +26,7 @@
 //     its own batch, so the efficiency check (Result.Efficiency) compares
 //     the sum with a separate forward pass of the image and the baseline:
 //     a mismatch means a wrong coalition image or batch, not bad luck.
-//   - The model's mode, frozen flags and tap are restored on return; its
-//     parameter gradients are left untouched (every parameter is frozen
-//     while explaining).
+//   - The model's mode and frozen flags are restored on return and its tap
+//     removed; its parameter gradients are left untouched (every parameter
+//     is frozen while explaining).
 package explain
