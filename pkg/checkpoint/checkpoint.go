@@ -422,7 +422,23 @@ func loadAtMost(s interface {
 		}
 		return l, skipped, nil
 	}
-	return nil, skipped, fmt.Errorf("%w in %s", ErrNotFound, where)
+	return nil, skipped, notFound(where, maxStep, skipped)
+}
+
+// notFound is the error of a search that found no usable checkpoint: when
+// some exist, it says how many and why the newest was refused, wrapping
+// that error too (ErrCorrupt for a damaged one: it does not heal, so
+// retrying is pointless).
+func notFound(where string, maxStep int64, skipped []Skipped) error {
+	if len(skipped) == 0 {
+		if maxStep >= 0 {
+			return fmt.Errorf("%w at or before step %d in %s", ErrNotFound, maxStep, where)
+		}
+		return fmt.Errorf("%w in %s", ErrNotFound, where)
+	}
+	newest := skipped[0]
+	return fmt.Errorf("%w usable in %s: all %d checkpoint(s) there were refused; the newest, step %d: %w",
+		ErrNotFound, where, len(skipped), newest.Step, newest.Err)
 }
 
 // Apply loads the checkpoint's weights (and optimizer state, when opt is

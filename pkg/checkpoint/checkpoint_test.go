@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -279,5 +280,36 @@ func TestWriterWaitIdleWaitsForWriteAndOnDone(t *testing.T) {
 	}
 	if _, err := st.Verify(2); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// With every checkpoint damaged the error says how many there are and
+// why the newest was refused (not just "none found") and wraps
+// ErrCorrupt, so that a worker stops instead of retrying (issue 12, "Why"
+// 5).
+func TestAllDamagedSaysWhy(t *testing.T) {
+	m, opt := trained(t, 1)
+	st, _ := NewStore(t.TempDir(), 5)
+	if _, _, err := st.LoadAtMost("", 30); !errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) ||
+		!strings.Contains(err.Error(), "at or before step 30") {
+		t.Fatalf("empty store: %v", err)
+	}
+	for _, step := range []int64{10, 20, 30} {
+		if _, err := st.Write(capture(t, m, opt, step, 0)); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(st.StepDir(step), ModelFile)
+		b, _ := os.ReadFile(p)
+		b[len(b)/2] ^= 0x40
+		os.WriteFile(p, b, 0o644)
+	}
+	_, skipped, err := st.LoadAtMost("", 30)
+	if len(skipped) != 3 || !errors.Is(err, ErrNotFound) || !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("skipped %d, err %v", len(skipped), err)
+	}
+	for _, want := range []string{"all 3 checkpoint(s) there were refused", "the newest, step 30", st.Dir} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
 	}
 }

@@ -250,6 +250,12 @@ func ApplyWeights(s *Safetensors, b Backend, params []*Param, buffers []*Buffer,
 			errs = append(errs, fmt.Errorf("%w: %s has %d NaN/Inf values", ErrNonFinite, describe(t.Name, name), n))
 			continue
 		}
+		if strings.HasSuffix(name, "running_var") {
+			if n := countNegative(v); n > 0 {
+				errs = append(errs, fmt.Errorf("%w: %s has %d negative values (a batch norm variance is never negative)", ErrConfig, describe(t.Name, name), n))
+				continue
+			}
+		}
 		loads = append(loads, load{dst: dst, f32: v})
 	}
 	for name := range targets {
@@ -281,6 +287,16 @@ func describe(fileName, canonical string) string {
 		return fileName
 	}
 	return fmt.Sprintf("%s (as %s)", fileName, canonical)
+}
+
+func countNegative(v []float32) int {
+	n := 0
+	for _, x := range v {
+		if x < 0 {
+			n++
+		}
+	}
+	return n
 }
 
 func countNonFinite(v []float32) int {

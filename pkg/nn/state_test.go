@@ -162,6 +162,7 @@ func TestLoadWeightsRejects(t *testing.T) {
 	wrongShape, _ := F32Tensor("layer1.0.conv1.weight", []int{1, 2, 3}, make([]float32, 6))
 	nan, _ := F32Tensor("bn1.bias", []int{4}, []float32{0, float32(math.NaN()), 0, 0})
 	extra, _ := F32Tensor("layer9.weight", []int{1}, []float32{1})
+	negVar, _ := F32Tensor("bn1.running_var", []int{4}, []float32{1, -0.5, 1, 1})
 	notI64, _ := F32Tensor("bn1.num_batches_tracked", []int{}, []float32{1})
 	both, _ := F32Tensor("linear.bias", []int{10}, make([]float32, 10))
 	cases := []struct {
@@ -183,6 +184,8 @@ func TestLoadWeightsRejects(t *testing.T) {
 			[]error{ErrShape}, []string{"layer1.0.conv1.weight"}},
 		{"nan", func(n string) string { return n }, map[string]*STTensor{"bn1.bias": nan},
 			[]error{ErrNonFinite}, []string{"bn1.bias"}},
+		{"negative variance", func(n string) string { return n }, map[string]*STTensor{"bn1.running_var": negVar},
+			[]error{ErrConfig}, []string{"bn1.running_var has 1 negative values"}},
 		{"count dtype", func(n string) string { return n }, map[string]*STTensor{"bn1.num_batches_tracked": notI64},
 			[]error{ErrShape}, []string{"bn1.num_batches_tracked"}},
 		{"two names for one tensor", func(n string) string { return n }, map[string]*STTensor{"linear.bias": both},
