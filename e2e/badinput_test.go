@@ -30,7 +30,9 @@ import (
 const badInputLimit = 30 * time.Second
 
 // outcome is what a user sees of one run: exit status, time, and the
-// plain-text lines of stderr (log lines are JSON under RINGTRAIN_LOG=json).
+// error message: the plain-text lines of stderr from the last one that
+// starts with the binary's name (log lines are JSON under
+// RINGTRAIN_LOG=json).
 type outcome struct {
 	code    int
 	took    time.Duration
@@ -62,11 +64,17 @@ func runBin(t *testing.T, dir, name string, limit time.Duration, args ...string)
 	} else if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
+	// The message: the plain lines from the last one naming the binary
+	// (other plain lines, like the dashboard's address, come before).
 	var plain []string
 	for _, l := range strings.Split(o.all, "\n") {
-		if l != "" && !strings.HasPrefix(l, "{") {
-			plain = append(plain, l)
+		if l == "" || strings.HasPrefix(l, "{") {
+			continue
 		}
+		if strings.HasPrefix(l, name+":") {
+			plain = plain[:0]
+		}
+		plain = append(plain, l)
 	}
 	o.message = strings.Join(plain, "\n")
 	return o
