@@ -93,6 +93,9 @@ func printStatus(w io.Writer, js *controlpb.JobStatus, now time.Time) error {
 	}
 	state := strings.ToLower(strings.TrimPrefix(p.GetState().String(), "JOB_STATE_"))
 	fmt.Fprintf(w, "job %s: %s, plan generation %d, %d worker(s) in the ring\n", js.GetJob(), state, p.GetGeneration(), len(p.GetMembers()))
+	if f := p.GetFailure(); f != "" {
+		fmt.Fprintf(w, "stopped by bad input: %s\n", f) // a worker's input error (JOB_STATE_FAILED)
+	}
 	li := js.GetLeader()
 	fmt.Fprintf(w, "leader: %s at %s (answered by %s)\n", li.GetLeaderId(), li.GetLeaderAddress(), li.GetNodeId())
 	total := int64(0)
