@@ -29,7 +29,8 @@ type procsOptions struct {
 }
 
 // childArgs returns the `worker run` arguments of child i: the parent's
-// flags with id <id>-<i>, ring port +i (listen and advertise) and --procs 1.
+// flags with id <id>-<i>, ring and HTTP ports +i (listen, advertise,
+// --http) and --procs 1.
 func (o procsOptions) childArgs(i int) ([]string, error) {
 	id := o.cfg.ID
 	if id == "" {
@@ -53,6 +54,16 @@ func (o procsOptions) childArgs(i int) ([]string, error) {
 	}
 	if o.cfg.Threads > 0 {
 		args = append(args, "--threads", strconv.Itoa(o.cfg.Threads))
+	}
+	if o.cfg.HTTPAddr != "" {
+		h, err := shiftPort(o.cfg.HTTPAddr, i)
+		if err != nil {
+			return nil, fmt.Errorf("--http: %w", err)
+		}
+		args = append(args, "--http", h)
+	}
+	if o.cfg.HTTPToken != "" {
+		args = append(args, "--http-token", o.cfg.HTTPToken)
 	}
 	if o.cfg.JoinTimeout > 0 {
 		args = append(args, "--join-timeout", o.cfg.JoinTimeout.String())

@@ -226,7 +226,7 @@ func checkJobYAML(t *testing.T, r *rendered) job.Spec {
 }
 
 // checkSharedVolume asserts that every ringtrain pod mounts the shared claim
-// at /shared and the job ConfigMap at /etc/ringtrain.
+// at /shared and the job ConfigMap at /etc/ringtrain/job.
 func checkSharedVolume(t *testing.T, r *rendered, claim string, names ...string) {
 	t.Helper()
 	for _, n := range names {
@@ -308,7 +308,7 @@ func TestDefaults(t *testing.T) {
 	if got := arg(t, cc, "raft-bind"); got != "$(POD_IP):7071" {
 		t.Errorf("--raft-bind %q", got)
 	}
-	if got := arg(t, cc, "config"); got != "/etc/ringtrain/job.yaml" {
+	if got := arg(t, cc, "config"); got != "/etc/ringtrain/job/job.yaml" {
 		t.Errorf("--config %q", got)
 	}
 	if got := arg(t, cc, "output"); got != "/shared/runs/cifar" {

@@ -141,8 +141,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "ringtrain.commonMounts" -}}
 - name: shared
   mountPath: {{ .Values.shared.mountPath }}
+# Its own directory: ConfigMap and Secret volumes are mounted read-only, so
+# no other volume (the TLS Secret at /etc/ringtrain/tls) can be mounted
+# inside one (the runtime cannot create the mount point there).
 - name: job
-  mountPath: /etc/ringtrain
+  mountPath: /etc/ringtrain/job
   readOnly: true
 - name: cache
   mountPath: /cache
