@@ -256,6 +256,13 @@ func (p *progress) finish() error {
 	if len(p.hist.Epochs) == 0 {
 		return nil // nothing seen (a follower replica): keep the leader's files
 	}
+	// A replica that led for a while and lost the lead holds an early part
+	// of the history; the leader that finished the job wrote all of it
+	// (seen in the chart's cluster test: a stale replica's 14 epochs
+	// replaced the 40 of the leader): keep the longer record.
+	if old, err := report.ReadHistory(filepath.Join(p.outputDir, report.JSONFile)); err == nil && len(old.Epochs) > len(p.hist.Epochs) {
+		return nil
+	}
 	return p.hist.Write(p.outputDir)
 }
 

@@ -87,6 +87,38 @@ func TestResumedEpochCoversWholeEpoch(t *testing.T) {
 	}
 }
 
+// TestStaleReplicaKeepsLongerHistory: a replica that led for the first
+// epoch only and finishes after the leader that wrote two epochs leaves
+// the two epochs in place.
+func TestStaleReplicaKeepsLongerHistory(t *testing.T) {
+	dir := t.TempDir()
+	stale := newProgress(&bytes.Buffer{}, zap.NewNop(), dir, 4, false)
+	for s := int64(1); s <= 4; s++ {
+		train(stale, s, 0)
+	}
+	eval(stale, 4, 0)
+	leader := newProgress(&bytes.Buffer{}, zap.NewNop(), dir, 4, false)
+	for s := int64(1); s <= 8; s++ {
+		train(leader, s, (s-1)/4)
+		if s%4 == 0 {
+			eval(leader, s, (s-1)/4)
+		}
+	}
+	if err := leader.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stale.finish(); err != nil {
+		t.Fatal(err)
+	}
+	h, err := report.ReadHistory(filepath.Join(dir, report.JSONFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Epochs) != 2 {
+		t.Fatalf("history.json has %d epochs after the stale replica finished, want the leader's 2", len(h.Epochs))
+	}
+}
+
 // TestHistoryRebuiltWithoutState: the state directory and history.json are
 // gone (raft starts at step 0 while the workers resume from a checkpoint):
 // the first report at step 6 makes the record of epoch 1 come back from
