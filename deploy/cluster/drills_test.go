@@ -145,6 +145,8 @@ func trainWithDrills(t *testing.T, e *env, sum *summary) {
 	}
 	kill := func(pod string) func() error { return func() error { return c.Signal(ctx, pod, "KILL") } }
 
+	// The probes first, while every pod is up.
+	probes(t, c, workerSet, workerCtr, coordPods, coordCtr, e.leader(t, c, coordPods, controlPort))
 	drill("SIGKILL a worker", workerSet+"-1", kill(workerSet+"-1"))
 	lead := e.leader(t, c, coordPods, controlPort)
 	if lead == "" {
@@ -186,7 +188,6 @@ func trainWithDrills(t *testing.T, e *env, sum *summary) {
 	scale(4)
 	scale(2)
 
-	probes(t, c, workerSet, workerCtr, coordPods, coordCtr, e.leader(t, c, coordPods, controlPort))
 
 	if !waitDone(t, c, coordSet, 10*time.Minute) {
 		t.FailNow()
@@ -281,10 +282,25 @@ func probes(t *testing.T, c *cluster.Cluster, workerSet string, workerCtr corev1
 		if rp.HTTPGet != nil {
 			kind = "httpGet " + rp.HTTPGet.Path
 		}
+		// The healthy pods of the same StatefulSet, as the prober sees them
+		// when the stalled one is reported unready.
+		var healthy, notReady []string
+		for _, p := range c.Pods() {
+			if p != pod && strings.TrimRight(p, "0123456789") == strings.TrimRight(pod, "0123456789") {
+				if c.Ready(p) {
+					healthy = append(healthy, p)
+				} else {
+					notReady = append(notReady, p)
+				}
+			}
+		}
 		switch {
 		case unready:
-			t.Logf("PROBES: %s SIGSTOPped: reported unready after %.1f s (readiness %s, period %d s, threshold %d)",
-				pod, time.Since(at).Seconds(), kind, period, fails)
+			t.Logf("PROBES: %s SIGSTOPped: reported unready after %.1f s (readiness %s, period %d s, threshold %d); ready meanwhile: %v, not ready: %v",
+				pod, time.Since(at).Seconds(), kind, period, fails, healthy, notReady)
+			if len(healthy) == 0 {
+				t.Errorf("no healthy pod of %s reported ready while %s was stalled", strings.TrimRight(pod, "0123456789"), pod)
+			}
 		case rp.TCPSocket != nil:
 			t.Logf("PROBES: %s SIGSTOPped for %.0f s: still ready under its tcpSocket readiness probe (the kernel accepts for a stopped process)",
 				pod, window.Seconds())
@@ -359,7 +375,12 @@ func (e *env) checkpoints(t *testing.T, c *cluster.Cluster, m *cluster.Manifests
 // python3 has no torch.
 func torchLoads(t *testing.T, model string, m *cluster.Manifests) {
 	t.Helper()
-	if err := exec.Command("python3", "-c", "import torch, torchvision").Run(); err != nil {
+	// Debian's python3-torch is for Debian's python3, not one earlier on PATH.
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		py = "python3"
+	}
+	if err := exec.Command(py, "-c", "import torch, torchvision").Run(); err != nil {
 		t.Logf("PYTORCH: python3 with torch and torchvision not available; the model was not loaded in PyTorch")
 		return
 	}
@@ -377,7 +398,7 @@ func torchLoads(t *testing.T, model string, m *cluster.Manifests) {
 			width, stem = j.Model.Width, j.Model.Stem
 		}
 	}
-	out, err := exec.Command("python3", "-c", torchScript, model, fmt.Sprint(width), stem).CombinedOutput()
+	out, err := exec.Command(py, "-c", torchScript, model, fmt.Sprint(width), stem).CombinedOutput()
 	if err != nil {
 		t.Errorf("the model does not load in PyTorch: %v\n%s", err, out)
 		return
