@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
+	"github.com/ringtrain/ringtrain/pkg/report"
 	"github.com/ringtrain/ringtrain/pkg/worker"
 )
 
@@ -137,10 +139,78 @@ func TestWholeJobKillResumeBitIdentical(t *testing.T) {
 	killJobMidRun(t, args, out)
 	co := start(t, t.TempDir(), "coordinator", nil, append(args, "--output", out)...)
 	mustFinish(t, co, 2*time.Minute)
-	if len(logLines(t, co.logPath, "resuming job")) == 0 {
-		t.Fatalf("the restarted coordinator did not resume:\n%s", tail(co.log(), 3000))
+	if len(logLines(t, co.logPath, "resuming job")) == 0 || len(logLines(t, co.logPath, "resuming the job's record")) == 0 {
+		t.Fatalf("the restarted coordinator did not resume, or did not say so:\n%s", tail(co.log(), 3000))
 	}
 	requireIdenticalModels(t, filepath.Join(base, "model.safetensors"), filepath.Join(out, "model.safetensors"))
+	// The record too: every epoch's train figures cover the whole epoch,
+	// whatever happened in it, so they equal the uninterrupted run's.
+	requireSameHistory(t, base, out, false)
+}
+
+// requireSameHistory compares the per-epoch figures of two runs' history
+// (the validation loss too unless rebuilt epochs may lack it).
+func requireSameHistory(t *testing.T, base, out string, rebuilt bool) {
+	t.Helper()
+	hb, err := report.ReadHistory(filepath.Join(base, report.JSONFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ho, err := report.ReadHistory(filepath.Join(out, report.JSONFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ho.Epochs) != len(hb.Epochs) {
+		t.Fatalf("history has %d epochs, the uninterrupted run %d: %+v", len(ho.Epochs), len(hb.Epochs), ho.Epochs)
+	}
+	near := func(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
+	for i, e := range ho.Epochs {
+		b := hb.Epochs[i]
+		if e.Epoch != b.Epoch || e.Steps != b.Steps || !near(e.TrainLoss, b.TrainLoss) || !near(e.TrainAcc, b.TrainAcc) ||
+			!near(e.ValAcc, b.ValAcc) || (!e.Rebuilt && !near(e.ValLoss, b.ValLoss)) {
+			t.Fatalf("epoch %d after the resume: %+v\nuninterrupted: %+v", e.Epoch, e, b)
+		}
+		if e.Rebuilt && !rebuilt {
+			t.Fatalf("epoch %d was rebuilt although history.json was kept", e.Epoch)
+		}
+	}
+}
+
+// The state directory is lost (raft log, embedded etcd) and history.json
+// with it: the restarted job resumes from its checkpoints, and the record
+// of the epochs before the resume comes back from steps.jsonl and the
+// epoch-end checkpoint (train figures, validation accuracy and loss).
+func TestStateLostHistoryRebuilt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two jobs (~25 s)")
+	}
+	args := flags("--workers", "2", "--min-workers", "2", "--epochs", "3", "--checkpoint-keep", "20")
+	base := baseline(t, args...)
+	out := filepath.Join(t.TempDir(), "out")
+	co := start(t, t.TempDir(), "coordinator", nil, append(args, "--output", out)...)
+	store := &checkpoint.Store{Dir: filepath.Join(out, "checkpoints")}
+	waitFor(t, time.Minute, "a checkpoint in epoch 2", func() bool {
+		s, _ := store.Steps()
+		return len(s) > 0 && s[0] >= 40 && countSteps(out) >= 45
+	})
+	co.killGroup()
+	_ = co.wait(10 * time.Second)
+	for _, p := range []string{"state", report.JSONFile, report.CSVFile} {
+		if err := os.RemoveAll(filepath.Join(out, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	co = start(t, t.TempDir(), "coordinator", nil, append(args, "--output", out)...)
+	mustFinish(t, co, 2*time.Minute)
+	if len(logLines(t, co.logPath, "resuming the job's record")) == 0 {
+		t.Fatalf("the coordinator did not log the resume:\n%s", tail(co.log(), 3000))
+	}
+	requireIdenticalModels(t, filepath.Join(base, "model.safetensors"), filepath.Join(out, "model.safetensors"))
+	requireSameHistory(t, base, out, true)
+	ho, _ := report.ReadHistory(filepath.Join(out, report.JSONFile))
+	if !ho.Epochs[0].Rebuilt {
+		t.Fatalf("epoch 1 not marked as rebuilt: %+v", ho.Epochs[0])
+	}
 }
 
 // A corrupted newest checkpoint (a flipped byte; a truncated file) is

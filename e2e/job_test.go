@@ -338,12 +338,29 @@ func TestReplicatedCoordinatorLeaderKill(t *testing.T) {
 	if after := js.GetPlan().GetCommitted().GetStep(); after < before {
 		t.Fatalf("committed step went back from %d to %d", before, after)
 	}
+	// The killed replica comes back with its raft state and says that it
+	// rejoined (not that it waits for workers of its own).
+	li := int(leader[1] - '0') // replica ci listens on addrs[i]
+	back := start(t, logs, "coordinator", nil, jobArgs(out, "--id", leader, "--listen", addrs[li],
+		"--raft-bind", fmt.Sprintf("127.0.0.1:%d", ports[3+li]), "--raft-peers", strings.Join(peers, ","),
+		"--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--state-dir", filepath.Join(out, "state-"+leader),
+		"--min-workers", "2", "--epochs", "3", "--member-ttl", "3s")...)
 	for _, w := range ws {
 		mustFinish(t, w, 2*time.Minute)
 	}
 	for id, p := range cos {
 		if id != leader {
 			mustFinish(t, p, time.Minute)
+		}
+	}
+	mustFinish(t, back, time.Minute)
+	if len(logLines(t, back.logPath, "replica rejoined the job's raft cluster")) == 0 {
+		t.Errorf("the restarted replica did not say it rejoined:\n%s", tail(back.log(), 2000))
+	}
+	// Every worker logged the failover from the killed leader.
+	for _, w := range ws {
+		if len(logLines(t, w.logPath, "coordinator failover: the leader changed")) == 0 {
+			t.Errorf("%s did not log the coordinator failover:\n%s", w.name, tail(w.log(), 2000))
 		}
 	}
 	h, err := report.ReadHistory(filepath.Join(out, report.JSONFile))
