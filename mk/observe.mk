@@ -16,3 +16,11 @@ test-observe:
 	@log=$$(mktemp); RINGTRAIN_OBSERVE_SCREENSHOT=$(OBSERVE_SCREENSHOT) \
 		$(GO) test -tags observe -count=1 -timeout 10m -v -run 'TestDashboardInBrowser|TestPrometheusScrapesJob' ./e2e/ > $$log 2>&1; \
 		rc=$$?; grep -E '^(=== RUN|--- |PASS|FAIL|ok)|^    ' $$log; rm -f $$log; exit $$rc
+
+# What the dashboard and the metrics cost the step: the same 2-worker job
+# with --http off and on (an event-stream client and a 1 s scrape of every
+# /metrics page), interleaved; ends with "observe: off A images/s, on B
+# images/s (...), on/off R (...)". ROUNDS=n (default 4); about 3 minutes.
+.PHONY: bench-observe
+bench-observe:
+	GO=$(GO) scripts/bench/observe.sh
