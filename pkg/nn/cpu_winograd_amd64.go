@@ -4,9 +4,11 @@ package nn
 
 import "golang.org/x/sys/cpu"
 
+//go:generate go run ./internal/winogen -o cpu_winograd_amd64.s
+
 // winoInputAVX512 and winoOutputAVX512 are the transforms of 16 tiles per
-// call (cpu_winograd_amd64.s), bit-identical to winoInputGo and
-// winoOutputGo.
+// call (cpu_winograd_amd64.s, written by internal/winogen), bit-identical
+// to winoInputGo and winoOutputGo.
 //
 //go:noescape
 func winoInputAVX512(v *float32, st int, xp *float32, ph int, c int, offs *int32, wp int, tb int)
