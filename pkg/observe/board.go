@@ -282,7 +282,10 @@ func (b *Board) AddEvent(kind, text string) {
 
 // Snapshot returns a copy of the board with the step points from absolute
 // index from on (0: all; an index before a thinning returns all points).
-func (b *Board) Snapshot(from int) Snapshot {
+func (b *Board) Snapshot(from int) Snapshot { return b.snapshot(from, maxEvents) }
+
+// snapshot is Snapshot with only the newest events (at most n).
+func (b *Board) snapshot(from, events int) Snapshot {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if from < b.thinned || from < b.base {
@@ -293,7 +296,7 @@ func (b *Board) Snapshot(from int) Snapshot {
 		from = b.base // a client of an earlier process: start over
 	}
 	s := Snapshot{Seq: b.seq, Job: b.job, Workers: b.workersLocked(), Ring: b.ring,
-		Events: append([]Event(nil), b.events...), Epochs: append([]EpochPoint(nil), b.epochs...),
+		Events: append([]Event(nil), b.events[max(0, len(b.events)-events):]...), Epochs: append([]EpochPoint(nil), b.epochs...),
 		StepsFrom: from, StepsEnd: end, Steps: append([]StepPoint(nil), b.steps[from-b.base:]...)}
 	s.Ring.Order = append([]string(nil), b.ring.Order...)
 	s.Ring.Links = append([]LinkView(nil), b.ring.Links...)

@@ -52,9 +52,13 @@ type dashboard struct {
 	o DashboardOptions
 }
 
+// liveEvents is how many of the newest events an update carries (the
+// timeline's view; /api/state has them all).
+const liveEvents = 100
+
 // snapshot is the board's snapshot with the downloadable files filled in.
-func (d *dashboard) snapshot(from int) Snapshot {
-	s := d.b.Snapshot(from)
+func (d *dashboard) snapshot(from, events int) Snapshot {
+	s := d.b.snapshot(from, events)
 	s.Job.Files = d.files()
 	return s
 }
@@ -76,7 +80,7 @@ func (d *dashboard) serveState(w http.ResponseWriter, r *http.Request) {
 	from, _ := strconv.Atoi(r.URL.Query().Get("from"))
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	_ = json.NewEncoder(w).Encode(d.snapshot(from))
+	_ = json.NewEncoder(w).Encode(d.snapshot(from, maxEvents))
 }
 
 // serveEvents streams a "state" event with the whole board (and the step
@@ -96,7 +100,7 @@ func (d *dashboard) serveEvents(w http.ResponseWriter, r *http.Request) {
 	defer keep.Stop()
 	for {
 		changed := d.b.Changed()
-		s := d.snapshot(from)
+		s := d.snapshot(from, liveEvents)
 		from = s.StepsEnd
 		b, err := json.Marshal(s)
 		if err != nil {
@@ -184,7 +188,7 @@ func size(n int64) string {
 // browser without JavaScript shows, refreshed by a meta tag); the script
 // then keeps it live.
 func (d *dashboard) servePage(w http.ResponseWriter, r *http.Request) {
-	s := d.snapshot(0)
+	s := d.snapshot(0, liveEvents)
 	s.Steps = nil // the curves come from the script
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
