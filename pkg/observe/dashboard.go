@@ -158,6 +158,13 @@ var page = template.Must(template.New("index.html").Funcs(template.FuncMap{
 	"hms":  func(t time.Time) string { return t.Local().Format("15:04:05") },
 	"size": size,
 	"add1": func(v int64) int64 { return v + 1 },
+	"newestFirst": func(es []Event) []Event {
+		out := make([]Event, len(es))
+		for i, e := range es {
+			out[len(es)-1-i] = e
+		}
+		return out
+	},
 }).ParseFS(assets, "assets/index.html"))
 
 func ago(t time.Time) string {
