@@ -158,6 +158,22 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	t.Logf("screenshot: %s (%d bytes)", path, len(png))
 
+	// A phone-sized screen: one column, nothing wider than the screen
+	// (wide tables scroll inside their card).
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(3))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if w := eval(`String(document.documentElement.scrollWidth) + " " + String(window.innerWidth)`); func() bool {
+		var sw, iw int
+		fmt.Sscan(w, &sw, &iw)
+		return sw > iw || iw == 0
+	}() {
+		t.Errorf("on a 390 px wide screen the page is %s px wide (scroll width, screen width)", w)
+	} else {
+		t.Logf("phone-sized screen: page width, screen width = %s", w)
+	}
+
 	// The same facts in the terminal.
 	st, err := exec.Command(bin("coordinator"), "status", "--coordinator", j.control).CombinedOutput()
 	if err != nil || !regexp.MustCompile(`(?m)^w0 .* training `).Match(st) || !strings.Contains(string(st), "running") {
