@@ -3,6 +3,7 @@ package observe
 import (
 	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"testing"
 	"time"
 )
@@ -51,6 +52,27 @@ func BenchmarkEventUpdate(b *testing.B) {
 		bd.AddStep(StepPoint{Step: int64(10000 + i)})
 		if _, err := json.Marshal(bd.snapshot(end+i, liveEvents)); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkWorkerScrape is one scrape of a worker's /metrics (Prometheus
+// asks every scrape interval, typically 15-30 s).
+func BenchmarkWorkerScrape(b *testing.B) {
+	m := NewWorkerMetrics()
+	m.ObserveStep(benchSample)
+	s, err := Start(Options{Addr: "127.0.0.1:0", Registry: m.Registry})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	h := s.srv.Handler
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		if rec.Code != 200 {
+			b.Fatal(rec.Code)
 		}
 	}
 }
