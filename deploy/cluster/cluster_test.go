@@ -116,6 +116,11 @@ func (e *env) secret(t *testing.T, name string) *corev1.Secret {
 // removed at the end of the test (and its absence checked).
 func (e *env) install(t *testing.T, valuesFile, network string, subnet int) (*cluster.Cluster, *cluster.Manifests) {
 	t.Helper()
+	return e.installChart(t, chartDir, valuesFile, network, subnet)
+}
+
+func (e *env) installChart(t *testing.T, chartDir, valuesFile, network string, subnet int) (*cluster.Cluster, *cluster.Manifests) {
+	t.Helper()
 	vals, err := os.ReadFile(valuesFile)
 	if err != nil {
 		t.Fatal(err)
@@ -297,6 +302,7 @@ func TestCluster(t *testing.T) {
 	var sum summary
 	t.Run("train", func(t *testing.T) { trainWithDrills(t, e, &sum) })
 	t.Run("nodes", func(t *testing.T) { nodes(t, e) })
+	t.Run("broken-chart", func(t *testing.T) { brokenChart(t, e) })
 	fmt.Printf("cluster: pods %d, kills %d, recovered %d, samples lost %d, duplicated %d, first step after %.1f s\n",
 		sum.pods, sum.kills, sum.recovered, sum.lost, sum.duplicated, sum.firstStep.Seconds())
 	if sum.lost != 0 || sum.duplicated != 0 || sum.recovered != sum.kills || sum.kills == 0 {
