@@ -1,0 +1,70 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+
+	"github.com/ringtrain/ringtrain/pkg/coordinator"
+	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/observe"
+)
+
+func planOf(ids ...string) []coordinator.Worker {
+	ws := make([]coordinator.Worker, len(ids))
+	for i, id := range ids {
+		ws[i] = coordinator.Worker{ID: id, HostID: "h", JoinRevision: int64(i + 1)}
+	}
+	return ws
+}
+
+// TestPlanReasons: each new generation is explained (join, failure with
+// its suspect, leave, done), counted by reason, and a failure after steps
+// past the committed one is a rollback.
+func TestPlanReasons(t *testing.T) {
+	o := newObserver(zap.NewNop(), nil, job.Default(), 10, nil)
+	s0 := coordinator.JobState{Generation: 1, Status: coordinator.StatusRunning, Plan: planOf("w0"), Ran: true}
+	s1 := s0
+	s1.Generation, s1.Plan = 2, planOf("w0", "w1")
+	o.onPlan(s0, s1)
+	o.lastStep = 57 // rank 0 reported step 57; the last commit was step 50
+	s2 := s1
+	s2.Generation, s2.Plan = 3, planOf("w0")
+	s2.Committed.Step = 50
+	s2.LastFailure = &coordinator.Failure{WorkerID: "w0", Generation: 2, Reason: "link closed", SuspectID: "w1"}
+	o.onPlan(s1, s2)
+	s3 := s2
+	s3.Generation, s3.Plan = 4, planOf("w0", "w1")
+	o.onPlan(s2, s3)
+	s4 := s3
+	s4.Generation, s4.Plan = 5, planOf("w1")
+	o.onPlan(s3, s4)
+	s5 := s4
+	s5.Generation, s5.Status = 6, coordinator.StatusDone
+	o.onPlan(s4, s5)
+
+	for reason, want := range map[string]float64{observe.ReasonJoin: 2, observe.ReasonFailure: 1, observe.ReasonLeave: 1, observe.ReasonDone: 1} {
+		if got := testutil.ToFloat64(o.m.RingRebuilds.WithLabelValues(reason)); got != want {
+			t.Errorf("rebuilds{reason=%s} = %v, want %v", reason, got, want)
+		}
+	}
+	if f, r := testutil.ToFloat64(o.m.Failures), testutil.ToFloat64(o.m.Rollbacks); f != 1 || r != 1 {
+		t.Errorf("failures %v rollbacks %v, want 1 and 1", f, r)
+	}
+	var kinds []string
+	var text strings.Builder
+	for _, e := range o.board.Snapshot(0).Events {
+		kinds = append(kinds, e.Kind)
+		text.WriteString(e.Text + "\n")
+	}
+	if got, want := strings.Join(kinds, ","), "plan,failure,plan,rollback,plan,plan,done"; got != want {
+		t.Fatalf("events %s, want %s\n%s", got, want, text.String())
+	}
+	for _, want := range []string{"[w1] joined", "suspect w1", "rolled back to committed step 50 (from step 57)", "[w0] left"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("timeline lacks %q:\n%s", want, text.String())
+		}
+	}
+}
