@@ -3,14 +3,19 @@ package main
 import (
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ringtrain/ringtrain/internal/cli"
+	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 	"github.com/ringtrain/ringtrain/pkg/worker"
 )
+
+// maxProcs bounds --procs: worker processes started by one 'worker run'.
+const maxProcs = 256
 
 func runCmd() *cobra.Command {
 	var cfg worker.Config
@@ -24,8 +29,14 @@ func runCmd() *cobra.Command {
   worker run --coordinator c0:7070,c1:7070,c2:7070 --listen 0.0.0.0:7080 --advertise $(hostname -i):7080 --device cuda`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if procs < 1 {
-				return fmt.Errorf("--procs %d: must be at least 1", procs)
+			if procs < 1 || procs > maxProcs {
+				return fmt.Errorf("--procs %d: must be in [1, %d]", procs, maxProcs)
+			}
+			if cfg.Threads < 0 || cfg.Threads > job.MaxThreads {
+				return fmt.Errorf("--threads %d: must be in [0, %d] (0: the job's)", cfg.Threads, job.MaxThreads)
+			}
+			if cfg.JoinTimeout < 0 || cfg.JoinTimeout > time.Hour {
+				return fmt.Errorf("--join-timeout %s: must be in [0, 1h] (0: 15s)", cfg.JoinTimeout)
 			}
 			if procs > 1 {
 				return runProcs(cmd.Context(), procsOptions{cfg: cfg, tls: tf, shm: shm, procs: procs})
