@@ -27,7 +27,10 @@ func TestCheckOptions(t *testing.T) {
 		{func(o *options) { o.restartBackoff = -1 }, "--restart-backoff -1ns is negative"},
 		{func(o *options) { o.restartLimit = -1 }, "--restart-limit -1 is negative"},
 		{func(o *options) {}, ""},
-		{func(o *options) { o.raftPeers = []string{"a=x:1", "b=y:1"}; o.etcdEndpoints = []string{"http://e:2379"} }, ""},
+		{func(o *options) {
+			o.raftPeers = []string{"a=x:1", "b=y:1"}
+			o.etcdEndpoints = []string{"http://e:2379"}
+		}, ""},
 	} {
 		o := base
 		c.edit(&o)

@@ -192,4 +192,3 @@ func printStatus(w io.Writer, js *controlpb.JobStatus, now time.Time) error {
 	}
 	return tw.Flush()
 }
-
