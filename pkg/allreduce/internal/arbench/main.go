@@ -3,7 +3,10 @@
 // (PyTorch) and raw TCP, and prints a table (make bench-allreduce).
 //
 // Definitions as in nccl-tests: algbw = bytes / time, busbw = algbw *
-// 2(n-1)/n. Raw TCP is one large write between two of the same processes,
+// 2(n-1)/n. -rounds R repeats every path and gloo R times, interleaved;
+// the table shows medians over the rounds, each ratio to gloo is taken
+// within a round and reported as median (min-max), with a warning when the
+// rounds fall on both sides of the goal. Raw TCP is one large write between two of the same processes,
 // timed until the receiver has read every byte: the loopback's ceiling.
 package main
 
@@ -48,7 +51,11 @@ var (
 	cpuProf  = flag.String("cpuprofile", "", "write rank 0's CPU profile here")
 	shmSlots = flag.Int("shmslots", 0, "GRPCConfig.ShmSlots of the same-host path (0: default)")
 	sndbuf   = flag.Int("sndbuf", 0, "GRPCConfig.TCPSendBuffer of the frame connections (0: default, -1: kernel autotuning)")
+	rounds   = flag.Int("rounds", 3, "interleaved rounds of every path and gloo (medians and per-round ratios reported)")
 )
+
+// Goals of make bench-allreduce (issue #4), for the stability warnings.
+var ratioGoals = map[string]float64{"grpc-tcp": 1.2, "grpc-shm": 4}
 
 func main() {
 	flag.Parse()
@@ -258,6 +265,7 @@ type result struct {
 	bytes int
 	secs  float64
 	cpu   float64 // CPU seconds per iteration, all ranks together (0: not measured)
+	round int
 }
 
 func (r result) algbw() float64 { return float64(r.bytes) / r.secs / 1e9 }
@@ -268,27 +276,46 @@ func runParent() error {
 	if err != nil {
 		return err
 	}
-	var results []result
-	rawGBs, rawCPU, rawDuplexGBs := 0.0, 0.0, 0.0
-	for _, n := range ints(*worlds) {
-		for _, m := range strings.Split(*modes, ",") {
-			rs, raw, err := runRing(exe, n, m)
-			if err != nil {
-				return fmt.Errorf("n=%d %s: %w", n, m, err)
+	// Every round runs every path and gloo back to back, so that a slow
+	// window of the machine hits both sides of a ratio; the table shows
+	// medians over the rounds and the ratios are taken within a round.
+	var all []result
+	var raws []rawResult
+	for round := 1; round <= max(*rounds, 1); round++ {
+		fmt.Fprintf(os.Stderr, "round %d of %d\n", round, max(*rounds, 1))
+		for _, n := range ints(*worlds) {
+			for _, m := range strings.Split(*modes, ",") {
+				rs, raw, err := runRing(exe, n, m)
+				if err != nil {
+					return fmt.Errorf("n=%d %s: %w", n, m, err)
+				}
+				for i := range rs {
+					rs[i].round = round
+				}
+				all = append(all, rs...)
+				if raw.gbs > 0 {
+					raws = append(raws, raw)
+				}
 			}
-			results = append(results, rs...)
-			if raw.gbs > 0 {
-				rawGBs, rawCPU, rawDuplexGBs = raw.gbs, raw.cpu, raw.duplex
+			if *gloo != "" {
+				g, err := runGloo(n)
+				if err != nil {
+					log.Printf("gloo n=%d: %v (skipped)", n, err)
+				} else {
+					g.round = round
+					all = append(all, g)
+				}
 			}
 		}
-		if *gloo != "" {
-			g, err := runGloo(n)
-			if err != nil {
-				log.Printf("gloo n=%d: %v (skipped)", n, err)
-			} else {
-				results = append(results, g)
-			}
+	}
+	results := medians(all)
+	var rawGBs, rawCPU, rawDuplexGBs float64
+	if len(raws) > 0 {
+		var g, c, d []float64
+		for _, r := range raws {
+			g, c, d = append(g, r.gbs), append(c, r.cpu), append(d, r.duplex)
 		}
+		rawGBs, rawCPU, rawDuplexGBs = median(g), median(c), median(d)
 	}
 	fmt.Printf("\n%-10s %3s %-9s %10s %9s %9s %9s %9s\n", "bytes", "n", "path", "time", "algbw", "busbw", "vs gloo", "cpu/iter")
 	find := func(path string, n, bytes int) (result, bool) {
@@ -324,14 +351,41 @@ func runParent() error {
 		// The traffic of a 2-rank ring: both ends write at once.
 		fmt.Printf("raw TCP both ways at once (the 2-rank ring's traffic): %.2f GB/s per direction\n", rawDuplexGBs)
 	}
+	// Ratios to gloo within each round; their median is the verdict.
 	ratio := func(path string, n int) string {
-		a, ok1 := find(path, n, 4*resnet18Params)
-		g, ok2 := find("gloo", n, 4*resnet18Params)
-		if !ok1 || !ok2 {
+		var v []float64
+		for round := 1; round <= max(*rounds, 1); round++ {
+			var a, g *result
+			for i := range all {
+				r := &all[i]
+				if r.round == round && r.n == n && r.bytes == 4*resnet18Params {
+					switch r.path {
+					case path:
+						a = r
+					case "gloo":
+						g = r
+					}
+				}
+			}
+			if a != nil && g != nil {
+				v = append(v, a.busbw()/g.busbw())
+			}
+		}
+		if len(v) == 0 {
 			return "n/a"
 		}
-		return fmt.Sprintf("%.2f", a.busbw()/g.busbw())
+		lo, hi := v[0], v[0]
+		for _, x := range v {
+			lo, hi = min(lo, x), max(hi, x)
+		}
+		med := median(v)
+		fmt.Printf("%s n=%d vs gloo: median %.2fx (min %.2fx, max %.2fx over %d interleaved rounds)\n", path, n, med, lo, hi, len(v))
+		if goal, ok := ratioGoals[path]; ok && lo < goal && hi >= goal {
+			fmt.Printf("warning: %s n=%d: the rounds straddle the %.1fx goal (%.2fx-%.2fx); the verdict may change between runs\n", path, n, goal, lo, hi)
+		}
+		return fmt.Sprintf("%.2f", med)
 	}
+	r2, r4, s2, s4 := ratio("grpc-tcp", 2), ratio("grpc-tcp", 4), ratio("grpc-shm", 2), ratio("grpc-shm", 4)
 	pct := "n/a"
 	if rawGBs > 0 {
 		worst := -1.0
@@ -347,8 +401,44 @@ func runParent() error {
 		}
 	}
 	fmt.Printf("allreduce: busbw vs gloo n=2 %sx n=4 %sx, tcp-path vs raw tcp %s%%, same-host path vs gloo n=2 %sx n=4 %sx\n",
-		ratio("grpc-tcp", 2), ratio("grpc-tcp", 4), pct, ratio("grpc-shm", 2), ratio("grpc-shm", 4))
+		r2, r4, pct, s2, s4)
 	return nil
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// medians folds the rounds: one result per (path, n, bytes) with the
+// median time and CPU.
+func medians(all []result) []result {
+	type key struct {
+		path     string
+		n, bytes int
+	}
+	var order []key
+	secs, cpu := map[key][]float64{}, map[key][]float64{}
+	for _, r := range all {
+		k := key{r.path, r.n, r.bytes}
+		if _, ok := secs[k]; !ok {
+			order = append(order, k)
+		}
+		secs[k] = append(secs[k], r.secs)
+		cpu[k] = append(cpu[k], r.cpu)
+	}
+	out := make([]result, 0, len(order))
+	for _, k := range order {
+		out = append(out, result{path: k.path, n: k.n, bytes: k.bytes, secs: median(secs[k]), cpu: median(cpu[k])})
+	}
+	return out
 }
 
 // rawResult is the raw TCP measurement: GB/s of the fastest one-way
