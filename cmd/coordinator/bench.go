@@ -42,6 +42,7 @@ type benchOptions struct {
 	threads      int
 	profileBatch int
 	timeout      time.Duration
+	sndbuf       int
 }
 
 // Goals of bench-scale (issue #14).
@@ -114,6 +115,36 @@ See docs/scale.md.`,
 	f.IntVar(&o.threads, "worker-threads", 1, "compute threads per worker")
 	f.IntVar(&o.profileBatch, "profile-batch", 8, "batch of the real forward+backward that measures the bucket timing")
 	f.DurationVar(&o.timeout, "point-timeout", 10*time.Minute, "give up on a point after this long")
+	f.IntVar(&o.sndbuf, "ring-sndbuf", 0, "SO_SNDBUF of the all-reduce measurement's frame connections (0: the transport's default 512 KiB, -1: kernel autotuning)")
+	return cmd
+}
+
+// ringRankCmd is one rank of the bench's all-reduce measurement on an
+// emulated host (started by bench itself through ip netns exec).
+func ringRankCmd() *cobra.Command {
+	var c scale.RingRankConfig
+	var peers string
+	cmd := &cobra.Command{
+		Use:    "bench-ring-rank",
+		Short:  "internal: one rank of coordinator bench's all-reduce measurement",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c.Peers = strings.Split(peers, ",")
+			if c.World != len(c.Peers) || c.Rank < 0 || c.Rank >= c.World || c.Bytes < 4 {
+				return fmt.Errorf("bench-ring-rank: rank %d, world %d, %d peers, %d bytes", c.Rank, c.World, len(c.Peers), c.Bytes)
+			}
+			return scale.RingRank(cmd.Context(), c, os.Stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&c.Rank, "rank", 0, "")
+	f.IntVar(&c.World, "world", 2, "")
+	f.StringVar(&peers, "peers", "", "")
+	f.StringVar(&c.HostID, "host-id", "", "")
+	f.Int64Var(&c.Bytes, "bytes", 4*11_173_962, "")
+	f.IntVar(&c.Iters, "iters", 5, "")
+	f.IntVar(&c.TCPSendBuffer, "sndbuf", 0, "")
 	return cmd
 }
 
@@ -215,8 +246,7 @@ func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
 		}
 	}
 
-	// The sweep, gloo after ours at n=2 and n=4 (same links, interleaved).
-	var vs []float64
+	// The sweep of training jobs.
 	for _, n := range o.workers {
 		p, err := scale.RunPoint(ctx, cfg, n)
 		if err != nil {
@@ -225,35 +255,50 @@ func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
 		res.Points = append(res.Points, p)
 		scale.SetEfficiency(res.Points)
 		progressLine(out, res.Points[len(res.Points)-1])
-		if glooCfg != nil && (n == 2 || n == 4) && n <= o.hosts {
-			g, err := glooRun(ctx, glooCfg, n, p, 1, out)
-			if err != nil {
-				fmt.Fprintf(out, "bench: gloo n=%d failed: %v\n", n, err)
-				continue
-			}
-			res.Gloo = append(res.Gloo, g)
-			if n == 4 {
-				vs = append(vs, p.BusBW/g.BusBW)
-			}
-		}
 	}
-	if glooCfg != nil && len(vs) > 0 {
-		for r := 2; r <= o.rounds; r++ {
-			p, err := scale.RunPoint(ctx, cfg, 4)
-			if err != nil {
-				return fmt.Errorf("bench: round %d, 4 workers: %w", r, err)
-			}
-			res.Ours = append(res.Ours, p)
-			g, err := glooRun(ctx, glooCfg, 4, p, r, out)
-			if err != nil {
-				fmt.Fprintf(out, "bench: gloo n=4 round %d failed: %v\n", r, err)
-				continue
-			}
-			res.Gloo = append(res.Gloo, g)
-			vs = append(vs, p.BusBW/g.BusBW)
+	// Our ring and gloo all-reducing the job's gradient bytes over the
+	// same links, the same way (a barrier, then the median of timed
+	// all-reduces), interleaved round by round: ours n, gloo n.
+	if cfg.Hosts != nil && len(res.Points) > 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
 		}
-		r := scale.NewRatio(vs)
-		res.VsGloo = &r
+		bytes := res.Points[len(res.Points)-1].AllReduceBytes
+		rc := scale.RingConfig{Exe: exe, Args: []string{"bench-ring-rank"}, Hosts: cfg.Hosts, Bytes: bytes, Iters: o.glooIters, TCPSendBuffer: o.sndbuf}
+		var vs []float64
+		for round := 1; round <= max(o.rounds, 1); round++ {
+			for _, n := range []int{4, 8, 2} {
+				if n > o.hosts || (round > 1 && n != 4) {
+					continue // n=2 and n=8 once; n=4 every round
+				}
+				ours, err := scale.RunRing(ctx, rc, n)
+				if err != nil {
+					return fmt.Errorf("bench: our all-reduce, n=%d: %w", n, err)
+				}
+				ours.Interleaved = round
+				res.Ring = append(res.Ring, ours)
+				line := fmt.Sprintf("scale: all-reduce n=%d round %d  ours %.1f MB in %.1f ms, busbw %s (%.1f%% of the link)",
+					n, round, float64(ours.Bytes)/1e6, 1e3*ours.MedianTime, scale.FormatBW(ours.BusBW), 100*ours.BusBW*8/res.Setup.LinkBits)
+				if glooCfg != nil {
+					g, err := glooRun(ctx, glooCfg, n, bytes, round)
+					if err != nil {
+						fmt.Fprintf(out, "%s; gloo failed: %v\n", line, err)
+						continue
+					}
+					res.Gloo = append(res.Gloo, g)
+					line += fmt.Sprintf("; gloo %.1f ms, busbw %s: %.2fx", 1e3*g.MedianTime, scale.FormatBW(g.BusBW), ours.BusBW/g.BusBW)
+					if n == 4 {
+						vs = append(vs, ours.BusBW/g.BusBW)
+					}
+				}
+				fmt.Fprintln(out, line)
+			}
+		}
+		if len(vs) > 0 {
+			r := scale.NewRatio(vs)
+			res.VsGloo = &r
+		}
 	}
 	if model.Bandwidth > 0 {
 		if compute <= 0 { // real compute: the one-worker point's
@@ -283,16 +328,11 @@ func progressLine(out *os.File, p scale.Point) {
 		1e3*p.ExposedAllReduce, 1e3*p.Optimizer, scale.FormatBW(p.BusBW), 100*p.HiddenFraction, p.WorkerCores, p.MachineCores, 100*p.MachineBusy)
 }
 
-func glooRun(ctx context.Context, g *scale.GlooConfig, n int, ours scale.Point, round int, out *os.File) (scale.GlooResult, error) {
-	g.Bytes = ours.AllReduceBytes
+func glooRun(ctx context.Context, g *scale.GlooConfig, n int, bytes int64, round int) (scale.GlooResult, error) {
+	g.Bytes = bytes
 	r, err := scale.RunGloo(ctx, *g, n)
-	if err != nil {
-		return r, err
-	}
 	r.Interleaved = round
-	fmt.Fprintf(out, "scale: gloo n=%d  %.1f MB all-reduce %.1f ms  busbw %s  (ours %s in the job just before: %.2fx)\n",
-		n, float64(r.Bytes)/1e6, 1e3*r.MedianTime, scale.FormatBW(r.BusBW), scale.FormatBW(ours.BusBW), ours.BusBW/r.BusBW)
-	return r, nil
+	return r, err
 }
 
 // glooConfig finds python with torch and the rank script.
@@ -329,13 +369,15 @@ func glooConfig(o benchOptions, hosts *scale.Hosts) (*scale.GlooConfig, error) {
 // summary prints the goal verdicts and returns the final line.
 func summary(res *scale.Result, out *os.File) string {
 	eff := map[int]string{2: "-", 4: "-", 8: "-"}
-	var bus8 float64
+	var bus8 float64 // the 8-worker all-reduce (RunRing), as gloo is measured
+	for _, r := range res.Ring {
+		if r.Workers == 8 {
+			bus8 = r.BusBW
+		}
+	}
 	for _, p := range res.Points {
 		if _, ok := eff[p.Workers]; ok {
 			eff[p.Workers] = fmt.Sprintf("%.1f%%", 100*p.Efficiency)
-		}
-		if p.Workers == 8 {
-			bus8 = p.BusBW
 		}
 		if p.Workers == 8 && res.Setup.Compute > 0 {
 			verdict(out, fmt.Sprintf("efficiency at n=8 %.1f%%", 100*p.Efficiency), p.Efficiency >= goalEff8, ">= 90%")

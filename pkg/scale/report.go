@@ -73,7 +73,7 @@ type Result struct {
 	Points     []Point      `json:"points"`
 	Model      *Model       `json:"model,omitempty"`
 	ModelError float64      `json:"model_error"` // worst |predicted-measured|/measured step time
-	Ours       []Point      `json:"ours_interleaved,omitempty"`
+	Ring       []GlooResult `json:"ring,omitempty"` // our all-reduce alone, measured as gloo
 	Gloo       []GlooResult `json:"gloo,omitempty"`
 	VsGloo     *Ratio       `json:"vs_gloo,omitempty"` // ours / gloo busbw at n=4, per round
 	Predicted  []PredictRow `json:"predicted,omitempty"`
