@@ -17,7 +17,7 @@ bench-scale: build
 
 # The model alone: 8-512 GPUs at 25 and 100 Gbit/s with an H100's step.
 scale-predict: build
-	bin/coordinator bench --predict --workers 8,16,32,64,128,256,512 --link 25gbit,100gbit --compute 9.7ms $(BENCH_SCALE_FLAGS)
+	bin/coordinator bench --predict --workers 8,16,32,64,128,256,512 --link 25gbit,100gbit --compute 9.7ms --batch 512 $(BENCH_SCALE_FLAGS)
 
 # pkg/scale's tests; the namespace ones skip with a message unless root.
 test-scale:
