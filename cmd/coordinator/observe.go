@@ -487,7 +487,9 @@ func (o *observer) setRing(st coordinator.JobState) {
 // refresh marks silent planned workers as stalled and updates the member
 // counts and raft figures (every second).
 func (o *observer) refresh(st coordinator.JobState) {
-	o.m.RaftTerm.Set(float64(o.co.Node().Term()))
+	if o.co != nil {
+		o.m.RaftTerm.Set(float64(o.co.Node().Term()))
+	}
 	now := time.Now()
 	counts := map[string]int{}
 	for _, w := range o.board.Workers() {

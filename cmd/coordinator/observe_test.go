@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
@@ -65,6 +66,30 @@ func TestPlanReasons(t *testing.T) {
 	for _, want := range []string{"[w1] joined", "suspect w1", "rolled back to committed step 50 (from step 57)", "[w0] left"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("timeline lacks %q:\n%s", want, text.String())
+		}
+	}
+}
+
+// TestStalledWorker: a planned worker silent for longer than the job's
+// deadline shows as stalled, and the member counts follow.
+func TestStalledWorker(t *testing.T) {
+	o := newObserver(zap.NewNop(), nil, job.Default(), 10, nil) // deadline 10 s
+	st := coordinator.JobState{Generation: 1, Status: coordinator.StatusRunning, Plan: planOf("w0", "w1"), Ran: true}
+	now := time.Now()
+	o.board.UpdateWorker("w0", func(w *observe.WorkerView) { w.Rank, w.State, w.LastSeen = 0, observe.StateTraining, now })
+	o.board.UpdateWorker("w1", func(w *observe.WorkerView) { w.Rank, w.State, w.LastSeen = 1, observe.StateTraining, now.Add(-11 * time.Second) })
+	o.board.UpdateWorker("w2", func(w *observe.WorkerView) { w.State = observe.StateGone })
+	o.refresh(st)
+	states := map[string]string{}
+	for _, w := range o.board.Workers() {
+		states[w.ID] = w.State
+	}
+	if states["w0"] != observe.StateTraining || states["w1"] != observe.StateStalled || states["w2"] != observe.StateGone {
+		t.Fatalf("states %v", states)
+	}
+	for state, want := range map[string]float64{observe.StateTraining: 1, observe.StateStalled: 1, observe.StateGone: 1, observe.StateJoining: 0} {
+		if got := testutil.ToFloat64(o.m.Members.WithLabelValues(state)); got != want {
+			t.Errorf("members{state=%s} = %v, want %v", state, got, want)
 		}
 	}
 }
