@@ -77,7 +77,9 @@ func TestStalledWorker(t *testing.T) {
 	st := coordinator.JobState{Generation: 1, Status: coordinator.StatusRunning, Plan: planOf("w0", "w1"), Ran: true}
 	now := time.Now()
 	o.board.UpdateWorker("w0", func(w *observe.WorkerView) { w.Rank, w.State, w.LastSeen = 0, observe.StateTraining, now })
-	o.board.UpdateWorker("w1", func(w *observe.WorkerView) { w.Rank, w.State, w.LastSeen = 1, observe.StateTraining, now.Add(-11 * time.Second) })
+	o.board.UpdateWorker("w1", func(w *observe.WorkerView) {
+		w.Rank, w.State, w.LastSeen = 1, observe.StateTraining, now.Add(-11*time.Second)
+	})
 	o.board.UpdateWorker("w2", func(w *observe.WorkerView) { w.State = observe.StateGone })
 	o.refresh(st)
 	states := map[string]string{}
