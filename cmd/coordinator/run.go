@@ -278,6 +278,9 @@ func waitDone(ctx context.Context, co *coordinator.Coordinator, procs *superviso
 		case <-ctx.Done():
 			return fmt.Errorf("stopped before the job finished (step %d): %w", st.Committed.Step, ctx.Err())
 		case <-failed:
+			if s := co.Node().State(); s.Status == coordinator.StatusFailed {
+				return jobFailed(s, procs) // the reported cause, not a worker that exited because of it
+			}
 			return procs.Err()
 		case <-exited:
 			if s := co.Node().State(); s.Status == coordinator.StatusDone {
