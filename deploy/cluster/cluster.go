@@ -35,6 +35,7 @@ import (
 	"sync"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ringtrain/ringtrain/deploy/podman"
@@ -154,10 +155,20 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		}
 		c.replicas[n] = r
 	}
+	// The StatefulSet controller works on every set at once, as Kubernetes
+	// does (the coordinators do not wait for the etcd pod).
+	errs := make(chan error, len(sets))
 	for _, n := range sets {
-		if err := c.reconcileSet(ctx, n); err != nil {
-			return fail(err)
+		go func() { errs <- c.reconcileSet(ctx, n) }()
+	}
+	var first error
+	for range sets {
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
+	}
+	if first != nil {
+		return fail(first)
 	}
 	cctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
@@ -241,6 +252,9 @@ func (c *Cluster) reconcileSet(ctx context.Context, name string) error {
 			return err
 		}
 	}
+	parallel := set.Spec.PodManagementPolicy == appsv1.ParallelPodManagement
+	errs := make(chan error, want)
+	started := 0
 	for i := 0; i < want; i++ {
 		pn := fmt.Sprintf("%s-%d", name, i)
 		c.mu.Lock()
@@ -249,16 +263,26 @@ func (c *Cluster) reconcileSet(ctx context.Context, name string) error {
 		if exists {
 			continue
 		}
+		if parallel { // every missing pod at once
+			started++
+			go func() { errs <- c.createPod(ctx, set.Name, i) }()
+			continue
+		}
+		// OrderedReady: pod i+1 once pod i is ready.
 		if err := c.createPod(ctx, set.Name, i); err != nil {
 			return err
 		}
-		if set.Spec.PodManagementPolicy != "Parallel" {
-			if err := c.WaitReady(ctx, pn, 5*time.Minute); err != nil {
-				return err
-			}
+		if err := c.WaitReady(ctx, pn, 5*time.Minute); err != nil {
+			return err
 		}
 	}
-	return nil
+	var first error
+	for ; started > 0; started-- {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 func grace(spec corev1.PodSpec) time.Duration {
