@@ -6,7 +6,7 @@ export CGO_ENABLED ?= 0
 all: build
 
 build:
-	$(GO) build -o bin/ ./cmd/coordinator ./cmd/worker ./cmd/gpubench
+	$(GO) build -o bin/ ./cmd/coordinator ./cmd/worker ./cmd/gpubench ./cmd/scalebench
 
 # The main job: coordinator + 2 local workers, ResNet-18 on CIFAR-10
 # (downloaded into ./data when missing). Extra flags: make run ARGS="--epochs 30".

@@ -1,4 +1,4 @@
-# Scale-out benchmarking (pkg/scale, coordinator bench; see docs/scale.md).
+# Scale-out benchmarking (pkg/scale, cmd/scalebench; see docs/scale.md).
 #
 # bench-scale: 8 emulated hosts (network namespaces, tbf-limited links;
 # needs root, ip and tc), one worker per host, ResNet-18 (cifar stem)
@@ -13,11 +13,11 @@ BENCH_SCALE_ARGS ?= --emulate-hosts 8 --link 500mbit --compute 4s --bucket-mb 4 
 
 .PHONY: bench-scale test-scale scale-predict
 bench-scale: build
-	bin/coordinator bench $(BENCH_SCALE_ARGS) $(BENCH_SCALE_FLAGS)
+	bin/scalebench $(BENCH_SCALE_ARGS) $(BENCH_SCALE_FLAGS)
 
 # The model alone: 8-512 GPUs at 25 and 100 Gbit/s with an H100's step.
 scale-predict: build
-	bin/coordinator bench --predict --workers 8,16,32,64,128,256,512 --link 25gbit,100gbit --compute 9.7ms --batch 512 $(BENCH_SCALE_FLAGS)
+	bin/scalebench --predict --workers 8,16,32,64,128,256,512 --link 25gbit,100gbit --compute 9.7ms --batch 512 $(BENCH_SCALE_FLAGS)
 
 # pkg/scale's tests; the namespace ones skip with a message unless root.
 test-scale:

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ringtrain/ringtrain/pkg/checkpoint"
+	"github.com/ringtrain/ringtrain/pkg/checkpoint/manifest"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 )
@@ -46,7 +46,7 @@ func checkpointsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			store := &checkpoint.Store{Dir: filepath.Join(output, "checkpoints")}
+			root := filepath.Join(output, "checkpoints")
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "STEP\tEPOCH\tCURSOR\tACCURACY\tSIZE\tWORLD\tCREATED\tVERIFIED")
 			for _, m := range ms {
@@ -55,9 +55,9 @@ func checkpointsCmd() *cobra.Command {
 					acc = fmt.Sprintf("%.2f%%", 100**m.Accuracy)
 				}
 				ver := "yes"
-				if _, err := os.Stat(store.StepDir(m.Step)); errors.Is(err, os.ErrNotExist) {
+				if _, err := os.Stat(manifest.Dir(root, m.Step)); errors.Is(err, os.ErrNotExist) {
 					ver = "deleted (retention)"
-				} else if _, err := store.Verify(m.Step); err != nil {
+				} else if _, err := manifest.Verify(root, m.Step); err != nil {
 					ver = "NO: " + err.Error()
 				}
 				fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%.1f MB\t%d\t%s\t%s\n", m.Step, m.Epoch, m.Cursor, acc,

@@ -11,14 +11,11 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/internal/supervisor"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/coordinator"
-	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
-	"github.com/ringtrain/ringtrain/pkg/worker"
 )
 
 // errUsage marks a bad coordinator flag (the job's own flags are checked
@@ -72,51 +69,6 @@ const (
 	minMemberTTL = time.Second
 	maxMemberTTL = time.Hour
 )
-
-// folderDecodeBytes: an image folder of at most this many bytes is fully
-// decoded before the job starts (larger ones: every header is read).
-const folderDecodeBytes = 64 << 20
-
-// precheck checks what the coordinator can about the job's input before
-// any worker starts: the model's classes against the data's, the batch
-// against the data's size, and the initial weights file (read and applied
-// to the model on the CPU, exactly as every worker will).
-func precheck(spec job.Spec, train data.Dataset, o options) error {
-	nc := len(train.Classes())
-	if c := spec.Model.Classes; c > 0 && c < nc {
-		return fmt.Errorf("%w: model.classes (--classes) %d is fewer than the %d classes of the %s dataset: labels %d..%d would be out of range (0 uses the dataset's count)",
-			job.ErrInvalid, c, nc, spec.Data.Dataset, c, nc-1)
-	}
-	if n := train.Len(); spec.GlobalBatch > n {
-		return fmt.Errorf("%w: global_batch (--batch) %d is larger than the training set (%d samples)", job.ErrInvalid, spec.GlobalBatch, n)
-	}
-	if err := checkInputMemory(spec, train.Shape(), o.workers, memTotal()); err != nil {
-		return err
-	}
-	if spec.Data.Dataset == "folder" {
-		// Every image file under the folder (train/, val/ or classes):
-		// headers always, full decodes when the folder is small.
-		all, err := data.NewImageFolder(spec.Data.Folder, spec.Data.ImageSize)
-		if err != nil {
-			return err
-		}
-		if _, err := all.Check(folderDecodeBytes); err != nil {
-			return err
-		}
-	}
-	if spec.Transfer.Weights != "" {
-		b, err := cli.Backend("cpu", 1, "", zap.NewNop())
-		if err != nil {
-			return err
-		}
-		m, err := worker.BuildModel(b, spec, nc)
-		if err != nil {
-			return err
-		}
-		m.Free()
-	}
-	return nil
-}
 
 // claimOutput ties the state directory to the output directory: the
 // state of a job (its spec, replicated through raft) names the output
@@ -212,7 +164,14 @@ func etcdServerTLS(f tlsconf.Files) *cluster.ServerTLS {
 // the imagenet stem, 2.06 GB against 1.71 GB with the cifar stem).
 // Workers on other machines (no --workers) are not checked; total is this
 // machine's memory (0: unknown, not checked).
-func checkInputMemory(spec job.Spec, shape data.Shape, workers int, total int64) error {
+// imageShape is one input image's shape (channels, height, width), as
+// 'worker prepare' reports it.
+type imageShape struct{ C, H, W int }
+
+// Len is the number of values of one image.
+func (s imageShape) Len() int { return s.C * s.H * s.W }
+
+func checkInputMemory(spec job.Spec, shape imageShape, workers int, total int64) error {
 	if workers <= 0 || total <= 0 {
 		return nil
 	}

@@ -51,7 +51,7 @@ func TestCheckOptions(t *testing.T) {
 
 func TestCheckInputMemory(t *testing.T) {
 	s := job.Default()
-	img := data.Shape{C: 3, H: 32, W: 32}
+	img := imageShape{C: 3, H: 32, W: 32}
 	s.GlobalBatch = 65536
 	err := checkInputMemory(s, img, 2, 24<<30)
 	if !errors.Is(err, job.ErrInvalid) || !strings.Contains(err.Error(), "needs about 36.5 GiB") {

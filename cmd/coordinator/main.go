@@ -16,7 +16,6 @@ import (
 func main() {
 	root := rootCmd()
 	root.AddCommand(checkpointsCmd(), certsCmd(), statusCmd())
-	root.AddCommand(benchCmd(), ringRankCmd())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil {

@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ringtrain/ringtrain/pkg/checkpoint"
+	"github.com/ringtrain/ringtrain/pkg/checkpoint/manifest"
 	"github.com/ringtrain/ringtrain/pkg/report"
 )
 
@@ -163,17 +163,9 @@ func (p *progress) restoreLocked(upTo int64) {
 }
 
 // readCheckpointMeta reads the meta.json of the checkpoint of step.
-func readCheckpointMeta(outputDir string, step int64) (checkpoint.Meta, bool) {
-	st := &checkpoint.Store{Dir: filepath.Join(outputDir, "checkpoints")}
-	b, err := os.ReadFile(filepath.Join(st.StepDir(step), "meta.json"))
-	if err != nil {
-		return checkpoint.Meta{}, false
-	}
-	var m checkpoint.Meta
-	if json.Unmarshal(b, &m) != nil {
-		return checkpoint.Meta{}, false
-	}
-	return m, true
+func readCheckpointMeta(outputDir string, step int64) (manifest.Meta, bool) {
+	m, err := manifest.ReadMeta(filepath.Join(outputDir, "checkpoints"), step)
+	return m, err == nil
 }
 
 // firstStepTime is when the job's first step recorded in steps.jsonl ran

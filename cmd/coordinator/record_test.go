@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ringtrain/ringtrain/pkg/checkpoint"
+	"github.com/ringtrain/ringtrain/pkg/checkpoint/manifest"
 	"github.com/ringtrain/ringtrain/pkg/report"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
@@ -130,10 +130,10 @@ func TestHistoryRebuiltWithoutState(t *testing.T) {
 		os.Remove(filepath.Join(dir, f))
 	}
 	acc, loss := 0.42, 1.7
-	st := &checkpoint.Store{Dir: filepath.Join(dir, "checkpoints")}
-	os.MkdirAll(st.StepDir(4), 0o755)
-	b, _ := json.Marshal(checkpoint.Meta{Step: 4, Epoch: 1, Accuracy: &acc, Loss: &loss})
-	os.WriteFile(filepath.Join(st.StepDir(4), "meta.json"), b, 0o644)
+	stepDir := manifest.Dir(filepath.Join(dir, "checkpoints"), 4)
+	os.MkdirAll(stepDir, 0o755)
+	b, _ := json.Marshal(manifest.Meta{Step: 4, Epoch: 1, Accuracy: &acc, Loss: &loss})
+	os.WriteFile(filepath.Join(stepDir, manifest.MetaFile), b, 0o644)
 
 	p := newProgress(&bytes.Buffer{}, zap.NewNop(), dir, 4, false)
 	p.openSteps()

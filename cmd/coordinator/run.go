@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,10 +17,9 @@ import (
 	"github.com/ringtrain/ringtrain/internal/supervisor"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/coordinator"
-	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/schedule"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
-	"github.com/ringtrain/ringtrain/pkg/worker"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
@@ -137,24 +135,12 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	}
 	warnPlaintext(log, o.listen, tc)
 	// The data first: one download for all local workers, and an early,
-	// clear error when it cannot be had.
-	train, err := trainSet(ctx, spec)
-	if err != nil {
-		if errors.Is(err, data.ErrUnavailable) {
-			return fmt.Errorf("%w\n(a local copy of the archive: --cifar-mirror /path/to/cifar-10-binary.tar.gz; or train offline on procedurally drawn images: --dataset synthetic)", err)
-		}
-		return err
-	}
-	n := train.Len()
-	sampler, err := worker.NewSampler(spec, n)
+	// clear error when the input is bad.
+	n, err := trainSize(ctx, spec, o)
 	if err != nil {
 		return err
 	}
-	spe := sampler.StepsPerEpoch(spec.GlobalBatch)
-
-	if err := precheck(spec, train, o); err != nil {
-		return err
-	}
+	spe := spec.StepsPerEpoch(n)
 	cl, err := cluster.Open(ctx, cluster.Options{Endpoints: o.etcdEndpoints, Dir: o.stateDir, Start: startEtcd, Logger: cli.Quiet(log.Named("etcd")),
 		TLS: tc.EtcdTLS(), ServerTLS: etcdServerTLS(o.tls)})
 	if err != nil {
@@ -178,7 +164,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		return err
 	}
 	prog := newProgress(os.Stderr, log, spec.OutputDir, spe, bar)
-	if sch, err := worker.BuildSchedule(spec, spe); err == nil {
+	if sch, err := schedule.FromSpec(spec, spe); err == nil && spe > 0 {
 		prog.lr = func(step int64) float64 { return sch.LR(int(max(step, 0))) }
 	}
 	prog.openSteps()
@@ -249,7 +235,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	h := prog.history()
 	st := co.Node().State()
 	fmt.Fprintf(os.Stderr, "\ndone: %d steps in %s; output in %s (history.json, history.csv, loss.png, accuracy.png, %s, checkpoints/)\n",
-		st.Committed.Step, jobDuration(prog, start), spec.OutputDir, worker.ModelFile)
+		st.Committed.Step, jobDuration(prog, start), spec.OutputDir, job.ModelFile)
 	if len(h.Epochs) > 0 {
 		e := h.Epochs[len(h.Epochs)-1]
 		fmt.Fprintf(os.Stderr, "final: epoch %d, train loss %.4f, train acc %.2f%%, test loss %.4f, test acc %.2f%%\n",
@@ -293,11 +279,6 @@ func waitDone(ctx context.Context, co *coordinator.Coordinator, procs *superviso
 		case <-changed:
 		}
 	}
-}
-
-func trainSet(ctx context.Context, spec job.Spec) (data.Dataset, error) {
-	train, _, err := worker.OpenDatasets(ctx, spec)
-	return train, err
 }
 
 func parsePeers(list []string) ([]coordinator.Peer, error) {

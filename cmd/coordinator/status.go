@@ -65,18 +65,6 @@ func statusCmd() *cobra.Command {
 	return cmd
 }
 
-// trainSize is the training set's size when the spec alone tells it
-// (synthetic data, CIFAR-10), else 0.
-func trainSize(s job.Spec) int {
-	switch s.Data.Dataset {
-	case "synthetic":
-		return s.Data.SyntheticSize
-	case "cifar10":
-		return 50000
-	}
-	return 0
-}
-
 // printStatus writes the job's status as the dashboard's first screen
 // shows it.
 func printStatus(w io.Writer, js *controlpb.JobStatus, now time.Time) error {
@@ -99,12 +87,8 @@ func printStatus(w io.Writer, js *controlpb.JobStatus, now time.Time) error {
 	li := js.GetLeader()
 	fmt.Fprintf(w, "leader: %s at %s (answered by %s)\n", li.GetLeaderId(), li.GetLeaderAddress(), li.GetNodeId())
 	total := int64(0)
-	if n := trainSize(spec); n > 0 && spec.GlobalBatch > 0 {
-		spe := int64(n / spec.GlobalBatch)
-		if !spec.Data.DropLast && n%spec.GlobalBatch != 0 {
-			spe++
-		}
-		total = spe * int64(spec.Epochs)
+	if n, _ := spec.TrainSize(); n > 0 && spec.GlobalBatch > 0 {
+		total = int64(spec.StepsPerEpoch(n)) * int64(spec.Epochs)
 	}
 	if spec.MaxSteps > 0 && (total == 0 || int64(spec.MaxSteps) < total) {
 		total = int64(spec.MaxSteps)

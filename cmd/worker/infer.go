@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/ringtrain/ringtrain/internal/backend"
 	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
@@ -175,7 +176,7 @@ func (f *inferFlags) open(cmd *cobra.Command, tool string) (*loaded, error) {
 	if s.Model.Classes > 0 && given("classes") {
 		want.Classes = s.Model.Classes
 	}
-	b, err := cli.Backend(s.Device, s.Threads, s.Precision, cli.NewLogger(tool))
+	b, err := backend.Open(s.Device, s.Threads, s.Precision, cli.NewLogger(tool))
 	if err != nil {
 		return nil, err
 	}

@@ -25,7 +25,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), summaryCmd(), evaluateCmd(), predictCmd(), explainCmd(), exportCmd())
+	root.AddCommand(runCmd(), prepareCmd(), summaryCmd(), evaluateCmd(), predictCmd(), explainCmd(), exportCmd())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// RINGTRAIN_CPUPROFILE=PREFIX writes this process's CPU profile to

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ringtrain/ringtrain/internal/backend"
 	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -54,7 +55,7 @@ func runCmd() *cobra.Command {
 				cfg.HTTPToken = os.Getenv("RINGTRAIN_HTTP_TOKEN")
 			}
 			cfg.OpenBackend = func(device string, threads int, precision string) (nn.Backend, error) {
-				return cli.Backend(device, threads, precision, log)
+				return backend.Open(device, threads, precision, log)
 			}
 			return worker.Run(cmd.Context(), cfg)
 		},

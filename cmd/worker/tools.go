@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ringtrain/ringtrain/internal/backend"
 	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/pkg/allreduce"
 	"github.com/ringtrain/ringtrain/pkg/job"
@@ -92,7 +93,7 @@ func evaluateCmd() *cobra.Command {
 			}
 			log := cli.NewLogger("evaluate")
 			defer log.Sync()
-			b, err := cli.Backend(s.Device, s.Threads, s.Precision, log)
+			b, err := backend.Open(s.Device, s.Threads, s.Precision, log)
 			if err != nil {
 				return err
 			}

@@ -31,13 +31,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/checkpoint/manifest"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 )
 
 // Errors.
 var (
-	ErrCorrupt  = errors.New("checkpoint: corrupt")
+	ErrCorrupt  = manifest.ErrCorrupt
 	ErrNotFound = errors.New("checkpoint: none found")
 	ErrMismatch = errors.New("checkpoint: does not match this job")
 )
@@ -46,29 +46,21 @@ var (
 const (
 	ModelFile     = "model.safetensors"
 	OptimizerFile = "optimizer.safetensors"
-	MetaFile      = "meta.json"
-	ManifestFile  = "MANIFEST.json"
-	dirPrefix     = "ckpt-"
+	MetaFile      = manifest.MetaFile
+	ManifestName  = manifest.FileName
+	dirPrefix     = manifest.DirPrefix
 )
 
-// Meta is the non-tensor part of the training state.
-type Meta struct {
-	Step int64 `json:"step"` // optimizer steps completed
-	// Generation is the plan generation whose ring computed this state
-	// (0 when unknown). A state is committed only under that generation.
-	Generation  uint64            `json:"generation,omitempty"`
-	Epoch       int64             `json:"epoch"`  // epoch the cursor is in
-	Cursor      int64             `json:"cursor"` // samples of that epoch already consumed (global)
-	WorldSize   int               `json:"world_size"`
-	ConfigHash  string            `json:"config_hash"`
-	Seed        int64             `json:"seed"`
-	DropoutStep int64             `json:"dropout_step"`
-	LR          float64           `json:"lr"`
-	Accuracy    *float64          `json:"accuracy,omitempty"` // test accuracy when evaluated at this step
-	Loss        *float64          `json:"loss,omitempty"`
-	Created     time.Time         `json:"created"`
-	Extra       map[string]string `json:"extra,omitempty"`
-}
+// Manifest describes one checkpoint (MANIFEST.json); ManifestFile is one
+// of its files. See package manifest.
+type (
+	Manifest     = manifest.Manifest
+	ManifestFile = manifest.File
+)
+
+// Meta is the non-tensor part of the training state (meta.json; see
+// package manifest).
+type Meta = manifest.Meta
 
 // Snapshot is a host copy of the training state, taken between steps.
 // Capturing is the only part that stalls training; writing it can run in
@@ -123,14 +115,14 @@ func NewStore(dir string, keep int) (*Store, error) {
 
 // StepDir is the directory of the checkpoint of a step.
 func (s *Store) StepDir(step int64) string {
-	return filepath.Join(s.Dir, fmt.Sprintf("%s%010d", dirPrefix, step))
+	return manifest.Dir(s.Dir, step)
 }
 
 // Write stores snap atomically and applies retention. It returns the
 // manifest (also written as MANIFEST.json inside the directory). On any
 // error the previous checkpoints are intact and no partial directory is
 // left under a final name.
-func (s *Store) Write(snap *Snapshot) (m cluster.Manifest, err error) {
+func (s *Store) Write(snap *Snapshot) (m Manifest, err error) {
 	final := s.StepDir(snap.Meta.Step)
 	tmp, err := os.MkdirTemp(s.Dir, ".tmp-"+filepath.Base(final)+"-")
 	if err != nil {
@@ -141,7 +133,7 @@ func (s *Store) Write(snap *Snapshot) (m cluster.Manifest, err error) {
 			os.RemoveAll(tmp)
 		}
 	}()
-	var files []cluster.ManifestFile
+	var files []ManifestFile
 	put := func(name string, write func(io.Writer) error) error {
 		f, err := os.OpenFile(filepath.Join(tmp, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 		if err != nil {
@@ -160,7 +152,7 @@ func (s *Store) Write(snap *Snapshot) (m cluster.Manifest, err error) {
 		if err := f.Close(); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		files = append(files, cluster.ManifestFile{Name: name, Size: cw.n, SHA256: hex.EncodeToString(h.Sum(nil))})
+		files = append(files, ManifestFile{Name: name, Size: cw.n, SHA256: hex.EncodeToString(h.Sum(nil))})
 		return nil
 	}
 	if err = put(ModelFile, func(w io.Writer) error {
@@ -180,12 +172,12 @@ func (s *Store) Write(snap *Snapshot) (m cluster.Manifest, err error) {
 	}); err != nil {
 		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
 	}
-	m = cluster.Manifest{
+	m = Manifest{
 		Step: snap.Meta.Step, Epoch: snap.Meta.Epoch, Cursor: snap.Meta.Cursor,
 		Dir: final, Files: files, WorldSize: max(snap.Meta.WorldSize, 1),
 		ConfigHash: snap.Meta.ConfigHash, Accuracy: snap.Meta.Accuracy, Created: snap.Meta.Created,
 	}
-	if err = put(ManifestFile, func(w io.Writer) error {
+	if err = put(ManifestName, func(w io.Writer) error {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(m)
@@ -247,7 +239,7 @@ func syncDir(dir string) error {
 type Info struct {
 	Step     int64
 	Dir      string
-	Manifest cluster.Manifest
+	Manifest Manifest
 	Verified error // nil when every file's size and SHA-256 match
 }
 
@@ -290,57 +282,12 @@ func (s *Store) List() ([]Info, error) {
 
 // Verify reads the checkpoint's manifest and checks every file's size and
 // SHA-256. Errors wrap ErrCorrupt and name the file.
-func (s *Store) Verify(step int64) (cluster.Manifest, error) {
-	dir := s.StepDir(step)
-	var m cluster.Manifest
-	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
-	if err != nil {
-		return m, fmt.Errorf("%w: step %d: %v", ErrCorrupt, step, err)
-	}
-	if err := json.Unmarshal(b, &m); err != nil {
-		return m, fmt.Errorf("%w: step %d: %s: %v", ErrCorrupt, step, ManifestFile, err)
-	}
-	if err := m.Validate(); err != nil {
-		return m, fmt.Errorf("%w: step %d: %v", ErrCorrupt, step, err)
-	}
-	if m.Step != step {
-		return m, fmt.Errorf("%w: directory of step %d holds the manifest of step %d", ErrCorrupt, step, m.Step)
-	}
-	for _, f := range m.Files {
-		if err := verifyFile(filepath.Join(dir, f.Name), f); err != nil {
-			return m, fmt.Errorf("%w: step %d: %v", ErrCorrupt, step, err)
-		}
-	}
-	return m, nil
-}
-
-func verifyFile(path string, want cluster.ManifestFile) error {
-	if strings.ContainsAny(want.Name, `/\`) || want.Name == ".." {
-		return fmt.Errorf("manifest names an unsafe file %q", want.Name)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return fmt.Errorf("%s: %v", want.Name, err)
-	}
-	if n != want.Size {
-		return fmt.Errorf("%s: %d bytes, manifest says %d", want.Name, n, want.Size)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
-		return fmt.Errorf("%s: SHA-256 %s, manifest says %s", want.Name, got[:12], want.SHA256[:12])
-	}
-	return nil
-}
+func (s *Store) Verify(step int64) (Manifest, error) { return manifest.Verify(s.Dir, step) }
 
 // Loaded is a verified checkpoint read into host memory.
 type Loaded struct {
 	Meta      Meta
-	Manifest  cluster.Manifest
+	Manifest  Manifest
 	Weights   *nn.Safetensors
 	Optimizer *nn.OptimizerState // nil for weights-only checkpoints
 }

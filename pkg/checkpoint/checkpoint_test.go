@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 )
 
@@ -225,7 +224,7 @@ func TestWriterWritesInBackgroundAndCloseFlushes(t *testing.T) {
 	m, opt := trained(t, 1)
 	st, _ := NewStore(t.TempDir(), 10)
 	var done []int64
-	w := NewWriter(st, func(_ Meta, man cluster.Manifest, err error) {
+	w := NewWriter(st, func(_ Meta, man Manifest, err error) {
 		if err != nil {
 			t.Error(err)
 		}
@@ -250,7 +249,7 @@ func TestWriterWaitIdleWaitsForWriteAndOnDone(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	var done []int64
-	w := NewWriter(st, func(_ Meta, man cluster.Manifest, err error) {
+	w := NewWriter(st, func(_ Meta, man Manifest, err error) {
 		<-release
 		mu.Lock()
 		done = append(done, man.Step)

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 )
 
@@ -26,7 +25,7 @@ type MemStore struct {
 }
 
 type memCheckpoint struct {
-	manifest cluster.Manifest
+	manifest Manifest
 	files    map[string][]byte
 }
 
@@ -39,32 +38,32 @@ func NewMemStore(keep int) *MemStore {
 }
 
 // Write implements Destination: it encodes snap and applies retention.
-func (s *MemStore) Write(snap *Snapshot) (cluster.Manifest, error) {
+func (s *MemStore) Write(snap *Snapshot) (Manifest, error) {
 	c := &memCheckpoint{files: map[string][]byte{}}
-	var files []cluster.ManifestFile
+	var files []ManifestFile
 	put := func(name string, b []byte) {
 		h := sha256.Sum256(b)
 		c.files[name] = b
-		files = append(files, cluster.ManifestFile{Name: name, Size: int64(len(b)), SHA256: hex.EncodeToString(h[:])})
+		files = append(files, ManifestFile{Name: name, Size: int64(len(b)), SHA256: hex.EncodeToString(h[:])})
 	}
 	var w bytes.Buffer
 	if err := nn.EncodeSafetensors(&w, snap.Model, map[string]string{"format": "pt", "step": strconv.FormatInt(snap.Meta.Step, 10)}); err != nil {
-		return cluster.Manifest{}, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+		return Manifest{}, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
 	}
 	put(ModelFile, bytes.Clone(w.Bytes()))
 	if snap.Optimizer != nil {
 		w.Reset()
 		if err := nn.EncodeSafetensors(&w, snap.Optimizer, snap.OptMeta); err != nil {
-			return cluster.Manifest{}, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+			return Manifest{}, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
 		}
 		put(OptimizerFile, bytes.Clone(w.Bytes()))
 	}
 	meta, err := json.Marshal(snap.Meta)
 	if err != nil {
-		return cluster.Manifest{}, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+		return Manifest{}, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
 	}
 	put(MetaFile, meta)
-	c.manifest = cluster.Manifest{
+	c.manifest = Manifest{
 		Step: snap.Meta.Step, Epoch: snap.Meta.Epoch, Cursor: snap.Meta.Cursor,
 		Dir: fmt.Sprintf("mem:%s%010d", dirPrefix, snap.Meta.Step), Files: files, WorldSize: max(snap.Meta.WorldSize, 1),
 		ConfigHash: snap.Meta.ConfigHash, Accuracy: snap.Meta.Accuracy, Created: snap.Meta.Created,

@@ -3,8 +3,6 @@ package checkpoint
 import (
 	"sync"
 	"time"
-
-	"github.com/ringtrain/ringtrain/pkg/cluster"
 )
 
 // Writer writes snapshots in the background so that training stalls only
@@ -13,7 +11,7 @@ import (
 // replaces a waiting one (the newest state is the one worth keeping).
 type Writer struct {
 	store  Destination
-	onDone func(Meta, cluster.Manifest, error)
+	onDone func(Meta, Manifest, error)
 
 	mu      sync.Mutex // guards pending, closed, submitted, finished, idle
 	pending *Snapshot
@@ -32,13 +30,13 @@ type Writer struct {
 // Destination is what a Writer writes to: a Store, or its in-memory twin
 // MemStore.
 type Destination interface {
-	Write(*Snapshot) (cluster.Manifest, error)
+	Write(*Snapshot) (Manifest, error)
 }
 
 // NewWriter starts the background writer. onDone is called on the writer's
 // goroutine after every write (success or failure) with the written
 // snapshot's metadata; it may be nil.
-func NewWriter(s Destination, onDone func(Meta, cluster.Manifest, error)) *Writer {
+func NewWriter(s Destination, onDone func(Meta, Manifest, error)) *Writer {
 	w := &Writer{store: s, onDone: onDone, wake: make(chan struct{}, 1), done: make(chan struct{}), idle: make(chan struct{})}
 	go w.loop()
 	return w

@@ -2,79 +2,24 @@ package cluster
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	ckpt "github.com/ringtrain/ringtrain/pkg/checkpoint/manifest"
 )
 
-// ManifestFile is one file of a checkpoint.
-type ManifestFile struct {
-	Name   string `json:"name"`   // path relative to the checkpoint directory
-	Size   int64  `json:"size"`   // bytes
-	SHA256 string `json:"sha256"` // lower-case hex, 64 characters
-}
-
-// Manifest describes one checkpoint; it is stored as JSON at CheckpointKey.
-type Manifest struct {
-	Step       int64          `json:"step"`
-	Epoch      int64          `json:"epoch"`
-	Cursor     int64          `json:"cursor"` // global sample cursor within the epoch
-	Dir        string         `json:"dir,omitempty"`
-	Files      []ManifestFile `json:"files"`
-	WorldSize  int            `json:"world_size"`
-	ConfigHash string         `json:"config_hash"`
-	// Accuracy is the test accuracy at this step, if evaluated (else nil).
-	Accuracy *float64  `json:"accuracy,omitempty"`
-	Created  time.Time `json:"created"`
-}
-
-// Validate checks that a manifest is complete and well formed.
-func (m Manifest) Validate() error {
-	if m.Step < 0 || m.Epoch < 0 || m.Cursor < 0 {
-		return fmt.Errorf("%w: manifest has negative step/epoch/cursor (%d/%d/%d)", ErrInvalid, m.Step, m.Epoch, m.Cursor)
-	}
-	if m.WorldSize < 1 {
-		return fmt.Errorf("%w: manifest of step %d has world size %d", ErrInvalid, m.Step, m.WorldSize)
-	}
-	if len(m.Files) == 0 {
-		return fmt.Errorf("%w: manifest of step %d lists no files", ErrInvalid, m.Step)
-	}
-	seen := make(map[string]bool, len(m.Files))
-	for _, f := range m.Files {
-		if f.Name == "" {
-			return fmt.Errorf("%w: manifest of step %d has a file without a name", ErrInvalid, m.Step)
-		}
-		if seen[f.Name] {
-			return fmt.Errorf("%w: manifest of step %d lists %q twice", ErrInvalid, m.Step, f.Name)
-		}
-		seen[f.Name] = true
-		if f.Size < 0 {
-			return fmt.Errorf("%w: file %q has negative size", ErrInvalid, f.Name)
-		}
-		if b, err := hex.DecodeString(f.SHA256); err != nil || len(b) != 32 || f.SHA256 != hex.EncodeToString(b) {
-			return fmt.Errorf("%w: file %q: SHA-256 %q is not 64 lower-case hex digits", ErrInvalid, f.Name, f.SHA256)
-		}
-	}
-	return nil
-}
-
-// TotalSize returns the sum of the files' sizes.
-func (m Manifest) TotalSize() int64 {
-	var n int64
-	for _, f := range m.Files {
-		n += f.Size
-	}
-	return n
-}
+// Manifest is a checkpoint's manifest (owned by pkg/checkpoint: see
+// package manifest); this package records one per checkpoint in etcd.
+type Manifest = ckpt.Manifest
 
 // PutManifest validates m and stores it at CheckpointKey(job, m.Step),
 // replacing any manifest of that step. It returns the key.
 func (j *Job) PutManifest(ctx context.Context, m Manifest) (string, error) {
 	if err := m.Validate(); err != nil {
-		return "", err
+		return "", fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if m.Created.IsZero() {
 		m.Created = time.Now().UTC()

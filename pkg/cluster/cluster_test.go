@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	ckpt "github.com/ringtrain/ringtrain/pkg/checkpoint/manifest"
 	"github.com/ringtrain/ringtrain/pkg/cluster/embedded"
 )
 
@@ -311,7 +312,7 @@ func TestRegisterRejectsBadInput(t *testing.T) {
 func manifest(step int64, acc float64) Manifest {
 	return Manifest{
 		Step: step, Epoch: step / 10, Cursor: step * 128 % 50000, WorldSize: 2, ConfigHash: "cfg1",
-		Files: []ManifestFile{
+		Files: []ckpt.File{
 			{Name: "model.safetensors", Size: 1000 + step, SHA256: strings.Repeat("ab", 32)},
 			{Name: "meta.json", Size: 10, SHA256: strings.Repeat("01", 32)},
 		},

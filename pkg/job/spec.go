@@ -114,7 +114,7 @@ type Spec struct {
 	Compression string  `json:"compression"`  // none, bf16
 	DeadlineSec float64 `json:"deadline_sec"` // all-reduce deadline
 	// EmulateCompute, when set, replaces forward and backward by a wait
-	// (coordinator bench --compute); nil trains the model.
+	// (scalebench --compute); nil trains the model.
 	EmulateCompute *EmulateCompute `json:"emulate_compute,omitempty"`
 }
 

@@ -1,12 +1,17 @@
 package nn
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/ringtrain/ringtrain/pkg/schedule"
+)
 
 // Sentinel errors of the engine (ErrShape is in tensor.go). Every error
 // returned by this package's model, layer and loss code wraps one of them.
 var (
-	// ErrConfig: a ResNetConfig or layer setting is invalid.
-	ErrConfig = errors.New("nn: invalid configuration")
+	// ErrConfig: a ResNetConfig, layer or schedule setting is invalid
+	// (the same value as schedule.ErrConfig).
+	ErrConfig = schedule.ErrConfig
 	// ErrNonFinite: NaN or ±Inf found in an input, output, weight or loss.
 	ErrNonFinite = errors.New("nn: non-finite value")
 	// ErrLabel: a label is out of range, or the label count is wrong.

@@ -1,7 +1,6 @@
 package nn
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -10,9 +9,10 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"sort"
 	"unicode/utf8"
+
+	"github.com/ringtrain/ringtrain/internal/atomicfile"
 )
 
 // Safetensors I/O (https://github.com/huggingface/safetensors format):
@@ -476,58 +476,13 @@ func WriteSafetensorsFile(path string, tensors []*STTensor, meta map[string]stri
 }
 
 // WriteFileAtomic replaces path with data atomically (temporary file in the
-// same directory, fsync, rename, fsync of the directory).
-func WriteFileAtomic(path string, data []byte) error {
-	return WriteFileAtomicFunc(path, func(w io.Writer) error {
-		_, err := w.Write(data)
-		return err
-	})
-}
+// same directory, fsync, rename, fsync of the directory): atomicfile.Write.
+func WriteFileAtomic(path string, data []byte) error { return atomicfile.Write(path, data) }
 
 // WriteFileAtomicFunc is WriteFileAtomic for content that write streams
-// (through a buffer, so a large file never sits whole in memory). When
-// write fails, path is left as it was.
-func WriteFileAtomicFunc(path string, write func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("nn: atomic write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	bw := bufio.NewWriterSize(f, 1<<20)
-	if err = write(bw); err != nil {
-		return fmt.Errorf("nn: atomic write %s: %w", path, err)
-	}
-	if err = bw.Flush(); err != nil {
-		return fmt.Errorf("nn: atomic write %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("nn: atomic write %s: fsync: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("nn: atomic write %s: %w", path, err)
-	}
-	if err = os.Chmod(tmp, 0o644); err != nil {
-		return fmt.Errorf("nn: atomic write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("nn: atomic write %s: rename: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("nn: atomic write %s: open dir: %w", path, err)
-	}
-	defer d.Close()
-	if err = d.Sync(); err != nil {
-		return fmt.Errorf("nn: atomic write %s: fsync dir: %w", path, err)
-	}
-	return nil
+// (atomicfile.WriteFunc). When write fails, path is left as it was.
+func WriteFileAtomicFunc(path string, write func(io.Writer) error) error {
+	return atomicfile.WriteFunc(path, write)
 }
 
 // HalfToFloat32 converts an IEEE 754 binary16 value to float32 (exact).

@@ -17,7 +17,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 
-	"github.com/ringtrain/ringtrain/pkg/nn"
+	"github.com/ringtrain/ringtrain/internal/atomicfile"
 )
 
 // Epoch is one epoch's figures.
@@ -142,7 +142,7 @@ func (h *History) plot(path, title, ylabel string, train, val func(Epoch) float6
 // writeAtomic replaces path with b through the engine's atomic writer
 // (temporary file, fsync, rename, fsync of the directory).
 func writeAtomic(path string, b []byte) error {
-	if err := nn.WriteFileAtomic(path, b); err != nil {
+	if err := atomicfile.Write(path, b); err != nil {
 		return fmt.Errorf("report: %w", err)
 	}
 	return nil

@@ -1,5 +1,5 @@
 // Package scale measures and predicts how a ringtrain job scales with the
-// number of workers (coordinator bench).
+// number of workers (scalebench).
 //
 // It offers three parts, usable on their own:
 //

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"path/filepath"
 
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
+	"github.com/ringtrain/ringtrain/pkg/schedule"
 )
 
 // ErrSpec is wrapped by errors about a spec that cannot be built.
@@ -177,43 +177,11 @@ func adagradEps(eps float64) float64 {
 }
 
 // BuildSchedule converts the spec's epoch-based schedule into a
-// per-step one for stepsPerEpoch steps an epoch.
+// per-step one for stepsPerEpoch steps an epoch (schedule.FromSpec).
 func BuildSchedule(spec job.Spec, stepsPerEpoch int) (nn.Schedule, error) {
-	s := spec.Schedule
-	base := spec.Optimizer.LR
-	total := spec.Epochs * stepsPerEpoch
-	var sch nn.Schedule
-	var err error
-	switch s.Name {
-	case "none", "":
-		sch = nn.ConstantLR(base)
-	case "step":
-		sch, err = nn.NewStepLR(base, s.StepSize*stepsPerEpoch, s.Gamma)
-	case "multistep":
-		ms := make([]int, len(s.Milestones))
-		for i, e := range s.Milestones {
-			ms[i] = e * stepsPerEpoch
-		}
-		sch, err = nn.NewMultiStepLR(base, ms, s.Gamma)
-	case "cosine":
-		sch, err = nn.NewCosineAnnealingLR(base, max(total, 1), 0)
-	case "onecycle":
-		maxLR := s.MaxLR
-		if maxLR <= 0 {
-			maxLR = base
-		}
-		sch, err = nn.NewOneCycleLR(nn.DefaultOneCycleConfig(maxLR, max(total, 1)))
-	default:
-		return nil, fmt.Errorf("%w: unknown schedule %q", ErrSpec, s.Name)
-	}
+	sch, err := schedule.FromSpec(spec, stepsPerEpoch)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrSpec, err)
-	}
-	if w := int(math.Round(s.WarmupEpochs * float64(stepsPerEpoch))); w > 0 && s.Name != "onecycle" {
-		sch, err = nn.NewWarmup(w, s.WarmupStart, sch)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrSpec, err)
-		}
 	}
 	return sch, nil
 }

@@ -24,7 +24,7 @@ import (
 )
 
 // ModelFile is the final model in the output directory (torchvision names).
-const ModelFile = "model.safetensors"
+const ModelFile = job.ModelFile
 
 // Config is a worker process's configuration.
 type Config struct {
@@ -51,7 +51,7 @@ type Config struct {
 	// HostID names this worker's machine (default: the hostname for the
 	// coordinator, the boot id for the shared-memory path); workers with
 	// equal host ids exchange ring traffic through shared memory. Emulated
-	// hosts (coordinator bench --emulate-hosts) set it per namespace.
+	// hosts (scalebench --emulate-hosts) set it per namespace.
 	HostID string
 	// NoSharedMemory keeps ring traffic between workers on the same host
 	// on TCP instead of the shared-memory fast path.

@@ -203,3 +203,24 @@ func TestAdvertisedRefusesWildcard(t *testing.T) {
 		t.Fatalf("loopback: %v %v", a, err)
 	}
 }
+
+// TestStepsPerEpochMatchesSampler: the coordinator counts an epoch's
+// steps from the spec (job.Spec.StepsPerEpoch) without the data; the
+// workers' sampler must agree for every size, batch and drop_last.
+func TestStepsPerEpochMatchesSampler(t *testing.T) {
+	for _, drop := range []bool{false, true} {
+		for _, n := range []int{1, 7, 16, 96, 50000} {
+			for _, b := range []int{1, 5, 16, 512} {
+				s := tinySpec()
+				s.GlobalBatch, s.Data.DropLast = b, drop
+				sm, err := NewSampler(s, n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := s.StepsPerEpoch(n), sm.StepsPerEpoch(b); got != want {
+					t.Errorf("n=%d batch=%d drop_last=%v: spec says %d steps, sampler %d", n, b, drop, got, want)
+				}
+			}
+		}
+	}
+}

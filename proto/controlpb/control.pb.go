@@ -854,7 +854,7 @@ type StepPhases struct {
 	BusbwBytesPerSecond float64 `protobuf:"fixed64,9,opt,name=busbw_bytes_per_second,json=busbwBytesPerSecond,proto3" json:"busbw_bytes_per_second,omitempty"`
 	Buckets             int32   `protobuf:"varint,10,opt,name=buckets,proto3" json:"buckets,omitempty"`
 	World               int32   `protobuf:"varint,11,opt,name=world,proto3" json:"world,omitempty"`
-	// compute_seconds is an emulated wait (coordinator bench --compute), not
+	// compute_seconds is an emulated wait (scalebench --compute), not
 	// the model's forward and backward.
 	EmulatedCompute bool `protobuf:"varint,12,opt,name=emulated_compute,json=emulatedCompute,proto3" json:"emulated_compute,omitempty"`
 	// When the step ended, on the worker's clock (Unix ns): rank 0's give

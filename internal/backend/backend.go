@@ -1,4 +1,7 @@
-package cli
+// Package backend opens the compute backend a binary asks for. It is apart
+// from internal/cli so that the coordinator, which computes nothing, does
+// not link the engine or the GPU backend.
+package backend
 
 import (
 	"fmt"
@@ -9,10 +12,10 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/nn"
 )
 
-// Backend opens the compute backend for device ("cpu", "cuda", "auto")
+// Open opens the compute backend for device ("cpu", "cuda", "auto")
 // with a GPU's precision ("" = fp32); auto falls back to the CPU (fp32)
 // with a log line saying why.
-func Backend(device string, threads int, precision string, log *zap.Logger) (nn.Backend, error) {
+func Open(device string, threads int, precision string, log *zap.Logger) (nn.Backend, error) {
 	return gpu.SelectBackend(device, threads, gpu.Options{Precision: precision}, func(format string, args ...any) {
 		log.Info(fmt.Sprintf(format, args...))
 	})

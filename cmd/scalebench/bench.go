@@ -64,7 +64,7 @@ func benchCmd() *cobra.Command {
 	spec.OutputDir = "runs/bench"
 	spec.Device = "cpu"
 	cmd := &cobra.Command{
-		Use:   "bench",
+		Use:   "scalebench",
 		Short: "Measure (and predict) how a job scales with the number of workers",
 		Long: `Runs a sweep of real jobs over worker counts (each a few warm-up steps, then
 timed steps) and reports images/s, scaling efficiency, where the step time goes
@@ -73,12 +73,12 @@ hidden fraction, next to a calibrated ring alpha-beta model. Writes scale.json,
 scale.csv and scale.png in --output. --batch is per worker here (weak scaling).
 
   # 1, 2, 4, 8 local workers on this machine's loopback
-  coordinator bench
+  scalebench
   # 8 emulated hosts (network namespaces, 1 Gbit/s tbf links; needs root),
   # forward+backward replaced by a 9.7 ms wait with the real bucket timing
-  coordinator bench --emulate-hosts 8 --link 1gbit --compute 9.7ms
+  scalebench --emulate-hosts 8 --link 1gbit --compute 9.7ms
   # the model alone: 8 to 512 workers on 25 and 100 Gbit/s links
-  coordinator bench --predict --workers 8,64,512 --link 25gbit,100gbit --compute 9.7ms
+  scalebench --predict --workers 8,64,512 --link 25gbit,100gbit --compute 9.7ms
 
 See docs/scale.md.`,
 		Args:          cobra.NoArgs,
@@ -111,7 +111,7 @@ See docs/scale.md.`,
 	f.IntVar(&o.glooIters, "gloo-iters", 5, "timed all-reduces per gloo run")
 	f.StringVar(&o.python, "python", "/usr/bin/python3", "python with torch for the gloo peer (empty: skip gloo)")
 	f.StringVar(&o.glooScript, "gloo-script", "", "gloo rank script (default scripts/bench/gloo_rank.py here or next to the binary)")
-	f.StringVar(&o.workerBin, "worker-bin", "", "worker binary (default: 'worker' next to this binary, then PATH)")
+	f.StringVar(&o.workerBin, "worker-bin", "", "worker binary the sweep starts (default: 'worker' next to this binary, then PATH)")
 	f.IntVar(&o.threads, "worker-threads", 1, "compute threads per worker")
 	f.IntVar(&o.profileBatch, "profile-batch", 8, "batch of the real forward+backward that measures the bucket timing")
 	f.DurationVar(&o.timeout, "point-timeout", 10*time.Minute, "give up on a point after this long")
