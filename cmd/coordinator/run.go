@@ -193,7 +193,10 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		// Local workers serve their metrics too (on free ports, in their logs).
 		o.workerArgs = append([]string{"--http=127.0.0.1:0"}, o.workerArgs...)
 	}
-	go followLeadership(ctx, co, prog, log)
+	lctx, stopFollow := context.WithCancel(ctx)
+	followed := make(chan struct{})
+	go func() { defer close(followed); followLeadership(lctx, co, prog, log) }()
+	defer func() { stopFollow(); <-followed }()
 	log.Info("coordinator ready", zap.String("control", co.Addr()), zap.String("job", spec.Name),
 		zap.String("model", spec.Model.Arch+"/"+spec.Model.Stem), zap.String("dataset", spec.Data.Dataset),
 		zap.Int("train_samples", n), zap.Int("steps_per_epoch", spe), zap.Int("epochs", spec.Epochs),
@@ -298,15 +301,8 @@ func parsePeers(list []string) ([]coordinator.Peer, error) {
 // failover, the replicated state knows the committed step.
 func followLeadership(ctx context.Context, co *coordinator.Coordinator, prog *progress, log *zap.Logger) {
 	lead := false
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		now := co.Node().IsLeader()
+		now, changed := co.Node().Leadership()
 		if now && !lead {
 			st := co.Node().State()
 			if st.Committed.Step > 0 {
@@ -316,5 +312,10 @@ func followLeadership(ctx context.Context, co *coordinator.Coordinator, prog *pr
 			}
 		}
 		lead = now
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
 	}
 }

@@ -73,6 +73,8 @@ func runCmd() *cobra.Command {
 	f.IntVar(&procs, "procs", 1, "run this many worker processes on this host (one per GPU, like torchrun's --nproc-per-node): ids <id>-0..K-1, ring ports <port>+0..K-1; they share memory with each other")
 	f.StringVar(&cfg.HTTPAddr, "http", "", "serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:0 or :9090; empty: off)")
 	f.StringVar(&cfg.HTTPToken, "http-token", "", "bearer token /metrics requires (default $RINGTRAIN_HTTP_TOKEN)")
+	f.StringVar(&cfg.SampleLog, "sample-log", os.Getenv("RINGTRAIN_SAMPLE_LOG"), "append the dataset indices of every step to DIR/samples-<id>-<pid>.jsonl (an audit aid; env RINGTRAIN_SAMPLE_LOG)")
+	f.BoolVar(&cfg.GPUOverlap, "gpu-overlap", os.Getenv("RINGTRAIN_GPU_OVERLAP") == "1", "GPU: overlap the gradients' device-to-host copies with backward (env RINGTRAIN_GPU_OVERLAP=1)")
 	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 0, "give up when the coordinator or etcd does not answer within this (default 15s)")
 	return cmd
 }

@@ -84,8 +84,12 @@ type Node struct {
 	done     chan struct{}
 	wg       sync.WaitGroup
 
-	mu     sync.Mutex // guards closed
+	mu     sync.Mutex // guards closed, leading and leadChanged
 	closed bool
+	// leading is the latest leadership value (ready as leader);
+	// leadChanged is closed and replaced whenever it changes.
+	leading     bool
+	leadChanged chan struct{}
 }
 
 // NewTCPTransport binds a raft TCP transport to bind (e.g. "127.0.0.1:0");
@@ -113,7 +117,8 @@ func NewNode(cfg NodeConfig) (n *Node, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("coordinator: state directory: %w", err)
 	}
-	n = &Node{cfg: cfg, fsm: NewFSM(), log: log, notify: make(chan bool, 8), leaderCh: make(chan bool, 1), done: make(chan struct{})}
+	n = &Node{cfg: cfg, fsm: NewFSM(), log: log, notify: make(chan bool, 8), leaderCh: make(chan bool, 1), done: make(chan struct{}),
+		leadChanged: make(chan struct{})}
 	cleanup := func() {
 		if n.ownTrans && n.trans != nil {
 			if c, ok := n.trans.(interface{ Close() error }); ok {
@@ -281,6 +286,13 @@ func (n *Node) watchLeadership() {
 			default:
 			}
 			n.leaderCh <- isLeader
+			n.mu.Lock()
+			if n.leading != isLeader {
+				n.leading = isLeader
+				close(n.leadChanged)
+				n.leadChanged = make(chan struct{})
+			}
+			n.mu.Unlock()
 		}
 	}
 }
@@ -311,6 +323,15 @@ func (n *Node) RaftAddr() string { return string(n.trans.LocalAddr()) }
 // LeadershipCh delivers true when the node becomes leader and false when it
 // stops; only the latest value is kept. It has one reader: the Service.
 func (n *Node) LeadershipCh() <-chan bool { return n.leaderCh }
+
+// Leadership returns whether this node is the leader, ready (as raft's
+// notifications last said, see IsLeader), and a channel closed when that
+// changes. Any number of watchers may use it.
+func (n *Node) Leadership() (bool, <-chan struct{}) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.leading, n.leadChanged
+}
 
 // IsLeader reports whether this node is the raft leader and has applied
 // every entry committed before its term (so its State is complete). A new

@@ -176,6 +176,10 @@ func testFailover(t *testing.T, trans []raft.Transport) {
 	}
 	l2 := leaderOf(t, rest, 5*time.Second)
 	t.Logf("new leader %s elected %s after the old one stopped", l2.ID(), time.Since(stopped).Round(time.Millisecond))
+	// Leadership's notifications say the same, without polling.
+	for _, n := range rest {
+		awaitLeadership(t, n, n == l2)
+	}
 	if got := l2.State(); got.Committed != st.Committed || planIDs(got) != planIDs(st) || got.ConfigHash != st.ConfigHash {
 		t.Fatalf("state after failover %+v, want %+v", got, st)
 	}
@@ -270,5 +274,23 @@ func TestRaftTLSRefusesForeignCertificate(t *testing.T) {
 	}
 	if _, err := NewTLSTransport("0.0.0.0:0", c.Server, c.Client, nil); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("wildcard bind: %v, want ErrInvalid", err)
+	}
+}
+
+// awaitLeadership waits, on Node.Leadership's notifications, until n's
+// leadership is want.
+func awaitLeadership(t *testing.T, n *Node, want bool) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		lead, changed := n.Leadership()
+		if lead == want {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("node %s: leadership %v, want %v", n.ID(), lead, want)
+		}
 	}
 }

@@ -143,7 +143,10 @@ type machine struct {
 	lastAcc *float64
 	// lastLoss is the validation loss of lastAcc's evaluation.
 	lastLoss *float64
-	trace    func(from, to state) // tests observe transitions
+	// partial is set when a step failed half-way: the trainer's state is
+	// then not exactly the state of its step.
+	partial bool
+	trace   func(from, to state) // tests observe transitions
 
 	mu  sync.Mutex                     // guards mem and submitted
 	mem map[int64]*checkpoint.Snapshot // in-memory states at checkpoint steps, by step

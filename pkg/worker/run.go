@@ -41,9 +41,13 @@ type Config struct {
 	JoinTimeout time.Duration
 	// SampleLog, when set, is a directory where the worker appends the
 	// dataset indices it trains at every step (one JSON line each, see
-	// SampleRecord) to samples-<id>-<pid>.jsonl. The environment variable
-	// RINGTRAIN_SAMPLE_LOG sets it too.
+	// SampleRecord) to samples-<id>-<pid>.jsonl (worker run --sample-log,
+	// or RINGTRAIN_SAMPLE_LOG in the environment).
 	SampleLog string
+	// GPUOverlap overlaps a GPU worker's gradient copies with backward
+	// (see Trainer.Overlap; worker run --gpu-overlap, or
+	// RINGTRAIN_GPU_OVERLAP=1).
+	GPUOverlap bool
 	// TLS secures every connection of the worker (control API, ring,
 	// probes, etcd endpoints given as https) with mutual TLS; nil is
 	// plaintext.
@@ -87,9 +91,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	if cfg.JoinTimeout <= 0 {
 		cfg.JoinTimeout = 15 * time.Second
-	}
-	if cfg.SampleLog == "" {
-		cfg.SampleLog = os.Getenv("RINGTRAIN_SAMPLE_LOG")
 	}
 	if cfg.OpenBackend == nil {
 		return fmt.Errorf("%w: worker config without OpenBackend", ErrSpec)
@@ -172,7 +173,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer t.Close()
 	// Overlapped gradient copies of a GPU worker (see Trainer.Overlap).
-	t.Overlap = os.Getenv("RINGTRAIN_GPU_OVERLAP") == "1"
+	t.Overlap = cfg.GPUOverlap
 	store, err := checkpoint.NewStore(filepath.Join(spec.OutputDir, "checkpoints"), spec.Checkpoint.Keep)
 	if err != nil {
 		return err

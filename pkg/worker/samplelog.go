@@ -16,7 +16,7 @@ import (
 )
 
 // SampleRecord is one line of the sample log (a debugging and audit aid,
-// enabled with RINGTRAIN_SAMPLE_LOG=<dir>). Before a step a rank writes an
+// enabled with worker run --sample-log DIR or RINGTRAIN_SAMPLE_LOG=DIR). Before a step a rank writes an
 // "assigned" record with the dataset indices of its slice; after the step
 // completed (its all-reduce finished) it writes a "done" record without
 // indices. A record is written with one write call, so a killed process

@@ -95,15 +95,25 @@ func (m *machine) syncState(target int64) error {
 		return m.resumeFromStore() // a fresh start, or a restarted job
 	}
 	defer m.forgetAfter(target)
-	if m.t.Step == target && m.memAt(target) != nil {
+	if m.t.Step == target && m.memAt(target) != nil && !m.partial {
 		return nil
 	}
 	if s := m.memAt(target); s != nil {
+		// Also at the same step when a step was cut short: its forward
+		// pass had already moved the batch-norm running statistics.
 		m.Log.Info("rolling back in memory", zap.Int64("from", m.t.Step), zap.Int64("to", target))
 		m.Metrics.Rollback()
-		return m.t.Restore(s)
+		if err := m.t.Restore(s); err != nil {
+			return err
+		}
+		m.partial = false
+		return nil
 	}
-	return m.loadAtMost(target)
+	if err := m.loadAtMost(target); err != nil {
+		return err
+	}
+	m.partial = false
+	return nil
 }
 
 // loadAtMost loads the newest verified checkpoint of this job at or before
@@ -194,6 +204,7 @@ func (m *machine) agreeStep(ctx context.Context, ring *allreduce.Ring, rank, wor
 	if err := m.loadAtMost(lo); err != nil {
 		return err
 	}
+	m.partial = false
 	m.forgetAfter(-1)
 	return nil
 }

@@ -45,6 +45,7 @@ func (m *machine) training(ctx context.Context) (state, error) {
 	m.Samples.assigned(p.GetGeneration(), step, b, s.rank, s.world)
 	res, err := m.t.TrainStep(s.ctx, b, s.red, s.world)
 	if err != nil {
+		m.partial = true // the state may be half-way into the step
 		return m.ringFailed(ctx, err)
 	}
 	m.Samples.done(p.GetGeneration(), step, s.rank)
