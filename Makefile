@@ -1,8 +1,12 @@
 # ringtrain — see README.md. Each feature area adds its targets in mk/*.mk.
 GO ?= go
 export CGO_ENABLED ?= 0
+# How long each fuzz target runs (make fuzz-data, make fuzz-safetensors).
+FUZZTIME ?= 30s
 
-.PHONY: all build test vet run
+.PHONY: all build test vet run lint tidy-check
+# staticcheck, run through the Go module proxy at a pinned version.
+STATICCHECK_VERSION ?= v0.8.2
 all: build
 
 build:
@@ -16,7 +20,16 @@ run: build
 vet:
 	$(GO) vet ./...
 
-# The default test run: every package, race-free short mode, well under 15
+# Static checks .ci/run makes before the tests: go.mod/go.sum are tidy
+# and staticcheck finds nothing.
+lint: tidy-check
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+tidy-check:
+	$(GO) mod tidy -diff
+
+# The default test run (what .ci/run runs): go vet, then every package's
+# tests, the e2e jobs included (without -race or -short), well under 15
 # minutes on 2 cores. Long runs live behind their own targets.
 test: vet
 	$(GO) test -count=1 -timeout 20m ./...

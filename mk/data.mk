@@ -1,7 +1,6 @@
 # pkg/data: CIFAR-10 acquisition, loader tests, fuzzing and throughput.
 GO ?= go
 DATA_DIR ?= data
-FUZZTIME ?= 30s
 
 .PHONY: data test-data fuzz-data bench-data
 

@@ -1,9 +1,8 @@
 # Optimizers, LR schedules, safetensors and model-state I/O (pkg/nn). See docs/optim.md.
 #   make test-optim          their tests (seconds)
-#   make fuzz-safetensors    fuzz the safetensors reader; FUZZTIME=2m
+#   make fuzz-safetensors    fuzz the safetensors reader for $(FUZZTIME) (Makefile)
 #   make optim-goldens       regenerate the torch goldens (needs python3-torch;
 #                            OPTIM_PYTHON: a python3 that can import torch)
-FUZZTIME ?= 2m
 OPTIM_PYTHON ?= $(shell for p in /usr/bin/python3 python3; do \
 	if $$p -c 'import torch' >/dev/null 2>&1; then echo $$p; break; fi; done)
 

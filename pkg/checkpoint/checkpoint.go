@@ -113,6 +113,46 @@ func NewStore(dir string, keep int) (*Store, error) {
 	return &Store{Dir: dir, Keep: keep}, nil
 }
 
+// oldSuffix marks the previous checkpoint of a step while a new one of the
+// same step replaces it.
+const oldSuffix = ".old"
+
+// CleanOrphans removes what an interrupted Write left in the directory:
+// temporary directories, and the previous copy of a replaced checkpoint
+// (put back under its name when the replacement never got there). Only
+// the store's one writer may call it, before it writes.
+func (s *Store) CleanOrphans() error {
+	ents, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	var errs []error
+	for _, e := range ents {
+		name := e.Name()
+		path := filepath.Join(s.Dir, name)
+		switch {
+		case !e.IsDir():
+		case strings.HasPrefix(name, ".tmp-"+dirPrefix):
+			if err := os.RemoveAll(path); err != nil {
+				errs = append(errs, err)
+			}
+		case strings.HasPrefix(name, dirPrefix) && strings.HasSuffix(name, oldSuffix):
+			final := strings.TrimSuffix(path, oldSuffix)
+			if _, err := os.Stat(final); errors.Is(err, os.ErrNotExist) {
+				if err := os.Rename(path, final); err != nil {
+					errs = append(errs, err)
+				}
+			} else if err := os.RemoveAll(path); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("checkpoint: clean %s: %w", s.Dir, err)
+	}
+	return nil
+}
+
 // StepDir is the directory of the checkpoint of a step.
 func (s *Store) StepDir(step int64) string {
 	return manifest.Dir(s.Dir, step)
@@ -130,7 +170,9 @@ func (s *Store) Write(snap *Snapshot) (m Manifest, err error) {
 	}
 	defer func() {
 		if err != nil {
-			os.RemoveAll(tmp)
+			if rerr := os.RemoveAll(tmp); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("checkpoint: remove %s: %w (removed when the next writer starts)", tmp, rerr))
+			}
 		}
 	}()
 	var files []ManifestFile
@@ -190,20 +232,28 @@ func (s *Store) Write(snap *Snapshot) (m Manifest, err error) {
 	// A checkpoint of the same step (a re-run after a rollback) is replaced.
 	old := ""
 	if _, statErr := os.Stat(final); statErr == nil {
-		old = final + ".old"
-		os.RemoveAll(old)
+		old = final + oldSuffix
+		if err = os.RemoveAll(old); err != nil {
+			return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+		}
 		if err = os.Rename(final, old); err != nil {
 			return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
 		}
 	}
 	if err = os.Rename(tmp, final); err != nil {
 		if old != "" {
-			os.Rename(old, final)
+			if rerr := os.Rename(old, final); rerr != nil {
+				// The previous checkpoint of this step stays as old;
+				// CleanOrphans puts it back.
+				err = errors.Join(err, fmt.Errorf("put back %s: %w", old, rerr))
+			}
 		}
 		return m, fmt.Errorf("checkpoint: step %d: rename: %w", snap.Meta.Step, err)
 	}
 	if old != "" {
-		os.RemoveAll(old)
+		// The new checkpoint is in place: a leftover old copy only
+		// takes space, and CleanOrphans removes it.
+		_ = os.RemoveAll(old)
 	}
 	if err = syncDir(s.Dir); err != nil {
 		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
@@ -422,7 +472,7 @@ func (s *Store) retain() {
 	}
 	for _, st := range steps[s.Keep:] {
 		if st != best {
-			os.RemoveAll(s.StepDir(st))
+			_ = os.RemoveAll(s.StepDir(st)) // what is left is retried at the next write
 		}
 	}
 }

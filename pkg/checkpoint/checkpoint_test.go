@@ -312,3 +312,46 @@ func TestAllDamagedSaysWhy(t *testing.T) {
 		}
 	}
 }
+
+// TestCleanOrphans: what an interrupted write leaves is cleaned when the
+// next writer starts: a temporary directory goes, the previous copy of a
+// replaced checkpoint is put back when the replacement never got there
+// and removed when it did.
+func TestCleanOrphans(t *testing.T) {
+	dir := t.TempDir()
+	s, err := NewStore(dir, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name string) {
+		if err := os.MkdirAll(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "f"), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tmp := ".tmp-" + filepath.Base(s.StepDir(7)) + "-123"
+	mk(tmp)
+	mk(filepath.Base(s.StepDir(5)) + oldSuffix) // replacement never renamed in
+	mk(filepath.Base(s.StepDir(6)))
+	mk(filepath.Base(s.StepDir(6)) + oldSuffix) // replacement in place
+	if err := s.CleanOrphans(); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	want := []string{filepath.Base(s.StepDir(5)), filepath.Base(s.StepDir(6))}
+	if strings.Join(names, ",") != strings.Join(want, ",") {
+		t.Fatalf("after cleaning: %v, want %v", names, want)
+	}
+	if b, _ := os.ReadFile(filepath.Join(s.StepDir(6), "f")); string(b) != filepath.Base(s.StepDir(6)) {
+		t.Fatalf("step 6 holds %q: the replacement was not kept", b)
+	}
+}

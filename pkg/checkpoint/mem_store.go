@@ -101,6 +101,10 @@ func (s *MemStore) sortedLocked() []int64 {
 	return steps
 }
 
+// CleanOrphans implements the Store method: an in-memory write cannot be
+// interrupted half-way, so there is nothing to clean.
+func (s *MemStore) CleanOrphans() error { return nil }
+
 // Steps lists the steps that have a checkpoint, newest first.
 func (s *MemStore) Steps() ([]int64, error) {
 	s.mu.Lock()

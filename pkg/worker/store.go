@@ -17,6 +17,9 @@ type CheckpointStore interface {
 	// maxStep (any step when maxStep < 0) that verifies; skipped says
 	// which newer ones were passed over and why.
 	LoadAtMost(configHash string, maxStep int64) (*checkpoint.Loaded, []checkpoint.Skipped, error)
+	// CleanOrphans removes what an interrupted write left; the store's
+	// one writer (rank 0) calls it before it writes.
+	CleanOrphans() error
 }
 
 var (

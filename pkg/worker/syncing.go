@@ -66,6 +66,9 @@ func (m *machine) syncing(ctx context.Context) (state, error) {
 		return stateDone, err
 	}
 	if rank == 0 && m.writer == nil {
+		if err := m.Store.CleanOrphans(); err != nil {
+			m.Log.Warn("leftovers of an interrupted checkpoint write not removed", zap.Error(err))
+		}
 		m.writer = checkpoint.NewWriter(m.Store, m.onCheckpoint)
 	}
 	if m.memAt(m.t.Step) == nil {
