@@ -292,7 +292,7 @@ func TestReplicatedCoordinatorLeaderKill(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		ws = append(ws, start(t, logs, "worker", nil, "run", "--coordinator", strings.Join(addrs, ","), "--id", fmt.Sprintf("w%d", i), "--threads", "1"))
 	}
-	leader := waitLeader(t, addrs, 30*time.Second)
+	waitLeader(t, addrs, 30*time.Second)
 	waitFor(t, time.Minute, "20 steps", func() bool { return countSteps(out) >= 20 })
 
 	cl, err := coordinator.NewClient(addrs)
@@ -305,7 +305,7 @@ func TestReplicatedCoordinatorLeaderKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := js.GetPlan().GetCommitted().GetStep()
-	leader = js.GetLeader().GetLeaderId()
+	leader := js.GetLeader().GetLeaderId()
 	killed := time.Now()
 	cos[leader].killGroup()
 	_ = cos[leader].wait(10 * time.Second)

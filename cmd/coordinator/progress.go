@@ -36,7 +36,6 @@ type progress struct {
 	started  time.Time
 	lastStep int64
 	lastLR   float64
-	world    int
 	lr       func(step int64) float64 // learning rate of a step (0-based); nil: unknown
 	steps    *os.File                 // steps.jsonl; nil when it could not be opened
 	onEpoch  func(report.Epoch)       // called with every epoch's record; nil: none

@@ -142,7 +142,7 @@ func (c *Client) call(ctx context.Context, fn func(controlpb.ControlClient) erro
 					c.setLeader(addr, via, last)
 					return nil
 				}
-				conv, nl := FromStatus(err)
+				nl, conv := FromStatus(err)
 				switch {
 				case errors.Is(conv, ErrNotLeader):
 					last = conv

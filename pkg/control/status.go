@@ -66,10 +66,10 @@ func ToStatus(err error, leader *controlpb.NotLeader) error {
 // FromStatus turns a gRPC error from the Control service back into an
 // error that matches this package's sentinels with errors.Is. It also
 // returns the NotLeader detail, if any.
-func FromStatus(err error) (error, *controlpb.NotLeader) {
+func FromStatus(err error) (*controlpb.NotLeader, error) {
 	st, ok := status.FromError(err)
 	if !ok || err == nil {
-		return err, nil
+		return nil, err
 	}
 	var nl *controlpb.NotLeader
 	var sentinel error
@@ -89,9 +89,9 @@ func FromStatus(err error) (error, *controlpb.NotLeader) {
 		}
 	}
 	if sentinel == nil {
-		return err, nil
+		return nil, err
 	}
-	return &remoteError{sentinel: sentinel, status: err}, nl
+	return nl, &remoteError{sentinel: sentinel, status: err}
 }
 
 // remoteError is a sentinel error received over gRPC.

@@ -37,4 +37,4 @@ func toStatus(err error, leader *LeaderInfo) error {
 	return control.ToStatus(err, nl)
 }
 
-func fromStatus(err error) (error, *controlpb.NotLeader) { return control.FromStatus(err) }
+func fromStatus(err error) (*controlpb.NotLeader, error) { return control.FromStatus(err) }

@@ -309,7 +309,7 @@ func TestThreeReplicasRedirectAndFailover(t *testing.T) {
 	defer raw.Close()
 	cc := controlpb.NewControlClient(raw)
 	_, rawErr := cc.GetJob(ctxT(t, 5*time.Second), &controlpb.GetJobRequest{})
-	conv, nl := fromStatus(rawErr)
+	nl, conv := fromStatus(rawErr)
 	if !errors.Is(conv, ErrNotLeader) || nl.GetLeaderAddress() != leader.co.Addr() {
 		t.Fatalf("follower answered %v (detail %v), want a redirect to %s", rawErr, nl, leader.co.Addr())
 	}

@@ -28,7 +28,7 @@ func TestRandIntnUniform(t *testing.T) {
 }
 
 func TestKeyAndRandDeterministic(t *testing.T) {
-	if Key(1, 2, 3) != Key(1, 2, 3) {
+	if a, b := Key(1, 2, 3), Key(1, 2, 3); a != b {
 		t.Fatal("Key is not deterministic")
 	}
 	if Key(1, 2, 3) == Key(1, 3, 2) || Key(1, 2) == Key(1, 2, 0) {

@@ -167,7 +167,6 @@ type Backend struct {
 	closed bool
 
 	scratch map[string]*scratchBuf // named scratch buffers, grown on demand
-	labels  []int32                // reused host copy of labels (int32)
 
 	res    map[uint64]actDims // resident bf16 activations by address (resident.go)
 	resIdx map[uint64]bool    // max-pool argmax tensors in resident (N, P*Q, C) order

@@ -8,13 +8,10 @@ import "math"
 // runs in interleaved float64 lanes, a fixed order that depends on the
 // plane size only, with independent addition chains instead of one (a
 // single chain waits for each add's latency: 4 cycles per element):
-// planes of fewer than wideLanes elements use sumLanes lanes (element i
+// planes of fewer than wideLanes elements use 4 lanes (element i
 // in lane i%4, added as (l0+l1)+(l2+l3)); larger ones use wideLanes
 // lanes (element i in lane i%16, added by laneTree), which is what the
 // AVX-512 loops (two vectors of 8 float64) compute.
-
-// sumLanes is the number of float64 accumulators of a small plane's sum.
-const sumLanes = 4
 
 // wideLanes is the number of float64 accumulators of the sum of a plane
 // of wideLanes elements or more.

@@ -29,8 +29,7 @@ func (m *Model) InferenceGraph() ([]GraphOp, error) {
 		return len(g) - 1
 	}
 	// node appends one leaf unit fed by in and returns its index.
-	var node func(u unit, name string, in int) (int, error)
-	node = func(u unit, name string, in int) (int, error) {
+	node := func(u unit, name string, in int) (int, error) {
 		switch l := u.(type) {
 		case *Conv2d:
 			return add(GraphOp{Kind: "Conv", Name: l.Name, Inputs: []int{in}, Conv: l}), nil

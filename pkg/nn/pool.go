@@ -106,16 +106,6 @@ func (p *tensorPool) put(t *Tensor) {
 	}
 }
 
-// owns reports whether t is a pool tensor currently handed out.
-func (p *tensorPool) owns(t *Tensor) bool {
-	for i := range p.slots {
-		if p.slots[i].inUse && sameStorage(p.slots[i].backing, t) {
-			return true
-		}
-	}
-	return false
-}
-
 func (p *tensorPool) free(b Backend) {
 	for _, s := range p.slots {
 		b.Free(s.backing)
