@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
 )
 
