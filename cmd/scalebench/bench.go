@@ -246,15 +246,10 @@ func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
 		}
 	}
 
-	// The sweep of training jobs.
-	for _, n := range o.workers {
-		p, err := scale.RunPoint(ctx, cfg, n)
-		if err != nil {
-			return fmt.Errorf("bench: %d workers: %w", n, err)
-		}
-		res.Points = append(res.Points, p)
-		scale.SetEfficiency(res.Points)
-		progressLine(out, res.Points[len(res.Points)-1])
+	// The sweep of training jobs (a progress line per point).
+	res.Points, err = scale.Sweep(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
 	}
 	// Our ring and gloo all-reducing the job's gradient bytes over the
 	// same links, the same way (a barrier, then the median of timed
@@ -320,12 +315,6 @@ func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
 	fmt.Fprintf(out, "bench: wrote %s, %s and %s in %s\n", scale.JSONFile, scale.CSVFile, scale.PlotFile, spec.OutputDir)
 	fmt.Fprintln(out, res.Summary)
 	return nil
-}
-
-func progressLine(out *os.File, p scale.Point) {
-	fmt.Fprintf(out, "scale: n=%d  %8.1f img/s (%6.1f/worker)  eff %5.1f%%  step %7.1f ms = data %.1f + compute %.1f + exposed %.1f + optimizer %.1f ms  busbw %s  hidden %3.0f%%  cpu: workers %.2f of %d cores, machine %3.0f%% busy\n",
-		p.Workers, p.ImagesPerSec, p.PerWorker, 100*p.Efficiency, 1e3*p.StepSeconds, 1e3*p.DataWait, 1e3*p.Compute,
-		1e3*p.ExposedAllReduce, 1e3*p.Optimizer, scale.FormatBW(p.BusBW), 100*p.HiddenFraction, p.WorkerCores, p.MachineCores, 100*p.MachineBusy)
 }
 
 func glooRun(ctx context.Context, g *scale.GlooConfig, n int, bytes int64, round int) (scale.GlooResult, error) {

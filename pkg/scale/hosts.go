@@ -158,7 +158,7 @@ func NewHosts(ctx context.Context, cfg HostsConfig) (*Hosts, error) {
 			{"ip", "-n", ns, "addr", "add", ip + "/24", "dev", "eth0"},
 			{"ip", "-n", ns, "link", "set", "eth0", "up"},
 			{"ip", "-n", ns, "link", "set", "lo", "up"},
-			append([]string{"tc", "qdisc", "add", "dev", veth}, tbf...),                // bridge -> host k
+			append([]string{"tc", "qdisc", "add", "dev", veth}, tbf...),             // bridge -> host k
 			append([]string{"tc", "-n", ns, "qdisc", "add", "dev", "eth0"}, tbf...), // host k -> bridge
 		}); err != nil {
 			return fail(err)

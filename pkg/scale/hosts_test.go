@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os/exec"
 	"os"
+	"os/exec"
 	"slices"
 	"testing"
 	"time"
@@ -26,7 +26,6 @@ func needRoot(t *testing.T) {
 		t.Skipf("skipped: %v", err)
 	}
 }
-
 
 // TestHostsCreatedAndRemoved makes three emulated hosts, checks that their
 // namespaces and links exist and that hosts reach each other and the

@@ -72,7 +72,7 @@ type Result struct {
 	Link       *Link        `json:"link,omitempty"` // measured emulated link
 	Points     []Point      `json:"points"`
 	Model      *Model       `json:"model,omitempty"`
-	ModelError float64      `json:"model_error"` // worst |predicted-measured|/measured step time
+	ModelError float64      `json:"model_error"`    // worst |predicted-measured|/measured step time
 	Ring       []GlooResult `json:"ring,omitempty"` // our all-reduce alone, measured as gloo
 	Gloo       []GlooResult `json:"gloo,omitempty"`
 	VsGloo     *Ratio       `json:"vs_gloo,omitempty"` // ours / gloo busbw at n=4, per round

@@ -100,7 +100,7 @@ func Sweep(ctx context.Context, cfg SweepConfig) ([]Point, error) {
 		pts = append(pts, p)
 		SetEfficiency(pts)
 		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, "scale: n=%d  %8.1f img/s  (%6.1f/worker)  eff %5.1f%%  step %7.1f ms = data %.1f + compute %.1f + exposed %.1f + optimizer %.1f ms  busbw %s  hidden %3.0f%%  cpu %.2f of %d cores (machine %3.0f%% busy)\n",
+			fmt.Fprintf(cfg.Progress, "scale: n=%d  %8.1f img/s (%6.1f/worker)  eff %5.1f%%  step %7.1f ms = data %.1f + compute %.1f + exposed %.1f + optimizer %.1f ms  busbw %s  hidden %3.0f%%  cpu: workers %.2f of %d cores, machine %3.0f%% busy\n",
 				p.Workers, p.ImagesPerSec, p.PerWorker, 100*pts[len(pts)-1].Efficiency, 1e3*p.StepSeconds, 1e3*p.DataWait, 1e3*p.Compute,
 				1e3*p.ExposedAllReduce, 1e3*p.Optimizer, FormatBW(p.BusBW), 100*p.HiddenFraction, p.WorkerCores, p.MachineCores, 100*p.MachineBusy)
 		}
@@ -381,4 +381,3 @@ func Median(v []float64) float64 {
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
-
