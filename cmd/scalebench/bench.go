@@ -264,8 +264,8 @@ func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
 		var vs []float64
 		for round := 1; round <= max(o.rounds, 1); round++ {
 			for _, n := range []int{4, 8, 2} {
-				if n > o.hosts || (round > 1 && n != 4) {
-					continue // n=2 and n=8 once; n=4 every round
+				if n > o.hosts || (round > 1 && n == 2) {
+					continue // n=4 and n=8 every round, n=2 once
 				}
 				ours, err := scale.RunRing(ctx, rc, n)
 				if err != nil {
@@ -358,12 +358,13 @@ func glooConfig(o benchOptions, hosts *scale.Hosts) (*scale.GlooConfig, error) {
 // summary prints the goal verdicts and returns the final line.
 func summary(res *scale.Result, out *os.File) string {
 	eff := map[int]string{2: "-", 4: "-", 8: "-"}
-	var bus8 float64 // the 8-worker all-reduce (RunRing), as gloo is measured
+	var b8 []float64 // the 8-worker all-reduce (RunRing, as gloo is measured), per round
 	for _, r := range res.Ring {
 		if r.Workers == 8 {
-			bus8 = r.BusBW
+			b8 = append(b8, r.BusBW)
 		}
 	}
+	bus8 := scale.Median(b8)
 	for _, p := range res.Points {
 		if _, ok := eff[p.Workers]; ok {
 			eff[p.Workers] = fmt.Sprintf("%.1f%%", 100*p.Efficiency)
@@ -376,7 +377,12 @@ func summary(res *scale.Result, out *os.File) string {
 	if res.Setup.LinkBits > 0 && bus8 > 0 {
 		b := bus8 * 8 / res.Setup.LinkBits
 		busVsLink = fmt.Sprintf("%.1f%%", 100*b)
-		verdict(out, "busbw n=8 "+busVsLink+" of the link", b >= goalBusBW, ">= 90%")
+		r := scale.NewRatio(b8)
+		verdict(out, fmt.Sprintf("busbw n=8 median %s of the link (min %.1f%%, max %.1f%% over %d rounds)", busVsLink,
+			100*r.Min*8/res.Setup.LinkBits, 100*r.Max*8/res.Setup.LinkBits, len(b8)), b >= goalBusBW, ">= 90%")
+		if r.Min*8/res.Setup.LinkBits < goalBusBW && r.Max*8/res.Setup.LinkBits >= goalBusBW {
+			fmt.Fprintf(out, "warning: the n=8 rounds straddle the 90%% goal: this verdict may change between runs\n")
+		}
 	}
 	if r := res.VsGloo; r != nil {
 		vsGloo = fmt.Sprintf("%.2f", r.Median)
