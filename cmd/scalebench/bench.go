@@ -126,7 +126,7 @@ func ringRankCmd() *cobra.Command {
 	var peers string
 	cmd := &cobra.Command{
 		Use:    "bench-ring-rank",
-		Short:  "internal: one rank of coordinator bench's all-reduce measurement",
+		Short:  "internal: one rank of scalebench's all-reduce measurement",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
