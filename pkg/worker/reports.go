@@ -35,10 +35,21 @@ func (m *machine) reporter(ctx context.Context) {
 
 // drainReports sends what is still queued (the last epoch's figures),
 // for at most FlushTimeout.
+// It returns as soon as the queue is empty: delivery stops when wait
+// sees nothing left (deliver alone would wait for more reports until the
+// timeout, 5 s at every worker's exit).
 func (m *machine) drainReports() {
 	ctx, cancel := context.WithTimeout(context.Background(), m.Timing.FlushTimeout)
 	defer cancel()
+	emptied := make(chan struct{})
+	go func() {
+		defer close(emptied)
+		m.reports.wait(m.Timing.FlushTimeout)
+		cancel()
+	}()
 	m.reports.deliver(ctx, m.sendReport, nil)
+	cancel()
+	<-emptied
 }
 
 func (m *machine) sendReport(ctx context.Context, r *controlpb.MetricsReport) error {
