@@ -188,7 +188,6 @@ func trainWithDrills(t *testing.T, e *env, sum *summary) {
 	scale(4)
 	scale(2)
 
-
 	if !waitDone(t, c, coordSet, 10*time.Minute) {
 		t.FailNow()
 	}
