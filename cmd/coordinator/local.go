@@ -25,18 +25,24 @@ import (
 // expire. A worker that exits because its input is bad stops the job.
 
 func workerBinary(explicit string) (string, error) {
+	return siblingBinary("worker", explicit, "--worker-bin")
+}
+
+// siblingBinary is explicit, else the binary name next to this one, else
+// the one on PATH; flag names the option that overrides it.
+func siblingBinary(name, explicit, flag string) (string, error) {
 	if explicit != "" {
 		return explicit, nil
 	}
 	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "worker")
+		p := filepath.Join(filepath.Dir(exe), name)
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
 	}
-	p, err := exec.LookPath("worker")
+	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", fmt.Errorf("worker binary not found next to the coordinator or on PATH (build it with 'make build', or pass --worker-bin)")
+		return "", fmt.Errorf("%s binary not found next to the coordinator or on PATH (build it with 'make build', or pass %s)", name, flag)
 	}
 	return p, nil
 }

@@ -15,7 +15,7 @@ import (
 
 func main() {
 	root := rootCmd()
-	root.AddCommand(checkpointsCmd(), certsCmd(), statusCmd())
+	root.AddCommand(checkpointsCmd(), certsCmd(), statusCmd(), benchCmd())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil {
