@@ -107,8 +107,9 @@ type WorkerMetrics struct {
 	curState string
 }
 
-// NewWorkerMetrics registers a worker's collectors on a new registry.
-func NewWorkerMetrics() *WorkerMetrics {
+// newRegistry returns a registry with the Go and process collectors on it,
+// and shorthands that register a collector, a new gauge and a new counter.
+func newRegistry() (*prometheus.Registry, func(prometheus.Collector), func(name, help string) prometheus.Gauge, func(name, help string) prometheus.Counter) {
 	r := prometheus.NewRegistry()
 	f := func(c prometheus.Collector) { r.MustRegister(c) }
 	g := func(name, help string) prometheus.Gauge {
@@ -121,9 +122,15 @@ func NewWorkerMetrics() *WorkerMetrics {
 		f(x)
 		return x
 	}
-	m := &WorkerMetrics{Registry: r}
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r, f, g, c
+}
+
+// NewWorkerMetrics registers a worker's collectors on a new registry.
+func NewWorkerMetrics() *WorkerMetrics {
+	r, f, g, c := newRegistry()
+	m := &WorkerMetrics{Registry: r}
 	m.stepSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ringtrain_worker_step_seconds",
 		Help:    "Time of a training step on this worker, whole (phase=step) and by part (data, compute = forward+backward, allreduce_exposed, optimizer).",
 		Buckets: stepBuckets}, []string{"phase"})
@@ -345,21 +352,8 @@ const (
 // NewCoordinatorMetrics registers a coordinator's collectors on a new
 // registry.
 func NewCoordinatorMetrics() *CoordinatorMetrics {
-	r := prometheus.NewRegistry()
-	f := func(c prometheus.Collector) { r.MustRegister(c) }
-	g := func(name, help string) prometheus.Gauge {
-		x := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
-		f(x)
-		return x
-	}
-	c := func(name, help string) prometheus.Counter {
-		x := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
-		f(x)
-		return x
-	}
+	r, f, g, c := newRegistry()
 	m := &CoordinatorMetrics{Registry: r}
-	f(collectors.NewGoCollector())
-	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.StepSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ringtrain_step_seconds",
 		Help:    "Training step time reported by the workers, whole (phase=step) and by part (data, compute, allreduce_exposed, optimizer).",
 		Buckets: stepBuckets}, []string{"phase"})
