@@ -14,7 +14,8 @@
 //     verified on load; a checkpoint that fails verification is never
 //     loaded, and LoadLatest falls back to older ones, saying why.
 //   - Retention keeps the newest Keep checkpoints plus the one with the best
-//     accuracy.
+//     accuracy, and never deletes the checkpoint of the protected step (the
+//     job's committed step, see Store.Protect), however old it is.
 package checkpoint
 
 import (
@@ -29,6 +30,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ringtrain/ringtrain/pkg/checkpoint/manifest"
@@ -99,7 +101,33 @@ func Capture(b nn.Backend, params []*nn.Param, buffers []*nn.Buffer, opt nn.Opti
 // Store is a directory of checkpoints.
 type Store struct {
 	Dir  string
-	Keep int // newest checkpoints kept (plus the best); < 1 means 3
+	Keep int // newest checkpoints kept (plus the best and the protected one); < 1 means 3
+
+	mu        sync.Mutex // guards protected, protectOn
+	protected int64      // the step retention never deletes, when protectOn
+	protectOn bool
+}
+
+// Protect marks step as the one checkpoint retention never deletes,
+// replacing the step marked before: the caller passes the job's committed
+// step whenever it learns it, because that is the state every worker
+// (re)starting under the current plan loads, even when newer checkpoints
+// were written whose commits the control plane refused. A negative step
+// clears the mark. It is safe to call while a write runs.
+func (s *Store) Protect(step int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.protected, s.protectOn = step, step >= 0
+}
+
+// protectedStep returns the protected step, or -1 when none is.
+func (s *Store) protectedStep() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.protectOn {
+		return -1
+	}
+	return s.protected
 }
 
 // NewStore creates dir if needed.
@@ -452,13 +480,19 @@ func (l *Loaded) Apply(b nn.Backend, params []*nn.Param, buffers []*nn.Buffer, o
 	return nil
 }
 
-// retain deletes all but the newest Keep checkpoints and the best one.
-// Failures are ignored: retention never endangers a newer checkpoint.
+// retain deletes all but the newest Keep checkpoints, the best one and
+// the protected one. Failures are ignored: retention never endangers a
+// newer checkpoint.
 func (s *Store) retain() {
+	keep := s.Keep
+	if keep < 1 {
+		keep = 3
+	}
 	steps, err := s.Steps()
-	if err != nil || len(steps) <= s.Keep {
+	if err != nil || len(steps) <= keep {
 		return
 	}
+	protected := s.protectedStep()
 	best, bestAcc := int64(-1), -1.0
 	for _, st := range steps {
 		b, err := os.ReadFile(filepath.Join(s.StepDir(st), MetaFile))
@@ -470,8 +504,8 @@ func (s *Store) retain() {
 			best, bestAcc = st, *m.Accuracy
 		}
 	}
-	for _, st := range steps[s.Keep:] {
-		if st != best {
+	for _, st := range steps[keep:] {
+		if st != best && st != protected {
 			_ = os.RemoveAll(s.StepDir(st)) // what is left is retried at the next write
 		}
 	}

@@ -355,3 +355,57 @@ func TestCleanOrphans(t *testing.T) {
 		t.Fatalf("step 6 holds %q: the replacement was not kept", b)
 	}
 }
+
+// TestRetentionKeepsProtectedStep: the job's committed step stays on disk
+// (and in memory) while newer checkpoints whose commits were refused push
+// it out of the newest Keep; once a newer step is protected, the old one
+// goes at the next write.
+func TestRetentionKeepsProtectedStep(t *testing.T) {
+	m, opt := trained(t, 1)
+	dir, err := NewStore(t.TempDir(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		store interface {
+			Write(*Snapshot) (Manifest, error)
+			Steps() ([]int64, error)
+			Protect(int64)
+		}
+	}{{"Store", dir}, {"MemStore", NewMemStore(2)}} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := tc.store
+			write := func(step int64) {
+				t.Helper()
+				// Falling accuracy: the best is the oldest, step 10,
+				// so the protected step 20 is kept for being protected.
+				if _, err := st.Write(capture(t, m, opt, step, 1-float64(step)/100)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			write(10)
+			write(20)
+			st.Protect(20)
+			for _, step := range []int64{30, 40, 50} {
+				write(step)
+			}
+			want := []int64{50, 40, 20, 10}
+			if tc.name == "MemStore" {
+				want = []int64{50, 40, 20} // MemStore keeps no best
+			}
+			if steps, _ := st.Steps(); !slices.Equal(steps, want) {
+				t.Fatalf("with step 20 protected: steps %v, want %v", steps, want)
+			}
+			st.Protect(40)
+			write(60)
+			want = []int64{60, 50, 40, 10}
+			if tc.name == "MemStore" {
+				want = []int64{60, 50, 40}
+			}
+			if steps, _ := st.Steps(); !slices.Equal(steps, want) {
+				t.Fatalf("with step 40 protected: steps %v, want %v", steps, want)
+			}
+		})
+	}
+}

@@ -18,10 +18,11 @@ import (
 // manifest, verified on load the same way, and Damage corrupts one as a
 // bad disk would. It is safe for concurrent use.
 type MemStore struct {
-	Keep int // newest checkpoints kept; < 1 means 3
+	Keep int // newest checkpoints kept (plus the protected one); < 1 means 3
 
-	mu    sync.Mutex // guards steps
-	steps map[int64]*memCheckpoint
+	mu        sync.Mutex // guards steps, protected
+	steps     map[int64]*memCheckpoint
+	protected int64 // the step retention never deletes; -1: none
 }
 
 type memCheckpoint struct {
@@ -34,7 +35,15 @@ func NewMemStore(keep int) *MemStore {
 	if keep < 1 {
 		keep = 3
 	}
-	return &MemStore{Keep: keep, steps: map[int64]*memCheckpoint{}}
+	return &MemStore{Keep: keep, steps: map[int64]*memCheckpoint{}, protected: -1}
+}
+
+// Protect is Store.Protect: retention never deletes the checkpoint of
+// step (the job's committed step); a negative step clears the mark.
+func (s *MemStore) Protect(step int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.protected = max(step, -1)
 }
 
 // Write implements Destination: it encodes snap and applies retention.
@@ -71,9 +80,15 @@ func (s *MemStore) Write(snap *Snapshot) (Manifest, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.steps[snap.Meta.Step] = c
+	keep := s.Keep
+	if keep < 1 {
+		keep = 3
+	}
 	steps := s.sortedLocked()
-	for _, st := range steps[min(s.Keep, len(steps)):] {
-		delete(s.steps, st)
+	for _, st := range steps[min(keep, len(steps)):] {
+		if st != s.protected {
+			delete(s.steps, st)
+		}
 	}
 	return c.manifest, nil
 }
