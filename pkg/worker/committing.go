@@ -78,9 +78,18 @@ func (m *machine) onCheckpoint(meta checkpoint.Meta, man cluster.Manifest, err e
 			m.Log.Debug("checkpoint not recorded", zap.Error(err))
 		}
 	}
-	if _, err := m.Control.CommitStep(ctx, &controlpb.CommitStepRequest{WorkerId: m.ID, Generation: meta.Generation,
-		Step: man.Step, Epoch: man.Epoch, Cursor: man.Cursor}); err != nil {
-		m.Log.Debug("step not committed", zap.Int64("step", man.Step), zap.Error(err))
+	resp, err := m.Control.CommitStep(ctx, &controlpb.CommitStepRequest{WorkerId: m.ID, Generation: meta.Generation,
+		Step: man.Step, Epoch: man.Epoch, Cursor: man.Cursor})
+	if err != nil {
+		// The committed step stays where it was, and so does the
+		// checkpoint retention protects (see syncing): a restart still
+		// finds the committed state. Once per checkpoint step.
+		m.Log.Warn("step not committed; the committed step's checkpoint is kept",
+			zap.Int64("step", man.Step), zap.Uint64("generation", meta.Generation), zap.Error(err))
+	} else if c := resp.GetCommitted(); c != nil {
+		m.Store.Protect(c.GetStep()) // the coordinator's committed step
+	} else {
+		m.Store.Protect(man.Step)
 	}
 	m.checkpointDone(man.Step, man.TotalSize())
 	m.Log.Info("checkpoint", zap.Int64("step", man.Step), zap.String("dir", man.Dir))

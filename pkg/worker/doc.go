@@ -57,5 +57,11 @@
 //     fatal: the worker reports, registers again or reconnects, and follows
 //     the next plan. Only an error no plan fixes (a bad spec, a diverged
 //     model, an unusable checkpoint store) ends Run with an error.
+//   - The checkpoint of the job's committed step is never deleted by
+//     retention: the worker marks it in the store (CheckpointStore.Protect)
+//     when it syncs to a plan and when one of its commits succeeds, so a
+//     refused commit (a coordinator without a leader) cannot leave workers
+//     that restart with no state to load. A refused commit is logged at
+//     warn level.
 //   - Run returns only after every goroutine it started has ended.
 package worker

@@ -17,6 +17,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/allreduce"
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -542,5 +543,66 @@ func TestMachineScaleUp(t *testing.T) {
 	}
 	if !slices.Contains(w0.transitions(), "training>waiting") {
 		t.Errorf("w0 did not leave its one-worker plan for the new one: %v", w0.transitions())
+	}
+}
+
+// TestMachineRefusedCommitsKeepCommittedCheckpoint: the coordinator refuses
+// every commit (a raft group without a leader) while the workers train on
+// and rank 0 keeps writing checkpoints, more than retention keeps. The
+// committed step's checkpoint must survive retention, so that a
+// replacement (and the survivor, whose memory no longer holds that state)
+// can load it under the next plan and the job finishes.
+func TestMachineRefusedCommitsKeepCommittedCheckpoint(t *testing.T) {
+	h := newHarness(t, testJob(t, 6))
+	w0 := h.start("w0")
+	h.start("w1")
+	h.publish("w0", "w1")
+	h.await("a committed step", committedAtLeast(2))
+	h.ctrl.RefuseCommits(fmt.Errorf("%w: raft group has no leader", control.ErrNotLeader))
+	committed := h.ctrl.Snapshot().Committed.Step
+	keep := int64(h.spec.Checkpoint.Keep)
+	every := int64(h.spec.Checkpoint.EverySteps)
+	// Wait until keep+1 newer checkpoints were written: without the
+	// protection, retention would have deleted the committed one.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		steps, _ := h.store.Steps()
+		if len(steps) > 0 && steps[0] >= committed+(keep+1)*every {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("checkpoints %v: rank 0 did not write %d past the committed step %d", steps, keep+1, committed)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.kill("w1")
+	steps, _ := h.store.Steps()
+	if !slices.Contains(steps, committed) {
+		t.Fatalf("retention deleted the committed step %d's checkpoint: store holds %v", committed, steps)
+	}
+	if s := h.ctrl.Snapshot().Committed.Step; s != committed {
+		t.Fatalf("committed step moved to %d while commits were refused", s)
+	}
+	warned := 0
+	for _, e := range h.logs.FilterMessageSnippet("step not committed").All() {
+		if e.Level == zapcore.WarnLevel {
+			warned++
+		}
+	}
+	if warned == 0 {
+		t.Error("refused commits were not logged at warn level")
+	}
+	h.ctrl.RefuseCommits(nil)
+	w1b := h.start("w1")
+	h.publish("w0", "w1")
+	h.finishes(w0, w1b)
+	loaded := false
+	for _, e := range h.logs.FilterMessage("loaded checkpoint").All() {
+		if e.ContextMap()["worker"] == "w1" && e.ContextMap()["step"] == committed {
+			loaded = true
+		}
+	}
+	if !loaded {
+		t.Errorf("the replacement did not load the committed step %d's checkpoint from the store", committed)
 	}
 }

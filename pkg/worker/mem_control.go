@@ -17,11 +17,12 @@ import (
 // can act out a leader change (LeaderChange). It is safe for concurrent
 // use.
 type MemControlPlane struct {
-	mu      sync.Mutex // guards s, changed, down, streams
+	mu      sync.Mutex // guards s, changed, down, streams, refuse
 	s       MemControlState
 	changed chan struct{} // closed and replaced on every change of s
 	down    int           // calls still to fail with ErrUnreachable
 	streams chan struct{} // closed to break every open plan watch
+	refuse  error         // what CommitStep fails with (RefuseCommits); nil: none
 }
 
 // MemControlState is what a MemControlPlane holds.
@@ -82,6 +83,15 @@ func (c *MemControlPlane) LeaderChange(failedCalls int) {
 	close(c.streams)
 	c.streams = make(chan struct{})
 	c.down = failedCalls
+}
+
+// RefuseCommits makes every CommitStep fail with err (as a coordinator
+// whose raft group has no leader refuses them) until it is called with
+// nil; the committed step stays where it is.
+func (c *MemControlPlane) RefuseCommits(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.refuse = err
 }
 
 // Snapshot returns a copy of the state.
@@ -206,6 +216,8 @@ func (c *MemControlPlane) CommitStep(_ context.Context, r *controlpb.CommitStepR
 		return nil, err
 	}
 	switch {
+	case c.refuse != nil:
+		return nil, c.refuse
 	case c.s.State == controlpb.JobState_JOB_STATE_DONE:
 		return nil, control.ErrJobDone
 	case r.GetGeneration() != c.s.Generation:

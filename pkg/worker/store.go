@@ -20,6 +20,10 @@ type CheckpointStore interface {
 	// CleanOrphans removes what an interrupted write left; the store's
 	// one writer (rank 0) calls it before it writes.
 	CleanOrphans() error
+	// Protect marks the job's committed step: retention never deletes
+	// its checkpoint (it is what a worker restarting under the current
+	// plan loads), replacing the step marked before.
+	Protect(step int64)
 }
 
 var (

@@ -21,6 +21,10 @@ import (
 func (m *machine) syncing(ctx context.Context) (state, error) {
 	p := m.plan
 	m.Metrics.SetState(observe.StateSyncing)
+	// The plan's committed step is the state every worker (re)starting
+	// under it loads: retention must not delete it, even when newer
+	// checkpoints are written whose commits are refused.
+	m.Store.Protect(p.GetCommitted().GetStep())
 	if err := m.syncState(p.GetCommitted().GetStep()); err != nil {
 		return stateDone, err
 	}
