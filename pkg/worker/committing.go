@@ -120,9 +120,11 @@ func (m *machine) pruneManifests(ctx context.Context) {
 }
 
 // memKeep is how many of the newest snapshots a worker keeps in memory
-// (plus step 0): rank 0 queues snapshot n only once n-1 is committed, and
-// another rank is at most one checkpoint ahead of rank 0, so the committed
-// step is always among its three newest.
+// (plus step 0): rank 0 queues snapshot n only once n-1 is written, and
+// another rank is at most one checkpoint ahead of rank 0, so while commits
+// succeed the committed step is among its three newest. While the
+// coordinator refuses commits (a leader change) it can drop out of memory;
+// a rollback then reads it from disk, where retention keeps it (Protect).
 const memKeep = 3
 
 // remember keeps s as the in-memory state of its step (the memKeep newest
