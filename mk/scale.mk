@@ -9,7 +9,7 @@
 # Extra flags: make bench-scale BENCH_SCALE_FLAGS="--steps 8".
 BENCH_SCALE_FLAGS ?=
 BENCH_SCALE_ARGS ?= --emulate-hosts 8 --link 500mbit --compute 4s --bucket-mb 4 --workers 1,2,4,8 \
-	--warmup 2 --steps 4 --rounds 3 --profile-batch 16 --output runs/bench-scale
+	--warmup 2 --steps 4 --rounds 3 --sweep-rounds 3 --profile-batch 16 --output runs/bench-scale
 
 .PHONY: bench-scale test-scale scale-predict
 bench-scale: build

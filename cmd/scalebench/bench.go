@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"math"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,6 +37,7 @@ type benchOptions struct {
 	linkEff      float64
 	optimizer    time.Duration
 	rounds       int
+	sweepRounds  int
 	glooIters    int
 	python       string
 	glooScript   string
@@ -107,7 +110,8 @@ See docs/scale.md.`,
 	f.DurationVar(&o.latency, "latency", 10*time.Microsecond, "with --predict: per-message link latency (alpha)")
 	f.Float64Var(&o.linkEff, "link-efficiency", 0.95, "with --predict: TCP payload share of the link rate (measured 95-97.5% on emulated links)")
 	f.DurationVar(&o.optimizer, "optimizer-time", 0, "with --predict: optimizer time per step (0: included in --compute)")
-	f.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of ours and gloo at n=4 (emulated hosts)")
+	f.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of ours and gloo at n=4 and n=8 (emulated hosts)")
+	f.IntVar(&o.sweepRounds, "sweep-rounds", 1, "run the whole sweep this many times, interleaved (1,2,4,8, then again); verdicts use every round")
 	f.IntVar(&o.glooIters, "gloo-iters", 5, "timed all-reduces per gloo run")
 	f.StringVar(&o.python, "python", "/usr/bin/python3", "python with torch for the gloo peer (empty: skip gloo)")
 	f.StringVar(&o.glooScript, "gloo-script", "", "gloo rank script (default scripts/bench/gloo_rank.py here or next to the binary)")
@@ -213,7 +217,7 @@ func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
 	res := &scale.Result{Setup: scale.Setup{Model: spec.Model.Arch + "/" + spec.Model.Stem, GradientBytes: gradBytes, BucketMB: spec.BucketMB,
 		BatchPerWorker: batch, Warmup: o.warmup, Steps: o.steps, Compute: compute, EmulatedHosts: o.hosts, MTU: o.mtu, Cores: runtime.NumCPU()}}
 	cfg := scale.SweepConfig{Spec: spec, BatchPerWorker: batch, Workers: o.workers, Warmup: o.warmup, Steps: o.steps,
-		WorkerBin: bin, Threads: o.threads, OutputDir: spec.OutputDir, Timeout: o.timeout, Log: log, Progress: out}
+		WorkerBin: bin, Threads: o.threads, OutputDir: spec.OutputDir, Timeout: o.timeout, Log: log, Progress: out, Rounds: o.sweepRounds}
 	var glooCfg *scale.GlooConfig
 	if o.hosts > 0 {
 		hosts, err := scale.NewHosts(ctx, scale.HostsConfig{Hosts: o.hosts, Rate: o.links[0], MTU: o.mtu})
@@ -247,10 +251,11 @@ func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
 	}
 
 	// The sweep of training jobs (a progress line per point).
-	res.Points, err = scale.Sweep(ctx, cfg)
+	sw, err := scale.Sweep(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
+	res.Points, res.Rounds, res.Efficiency = sw.Points, sw.Rounds, sw.Efficiency
 	// Our ring and gloo all-reducing the job's gradient bytes over the
 	// same links, the same way (a barrier, then the median of timed
 	// all-reduces), interleaved round by round: ours n, gloo n.
@@ -293,6 +298,15 @@ func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
 		if len(vs) > 0 {
 			r := scale.NewRatio(vs)
 			res.VsGloo = &r
+			var g4 []float64
+			for _, g := range res.Gloo {
+				if g.Workers == 4 {
+					g4 = append(g4, g.BusBW)
+				}
+			}
+			if m := scale.Median(g4); m > 0 {
+				res.GlooCeiling = res.Setup.LinkBits / 8 / m
+			}
 		}
 	}
 	if model.Bandwidth > 0 {
@@ -305,6 +319,13 @@ func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
 		}
 		res.Model = &model
 		res.ModelError = scale.Compare(model, res.Points)
+		// The worst error of every round, for the verdict.
+		var errs []float64
+		for _, pts := range res.Rounds {
+			errs = append(errs, scale.Compare(model, slices.Clone(pts)))
+		}
+		r := scale.NewRatio(errs)
+		res.ModelErrors = &r
 	}
 
 	fmt.Fprintf(out, "\n%s", res.Markdown())
@@ -355,7 +376,10 @@ func glooConfig(o benchOptions, hosts *scale.Hosts) (*scale.GlooConfig, error) {
 	return &scale.GlooConfig{Python: o.python, Script: abs, Hosts: hosts, Iters: o.glooIters}, nil
 }
 
-// summary prints the goal verdicts and returns the final line.
+// summary prints the goal verdicts and returns the final line. Each goal
+// is judged over its rounds (scale.Ratio.Judge): met or MISSED only when
+// every round agrees, inconclusive otherwise, with a warning when the
+// rounds spread wider than the median's margin to the goal.
 func summary(res *scale.Result, out *os.File) string {
 	eff := map[int]string{2: "-", 4: "-", 8: "-"}
 	var b8 []float64 // the 8-worker all-reduce (RunRing, as gloo is measured), per round
@@ -364,46 +388,71 @@ func summary(res *scale.Result, out *os.File) string {
 			b8 = append(b8, r.BusBW)
 		}
 	}
-	bus8 := scale.Median(b8)
 	for _, p := range res.Points {
 		if _, ok := eff[p.Workers]; ok {
 			eff[p.Workers] = fmt.Sprintf("%.1f%%", 100*p.Efficiency)
 		}
 		if p.Workers == 8 && res.Setup.Compute > 0 {
-			verdict(out, fmt.Sprintf("efficiency at n=8 %.1f%%", 100*p.Efficiency), p.Efficiency >= goalEff8, ">= 90%")
+			r, ok := res.Efficiency[8]
+			if !ok {
+				r = scale.NewRatio([]float64{p.Efficiency})
+			}
+			judge(out, "efficiency at n=8", r, goalEff8, true, ">= 90%", percent)
 		}
 	}
 	busVsLink, vsGloo, modelErr := "-", "n/a", "-"
-	if res.Setup.LinkBits > 0 && bus8 > 0 {
-		b := bus8 * 8 / res.Setup.LinkBits
-		busVsLink = fmt.Sprintf("%.1f%%", 100*b)
-		r := scale.NewRatio(b8)
-		verdict(out, fmt.Sprintf("busbw n=8 median %s of the link (min %.1f%%, max %.1f%% over %d rounds)", busVsLink,
-			100*r.Min*8/res.Setup.LinkBits, 100*r.Max*8/res.Setup.LinkBits, len(b8)), b >= goalBusBW, ">= 90%")
-		if r.Min*8/res.Setup.LinkBits < goalBusBW && r.Max*8/res.Setup.LinkBits >= goalBusBW {
-			fmt.Fprintf(out, "warning: the n=8 rounds straddle the 90%% goal: this verdict may change between runs\n")
+	if res.Setup.LinkBits > 0 && len(b8) > 0 {
+		link := make([]float64, len(b8))
+		for i, b := range b8 {
+			link[i] = b * 8 / res.Setup.LinkBits
 		}
+		r := scale.NewRatio(link)
+		busVsLink = fmt.Sprintf("%.1f%%", 100*r.Median)
+		judge(out, "busbw n=8 of the link", r, goalBusBW, true, ">= 90%", percent)
 	}
 	if r := res.VsGloo; r != nil {
 		vsGloo = fmt.Sprintf("%.2f", r.Median)
-		verdict(out, fmt.Sprintf("vs gloo busbw n=4 median %.2fx (min %.2fx, max %.2fx over %d interleaved rounds)", r.Median, r.Min, r.Max, len(r.Rounds)),
-			r.Median >= goalVsGloo, ">= 1.2x")
-		if r.Unstable(goalVsGloo) {
-			fmt.Fprintf(out, "warning: the rounds straddle the 1.2x goal (%.2fx-%.2fx): this verdict may change between runs\n", r.Min, r.Max)
+		judge(out, "vs gloo busbw n=4", *r, goalVsGloo, true, ">= 1.2x", times)
+		if res.GlooCeiling > 0 {
+			fmt.Fprintf(out, "note: gloo's n=4 busbw is %.1f%% of the link: no all-reduce over these links can exceed %.2fx gloo (link rate / gloo's busbw)\n",
+				100/res.GlooCeiling, res.GlooCeiling)
 		}
 	}
 	if res.Model != nil {
 		modelErr = fmt.Sprintf("%.1f%%", 100*res.ModelError)
-		verdict(out, "worst model error "+modelErr, res.ModelError <= goalModelError, "<= 10%")
+		r := scale.NewRatio([]float64{res.ModelError})
+		if res.ModelErrors != nil {
+			r = *res.ModelErrors
+		}
+		judge(out, "worst model error", r, goalModelError, false, "<= 10%", percent)
 	}
 	return fmt.Sprintf("scale: efficiency n=2 %s n=4 %s n=8 %s, busbw vs link %s, vs gloo %s x, model error %s",
 		eff[2], eff[4], eff[8], busVsLink, vsGloo, modelErr)
 }
 
-func verdict(out *os.File, what string, ok bool, goal string) {
-	v := "met"
-	if !ok {
-		v = "MISSED"
+// Formats of a goal's values.
+func percent(v float64) string { return fmt.Sprintf("%.1f%%", 100*v) }
+func times(v float64) string   { return fmt.Sprintf("%.2fx", v) }
+
+// judge prints a goal's verdict over its rounds ("median M (min, max over
+// R rounds)"), and a warning when the rounds spread wider than the
+// median's margin to the goal.
+func judge(out *os.File, what string, r scale.Ratio, goal float64, atLeast bool, goalText string, f func(float64) string) {
+	v := r.Judge(goal, atLeast)
+	value := f(r.Median) + " (one round)"
+	if len(r.Rounds) > 1 {
+		value = fmt.Sprintf("median %s (min %s, max %s over %d rounds)", f(r.Median), f(r.Min), f(r.Max), len(r.Rounds))
 	}
-	fmt.Fprintf(out, "goal %s: %s (%s)\n", goal, strings.TrimSpace(what), v)
+	lean := ""
+	if v == scale.Inconclusive && len(r.Rounds) > 0 {
+		lean = ": rounds on both sides, the median misses it"
+		if (atLeast && r.Median >= goal) || (!atLeast && r.Median <= goal) {
+			lean = ": rounds on both sides, the median meets it"
+		}
+	}
+	fmt.Fprintf(out, "goal %s: %s %s (%s%s)\n", goalText, what, value, v, lean)
+	if r.Noisy(goal) {
+		fmt.Fprintf(out, "warning: %s: the rounds spread over %s, wider than the median's margin to the goal (%s): one round more could land on the other side\n",
+			what, f(r.Max-r.Min), f(math.Abs(r.Median-goal)))
+	}
 }

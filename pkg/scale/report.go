@@ -76,6 +76,18 @@ type Result struct {
 	Ring       []GlooResult `json:"ring,omitempty"` // our all-reduce alone, measured as gloo
 	Gloo       []GlooResult `json:"gloo,omitempty"`
 	VsGloo     *Ratio       `json:"vs_gloo,omitempty"` // ours / gloo busbw at n=4, per round
+	// GlooCeiling is the link rate over gloo's median n=4 busbw: the most
+	// any all-reduce could beat gloo by over these links (a ring's busbw
+	// cannot exceed the link rate; 0: not measured).
+	GlooCeiling float64 `json:"gloo_ceiling,omitempty"`
+	// Rounds holds every round of the sweep (Points are the median ones),
+	// Efficiency each worker count's efficiency over the rounds, and
+	// ModelErrors each round's worst model error.
+	Rounds      [][]Point     `json:"rounds,omitempty"`
+	Efficiency  map[int]Ratio `json:"efficiency_rounds,omitempty"`
+	ModelErrors *Ratio        `json:"model_error_rounds,omitempty"`
+	// Cluster is set in cluster mode: the coordinator the sweep ran on.
+	Cluster string `json:"cluster,omitempty"`
 	Predicted  []PredictRow `json:"predicted,omitempty"`
 	Summary    string       `json:"summary"`
 }

@@ -113,3 +113,30 @@ func TestRatioUnstable(t *testing.T) {
 		t.Fatalf("%+v", r)
 	}
 }
+
+func TestRatioJudge(t *testing.T) {
+	for _, c := range []struct {
+		v       []float64
+		goal    float64
+		atLeast bool
+		want    Verdict
+		noisy   bool
+	}{
+		{[]float64{0.97, 0.95, 0.96}, 0.9, true, Met, false},
+		{[]float64{0.97, 0.89, 0.96}, 0.9, true, Inconclusive, true},
+		{[]float64{0.85, 0.88, 0.80}, 0.9, true, Missed, true},
+		{[]float64{1.03, 0.96, 1.11}, 1.2, true, Missed, false},
+		{[]float64{0.014, 0.04, 0.088}, 0.1, false, Met, true},
+		{[]float64{0.014, 0.12, 0.088}, 0.1, false, Inconclusive, true},
+		{[]float64{0.11, 0.12}, 0.1, false, Missed, false},
+		{nil, 0.1, false, Inconclusive, false},
+	} {
+		r := NewRatio(c.v)
+		if got := r.Judge(c.goal, c.atLeast); got != c.want {
+			t.Errorf("%v against %g (at least %v): %s, want %s", c.v, c.goal, c.atLeast, got, c.want)
+		}
+		if got := r.Noisy(c.goal); got != c.noisy {
+			t.Errorf("%v against %g: noisy %v, want %v", c.v, c.goal, got, c.noisy)
+		}
+	}
+}

@@ -48,12 +48,18 @@ type SweepConfig struct {
 	Log     *zap.Logger
 	// Progress receives a line per point (nil: none).
 	Progress io.Writer
+	// Rounds runs the whole sweep this many times, interleaved (default 1).
+	Rounds int
+	// RunPoint runs one point (default: the package's RunPoint, local or
+	// emulated hosts; cluster mode gives its own).
+	RunPoint func(ctx context.Context, n, round int) (Point, error)
 }
 
 // Point is one measured worker count. Times are means over the timed
 // steps (and over ranks for the phases).
 type Point struct {
 	Workers          int     `json:"workers"`
+	Round            int     `json:"round"` // the sweep round it was measured in (1-based)
 	Hosts            int     `json:"hosts"` // distinct (emulated) hosts used; 0 without emulation
 	BatchPerWorker   int     `json:"batch_per_worker"`
 	Steps            int     `json:"steps"` // timed steps
@@ -80,9 +86,15 @@ type Point struct {
 	ModelErrorStep float64     `json:"model_error"` // (predicted - measured) / measured step time
 }
 
-// Sweep runs one job per worker count and returns the points in order.
-// Efficiency is relative to the point with one worker, when there is one.
-func Sweep(ctx context.Context, cfg SweepConfig) ([]Point, error) {
+// Sweep runs one job per worker count and round: round 1 runs every
+// count of Workers in order, then round 2 the same, and so on (Rounds,
+// default 1), so that a slow spell of a shared machine falls on one round
+// of every count rather than on all rounds of one. Each round's
+// efficiencies are relative to that round's one-worker point (when there
+// is one). The returned points are, per count, the round whose efficiency
+// is the median (the lower median for an even number of rounds), with
+// Efficiency set to the median; every round is kept in Rounds.
+func Sweep(ctx context.Context, cfg SweepConfig) (*SweepResult, error) {
 	if cfg.BatchPerWorker <= 0 || cfg.Steps <= 0 || cfg.Warmup < 0 || len(cfg.Workers) == 0 {
 		return nil, fmt.Errorf("%w: batch per worker %d, steps %d, warm-up %d, workers %v", ErrInvalid, cfg.BatchPerWorker, cfg.Steps, cfg.Warmup, cfg.Workers)
 	}
@@ -91,21 +103,70 @@ func Sweep(ctx context.Context, cfg SweepConfig) ([]Point, error) {
 			return nil, fmt.Errorf("%w: worker count %d", ErrInvalid, n)
 		}
 	}
-	var pts []Point
-	for _, n := range cfg.Workers {
-		p, err := RunPoint(ctx, cfg, n)
-		if err != nil {
-			return pts, fmt.Errorf("scale: %d workers: %w", n, err)
-		}
-		pts = append(pts, p)
-		SetEfficiency(pts)
-		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, "scale: n=%d  %8.1f img/s (%6.1f/worker)  eff %5.1f%%  step %7.1f ms = data %.1f + compute %.1f + exposed %.1f + optimizer %.1f ms  busbw %s  hidden %3.0f%%  cpu: workers %.2f of %d cores, machine %3.0f%% busy\n",
-				p.Workers, p.ImagesPerSec, p.PerWorker, 100*pts[len(pts)-1].Efficiency, 1e3*p.StepSeconds, 1e3*p.DataWait, 1e3*p.Compute,
-				1e3*p.ExposedAllReduce, 1e3*p.Optimizer, FormatBW(p.BusBW), 100*p.HiddenFraction, p.WorkerCores, p.MachineCores, 100*p.MachineBusy)
-		}
+	run := cfg.RunPoint
+	if run == nil {
+		run = func(ctx context.Context, n, round int) (Point, error) { return RunPoint(ctx, cfg, n, round) }
 	}
-	return pts, nil
+	rounds := max(cfg.Rounds, 1)
+	res := &SweepResult{}
+	for r := 1; r <= rounds; r++ {
+		var pts []Point
+		for _, n := range cfg.Workers {
+			p, err := run(ctx, n, r)
+			if err != nil {
+				return res, fmt.Errorf("scale: %d workers, round %d: %w", n, r, err)
+			}
+			p.Round = r
+			pts = append(pts, p)
+			SetEfficiency(pts)
+			if cfg.Progress != nil {
+				round := ""
+				if rounds > 1 {
+					round = fmt.Sprintf(" round %d/%d", r, rounds)
+				}
+				p = pts[len(pts)-1]
+				fmt.Fprintf(cfg.Progress, "scale: n=%d%s  %8.1f img/s (%6.1f/worker)  eff %5.1f%%  step %7.1f ms = data %.1f + compute %.1f + exposed %.1f + optimizer %.1f ms  busbw %s  hidden %3.0f%%%s\n",
+					p.Workers, round, p.ImagesPerSec, p.PerWorker, 100*p.Efficiency, 1e3*p.StepSeconds, 1e3*p.DataWait, 1e3*p.Compute,
+					1e3*p.ExposedAllReduce, 1e3*p.Optimizer, FormatBW(p.BusBW), 100*p.HiddenFraction, cpuNote(p))
+			}
+		}
+		res.Rounds = append(res.Rounds, pts)
+	}
+	res.Efficiency = map[int]Ratio{}
+	for i, n := range cfg.Workers {
+		var effs []float64
+		for _, pts := range res.Rounds {
+			effs = append(effs, pts[i].Efficiency)
+		}
+		res.Efficiency[n] = NewRatio(effs)
+		// The round at the median: sort the rounds by efficiency.
+		order := make([]int, len(res.Rounds))
+		for k := range order {
+			order[k] = k
+		}
+		sort.SliceStable(order, func(a, b int) bool { return effs[order[a]] < effs[order[b]] })
+		p := res.Rounds[order[(len(order)-1)/2]][i]
+		p.Efficiency = res.Efficiency[n].Median
+		res.Points = append(res.Points, p)
+	}
+	return res, nil
+}
+
+// SweepResult is a sweep: per worker count the median round, every round,
+// and each count's efficiency over the rounds.
+type SweepResult struct {
+	Points     []Point
+	Rounds     [][]Point     // Rounds[r][i]: round r+1, Workers[i]
+	Efficiency map[int]Ratio // by worker count
+}
+
+// cpuNote is the CPU part of a progress line (none when not measured, as
+// on a cluster).
+func cpuNote(p Point) string {
+	if p.MachineCores == 0 {
+		return ""
+	}
+	return fmt.Sprintf("  cpu: workers %.2f of %d cores, machine %3.0f%% busy", p.WorkerCores, p.MachineCores, 100*p.MachineBusy)
 }
 
 // SetEfficiency fills every point's efficiency from the one-worker point.
@@ -160,8 +221,8 @@ func (c *collector) onMetrics(m *controlpb.MetricsReport) {
 	}
 }
 
-// RunPoint runs one job of n workers and measures it.
-func RunPoint(ctx context.Context, cfg SweepConfig, n int) (Point, error) {
+// RunPoint runs one job of n workers (in round round) and measures it.
+func RunPoint(ctx context.Context, cfg SweepConfig, n, round int) (Point, error) {
 	log := cfg.Log
 	if log == nil {
 		log = zap.NewNop()
@@ -173,6 +234,9 @@ func RunPoint(ctx context.Context, cfg SweepConfig, n int) (Point, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	dir := filepath.Join(cfg.OutputDir, fmt.Sprintf("n%d", n))
+	if cfg.Rounds > 1 {
+		dir = filepath.Join(dir, fmt.Sprintf("round%d", round))
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		return Point{}, err
 	}
