@@ -223,6 +223,8 @@ func (d *emuDevice) launch(name string, grid, block dim3, args []karg) error {
 	if d.lib.shared[name] {
 		block = dim3{1, 1, 1}
 	}
+	emuLaunchMu.Lock() // the library's blockIdx etc. are globals shared by every device
+	defer emuLaunchMu.Unlock()
 	f(uintptr(unsafe.Pointer(&d.args.ptrs[0])), grid[0], grid[1], grid[2], block[0], block[1], block[2])
 	return nil
 }
@@ -233,6 +235,9 @@ func (d *emuDevice) at(p uint64) unsafe.Pointer {
 		if p >= base && p < base+uint64(len(buf))*8 {
 			return unsafe.Add(unsafe.Pointer(&buf[0]), p-base)
 		}
+	}
+	if q := emuIPCAt(p); q != nil { // another emulated device's exported block
+		return q
 	}
 	panic(fmt.Sprintf("emu: address %#x outside every allocation", p)) // a test bug
 }
