@@ -232,6 +232,12 @@ func runAllOps(b *Backend) {
 	b.ReLUBackward(u2, u2, u1)
 	b.Free(odd)
 	b.Free(odd2)
+	// The device ring's kernels (ipc.go).
+	b.RingAdd(ptr(y2), ptr(y), y.Numel(), 0)
+	b.RingAdd(ptr(y2), ptr(y), y.Numel(), 3)
+	b.RingDiv(ptr(y2), ptr(y), y.Numel(), 3)
+	b.RingSum64(ptr(y2), ptr(y), y.Numel()/2, 2, true)
+	b.RingCopy(ptr(y2), ptr(y), y.Numel())
 	out := make([]float32, y.Numel())
 	b.ToHost(out, y)
 
