@@ -357,6 +357,14 @@ func TestReplicatedCoordinatorLeaderKill(t *testing.T) {
 	if len(logLines(t, back.logPath, "replica rejoined the job's raft cluster")) == 0 {
 		t.Errorf("the restarted replica did not say it rejoined:\n%s", tail(back.log(), 2000))
 	}
+	// The last leader stayed until both others had applied the end and
+	// gone (not a fixed sleep, and not past its bound).
+	finished := logLines(t, filepath.Join(logs, "coordinator*.log"), "the other replicas have finished")
+	if left := logLines(t, filepath.Join(logs, "coordinator*.log"), "replicas still running at exit"); len(finished) != 1 || len(left) > 0 {
+		t.Errorf("%d leaders waited for the others to finish, %d left some running: %v", len(finished), len(left), left)
+	} else {
+		t.Logf("the last leader waited %v s for the others to finish", finished[0]["waited"])
+	}
 	// Every worker logged the failover from the killed leader.
 	for _, w := range ws {
 		if len(logLines(t, w.logPath, "coordinator failover: the leader changed")) == 0 {

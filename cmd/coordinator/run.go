@@ -230,11 +230,6 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	if procs != nil {
 		procs.Wait(30 * time.Second)
 	}
-	if len(peers) > 1 && co.Node().IsLeader() {
-		// Followers learn that the final entry is committed from the
-		// leader's next heartbeat: stay that long, so they finish too.
-		time.Sleep(2 * coordinator.DefaultTimeout)
-	}
 	h := prog.history()
 	st := co.Node().State()
 	fmt.Fprintf(os.Stderr, "\ndone: %d steps in %s; output in %s (history.json, history.csv, loss.png, accuracy.png, %s, checkpoints/)\n",
@@ -244,7 +239,38 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		fmt.Fprintf(os.Stderr, "final: epoch %d, train loss %.4f, train acc %.2f%%, test loss %.4f, test acc %.2f%%\n",
 			e.Epoch, e.TrainLoss, 100*e.TrainAcc, e.ValLoss, 100*e.ValAcc)
 	}
+	shutdown(ctx, log, co, len(peers) > 1)
 	return nil
+}
+
+// shutdownGrace bounds how long a finished job's coordinator waits for
+// what it still serves before it exits.
+const shutdownGrace = 10 * time.Second
+
+// shutdown waits, at most shutdownGrace, on what a finished job's
+// coordinator still serves. The leader of several replicas waits until the
+// others are gone: a follower learns that the final entry is committed
+// from the leader's next append, applies it and exits, and the leader's
+// heartbeats to it then fail (without the wait the followers would elect
+// a new leader first). Then the Control service lets its calls end: a
+// worker's plan stream ends when the worker, having read the final plan,
+// hangs up.
+func shutdown(ctx context.Context, log *zap.Logger, co *coordinator.Coordinator, replicas bool) {
+	ctx, cancel := context.WithTimeout(ctx, shutdownGrace)
+	defer cancel()
+	if replicas && co.Node().IsLeader() {
+		start := time.Now()
+		left, err := co.Node().WaitPeersGone(ctx)
+		if len(left) > 0 || err != nil {
+			log.Warn("replicas still running at exit (they elect a new leader and finish on their own)",
+				zap.Strings("replicas", left), zap.Error(err))
+		} else {
+			log.Info("the other replicas have finished", zap.Duration("waited", time.Since(start)))
+		}
+	}
+	if err := co.Shutdown(ctx); err != nil {
+		log.Warn("coordinator shutdown", zap.Error(err))
+	}
 }
 
 // waitDone returns when the job state is done or failed, ctx ends, the

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,6 +27,9 @@ type procsOptions struct {
 	tls   tlsconf.Files
 	shm   bool
 	procs int
+	// grace is how long a stopped process has to exit before it is
+	// killed (0: stopGrace).
+	grace time.Duration
 }
 
 // childArgs returns the `worker run` arguments of child i: the parent's
@@ -123,50 +127,68 @@ func runProcs(ctx context.Context, o procsOptions) error {
 	}
 	exits := make(chan exit, o.procs)
 	var cmds []*exec.Cmd
-	for i := 0; i < o.procs; i++ {
+	var kill *time.Timer // set by stop
+	// stop asks every started process to stop (SIGTERM) and kills those
+	// still running after the grace period; only the first call counts.
+	stop := func() {
+		if kill != nil {
+			return
+		}
+		started := slices.Clone(cmds)
+		for _, c := range started {
+			_ = c.Process.Signal(syscall.SIGTERM)
+		}
+		grace := o.grace
+		if grace == 0 {
+			grace = stopGrace
+		}
+		kill = time.AfterFunc(grace, func() {
+			for _, c := range started {
+				_ = c.Process.Kill() // ErrProcessDone for one already reaped
+			}
+		})
+	}
+	var first error
+	for i := 0; i < o.procs && first == nil; i++ {
 		args, err := o.childArgs(i)
 		if err != nil {
-			stopAll(cmds)
-			return err
+			first = err
+			break
 		}
 		c := exec.Command(self, args...)
 		c.Stdout, c.Stderr = os.Stdout, os.Stderr
 		c.Env = o.childEnv(i)
 		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive this process
 		if err := c.Start(); err != nil {
-			stopAll(cmds)
-			return fmt.Errorf("worker: start process %d: %w", i, err)
+			first = fmt.Errorf("worker: start process %d: %w", i, err)
+			break
 		}
 		cmds = append(cmds, c)
 		go func(i int) { exits <- exit{i, c.Wait()} }(i)
 	}
-	var first error
-	for left := o.procs; left > 0; left-- {
+	if first != nil {
+		stop()
+	}
+	// Wait for every process started, whatever happens: none is left
+	// behind when this returns.
+	for left := len(cmds); left > 0; left-- {
 		var e exit
 		select {
 		case e = <-exits:
 		case <-ctx.Done():
-			stopAll(cmds)
+			stop()
 			e = <-exits
 		}
 		if e.err != nil && first == nil && ctx.Err() == nil {
 			first = fmt.Errorf("%w: process %d (id %s-%d): %w", errProc, e.i, o.cfg.ID, e.i, e.err)
-			stopAll(cmds)
+			stop()
 		}
+	}
+	if kill != nil {
+		kill.Stop() // all have exited
 	}
 	return first
 }
 
-// stopAll asks every process to stop (SIGTERM) and kills what is left
-// after 10 s.
-func stopAll(cmds []*exec.Cmd) {
-	for _, c := range cmds {
-		_ = c.Process.Signal(syscall.SIGTERM)
-	}
-	go func() {
-		time.Sleep(10 * time.Second)
-		for _, c := range cmds {
-			_ = c.Process.Kill()
-		}
-	}()
-}
+// stopGrace is how long a stopped process has to exit before it is killed.
+const stopGrace = 10 * time.Second

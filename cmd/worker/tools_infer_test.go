@@ -46,6 +46,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv(procsChildMode); mode != "" {
+		os.Exit(procsTestChild(mode))
+	}
 	code := m.Run()
 	if tinyDir != "" {
 		os.RemoveAll(tinyDir)

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -89,6 +90,28 @@ func (c *Coordinator) Service() *Service { return c.service }
 
 // RaftAddr returns the raft transport's address.
 func (c *Coordinator) RaftAddr() raft.ServerAddress { return raft.ServerAddress(c.node.RaftAddr()) }
+
+// Shutdown stops the replica like Close, but first lets the Control
+// service's calls in flight end on their own, until ctx ends: new
+// connections are refused, and a worker's plan stream ends when the
+// worker hangs up, which it does once it has read the final plan. It
+// returns Close's error, or ctx's when the calls were cut short.
+func (c *Coordinator) Shutdown(ctx context.Context) error {
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		c.server.GracefulStop()
+	}()
+	var cut error
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		cut = fmt.Errorf("coordinator: control calls still open at shutdown: %w", ctx.Err())
+		c.server.Stop()
+		<-drained
+	}
+	return errors.Join(cut, c.Close())
+}
 
 // Close stops serving (open plan streams end), then the service and the
 // node. It is idempotent.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -454,6 +455,69 @@ func (n *Node) Voters() ([]string, error) {
 		}
 	}
 	return ids, nil
+}
+
+// WaitPeersGone waits, after the job's final entry, until every other voter
+// has stopped answering this leader: raft reports each failed heartbeat
+// (a replica that applied the final state exits, and its transport with
+// it; one killed earlier fails at once). It also returns when this node
+// stops leading, since then it can help no follower, and when ctx ends. It
+// returns the voters still answering (sorted; none on a one-voter
+// cluster) and ctx's error if ctx ended first. A voter that answers again
+// (raft's resumed-heartbeat observation) counts as present again.
+func (n *Node) WaitPeersGone(ctx context.Context) ([]string, error) {
+	voters, err := n.Voters()
+	if err != nil {
+		return nil, err
+	}
+	present := map[string]bool{}
+	for _, id := range voters {
+		if id != n.cfg.ID {
+			present[id] = true
+		}
+	}
+	if len(present) == 0 {
+		return nil, nil
+	}
+	// Heartbeats repeat every tenth of the heartbeat timeout, and keep
+	// failing while a peer is gone, so a dropped observation costs one
+	// interval; leadership changes are checked on every observation.
+	obs := make(chan raft.Observation, 64)
+	o := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation, raft.RaftState:
+			return true
+		}
+		return false
+	})
+	n.raft.RegisterObserver(o)
+	defer n.raft.DeregisterObserver(o)
+	for len(present) > 0 && n.raft.State() == raft.Leader && !n.isClosed() {
+		select {
+		case <-ctx.Done():
+			return sortedKeys(present), ctx.Err()
+		case <-n.done:
+		case ob := <-obs:
+			switch d := ob.Data.(type) {
+			case raft.FailedHeartbeatObservation:
+				delete(present, string(d.PeerID))
+			case raft.ResumedHeartbeatObservation:
+				if slices.Contains(voters, string(d.PeerID)) {
+					present[string(d.PeerID)] = true
+				}
+			}
+		}
+	}
+	return sortedKeys(present), nil
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (n *Node) isClosed() bool {

@@ -194,7 +194,8 @@ func testFailover(t *testing.T, trans []raft.Transport) {
 	}
 }
 
-func TestThreeVotersFailoverInmem(t *testing.T) {
+// inmemTransports returns three connected in-memory transports.
+func inmemTransports() []raft.Transport {
 	var trans []raft.Transport
 	var inm []*raft.InmemTransport
 	for i := 0; i < 3; i++ {
@@ -209,7 +210,11 @@ func TestThreeVotersFailoverInmem(t *testing.T) {
 			}
 		}
 	}
-	testFailover(t, trans)
+	return trans
+}
+
+func TestThreeVotersFailoverInmem(t *testing.T) {
+	testFailover(t, inmemTransports())
 }
 
 func TestThreeVotersFailoverTCP(t *testing.T) {
@@ -268,7 +273,10 @@ func TestRaftTLSRefusesForeignCertificate(t *testing.T) {
 	for _, n := range nodes[:2] {
 		waitFor(t, 5*time.Second, "replication to "+n.ID(), func() bool { return n.State().Committed.Step == 5 })
 	}
-	time.Sleep(500 * time.Millisecond)
+	// The leader has tried to reach the third since: its heartbeats fail
+	// (they would not if the third accepted the leader's certificate, and
+	// it would then have received the entries).
+	awaitFailures(t, heartbeatFailures(t, l), nodes[2].ID(), 3)
 	if got := nodes[2].State().Committed.Step; got != 0 {
 		t.Fatalf("the replica of another CA received step %d", got)
 	}
@@ -292,5 +300,155 @@ func awaitLeadership(t *testing.T, n *Node, want bool) {
 		case <-timeout:
 			t.Fatalf("node %s: leadership %v, want %v", n.ID(), lead, want)
 		}
+	}
+}
+
+// heartbeatFailures delivers the peer ids of the heartbeats n fails to
+// send from now on (raft's observations; some may be dropped, but failures
+// repeat while a peer stays unreachable).
+func heartbeatFailures(t *testing.T, n *Node) <-chan string {
+	t.Helper()
+	obs := make(chan raft.Observation, 64)
+	o := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.FailedHeartbeatObservation)
+		return ok
+	})
+	n.raft.RegisterObserver(o)
+	out := make(chan string, 64)
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case ob := <-obs:
+				select {
+				case out <- string(ob.Data.(raft.FailedHeartbeatObservation).PeerID):
+				default:
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { n.raft.DeregisterObserver(o); close(stop) })
+	return out
+}
+
+// awaitFailures waits until k heartbeats to peer have failed.
+func awaitFailures(t *testing.T, failures <-chan string, peer string, k int) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for seen := 0; seen < k; {
+		select {
+		case id := <-failures:
+			if id == peer {
+				seen++
+			}
+		case <-timeout:
+			t.Fatalf("%d of %d heartbeats to %s failed within 10 s", seen, k, peer)
+		}
+	}
+}
+
+// WaitPeersGone returns once every other voter is gone, not before: with
+// one follower stopped (and the leader's heartbeats to it failing) it is
+// still waiting; once the second stops it returns with nobody left.
+func TestWaitPeersGone(t *testing.T) {
+	var trans []raft.Transport
+	var peers []Peer
+	for i := 0; i < 3; i++ {
+		tr, err := NewTCPTransport("127.0.0.1:0", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		trans = append(trans, tr)
+		peers = append(peers, Peer{ID: fmt.Sprintf("n%d", i), RaftAddr: string(tr.LocalAddr())})
+	}
+	// A lease longer than the heartbeat interval: the leader notices the
+	// second follower's absence before it steps down for want of a quorum.
+	var nodes []*Node
+	for i, tr := range trans {
+		n, err := NewNode(NodeConfig{ID: peers[i].ID, Dir: t.TempDir(), Transport: tr, Peers: peers, Bootstrap: true,
+			HeartbeatTimeout: time.Second, ElectionTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		nodes = append(nodes, n)
+	}
+	l := leaderOf(t, nodes, 10*time.Second)
+	runJob(t, l, 3)
+	var followers []int
+	for i, n := range nodes {
+		waitFor(t, 5*time.Second, "replication to "+n.ID(), func() bool { return n.State().Committed.Step == 3 })
+		if n != l {
+			followers = append(followers, i)
+		}
+	}
+	type result struct {
+		left []string
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		left, err := l.WaitPeersGone(ctxT(t, 30*time.Second))
+		res <- result{left, err}
+	}()
+	failures := heartbeatFailures(t, l)
+	stopNode := func(i int) {
+		if err := nodes[i].Close(); err != nil {
+			t.Fatal(err)
+		}
+		trans[i].(*raft.NetworkTransport).Close()
+	}
+	a, b := followers[0], followers[1]
+	stopNode(a)
+	awaitFailures(t, failures, nodes[a].ID(), 3)
+	select {
+	case r := <-res:
+		t.Fatalf("WaitPeersGone returned (%v, %v) while %s was still running", r.left, r.err, nodes[b].ID())
+	default:
+	}
+	stopped := time.Now()
+	stopNode(b)
+	select {
+	case r := <-res:
+		if len(r.left) != 0 || r.err != nil {
+			t.Fatalf("WaitPeersGone = (%v, %v), want nobody left", r.left, r.err)
+		}
+		t.Logf("returned %s after the last follower stopped", time.Since(stopped).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitPeersGone still waiting 10 s after both followers stopped")
+	}
+
+	// A one-voter cluster has nobody to wait for; an ended ctx names those
+	// still running.
+	solo, err := NewNode(NodeConfig{ID: "solo", Dir: t.TempDir(), BindAddr: "127.0.0.1:0", Bootstrap: true,
+		HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer solo.Close()
+	waitFor(t, 5*time.Second, "self-election", solo.IsLeader)
+	if left, err := solo.WaitPeersGone(ctxT(t, 5*time.Second)); len(left) != 0 || err != nil {
+		t.Fatalf("one voter: WaitPeersGone = (%v, %v)", left, err)
+	}
+}
+
+// An ended ctx ends the wait and names the voters still answering.
+func TestWaitPeersGoneCancelled(t *testing.T) {
+	nodes := cluster3(t, inmemTransports())
+	l := leaderOf(t, nodes, 10*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	left, err := l.WaitPeersGone(ctx)
+	var want []string
+	for _, n := range nodes {
+		if n != l {
+			want = append(want, n.ID())
+		}
+	}
+	if !errors.Is(err, context.Canceled) || fmt.Sprint(left) != fmt.Sprint(want) {
+		t.Fatalf("WaitPeersGone = (%v, %v), want (%v, context.Canceled)", left, err, want)
 	}
 }

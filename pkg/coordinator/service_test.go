@@ -11,7 +11,9 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/cluster/embedded"
@@ -350,5 +352,100 @@ func TestThreeReplicasRedirectAndFailover(t *testing.T) {
 	}
 	if d := time.Since(stopped); d > 5*time.Second {
 		t.Fatalf("failover took %s", d)
+	}
+}
+
+// Shutdown lets an open plan stream end on its own: it refuses new
+// connections at once, keeps the stream while the worker watches, and
+// returns once the worker hangs up. With ctx ended first it cuts the
+// stream and says so.
+func TestShutdownWaitsForOpenCalls(t *testing.T) {
+	_, job := etcdJob(t, "shutdown")
+	start := func() *Coordinator {
+		co, err := Start(Config{
+			ListenAddr: "127.0.0.1:0",
+			Node:       NodeConfig{ID: "c0", Dir: t.TempDir(), BindAddr: "127.0.0.1:0", Bootstrap: true, HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout},
+			Service:    ServiceConfig{Job: "shutdown", EtcdEndpoints: etcd.Endpoints(), MemberTTL: time.Second, Members: job},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { co.Close() })
+		waitFor(t, 5*time.Second, "self-election", co.Node().IsLeader)
+		return co
+	}
+	// watch opens a plan stream and reads one plan from it (so that its
+	// call runs on the server); errs delivers the stream's end.
+	watch := func(co *Coordinator) (cancel context.CancelFunc, errs <-chan error) {
+		conn, err := grpc.NewClient(co.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		if _, err := co.Node().Apply(ctxT(t, 5*time.Second), Command{Op: opUpdateMembers, Members: &UpdateMembersCommand{
+			Members: []Worker{{ID: "w0", JoinRevision: 1}}, Revision: 1}}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		stream, err := controlpb.NewControlClient(conn).WatchPlan(ctx, &controlpb.WatchPlanRequest{WorkerId: "w0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		ch := make(chan error, 1)
+		go func() {
+			for {
+				if _, err := stream.Recv(); err != nil {
+					ch <- err
+					return
+				}
+			}
+		}()
+		return cancel, ch
+	}
+
+	co := start()
+	hangUp, streamErr := watch(co)
+	res := make(chan error, 1)
+	go func() { res <- co.Shutdown(ctxT(t, 30*time.Second)) }()
+	// The listener closes first: a new connection is refused.
+	waitFor(t, 5*time.Second, "new connections refused", func() bool {
+		c, err := net.DialTimeout("tcp", co.Addr(), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	select {
+	case err := <-res:
+		t.Fatalf("Shutdown returned (%v) while a plan stream was open", err)
+	case err := <-streamErr:
+		t.Fatalf("the open plan stream was cut: %v", err)
+	default:
+	}
+	hangUp()
+	if err := <-streamErr; status.Code(err) != codes.Canceled {
+		t.Fatalf("the stream ended with %v, want the worker's own cancellation", err)
+	}
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown still waiting 10 s after the worker hung up")
+	}
+
+	co = start()
+	_, streamErr = watch(co)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := co.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Shutdown with an ended ctx: %v, want context.Canceled", err)
+	}
+	if err := <-streamErr; status.Code(err) != codes.Unavailable {
+		t.Fatalf("the cut stream ended with %v, want Unavailable", err)
 	}
 }
