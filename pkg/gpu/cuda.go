@@ -108,11 +108,13 @@ type cudaDevice struct {
 	args *argBlock
 	pin  runtime.Pinner
 
-	// Pinned staging for uploads; stagingEv is recorded after each copy
-	// from it and waited on before it is overwritten.
-	staging     unsafe.Pointer
-	stagingSize uint64
-	stagingEv   uintptr
+	// Pinned staging for uploads: a ring of stagingSlots buffers, each
+	// with an event recorded after the copy from it and waited on before
+	// it is overwritten, so an upload waits only for the one issued
+	// stagingSlots uploads earlier (a step's input and labels uploads
+	// never wait for the step before's compute).
+	staging [stagingSlots]stagingBuf
+	stageAt int // the next slot
 
 	// Page-locked host blocks handed out by hostAlloc, and the events of
 	// downloadAsync: a ticket indexes events; freeEv holds reusable ones (freeEv).
@@ -123,6 +125,15 @@ type cudaDevice struct {
 }
 
 const maxKernelArgs = 32
+
+// stagingSlots is the number of upload staging buffers.
+const stagingSlots = 4
+
+type stagingBuf struct {
+	p    unsafe.Pointer
+	size uint64
+	ev   uintptr
+}
 
 type argBlock struct {
 	slots [maxKernelArgs]uint64
@@ -193,8 +204,10 @@ func openCUDA(o Options) (d *cudaDevice, err error) {
 	if err := drv.check("cuStreamCreate", drv.cuStreamCreate(&d.stream, 0)); err != nil {
 		return nil, err
 	}
-	if err := drv.check("cuEventCreate", drv.cuEventCreate(&d.stagingEv, cuEventDisableTiming)); err != nil {
-		return nil, err
+	for i := range d.staging {
+		if err := drv.check("cuEventCreate", drv.cuEventCreate(&d.staging[i].ev, cuEventDisableTiming)); err != nil {
+			return nil, err
+		}
 	}
 	d.args = new(argBlock)
 	d.pin.Pin(d.args)
@@ -358,29 +371,31 @@ func (d *cudaDevice) upload(dst uint64, src unsafe.Pointer, bytes uint64) error 
 	if bytes == 0 {
 		return nil
 	}
-	// The previous copy out of the staging buffer must be done first.
-	if err := d.drv.check("cuEventSynchronize", d.drv.cuEventSynchronize(d.stagingEv)); err != nil {
+	st := &d.staging[d.stageAt]
+	d.stageAt = (d.stageAt + 1) % stagingSlots
+	// The copy out of this slot stagingSlots uploads ago must be done.
+	if err := d.drv.check("cuEventSynchronize", d.drv.cuEventSynchronize(st.ev)); err != nil {
 		return err
 	}
-	if bytes > d.stagingSize {
-		if d.staging != nil {
-			if err := d.drv.check("cuMemFreeHost", d.drv.cuMemFreeHost(d.staging)); err != nil {
+	if bytes > st.size {
+		if st.p != nil {
+			if err := d.drv.check("cuMemFreeHost", d.drv.cuMemFreeHost(st.p)); err != nil {
 				return err
 			}
-			d.staging, d.stagingSize = nil, 0
+			st.p, st.size = nil, 0
 		}
 		size := sizeClass(bytes)
 		var p unsafe.Pointer
 		if err := d.drv.check("cuMemHostAlloc", d.drv.cuMemHostAlloc(&p, size, cuMemHostAllocPortable)); err != nil {
 			return err
 		}
-		d.staging, d.stagingSize = p, size
+		st.p, st.size = p, size
 	}
-	copy(unsafe.Slice((*byte)(d.staging), bytes), unsafe.Slice((*byte)(src), bytes))
-	if err := d.drv.check("cuMemcpyHtoDAsync", d.drv.cuMemcpyHtoDAsync(dst, d.staging, bytes, d.stream)); err != nil {
+	copy(unsafe.Slice((*byte)(st.p), bytes), unsafe.Slice((*byte)(src), bytes))
+	if err := d.drv.check("cuMemcpyHtoDAsync", d.drv.cuMemcpyHtoDAsync(dst, st.p, bytes, d.stream)); err != nil {
 		return err
 	}
-	return d.drv.check("cuEventRecord", d.drv.cuEventRecord(d.stagingEv, d.stream))
+	return d.drv.check("cuEventRecord", d.drv.cuEventRecord(st.ev, d.stream))
 }
 
 func (d *cudaDevice) download(dst unsafe.Pointer, src uint64, bytes uint64) error {
@@ -465,9 +480,16 @@ func (d *cudaDevice) close() error {
 		keep(d.drv.check("cuModuleUnload", d.drv.cuModuleUnload(d.module)))
 		d.module = 0
 	}
-	if d.staging != nil {
-		keep(d.drv.check("cuMemFreeHost", d.drv.cuMemFreeHost(d.staging)))
-		d.staging = nil
+	for i := range d.staging {
+		st := &d.staging[i]
+		if st.p != nil {
+			keep(d.drv.check("cuMemFreeHost", d.drv.cuMemFreeHost(st.p)))
+			st.p, st.size = nil, 0
+		}
+		if st.ev != 0 {
+			keep(d.drv.check("cuEventDestroy", d.drv.cuEventDestroy(st.ev)))
+			st.ev = 0
+		}
 	}
 	for _, ev := range d.events {
 		keep(d.drv.check("cuEventDestroy", d.drv.cuEventDestroy(ev)))
@@ -477,10 +499,6 @@ func (d *cudaDevice) close() error {
 		keep(d.drv.check("cuMemFreeHost", d.drv.cuMemFreeHost(p)))
 	}
 	d.pinned = nil
-	if d.stagingEv != 0 {
-		keep(d.drv.check("cuEventDestroy", d.drv.cuEventDestroy(d.stagingEv)))
-		d.stagingEv = 0
-	}
 	if d.stream != 0 {
 		keep(d.drv.check("cuStreamDestroy", d.drv.cuStreamDestroy(d.stream)))
 		d.stream = 0

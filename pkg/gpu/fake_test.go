@@ -217,6 +217,14 @@ func runAllOps(b *Backend) {
 	b.AdagradStep(fw, fw, s1, nn.AdagradParams{LR: 0.01, Eps: 1e-10, Step: 3})
 	b.RMSpropStep(fw, fw, s1, s2, s3, nn.RMSpropParams{LR: 0.01, Alpha: 0.99, Eps: 1e-8, Momentum: 0.9, Centered: true})
 	_ = b.CountNonFinite(fw)
+	// The device step's counts (nn.DeviceCounter).
+	acc, ys := b.New(3), b.New(6)
+	b.UploadLabels(ys, []int32{0, 1, 2, 3, 4, 9})
+	b.SoftmaxCrossEntropyLabels(loss, dlo, nil, lo, ys, 0.1, 0.5)
+	b.Top1Add(acc, 1, lo, ys)
+	b.CountNonFiniteAdd(acc, 2, fw)
+	b.Free(acc)
+	b.Free(ys)
 	// The fused ops, and the scalar paths the float4 kernels leave to an
 	// odd H*W (BN) or a view off a 16-byte boundary (flat ops).
 	b.BatchNormReLUForward(y2, y, mean, inv, gam, bet)

@@ -564,8 +564,16 @@ func (b *Backend) SoftmaxCrossEntropy(loss, dlogits, probs, logits *nn.Tensor, l
 	if !b.ok(b.dev.upload(dl, unsafe.Pointer(&labels[0]), uint64(N)*4)) {
 		return
 	}
-	b.ok(b.dev.launch("k_xent_rows", dim3{uint32(N), 1, 1}, dim3{128, 1, 1},
-		a(logits, dl, N, K, smoothing, gradScale, rows, dlogits, probs)))
+	b.xent(loss, dlogits, probs, logits, dl, rows, N, K, smoothing, gradScale)
+}
+
+// xent launches the cross-entropy kernels with labels at the device
+// address labels and rowloss scratch at rows.
+func (b *Backend) xent(loss, dlogits, probs, logits *nn.Tensor, labels, rows uint64, N, K int, smoothing, gradScale float32) {
+	if !b.ok(b.dev.launch("k_xent_rows", dim3{uint32(N), 1, 1}, dim3{128, 1, 1},
+		a(logits, labels, N, K, smoothing, gradScale, rows, dlogits, probs))) {
+		return
+	}
 	b.ok(b.dev.launch("k_mean", dim3{1, 1, 1}, dim3{256, 1, 1}, a(loss, rows, N)))
 }
 

@@ -55,6 +55,15 @@ type Trainer struct {
 	copies             []gradCopy       // this step's queued gradient copies, in order
 	copied             []bool           // by parameter: a copy is queued this step
 	order              []int            // emulated compute: the order parameters become ready
+
+	// dev is the device step's state (devstep.go); nil on the CPU, with
+	// emulated compute, or on a backend without nn.DeviceCounter.
+	dev *devStep
+	// Graphs captures a device step's compute (forward, loss, counts,
+	// backward) in a graph once shapes and memory are stable and
+	// launches it in later steps (graph.go); off by default.
+	Graphs bool
+	graph  graphState
 }
 
 // gradCopy is a queued device-to-host copy of parameter i's gradient.
@@ -96,6 +105,13 @@ func NewTrainer(spec job.Spec, b nn.Backend, train, test data.Dataset) (*Trainer
 		t.hostGrad = hostMirror(b, m.GradsFlat().Numel())
 		t.hostBuf = hostMirror(b, m.BuffersFlat().Numel())
 		t.copied = make([]bool, len(m.Params()))
+		if spec.EmulateCompute == nil {
+			if t.dev = newDevStep(b, len(train.Classes())); t.dev != nil {
+				// The device step counts non-finite values on the
+				// device instead (read once per step).
+				m.SetCheckFinite(false)
+			}
+		}
 	}
 	return t, nil
 }
@@ -106,8 +122,19 @@ func NewSampler(spec job.Spec, n int) (*data.Sampler, error) {
 	return data.NewSampler(n, data.SamplerConfig{Seed: uint64(spec.Seed), Shuffle: spec.Data.Shuffle, DropLast: spec.Data.DropLast})
 }
 
-// Close frees the model.
-func (t *Trainer) Close() { t.Model.Free() }
+// Close frees the model and the device step's buffers.
+func (t *Trainer) Close() {
+	t.graph.drop()
+	if t.dev != nil {
+		t.dev.free(t.B)
+	}
+	if t.x != nil {
+		t.B.Free(t.x)
+		t.x = nil
+	}
+	t.CE.Release()
+	t.Model.Free()
+}
 
 // Done reports whether the job's length (epochs, max steps) is reached.
 func (t *Trainer) Done() bool {
@@ -178,7 +205,7 @@ func (t *Trainer) queueCopy(ac nn.AsyncCopier, i int) {
 // reducer as its copy lands, in the order backward produced them. The
 // buffers ride with the last bucket, so they are waited for before the
 // final mark. Every ticket is waited for, also after an error.
-func (t *Trainer) markCopied(ac nn.AsyncCopier, red *allreduce.Reducer) error {
+func (t *Trainer) markCopied(ac nn.AsyncCopier, red *allreduce.Reducer, beforeLast func() error) error {
 	for i := len(t.copied) - 1; i >= 0; i-- {
 		t.queueCopy(ac, i)
 	}
@@ -193,6 +220,9 @@ func (t *Trainer) markCopied(ac nn.AsyncCopier, red *allreduce.Reducer) error {
 		keep(ac.WaitCopy(c.ticket))
 		if k == len(t.copies)-1 {
 			keep(ac.WaitCopy(bufTicket))
+			if beforeLast != nil && first == nil {
+				keep(beforeLast())
+			}
 		}
 		if first == nil {
 			keep(red.MarkReady(c.i))
@@ -200,6 +230,9 @@ func (t *Trainer) markCopied(ac nn.AsyncCopier, red *allreduce.Reducer) error {
 	}
 	if len(t.copies) == 0 {
 		keep(ac.WaitCopy(bufTicket))
+		if beforeLast != nil && first == nil {
+			keep(beforeLast())
+		}
 	}
 	return first
 }
@@ -245,7 +278,9 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	res := StepResult{LocalN: b.N, N: b.GlobalSize}
 	m := t.Model
 	m.SetTrain(true)
-	m.ZeroGrad()
+	if t.dev == nil {
+		m.ZeroGrad() // the device step zeroes them itself (forwardBackward)
+	}
 	if err := red.Begin(ctx, uint64(t.Step)); err != nil {
 		return res, err
 	}
@@ -279,11 +314,23 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	}
 	var lossSum float64
 	var correct int
-	if emulated {
+	devMetrics := t.dev != nil && b.N > 0 && !emulated
+	switch {
+	case emulated:
 		if err := t.emulatedPass(ctx, b, red.MarkReady); err != nil {
 			return res, fmt.Errorf("worker: step %d emulated compute: %w", t.Step, err)
 		}
-	} else if b.N > 0 {
+	case devMetrics:
+		x := t.input(b)
+		y, err := t.dev.labels(t.B, b)
+		if err != nil {
+			return res, fmt.Errorf("worker: step %d: %w", t.Step, err)
+		}
+		m.SetDropoutStep(t.Step)
+		if err := t.deviceCompute(x, y, b.N, b.GlobalSize); err != nil {
+			return res, err
+		}
+	case b.N > 0:
 		x := t.input(b)
 		m.SetDropoutStep(t.Step)
 		logits, err := m.Forward(x)
@@ -308,12 +355,37 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	}
 	if b.N == 0 && !emulated {
 		t.metrics[0], t.metrics[1], t.metrics[2] = 0, 0, 0
+		if t.dev != nil {
+			m.ZeroGrad()
+			t.B.Fill(t.dev.acc, 0)
+		}
+	}
+	// With the gradients going through the host, the ring needs this
+	// step's metrics before its last bucket: the device step reads its
+	// counts (the first of two reads) and checks the input and logits.
+	var beforeLast func() error
+	if devMetrics && roundTrip {
+		beforeLast = func() error {
+			if err := t.dev.read(); err != nil {
+				return err
+			}
+			if err := t.dev.check(t.Step); err != nil {
+				return err
+			}
+			t.devMetrics(b.N)
+			return nil
+		}
 	}
 	if async {
-		if err := t.markCopied(ac, red); err != nil && hookErr == nil {
+		if err := t.markCopied(ac, red, beforeLast); err != nil && hookErr == nil {
 			hookErr = err
 		}
 	} else if roundTrip {
+		if beforeLast != nil {
+			if err := beforeLast(); err != nil {
+				return res, err
+			}
+		}
 		t.B.ToHost(t.hostGrad, m.GradsFlat())
 		t.B.ToHost(t.hostBuf, m.BuffersFlat())
 	}
@@ -338,25 +410,52 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		t.B.FromHost(m.GradsFlat(), t.hostGrad)
 		t.B.FromHost(m.BuffersFlat(), t.hostBuf)
 	}
+	if devMetrics {
+		// After the all-reduce: a non-finite gradient of any rank.
+		t.dev.dc.CountNonFiniteAdd(t.dev.acc, accBadGrads, m.GradsFlat())
+	}
 	optAt := time.Now()
-	// The last bucket averages its extras: scale by world for the sums.
-	w := float64(world)
-	res.Loss = float64(t.metrics[0]) * w / float64(max(b.GlobalSize, 1))
-	res.Correct = int(float64(t.metrics[1])*w + 0.5)
 	nn.ApplySchedule(t.Opt, t.Sched, int(t.Step))
 	res.LR = t.Opt.LR()
 	if err := t.Opt.Step(); err != nil {
 		return res, fmt.Errorf("worker: step %d: %w", t.Step, err)
 	}
-	if err := t.B.Sync(); err != nil {
+	if t.dev != nil && !emulated {
+		// The step's one wait for the device (with one worker): its
+		// counts, read after the update is queued.
+		if err := t.dev.read(); err != nil {
+			return res, err
+		}
+		if devMetrics {
+			if err := t.dev.check(t.Step); err != nil {
+				return res, err
+			}
+			if !roundTrip {
+				t.devMetrics(b.N)
+			}
+		}
+	} else if err := t.B.Sync(); err != nil {
 		return res, err
 	}
+	// The last bucket averages its extras: scale by world for the sums.
+	w := float64(world)
+	res.Loss = float64(t.metrics[0]) * w / float64(max(b.GlobalSize, 1))
+	res.Correct = int(float64(t.metrics[1])*w + 0.5)
 	t.Step++
 	t.Pos = b.Next
 	end := time.Now()
 	res.Duration, res.End = end.Sub(start), end
 	res.Phases = Phases{Compute: waitAt.Sub(start), Exposed: optAt.Sub(waitAt), Optimizer: end.Sub(optAt)}
 	return res, nil
+}
+
+// devMetrics sets this worker's metrics from the device step's counts
+// read back for a local batch of n samples.
+func (t *Trainer) devMetrics(n int) {
+	h := t.dev.accHost
+	t.metrics[0] = float32(float64(h[accLoss]) * float64(n))
+	t.metrics[1] = float32(count(h[accCorrect]))
+	t.metrics[2] = float32(n)
 }
 
 func (t *Trainer) input(b *data.Batch) *nn.Tensor {
@@ -401,7 +500,20 @@ func (t *Trainer) Evaluate(ctx context.Context, ring *allreduce.Ring, rank, worl
 		defer ld.Close()
 		t.Model.SetTrain(false)
 		defer t.Model.SetTrain(true)
-		for {
+		if t.dev != nil {
+			next := func() (*data.Batch, error) {
+				b, err := ld.Next(ctx)
+				if errors.Is(err, io.EOF) {
+					return nil, nil
+				}
+				return b, err
+			}
+			lossSum, correct, n, err = t.evaluateDevice(next, (hi-lo+bs-1)/bs)
+			if err != nil {
+				return EvalResult{}, err
+			}
+		}
+		for t.dev == nil {
 			b, err := ld.Next(ctx)
 			if errors.Is(err, io.EOF) {
 				break
