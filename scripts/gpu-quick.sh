@@ -4,8 +4,8 @@
 # gpu-quickbin` (gzip'd into .devbin/q/):
 #   1. the GPU tests matching TESTS (a -test.run regexp; "" runs them all),
 #   2. gpubench for each configuration of CONFIGS, each
-#      "stem/batch/precision[/VAR=value,VAR=value]" (the variables are set
-#      for that run only, e.g. RINGTRAIN_GPU_ACTIVATIONS=fp32),
+#      "stem/batch/precision[/flag=value,flag=value]" (extra gpubench flags
+#      for that run only, e.g. activations=fp32 or conv-search=measure),
 #   3. the PyTorch peer for each "stem/batch/mode" of TORCH (mode fp32, amp
 #      or amp-compile: torch.compile, its compile time inside the warm-up),
 #   4. PAIRS, each "ours=torch[,torch...]" (e.g.
@@ -26,7 +26,7 @@ BIN=${BIN:-.devbin/q}
 BUDGET=${BUDGET:-240}
 TESTS=${TESTS-}
 TEST_TIME=${TEST_TIME:-90}
-CONFIGS=${CONFIGS-cifar/512/bf16 cifar/512/bf16/RINGTRAIN_GPU_ACTIVATIONS=fp32}
+CONFIGS=${CONFIGS-cifar/512/bf16 cifar/512/bf16/activations=fp32}
 TORCH=${TORCH-cifar/512/amp}
 PROFILE=${PROFILE-cifar/512/bf16}
 PAIRS=${PAIRS-}
@@ -60,10 +60,10 @@ echo "gpu tests exit status $rc"
 
 bench() { # bench CONFIG [extra gpubench flags...]
   local cfg=$1; shift
-  IFS=/ read -r stem batch prec envs <<<"$cfg"
-  local -a e=()
-  [ -n "${envs:-}" ] && IFS=, read -r -a e <<<"$envs"
-  env "${e[@]}" timeout 75 "$RT/gpubench" -device "$DEVICE" -stem "$stem" -batch "$batch" -precision "$prec" "$@"
+  IFS=/ read -r stem batch prec extra <<<"$cfg"
+  local -a e=() kv
+  [ -n "${extra:-}" ] && IFS=, read -r -a kv <<<"$extra" && for f in "${kv[@]}"; do e+=("-$f"); done
+  timeout 75 "$RT/gpubench" -device "$DEVICE" -stem "$stem" -batch "$batch" -precision "$prec" "${e[@]}" "$@"
 }
 
 stage "ringtrain: $CONFIGS"

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/term"
 
+	"github.com/ringtrain/ringtrain/cmd/internal/env"
 	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/internal/supervisor"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
@@ -107,7 +108,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	if err := checkOptions(spec, &o); err != nil {
 		return err
 	}
-	log := cli.NewLogger("coordinator")
+	log := cli.NewLogger("coordinator", env.Log())
 	defer log.Sync()
 	if o.timeout > 0 {
 		var cancel context.CancelFunc
@@ -141,7 +142,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		return err
 	}
 	spe := spec.StepsPerEpoch(n)
-	cl, err := cluster.Open(ctx, cluster.Options{Endpoints: o.etcdEndpoints, Dir: o.stateDir, Start: startEtcd, Logger: cli.Quiet(log.Named("etcd")),
+	cl, err := cluster.Open(ctx, cluster.Options{Endpoints: o.etcdEndpoints, Dir: o.stateDir, Start: startEtcd, Logger: cli.Quiet(log.Named("etcd"), env.Log()),
 		TLS: tc.EtcdTLS(), ServerTLS: etcdServerTLS(o.tls)})
 	if err != nil {
 		return err
@@ -175,7 +176,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	co, err := coordinator.Start(coordinator.Config{
 		ListenAddr: o.listen, AdvertiseAddr: o.advertise, ServerOptions: tc.ServerOptions(),
 		Node: coordinator.NodeConfig{ID: o.id, Dir: o.stateDir, BindAddr: o.raftBind, Bootstrap: true, Peers: peers,
-			TLSServer: tc.ServerTLS(), TLSClient: tc.ClientTLS(), Logger: cli.Quiet(log.Named("raft"))},
+			TLSServer: tc.ServerTLS(), TLSClient: tc.ClientTLS(), Logger: cli.Quiet(log.Named("raft"), env.Log())},
 		Service: coordinator.ServiceConfig{Job: spec.Name, EtcdEndpoints: cl.Endpoints(), Members: ej, MemberTTL: o.memberTTL,
 			Spec:      &coordinator.SpecInput{Spec: specJSON, ConfigHash: spec.Hash(), MinWorkers: spec.MinWorkers, MaxWorkers: spec.MaxWorkers},
 			OnMetrics: func(m *controlpb.MetricsReport) { prog.onMetrics(m); obs.onMetrics(m) }, Logger: log.Named("control")},

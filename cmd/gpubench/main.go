@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ringtrain/ringtrain/cmd/internal/env"
 	"github.com/ringtrain/ringtrain/pkg/gpu"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 )
@@ -38,22 +39,32 @@ func main() {
 	libDir := flag.String("cuda-lib-dir", "", "directory searched first for the CUDA libraries")
 	conv := flag.String("conv", "auto", "convolutions: auto (cuDNN when found), cudnn or im2col")
 	profile := flag.Int("profile", 0, "after the timed steps, run this many steps with every heavy op timed alone and print a breakdown")
+	convSearch := flag.String("conv-search", "heuristic", "cuDNN algorithm choice: heuristic (reproducible) or measure (timed once per shape)")
+	gemmPlanes := flag.Int("gemm-planes", 0, "bf16: convolutions whose output planes have at most this many pixels run as one cuBLAS GEMM (0: the backend's default, 16; -1: off)")
+	activations := flag.String("activations", "bf16", "bf16 precision: activations kept between layers as bf16 (resident, the default) or fp32 (the slower comparison path)")
 	scratch := flag.Int64("scratch", 0, "cap of one convolution chunk's scratch in bytes (0: the backend's default); a large value means one chunk per convolution")
 	flag.Parse()
-	if err := run(*device, *prec, *stem, *depth, *batch, *size, *warmup, *steps, *threads, *libDir, *scratch, *profile, *conv); err != nil {
+	if *activations != "bf16" && *activations != "fp32" {
+		fmt.Fprintf(os.Stderr, "gpubench: -activations %q: want bf16 or fp32\n", *activations)
+		os.Exit(2)
+	}
+	libPath, pythonRoots := env.CUDASearch()
+	o := gpu.Options{Precision: *prec, LibDir: *libDir, LibPath: libPath, PythonRoots: pythonRoots, ScratchBytes: *scratch, Conv: *conv,
+		ConvSearch: *convSearch, GemmPlanes: *gemmPlanes, FP32Activations: *activations == "fp32",
+		Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
+	if err := run(*device, o, *stem, *depth, *batch, *size, *warmup, *steps, *threads, *profile); err != nil {
 		fmt.Fprintln(os.Stderr, "gpubench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(device, prec, stem string, depth, batch, size, warmup, steps, threads int, libDir string, scratch int64, profile int, conv string) error {
+func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, steps, threads, profile int) error {
+	prec, conv, scratch := o.Precision, o.Conv, o.ScratchBytes
 	if batch < 1 || steps < 1 || warmup < 0 || size < 8 {
 		return fmt.Errorf("bad sizes: batch %d steps %d warmup %d size %d", batch, steps, warmup, size)
 	}
 	t0 := time.Now()
-	b, err := gpu.SelectBackend(device, threads, gpu.Options{Precision: prec, LibDir: libDir, ScratchBytes: scratch, Conv: conv,
-		Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }},
-		func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
+	b, err := gpu.SelectBackend(device, threads, o, func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
 	if err != nil {
 		return err
 	}

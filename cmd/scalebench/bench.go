@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/ringtrain/ringtrain/cmd/internal/env"
 	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -153,7 +154,7 @@ func ringRankCmd() *cobra.Command {
 }
 
 func bench(ctx context.Context, spec job.Spec, o benchOptions) error {
-	log := cli.NewLogger("bench")
+	log := cli.NewLogger("bench", env.Log())
 	defer log.Sync()
 	out := os.Stdout
 	if o.warmup < 1 || o.steps < 1 {

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/ringtrain/ringtrain/cmd/internal/env"
 	"github.com/ringtrain/ringtrain/internal/backend"
 	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/pkg/data"
@@ -176,7 +177,7 @@ func (f *inferFlags) open(cmd *cobra.Command, tool string) (*loaded, error) {
 	if s.Model.Classes > 0 && given("classes") {
 		want.Classes = s.Model.Classes
 	}
-	b, err := backend.Open(s.Device, s.Threads, s.Precision, cli.NewLogger(tool))
+	b, err := backend.Open(s.Device, s.Threads, gpuOptions(s.Precision), cli.NewLogger(tool, env.Log()))
 	if err != nil {
 		return nil, err
 	}

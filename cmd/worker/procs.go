@@ -30,6 +30,8 @@ type procsOptions struct {
 	// grace is how long a stopped process has to exit before it is
 	// killed (0: stopGrace).
 	grace time.Duration
+
+	cudaLibDir, convSearch string // --cuda-lib-dir, --gpu-conv-search
 }
 
 // childArgs returns the `worker run` arguments of child i: the parent's
@@ -71,6 +73,18 @@ func (o procsOptions) childArgs(i int) ([]string, error) {
 	}
 	if o.cfg.JoinTimeout > 0 {
 		args = append(args, "--join-timeout", o.cfg.JoinTimeout.String())
+	}
+	if o.cfg.SampleLog != "" {
+		args = append(args, "--sample-log", o.cfg.SampleLog)
+	}
+	if o.cfg.GPUOverlap {
+		args = append(args, "--gpu-overlap")
+	}
+	if o.cudaLibDir != "" {
+		args = append(args, "--cuda-lib-dir", o.cudaLibDir)
+	}
+	if o.convSearch != "" {
+		args = append(args, "--gpu-conv-search", o.convSearch)
 	}
 	return append(args, o.tls.Args()...), nil
 }

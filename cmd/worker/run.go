@@ -7,8 +7,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ringtrain/ringtrain/cmd/internal/env"
 	"github.com/ringtrain/ringtrain/internal/backend"
 	"github.com/ringtrain/ringtrain/internal/cli"
+	"github.com/ringtrain/ringtrain/pkg/gpu"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
@@ -23,6 +25,7 @@ func runCmd() *cobra.Command {
 	var tf tlsconf.Files
 	shm := true
 	procs := 1
+	var cudaLibDir, convSearch string
 	cmd := &cobra.Command{
 		Use:   "run --coordinator ADDR[,ADDR...]",
 		Short: "Join a job and train (what the coordinator's --workers N starts)",
@@ -39,10 +42,13 @@ func runCmd() *cobra.Command {
 			if cfg.JoinTimeout < 0 || cfg.JoinTimeout > time.Hour {
 				return fmt.Errorf("--join-timeout %s: must be in [0, 1h] (0: 15s)", cfg.JoinTimeout)
 			}
-			if procs > 1 {
-				return runProcs(cmd.Context(), procsOptions{cfg: cfg, tls: tf, shm: shm, procs: procs})
+			if convSearch != gpu.ConvSearchHeuristic && convSearch != gpu.ConvSearchMeasure {
+				return fmt.Errorf("--gpu-conv-search %q: want heuristic or measure", convSearch)
 			}
-			log := cli.NewLogger("worker")
+			if procs > 1 {
+				return runProcs(cmd.Context(), procsOptions{cfg: cfg, tls: tf, shm: shm, procs: procs, cudaLibDir: cudaLibDir, convSearch: convSearch})
+			}
+			log := cli.NewLogger("worker", env.Log())
 			defer log.Sync()
 			cfg.Log = log
 			tc, err := tf.Load()
@@ -55,7 +61,9 @@ func runCmd() *cobra.Command {
 				cfg.HTTPToken = os.Getenv("RINGTRAIN_HTTP_TOKEN")
 			}
 			cfg.OpenBackend = func(device string, threads int, precision string) (nn.Backend, error) {
-				return backend.Open(device, threads, precision, log)
+				o := gpuOptions(precision)
+				o.LibDir, o.ConvSearch = cudaLibDir, convSearch
+				return backend.Open(device, threads, o, log)
 			}
 			return worker.Run(cmd.Context(), cfg)
 		},
@@ -75,6 +83,15 @@ func runCmd() *cobra.Command {
 	f.StringVar(&cfg.HTTPToken, "http-token", "", "bearer token /metrics requires (default $RINGTRAIN_HTTP_TOKEN)")
 	f.StringVar(&cfg.SampleLog, "sample-log", os.Getenv("RINGTRAIN_SAMPLE_LOG"), "append the dataset indices of every step to DIR/samples-<id>-<pid>.jsonl (an audit aid; env RINGTRAIN_SAMPLE_LOG)")
 	f.BoolVar(&cfg.GPUOverlap, "gpu-overlap", os.Getenv("RINGTRAIN_GPU_OVERLAP") == "1", "GPU: overlap the gradients' device-to-host copies with backward (env RINGTRAIN_GPU_OVERLAP=1)")
+	f.StringVar(&cudaLibDir, "cuda-lib-dir", "", "GPU: directory searched first for the CUDA libraries (then $RINGTRAIN_CUDA_LIB_DIR, $LD_LIBRARY_PATH, the standard places)")
+	f.StringVar(&convSearch, "gpu-conv-search", "heuristic", "GPU: how cuDNN convolution algorithms are chosen: heuristic (reproducible run to run) | measure (timed once per shape, as torch.backends.cudnn.benchmark); deterministic algorithms only either way")
 	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 0, "give up when the coordinator or etcd does not answer within this (default 15s)")
 	return cmd
+}
+
+// gpuOptions are the GPU backend's options for precision, searching for
+// the CUDA libraries where the environment says (cmd/internal/env).
+func gpuOptions(precision string) gpu.Options {
+	libPath, pythonRoots := env.CUDASearch()
+	return gpu.Options{Precision: precision, LibPath: libPath, PythonRoots: pythonRoots}
 }

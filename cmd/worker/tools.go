@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ringtrain/ringtrain/cmd/internal/env"
 	"github.com/ringtrain/ringtrain/internal/backend"
 	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/pkg/allreduce"
@@ -91,9 +92,9 @@ func evaluateCmd() *cobra.Command {
 			if s.Transfer.Weights == "" {
 				return fmt.Errorf("evaluate: --weights is required")
 			}
-			log := cli.NewLogger("evaluate")
+			log := cli.NewLogger("evaluate", env.Log())
 			defer log.Sync()
-			b, err := backend.Open(s.Device, s.Threads, s.Precision, log)
+			b, err := backend.Open(s.Device, s.Threads, gpuOptions(s.Precision), log)
 			if err != nil {
 				return err
 			}

@@ -12,11 +12,13 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/nn"
 )
 
-// Open opens the compute backend for device ("cpu", "cuda", "auto")
-// with a GPU's precision ("" = fp32); auto falls back to the CPU (fp32)
-// with a log line saying why.
-func Open(device string, threads int, precision string, log *zap.Logger) (nn.Backend, error) {
-	return gpu.SelectBackend(device, threads, gpu.Options{Precision: precision}, func(format string, args ...any) {
+// Open opens the compute backend for device ("cpu", "cuda", "auto") with
+// threads CPU goroutines (<= 0: GOMAXPROCS) and, on a GPU, the options o
+// (o.Precision "" = fp32; the library search of o.LibDir, o.LibPath and
+// o.PythonRoots). auto falls back to the CPU (fp32) with a log line
+// saying why.
+func Open(device string, threads int, o gpu.Options, log *zap.Logger) (nn.Backend, error) {
+	return gpu.SelectBackend(device, threads, o, func(format string, args ...any) {
 		log.Info(fmt.Sprintf(format, args...))
 	})
 }

@@ -10,21 +10,33 @@ import (
 	"golang.org/x/term"
 )
 
-// NewLogger returns a zap logger: human-readable with colours on a
-// terminal, JSON lines otherwise (files, pipes, log collectors). The
-// environment variable RINGTRAIN_LOG=json|console overrides the choice and
-// RINGTRAIN_LOG_LEVEL=debug|info|warn|error sets the level.
-func NewLogger(name string) *zap.Logger {
+// LogOptions configure NewLogger and Quiet. The zero value logs at info
+// level, as console text on a terminal and JSON lines otherwise. The
+// binaries fill it from $RINGTRAIN_LOG and $RINGTRAIN_LOG_LEVEL
+// (cmd/internal/env); this package reads no environment.
+type LogOptions struct {
+	// Format is "json", "console" or "" (console on a terminal, JSON
+	// lines otherwise: files, pipes, log collectors). Any other value is
+	// treated as "".
+	Format string
+	// Level is "debug", "info", "warn" or "error"; "" or an unknown value
+	// means info. At debug, Quiet keeps everything.
+	Level string
+}
+
+// NewLogger returns a zap logger named name, formatted and filtered as o
+// says.
+func NewLogger(name string, o LogOptions) *zap.Logger {
 	console := term.IsTerminal(int(os.Stderr.Fd()))
-	switch os.Getenv("RINGTRAIN_LOG") {
+	switch o.Format {
 	case "json":
 		console = false
 	case "console":
 		console = true
 	}
 	level := zapcore.InfoLevel
-	if l := os.Getenv("RINGTRAIN_LOG_LEVEL"); l != "" {
-		_ = level.Set(l)
+	if o.Level != "" {
+		_ = level.Set(o.Level)
 	}
 	var enc zapcore.Encoder
 	if console {
@@ -43,13 +55,13 @@ func NewLogger(name string) *zap.Logger {
 
 // Quiet returns l restricted to errors that matter: libraries (etcd, raft)
 // log routine events (elections, shutdown) at warn and error levels. With
-// RINGTRAIN_LOG_LEVEL=debug everything is kept.
+// o.Level "debug" everything is kept.
 //
 // The filter drops entries below DPanic in Check but keeps reporting the
 // wrapped core's Enabled, so that a library raising the level itself
 // (zap.IncreaseLevel, as etcd does) still works.
-func Quiet(l *zap.Logger) *zap.Logger {
-	if os.Getenv("RINGTRAIN_LOG_LEVEL") == "debug" {
+func Quiet(l *zap.Logger, o LogOptions) *zap.Logger {
+	if o.Level == "debug" {
 		return l
 	}
 	return l.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return quietCore{c} }))

@@ -110,7 +110,7 @@ func TestAsyncCopyToPinnedHost(t *testing.T) {
 // not for concurrent use) on the GPU, or reports false when there is none.
 func freshBackend(t *testing.T) (*Backend, bool) {
 	t.Helper()
-	b, err := Open(Options{Precision: PrecisionFP32})
+	b, err := Open(withEnvSearch(Options{Precision: PrecisionFP32}))
 	if err != nil {
 		return nil, false
 	}

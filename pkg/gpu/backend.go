@@ -3,10 +3,8 @@ package gpu
 import (
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"unsafe"
 
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -35,8 +33,17 @@ const (
 // Options configure Open. The zero value is valid: device 0, fp32,
 // libraries from the standard search, kernels cached in the user's cache.
 type Options struct {
-	Device    int    // CUDA device ordinal
-	LibDir    string // searched first for libcuda, libnvrtc, libcublas
+	Device int    // CUDA device ordinal
+	LibDir string // searched first for libcuda, libnvrtc, libcublas, libcudnn
+	// LibPath lists directories searched next, in order, before the
+	// standard ones (the binaries pass $RINGTRAIN_CUDA_LIB_DIR and the
+	// entries of $LD_LIBRARY_PATH; see cmd/internal/env).
+	LibPath []string
+	// PythonRoots are Python environments (a virtualenv, a user base such
+	// as ~/.local) whose lib/python3*/site-packages/nvidia/*/lib are
+	// searched after the standard wheel locations (the binaries pass
+	// $VIRTUAL_ENV and $HOME/.local).
+	PythonRoots []string
 	Precision string // "fp32" (default), "tf32" or "bf16"; see the package doc
 	// CacheDir holds compiled kernels; "" means
 	// os.UserCacheDir()/ringtrain/kernels, "off" disables the cache.
@@ -50,19 +57,20 @@ type Options struct {
 	// ConvSearch picks how cuDNN algorithms are chosen: "heuristic"
 	// (default; the choice depends on shape and device only, so runs are
 	// bit-reproducible) or "measure" (each candidate timed once per shape,
-	// as torch.backends.cudnn.benchmark; RINGTRAIN_GPU_CONV_SEARCH sets
-	// it). Either way only deterministic algorithms are admitted.
+	// as torch.backends.cudnn.benchmark; the worker's and gpubench's
+	// --gpu-conv-search / -conv-search set it). Either way only
+	// deterministic algorithms are admitted.
 	ConvSearch string
 	// GemmPlanes: in the bf16 precision, convolutions of resident
 	// activations whose output planes have at most this many pixels run as
 	// one cuBLAS GEMM instead of cuDNN (gemmconv.go). 0 means 16 (the last
-	// ResNet stage at 32x32 inputs); -1 turns the path off.
-	// RINGTRAIN_GPU_GEMM_PLANES sets it.
+	// ResNet stage at 32x32 inputs); -1 turns the path off. A tuning
+	// knob (gpubench -gemm-planes).
 	GemmPlanes int
 	// FP32Activations keeps activations float32 (N, C, H, W) between
 	// layers in the bf16 precision, converting them around every
 	// convolution (the slower path before resident activations, kept for
-	// comparison; RINGTRAIN_GPU_ACTIVATIONS=fp32 sets it). See resident.go.
+	// comparison; gpubench -activations fp32 sets it). See resident.go.
 	FP32Activations bool
 	// SyncEveryOp synchronises after every op so that an asynchronous
 	// kernel fault is reported by the op that caused it (debugging).
@@ -70,9 +78,8 @@ type Options struct {
 	// Log, if set, receives informational messages.
 	Log func(format string, args ...any)
 
-	// getenv and glob default to os.Getenv and filepath.Glob (tests fake them).
-	getenv func(string) string
-	glob   func(string) ([]string, error)
+	// glob defaults to filepath.Glob (tests fake it).
+	glob func(string) ([]string, error)
 }
 
 func (o *Options) validate() error {
@@ -102,14 +109,8 @@ func (o *Options) validate() error {
 	if o.ScratchBytes < 1<<20 {
 		return fmt.Errorf("%w: scratch bytes %d below 1 MiB", ErrOptions, o.ScratchBytes)
 	}
-	if o.getenv == nil {
-		o.getenv = os.Getenv
-	}
 	if o.glob == nil {
 		o.glob = filepath.Glob
-	}
-	if v := o.getenv("RINGTRAIN_GPU_CONV_SEARCH"); v != "" {
-		o.ConvSearch = v
 	}
 	switch o.ConvSearch {
 	case "":
@@ -118,27 +119,11 @@ func (o *Options) validate() error {
 	default:
 		return fmt.Errorf("%w: conv search %q (want heuristic or measure)", ErrOptions, o.ConvSearch)
 	}
-	if v := o.getenv("RINGTRAIN_GPU_GEMM_PLANES"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < -1 {
-			return fmt.Errorf("%w: RINGTRAIN_GPU_GEMM_PLANES=%q (want -1, 0 or a pixel count)", ErrOptions, v)
-		}
-		o.GemmPlanes = n
-	}
 	switch {
 	case o.GemmPlanes == 0:
 		o.GemmPlanes = defaultGemmPlanes
 	case o.GemmPlanes < -1:
-		return fmt.Errorf("%w: gemm planes %d", ErrOptions, o.GemmPlanes)
-	}
-	switch v := o.getenv("RINGTRAIN_GPU_ACTIVATIONS"); v {
-	case "":
-	case "fp32":
-		o.FP32Activations = true
-	case "bf16":
-		o.FP32Activations = false
-	default:
-		return fmt.Errorf("%w: RINGTRAIN_GPU_ACTIVATIONS=%q (want fp32 or bf16)", ErrOptions, v)
+		return fmt.Errorf("%w: gemm planes %d (want -1, 0 or a pixel count)", ErrOptions, o.GemmPlanes)
 	}
 	return nil
 }

@@ -143,7 +143,7 @@ type argBlock struct {
 // openCUDA loads the libraries, creates the context, stream and cuBLAS
 // handle, and compiles (or loads from cache) the kernels.
 func openCUDA(o Options) (d *cudaDevice, err error) {
-	dirs := searchDirs(o.LibDir, o.getenv, o.glob)
+	dirs := searchDirs(o.LibDir, o.LibPath, o.PythonRoots, o.glob)
 	drv, err := loadDriver(dirs)
 	if err != nil {
 		return nil, err

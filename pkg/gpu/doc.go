@@ -7,9 +7,12 @@
 // static binary runs on CPU-only machines (Open fails with ErrNoDevice or
 // ErrLibraryNotFound, and SelectBackend falls back to the CPU) and on GPU
 // nodes. Libraries are searched in a fixed order: Options.LibDir,
-// $RINGTRAIN_CUDA_LIB_DIR, $LD_LIBRARY_PATH, the standard system and CUDA
-// directories, Python environments' site-packages/nvidia/*/lib, and finally
-// the dynamic loader's own search by soname.
+// Options.LibPath, the standard system and CUDA directories, Python
+// environments' site-packages/nvidia/*/lib (the usual locations, then
+// Options.PythonRoots'), and finally the dynamic loader's own search by
+// soname. The package reads no environment variables: the binaries fill
+// LibPath and PythonRoots from $RINGTRAIN_CUDA_LIB_DIR, $LD_LIBRARY_PATH,
+// $VIRTUAL_ENV and $HOME (cmd/internal/env).
 //
 // Kernels are CUDA C sources embedded in the binary (kernels/*.cu), compiled
 // by NVRTC for the device's compute capability on first use and cached on

@@ -31,7 +31,7 @@ func openGPU(t testing.TB, prec string) *Backend {
 	defer gpuMu.Unlock()
 	b, err := gpuOpen[prec], gpuErr[prec]
 	if b == nil && err == nil {
-		b, err = Open(Options{Precision: prec, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }})
+		b, err = Open(withEnvSearch(Options{Precision: prec, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}))
 		gpuOpen[prec], gpuErr[prec] = b, err
 		if err == nil {
 			i := b.Info()

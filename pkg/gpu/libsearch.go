@@ -10,10 +10,6 @@ import (
 	"github.com/ebitengine/purego"
 )
 
-// EnvLibDir names the environment variable that points at a directory
-// holding the CUDA libraries; it is searched right after Options.LibDir.
-const EnvLibDir = "RINGTRAIN_CUDA_LIB_DIR"
-
 // standardDirs are the usual homes of the driver and toolkit libraries.
 var standardDirs = []string{
 	"/usr/lib/x86_64-linux-gnu",
@@ -38,10 +34,10 @@ var pythonNvidiaGlobs = []string{
 }
 
 // searchDirs returns the directories to search, in order, without
-// duplicates: explicit, $RINGTRAIN_CUDA_LIB_DIR, $LD_LIBRARY_PATH, standard
-// directories, Python wheel directories (including $VIRTUAL_ENV's and
-// $HOME/.local's). getenv and glob are parameters so tests can fake them.
-func searchDirs(explicit string, getenv func(string) string, glob func(string) ([]string, error)) []string {
+// duplicates: explicit, libPath, standard directories, Python wheel
+// directories (the standard ones, then those of each of pythonRoots).
+// glob is a parameter so tests can fake it.
+func searchDirs(explicit string, libPath, pythonRoots []string, glob func(string) ([]string, error)) []string {
 	var dirs []string
 	seen := map[string]bool{}
 	add := func(d string) {
@@ -52,19 +48,17 @@ func searchDirs(explicit string, getenv func(string) string, glob func(string) (
 		dirs = append(dirs, d)
 	}
 	add(explicit)
-	add(getenv(EnvLibDir))
-	for _, d := range strings.Split(getenv("LD_LIBRARY_PATH"), ":") {
+	for _, d := range libPath {
 		add(d)
 	}
 	for _, d := range standardDirs {
 		add(d)
 	}
 	globs := append([]string(nil), pythonNvidiaGlobs...)
-	if v := getenv("VIRTUAL_ENV"); v != "" {
-		globs = append(globs, filepath.Join(v, "lib/python3*/site-packages/nvidia/*/lib"))
-	}
-	if h := getenv("HOME"); h != "" {
-		globs = append(globs, filepath.Join(h, ".local/lib/python3*/site-packages/nvidia/*/lib"))
+	for _, r := range pythonRoots {
+		if r != "" {
+			globs = append(globs, filepath.Join(r, "lib/python3*/site-packages/nvidia/*/lib"))
+		}
 	}
 	for _, g := range globs {
 		m, err := glob(g)
@@ -123,8 +117,8 @@ func openLibrary(what string, names []string, dirs []string, before func(dir str
 		}
 		tried = append(tried, fmt.Sprintf("%s (%v)", p, err))
 	}
-	return nil, fmt.Errorf("%w: %s (names %s) not loadable; searched directories [%s]; dlopen attempts: %s; set %s or the library-dir option",
-		ErrLibraryNotFound, what, strings.Join(names, ", "), strings.Join(dirs, ", "), strings.Join(tried, "; "), EnvLibDir)
+	return nil, fmt.Errorf("%w: %s (names %s) not loadable; searched directories [%s]; dlopen attempts: %s; point --cuda-lib-dir or $RINGTRAIN_CUDA_LIB_DIR (Options.LibDir) at the libraries' directory",
+		ErrLibraryNotFound, what, strings.Join(names, ", "), strings.Join(dirs, ", "), strings.Join(tried, "; "))
 }
 
 // sym registers a C function of lib into fptr; a missing symbol is an error.

@@ -11,16 +11,36 @@ import (
 	"github.com/ebitengine/purego"
 )
 
-func TestSearchDirsOrder(t *testing.T) {
-	env := map[string]string{
-		EnvLibDir:         "/env/dir",
-		"LD_LIBRARY_PATH": "/ld/a::/ld/b:/env/dir",
-		"HOME":            "/home/u",
+// withEnvSearch returns o searching where the binaries search
+// (cmd/internal/env.CUDASearch): $RINGTRAIN_CUDA_LIB_DIR and
+// $LD_LIBRARY_PATH, then $VIRTUAL_ENV's and $HOME/.local's Python wheels.
+// The GPU tests open devices with it, so that the device scripts' library
+// locations keep working.
+func withEnvSearch(o Options) Options {
+	if d := os.Getenv("RINGTRAIN_CUDA_LIB_DIR"); d != "" {
+		o.LibPath = append(o.LibPath, d)
 	}
+	for _, d := range strings.Split(os.Getenv("LD_LIBRARY_PATH"), ":") {
+		if d != "" {
+			o.LibPath = append(o.LibPath, d)
+		}
+	}
+	if v := os.Getenv("VIRTUAL_ENV"); v != "" {
+		o.PythonRoots = append(o.PythonRoots, v)
+	}
+	if h := os.Getenv("HOME"); h != "" {
+		o.PythonRoots = append(o.PythonRoots, filepath.Join(h, ".local"))
+	}
+	return o
+}
+
+func TestSearchDirsOrder(t *testing.T) {
 	globbed := map[string][]string{
 		"/opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib": {"/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cublas/lib", "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib"},
+		"/home/u/.local/lib/python3*/site-packages/nvidia/*/lib": {"/home/u/.local/lib/python3.11/site-packages/nvidia/cudnn/lib"},
 	}
-	dirs := searchDirs("/explicit", func(k string) string { return env[k] }, func(p string) ([]string, error) { return globbed[p], nil })
+	dirs := searchDirs("/explicit", []string{"/env/dir", "/ld/a", "", "/ld/b", "/env/dir"}, []string{"", "/home/u/.local"},
+		func(p string) ([]string, error) { return globbed[p], nil })
 	want := []string{"/explicit", "/env/dir", "/ld/a", "/ld/b"}
 	for i, w := range want {
 		if dirs[i] != w {
@@ -36,8 +56,9 @@ func TestSearchDirsOrder(t *testing.T) {
 		return -1
 	}
 	std, cu13, cublas := idx("/usr/local/cuda/lib64"), idx("/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib"), idx("/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cublas/lib")
-	if std < 4 || cu13 < std || cublas < cu13 {
-		t.Fatalf("want standard dirs before sorted python wheel dirs, got %v", dirs)
+	user := idx("/home/u/.local/lib/python3.11/site-packages/nvidia/cudnn/lib")
+	if std < 4 || cu13 < std || cublas < cu13 || user < cublas {
+		t.Fatalf("want standard dirs before sorted python wheel dirs, then the python roots', got %v", dirs)
 	}
 	seen := map[string]bool{}
 	for _, d := range dirs {
@@ -71,7 +92,7 @@ func TestOpenLibraryMissingListsSearch(t *testing.T) {
 	if !errors.Is(err, ErrLibraryNotFound) {
 		t.Fatalf("err = %v, want ErrLibraryNotFound", err)
 	}
-	for _, s := range []string{d, "/no/such/dir", bad, EnvLibDir} {
+	for _, s := range []string{d, "/no/such/dir", bad, "--cuda-lib-dir", "RINGTRAIN_CUDA_LIB_DIR"} {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("error does not mention %q: %v", s, err)
 		}
@@ -81,7 +102,7 @@ func TestOpenLibraryMissingListsSearch(t *testing.T) {
 // purego must load and call C code in a CGO_ENABLED=0 build: open libm by
 // the same path as the CUDA libraries and call cos.
 func TestPuregoCallsLibm(t *testing.T) {
-	lib, err := openLibrary("libm", []string{"libm.so.6"}, searchDirs("", func(string) string { return "" }, func(string) ([]string, error) { return nil, nil }), nil)
+	lib, err := openLibrary("libm", []string{"libm.so.6"}, searchDirs("", nil, nil, func(string) ([]string, error) { return nil, nil }), nil)
 	if err != nil {
 		t.Skipf("no libm on this machine: %v", err)
 	}

@@ -6,10 +6,10 @@ import (
 	"testing"
 )
 
-// noLibs makes the library search find nothing (no env, no globs); the
+// noLibs makes the library search find nothing (no extra dirs, no globs); the
 // bare sonames are still tried, so this runs only where no GPU is usable.
 func noLibs() Options {
-	return Options{LibDir: "/nonexistent", getenv: func(string) string { return "" }, glob: func(string) ([]string, error) { return nil, nil }}
+	return Options{LibDir: "/nonexistent", glob: func(string) ([]string, error) { return nil, nil }}
 }
 
 func TestSelectBackend(t *testing.T) {

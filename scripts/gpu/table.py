@@ -4,8 +4,8 @@ the comparison table of scripts/gpu-check.sh: images/s, ratio to torch AMP
 (bf16) and torch fp32 of the same stem and batch, and model FLOP utilisation
 against the H100 SXM dense peaks (bf16 989 TFLOP/s, tf32 495, fp32 67).
 ringtrain rows are named by their convolutions (rt/cudnn, rt/im2col); rows
-suffixed "-f32a" kept float32 activations in bf16 (RINGTRAIN_GPU_ACTIVATIONS=fp32),
-"+find" timed cuDNN's algorithms (RINGTRAIN_GPU_CONV_SEARCH=measure); rows
+suffixed "-f32a" kept float32 activations in bf16 (gpubench -activations fp32),
+"+find" timed cuDNN's algorithms (gpubench -conv-search measure); rows
 marked "*" ran with a non-default convolution scratch (one
 chunk per convolution), to compare losses with the chunked default."""
 import sys
