@@ -7,9 +7,10 @@
 bench-gemm:
 	GO=$(GO) scripts/gemm/bench.sh
 
-# Go benchmarks only (active path; RINGTRAIN_GEMM=avx2|generic forces one).
+# Go benchmarks only (the best path; GEMM_PATH=avx2|generic forces one).
+GEMM_PATH ?=
 bench-gemm-go:
-	$(GO) test -run '^$$' -bench . -benchtime 20x ./pkg/nn/internal/gemm/
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./pkg/nn/internal/gemm/ $(if $(GEMM_PATH),-args -gemm.path=$(GEMM_PATH))
 
 # Regenerate the amd64 assembly from asmgen.
 gemm-generate:

@@ -84,7 +84,7 @@ func BenchmarkMaxPool(b *testing.B) {
 // CPU-ms of each and their ratio (direct/Winograd > 1: Winograd is
 // faster). The channel rules are bypassed so that every shape is measured.
 func BenchmarkConvWinograd(b *testing.B) {
-	defer forceWinograd()() // restores winogradOff too
+	defer forceWinograd()()
 	rounds := envInt("RINGTRAIN_BENCH_ROUNDS", 5)
 	for _, p := range []ConvParams{
 		{N: 128, C: 64, H: 8, W: 8, K: 64},     // imagenet stem layer1
@@ -118,7 +118,7 @@ func BenchmarkConvWinograd(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					for r := 0; r < rounds; r++ {
 						for _, off := range []bool{true, false} {
-							winogradOff = off
+							be.SetWinograd(!off)
 							op.f()
 							c0 := cpuSeconds()
 							op.f()

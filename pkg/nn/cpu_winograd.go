@@ -1,8 +1,6 @@
 package nn
 
 import (
-	"os"
-
 	"github.com/ringtrain/ringtrain/pkg/nn/internal/gemm"
 )
 
@@ -53,11 +51,8 @@ import (
 // the direct sum and F(4x4,3x3) ~10x less (TestWinogradTileError,
 // docs/cpu-speed.md), which is why the backend uses F(2x2,3x3).
 //
-// RINGTRAIN_WINOGRAD=0 in the environment turns the path off (read at
-// start-up); useWinograd and useWinogradFilter say which shapes take it.
-
-// winogradOff disables the Winograd path (RINGTRAIN_WINOGRAD=0).
-var winogradOff = os.Getenv("RINGTRAIN_WINOGRAD") == "0"
+// CPU.SetWinograd(false) turns the path off for one backend;
+// useWinograd and useWinogradFilter say which shapes take it.
 
 // winogradMinChannels is the least min(C, K) whose forward (and
 // backward-data) convolution takes the Winograd path, and
@@ -82,16 +77,15 @@ const winoMaxTiles = 512
 
 // useWinograd reports whether the forward convolution p takes the Winograd
 // path: 3x3, stride 1, pad 1, planes of at least 2x2 (every tap live),
-// enough channels, and not turned off. Backward-data of p is the forward
+// enough channels. Backward-data of p is the forward
 // convolution transposedConv(p), which has the same shape.
 func useWinograd(p ConvParams) bool {
-	return !winogradOff && p.R == 3 && p.S == 3 && p.StrideH == 1 && p.StrideW == 1 &&
+	return p.R == 3 && p.S == 3 && p.StrideH == 1 && p.StrideW == 1 &&
 		p.PadH == 1 && p.PadW == 1 && p.H >= 2 && p.W >= 2 &&
 		min(p.C, p.K) >= winogradMinChannels
 }
 
-// SetWinograd turns this backend's Winograd path on (the default, unless
-// RINGTRAIN_WINOGRAD=0) or off. Off, every convolution is a plain float32
+// SetWinograd turns this backend's Winograd path on (the default) or off. Off, every convolution is a plain float32
 // sum of products, whose rounding error the GPU tests' per-op bounds
 // assume.
 func (c *CPU) SetWinograd(on bool) { c.noWinograd = !on }

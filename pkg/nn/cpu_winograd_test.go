@@ -248,14 +248,14 @@ func checkBound(t *testing.T, what string, got []float32, want, bound []float64)
 }
 
 // forceWinograd sends every eligible shape, however narrow, to the
-// Winograd path (all three ops), also under RINGTRAIN_WINOGRAD=0 and for
+// Winograd path (all three ops) of backends that have it on, also for
 // shapes that would take the dense path, and returns the function that
 // restores the rules.
 func forceWinograd() func() {
-	oldOff, oldMin, oldFilter, oldDense := winogradOff, winogradMinChannels, winogradMinFilterChannels, denseOff
-	winogradOff, winogradMinChannels, winogradMinFilterChannels, denseOff = false, 1, 1, true
+	oldMin, oldFilter, oldDense := winogradMinChannels, winogradMinFilterChannels, denseOff
+	winogradMinChannels, winogradMinFilterChannels, denseOff = 1, 1, true
 	return func() {
-		winogradOff, winogradMinChannels, winogradMinFilterChannels, denseOff = oldOff, oldMin, oldFilter, oldDense
+		winogradMinChannels, winogradMinFilterChannels, denseOff = oldMin, oldFilter, oldDense
 	}
 }
 
@@ -546,9 +546,6 @@ func TestWinogradModelThreads(t *testing.T) {
 
 // TestUseWinograd: which shapes take the path, and the off switch.
 func TestUseWinograd(t *testing.T) {
-	oldOff := winogradOff
-	winogradOff = false
-	defer func() { winogradOff = oldOff }()
 	base := ConvParams{N: 8, C: 64, H: 8, W: 8, K: 64, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1}
 	if !useWinograd(base) {
 		t.Errorf("%+v: want Winograd", base)
@@ -574,8 +571,12 @@ func TestUseWinograd(t *testing.T) {
 	if !useWinograd(narrow) || useWinogradFilter(narrow) {
 		t.Errorf("%+v: want Winograd forward and a direct weight gradient", narrow)
 	}
-	winogradOff = true
-	if useWinograd(base) || useWinogradFilter(base) {
-		t.Error("RINGTRAIN_WINOGRAD=0: still Winograd")
+	c := NewCPU(1)
+	if !c.winograd(base) || !c.winogradFilterOn(base) {
+		t.Errorf("%+v: a new backend does not take the Winograd path", base)
+	}
+	c.SetWinograd(false)
+	if c.winograd(base) || c.winogradFilterOn(base) {
+		t.Error("SetWinograd(false): still Winograd")
 	}
 }

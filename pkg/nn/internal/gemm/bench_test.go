@@ -69,16 +69,17 @@ func benchThreads() int {
 	return numCPU
 }
 
-// BenchmarkConvShapes times the active kernel path (RINGTRAIN_GEMM picks
-// another) on the ResNet-18 convolution shapes, GEMM_THREADS goroutines
-// (default: all CPUs), and reports GFLOP/s.
+// BenchmarkConvShapes times the active kernel path (-args -gemm.path=NAME
+// picks another) on the ResNet-18 convolution shapes, GEMM_THREADS
+// goroutines (default: all CPUs; a Split run as the CPU backend runs it),
+// and reports GFLOP/s.
 func BenchmarkConvShapes(b *testing.B) {
 	th := benchThreads()
 	for _, s := range loadShapes(b) {
 		b.Run(s.name, func(b *testing.B) {
 			o := benchOperands(s)
 			for b.Loop() {
-				Sgemm(o.transA, o.transB, o.m, o.n, o.k, 1, o.a, o.lda, o.b, o.ldb, 0, o.c, o.ldc, th)
+				sgemmThreads(active(), o.transA, o.transB, o.m, o.n, o.k, 1, o.a, o.lda, o.b, o.ldb, 0, o.c, o.ldc, th)
 			}
 			reportRates(b, s.flop())
 		})
@@ -92,7 +93,7 @@ func BenchmarkSquare(b *testing.B) {
 			s := shape{name: "square", m: n, n: n, k: n}
 			o := benchOperands(s)
 			for b.Loop() {
-				Sgemm(false, false, n, n, n, 1, o.a, o.lda, o.b, o.ldb, 0, o.c, o.ldc, benchThreads())
+				sgemmThreads(active(), false, false, n, n, n, 1, o.a, o.lda, o.b, o.ldb, 0, o.c, o.ldc, benchThreads())
 			}
 			reportRates(b, s.flop())
 		})
@@ -107,7 +108,7 @@ func reportRates(b *testing.B, flop float64) {
 // gflopsOurs is the median GFLOP/s over reps samples, each at least 2 ms.
 func gflopsOurs(s shape, o *operands, threads, reps int) float64 {
 	call := func() {
-		Sgemm(o.transA, o.transB, o.m, o.n, o.k, 1, o.a, o.lda, o.b, o.ldb, 0, o.c, o.ldc, threads)
+		sgemmThreads(active(), o.transA, o.transB, o.m, o.n, o.k, 1, o.a, o.lda, o.b, o.ldb, 0, o.c, o.ldc, threads)
 	}
 	call()
 	t0 := time.Now()

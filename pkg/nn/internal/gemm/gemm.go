@@ -12,25 +12,26 @@
 // dimension is cut into fixed KC blocks, and a register-blocked micro-kernel
 // computes one MR x NR tile of C per call. Micro-kernels exist for AVX-512
 // (14x32, zmm), AVX2+FMA (6x16, ymm) and in pure Go (4x4); the best one the
-// CPU supports is chosen at start-up, and RINGTRAIN_GEMM=avx512|avx2|generic
-// forces one (see SetPath).
+// CPU supports is chosen at start-up, and SetPath forces another (tests,
+// benchmarks: go test -args -gemm.path=avx2).
 //
 // Determinism: every element of C is the sum over k computed by the same
 // micro-kernel in the same order (KC blocks in increasing k, each block
 // accumulated from zero and then added to C), whatever the number of
-// threads and however C is split among them; partial edge tiles go through
-// the same kernel via a scratch tile. Results differ between kernel paths
-// (different FMA use), never between thread counts.
+// threads and however C is split among them (Split); partial edge tiles go
+// through the same kernel via a scratch tile. Results differ between
+// kernel paths (different FMA use), never between thread counts.
 //
-// Concurrency: Sgemm may be called from many goroutines at once. Calls with
-// threads > 1 borrow goroutines from a package-level pool; those goroutines
-// stay parked between calls and exit after a few seconds idle. Leak checkers
-// should ignore them: goleak.IgnoreAnyFunction(gemm.WorkerFunction).
+// Concurrency: the package starts no goroutines. Sgemm, SgemmPacker and
+// the Workspace methods compute on the calling goroutine and may be called
+// from many goroutines at once (a Workspace by one at a time); a caller
+// that wants several threads on one product cuts it with NewSplit and runs
+// the chunks on its own goroutines (the CPU backend's team does).
 package gemm
 
 import (
 	"fmt"
-	"runtime"
+	"sync"
 )
 
 // Sgemm: C (m x n, leading dimension ldc) = alpha * op(A) * op(B) + beta * C.
@@ -38,18 +39,19 @@ import (
 // op(B) is k x n: B is k x n (ldb >= n) when !transB, n x k (ldb >= k) when transB.
 // When beta == 0, C is not read (NaNs in C do not propagate).
 // When alpha == 0 or k == 0, A and B are not read and C = beta*C.
-// threads <= 1 runs on the calling goroutine.
+// It runs on the calling goroutine (NewSplit cuts a product for several).
 //
 // Negative sizes, leading dimensions smaller than the rows they hold, or
 // slices too short for the sizes given are programming errors: Sgemm panics
 // with a message naming the argument (the kernels are assembly and must not
 // read or write outside the slices).
 func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
-	b []float32, ldb int, beta float32, c []float32, ldc int, threads int) {
+	b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if err := checkArgs(transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc); err != nil {
 		panic(err)
 	}
-	sgemm(active(), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads)
+	runPooled(&problem{kern: active(), transA: transA, transB: transB, m: m, n: n, k: k,
+		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc})
 }
 
 // BPacker supplies op(B) to SgemmPacker without a stored matrix: it writes
@@ -69,13 +71,14 @@ type BPacker interface {
 
 // SgemmPacker is Sgemm with op(B) supplied by bp (k x n) instead of a
 // matrix: C = alpha * op(A) * op(B) + beta * C. Given the same values of
-// op(B), the result is bit-identical to Sgemm's, for any thread count.
+// op(B), the result is bit-identical to Sgemm's.
 func SgemmPacker(transA bool, m, n, k int, alpha float32, a []float32, lda int,
-	bp BPacker, beta float32, c []float32, ldc int, threads int) {
+	bp BPacker, beta float32, c []float32, ldc int) {
 	if err := checkPackerArgs(transA, m, n, k, len(a), lda, bp, len(c), ldc); err != nil {
 		panic(err)
 	}
-	sgemmPacker(active(), transA, m, n, k, alpha, a, lda, bp, beta, c, ldc, threads)
+	runPooled(&problem{kern: active(), transA: transA, m: m, n: n, k: k,
+		alpha: alpha, a: a, lda: lda, bp: bp, beta: beta, c: c, ldc: ldc})
 }
 
 // ArgError describes an invalid Sgemm argument.
@@ -150,50 +153,39 @@ func checkMatrix(name, ldName string, rows, cols, length, ld int) error {
 	return nil
 }
 
-// maxThreads bounds the goroutines one call uses; minChunkFlop is the least
-// work (2*m*n*k) worth handing to one more goroutine (about 20 µs).
+// maxThreads bounds the goroutines one Split plans for; minChunkFlop is
+// the least work (2*m*n*k) worth handing to one more goroutine (about
+// 20 µs).
 const (
 	maxThreads   = 256
 	minChunkFlop = 2 << 20
 )
 
-// sgemm is Sgemm on validated arguments with an explicit kernel.
-func sgemm(kern *kernel, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
-	b []float32, ldb int, beta float32, c []float32, ldc int, threads int) {
-	run(&problem{kern: kern, transA: transA, transB: transB, m: m, n: n, k: k,
-		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc}, threads)
+// runPooled computes p on the calling goroutine with packing buffers from
+// a sync.Pool (no allocation once the pool holds some).
+func runPooled(p *problem) {
+	buf := getBuffers(p.kern)
+	var w Workspace
+	w.buf = buf
+	w.run(p)
+	putBuffers(buf)
 }
 
-// sgemmPacker is SgemmPacker on validated arguments with an explicit kernel.
-func sgemmPacker(kern *kernel, transA bool, m, n, k int, alpha float32, a []float32, lda int,
-	bp BPacker, beta float32, c []float32, ldc int, threads int) {
-	run(&problem{kern: kern, transA: transA, m: m, n: n, k: k,
-		alpha: alpha, a: a, lda: lda, bp: bp, beta: beta, c: c, ldc: ldc}, threads)
+// bufPools holds Sgemm's packing buffers, one sync.Pool per kernel.
+var bufPools sync.Map // *kernel -> *sync.Pool
+
+func getBuffers(kn *kernel) *buffers {
+	v, ok := bufPools.Load(kn)
+	if !ok {
+		v, _ = bufPools.LoadOrStore(kn, &sync.Pool{New: func() any { return newBuffers(kn) }})
+	}
+	return v.(*sync.Pool).Get().(*buffers)
 }
 
-// run computes the problem p on up to threads goroutines.
-func run(p *problem, threads int) {
-	kern, m, n, k, alpha, beta, c, ldc := p.kern, p.m, p.n, p.k, p.alpha, p.beta, p.c, p.ldc
-	if m == 0 || n == 0 {
-		return
+func putBuffers(b *buffers) {
+	if v, ok := bufPools.Load(b.kern); ok {
+		v.(*sync.Pool).Put(b)
 	}
-	if k == 0 || alpha == 0 {
-		scaleC(m, n, beta, c, ldc)
-		return
-	}
-	// Waking a helper costs microseconds: give each at least minChunkFlop.
-	flop := 2 * float64(m) * float64(n) * float64(k)
-	threads = max(1, min(threads, int(min(flop/minChunkFlop, maxThreads))))
-	nch := p.plan(threads)
-	if nch == 1 || threads == 1 {
-		buf := getBuffers(kern)
-		for i := 0; i < nch; i++ {
-			p.chunk(buf, i)
-		}
-		putBuffers(buf)
-		return
-	}
-	runParallel(p, nch, threads)
 }
 
 // scaleC sets C = beta*C (C = 0 when beta == 0, without reading C).
@@ -368,9 +360,6 @@ func newBuffers(kn *kernel) *buffers {
 		scr:  make([]float32, kn.nr*kn.kc),
 	}
 }
-
-// numCPU is used by tests and benchmarks for default thread counts.
-var numCPU = runtime.NumCPU()
 
 // Workspace is one goroutine's packing memory for single-threaded
 // products, for callers that run many independent products in parallel

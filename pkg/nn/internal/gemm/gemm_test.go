@@ -5,11 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
-	"os/exec"
-	"reflect"
-	"runtime"
-	"strings"
 	"testing"
 )
 
@@ -114,13 +109,14 @@ func (o *operands) bt(p, j int) float32 {
 	return o.b[p*o.ldb+j]
 }
 
-// run computes o with kernel kn on threads goroutines into a copy of C.
+// run computes o with kernel kn on threads goroutines (a Split) into a
+// copy of C.
 func (o *operands) run(kn *kernel, threads int) []float32 {
 	got := append([]float32(nil), o.c...)
 	if err := checkArgs(o.transA, o.transB, o.m, o.n, o.k, len(o.a), o.lda, len(o.b), o.ldb, len(got), o.ldc); err != nil {
 		panic(err)
 	}
-	sgemm(kn, o.transA, o.transB, o.m, o.n, o.k, o.alpha, o.a, o.lda, o.b, o.ldb, o.beta, got, o.ldc, threads)
+	sgemmThreads(kn, o.transA, o.transB, o.m, o.n, o.k, o.alpha, o.a, o.lda, o.b, o.ldb, o.beta, got, o.ldc, threads)
 	return got
 }
 
@@ -228,7 +224,7 @@ func TestSgemmBetaZeroIgnoresNaN(t *testing.T) {
 // touching A or B; m == 0 or n == 0 is a no-op.
 func TestSgemmDegenerate(t *testing.T) {
 	c := []float32{1, 2, 3, 4, 5, 6}
-	Sgemm(false, false, 2, 3, 0, 1, nil, 1, nil, 3, 2, c, 3, 2)
+	Sgemm(false, false, 2, 3, 0, 1, nil, 1, nil, 3, 2, c, 3)
 	want := []float32{2, 4, 6, 8, 10, 12}
 	for i := range c {
 		if c[i] != want[i] {
@@ -238,13 +234,13 @@ func TestSgemmDegenerate(t *testing.T) {
 	nan := float32(math.NaN())
 	a := []float32{nan, nan}
 	b := []float32{nan, nan, nan}
-	Sgemm(false, false, 2, 3, 1, 0, a, 1, b, 3, 0, c, 3, 1)
+	Sgemm(false, false, 2, 3, 1, 0, a, 1, b, 3, 0, c, 3)
 	for i := range c {
 		if c[i] != 0 {
 			t.Fatalf("alpha=0 beta=0: C = %v, want zeros", c)
 		}
 	}
-	Sgemm(false, false, 0, 3, 4, 1, nil, 4, make([]float32, 12), 3, 1, nil, 3, 1)
+	Sgemm(false, false, 0, 3, 4, 1, nil, 4, make([]float32, 12), 3, 1, nil, 3)
 }
 
 func TestSgemmBadArguments(t *testing.T) {
@@ -278,7 +274,7 @@ func TestSgemmBadArguments(t *testing.T) {
 			t.Fatal("Sgemm with a short slice did not panic with an ArgError")
 		}
 	}()
-	Sgemm(false, false, 2, 2, 2, 1, make([]float32, 3), 2, make([]float32, 4), 2, 0, make([]float32, 4), 2, 1)
+	Sgemm(false, false, 2, 2, 2, 1, make([]float32, 3), 2, make([]float32, 4), 2, 0, make([]float32, 4), 2)
 }
 
 func TestSetPath(t *testing.T) {
@@ -305,8 +301,9 @@ func TestSetPath(t *testing.T) {
 	}
 }
 
-// TestSgemmConcurrentCalls: many goroutines calling Sgemm at once (sharing
-// the worker pool) all get the single-threaded answer.
+// TestSgemmConcurrentCalls: many goroutines calling Sgemm (sharing the
+// buffer pool) and running Splits at once all get the single-threaded
+// answer.
 func TestSgemmConcurrentCalls(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 10))
 	kn := active()
@@ -317,6 +314,10 @@ func TestSgemmConcurrentCalls(t *testing.T) {
 		go func() {
 			for r := 0; r < 5; r++ {
 				got := o.run(kn, 3)
+				if g%2 == 0 {
+					got = append([]float32(nil), o.c...)
+					Sgemm(o.transA, o.transB, o.m, o.n, o.k, o.alpha, o.a, o.lda, o.b, o.ldb, o.beta, got, o.ldc)
+				}
 				for i := range got {
 					if got[i] != want[i] {
 						errs <- fmt.Errorf("element %d = %g, want %g", i, got[i], want[i])
@@ -341,57 +342,14 @@ func TestSgemmNoAllocs(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	o := newOperands(rng, false, false, 64, 512, 300, 1, 0, 0)
 	c := make([]float32, len(o.c))
-	for _, th := range []int{1, 2} {
-		Sgemm(false, false, o.m, o.n, o.k, 1, o.a, o.lda, o.b, o.ldb, 0, c, o.ldc, th) // warm pools
-		// AllocsPerRun's mean is an integer: a rare runtime-internal burst
-		// rounds to 0 over 100 runs, one allocation per call does not.
-		allocs := testing.AllocsPerRun(100, func() {
-			Sgemm(false, false, o.m, o.n, o.k, 1, o.a, o.lda, o.b, o.ldb, 0, c, o.ldc, th)
-		})
-		if allocs > 0 {
-			t.Errorf("threads=%d: %.1f allocations per call, want 0", th, allocs)
-		}
-	}
-}
-
-// TestWorkerFunctionName: the name leak checkers are told to ignore is the
-// pool goroutines' real function.
-func TestWorkerFunctionName(t *testing.T) {
-	got := runtime.FuncForPC(reflect.ValueOf(worker).Pointer()).Name()
-	if got != WorkerFunction {
-		t.Fatalf("worker is %q, WorkerFunction says %q", got, WorkerFunction)
-	}
-}
-
-// TestEnvVarSelectsPath runs this test binary again with RINGTRAIN_GEMM set
-// and checks the path chosen at start-up and the reported error.
-func TestEnvVarSelectsPath(t *testing.T) {
-	if os.Getenv("GEMM_ENV_CHILD") != "" {
-		fmt.Printf("path=%s err=%v\n", Path(), EnvErr())
-		return
-	}
-	cases := []struct{ env, wantPath, wantErr string }{
-		{"generic", "generic", "<nil>"},
-		{"sse9", Paths()[0], "unknown kernel path"},
-	}
-	for _, name := range []string{"avx512", "avx2"} {
-		if _, err := lookup(name); err == nil {
-			cases = append(cases, struct{ env, wantPath, wantErr string }{name, name, "<nil>"})
-		} else {
-			cases = append(cases, struct{ env, wantPath, wantErr string }{name, Paths()[0], "not supported"})
-		}
-	}
-	for _, tc := range cases {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestEnvVarSelectsPath$")
-		cmd.Env = append(os.Environ(), "GEMM_ENV_CHILD=1", EnvVar+"="+tc.env)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s=%s: %v\n%s", EnvVar, tc.env, err, out)
-		}
-		s := string(out)
-		if !strings.Contains(s, "path="+tc.wantPath+" ") || !strings.Contains(s, tc.wantErr) {
-			t.Errorf("%s=%s: child printed %q, want path %s and error containing %q", EnvVar, tc.env, s, tc.wantPath, tc.wantErr)
-		}
+	Sgemm(false, false, o.m, o.n, o.k, 1, o.a, o.lda, o.b, o.ldb, 0, c, o.ldc) // warm the pool
+	// AllocsPerRun's mean is an integer: a rare runtime-internal burst
+	// rounds to 0 over 100 runs, one allocation per call does not.
+	allocs := testing.AllocsPerRun(100, func() {
+		Sgemm(false, false, o.m, o.n, o.k, 1, o.a, o.lda, o.b, o.ldb, 0, c, o.ldc)
+	})
+	if allocs > 0 {
+		t.Errorf("%.1f allocations per call, want 0", allocs)
 	}
 }
 
@@ -438,7 +396,7 @@ func TestSplitMatchesSgemm(t *testing.T) {
 		for _, tr := range [][2]bool{{false, false}, {true, true}, {false, true}} {
 			o := newOperands(rng, tr[0], tr[1], sz[0], sz[1], sz[2], 1.5, 0.5, 3)
 			want := append([]float32(nil), o.c...)
-			Sgemm(o.transA, o.transB, o.m, o.n, o.k, o.alpha, o.a, o.lda, o.b, o.ldb, o.beta, want, o.ldc, 1)
+			Sgemm(o.transA, o.transB, o.m, o.n, o.k, o.alpha, o.a, o.lda, o.b, o.ldb, o.beta, want, o.ldc)
 			for _, threads := range []int{1, 2, 3, 8} {
 				for _, packer := range []bool{false, true} {
 					got := append([]float32(nil), o.c...)

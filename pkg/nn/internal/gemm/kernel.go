@@ -3,7 +3,6 @@ package gemm
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sync/atomic"
 )
 
@@ -36,31 +35,22 @@ var (
 	ErrPathUnavailable = errors.New("gemm: kernel path not supported by this CPU")
 )
 
-// EnvVar names the environment variable that forces a kernel path.
-const EnvVar = "RINGTRAIN_GEMM"
-
 var generic = &kernel{name: "generic", mr: 4, nr: 4, kc: 256, mc: 256, nc: 512, fn: kernGeneric}
 
-// The generic path is pure Go (kernel and packing), so RINGTRAIN_GEMM=generic
+// The generic path is pure Go (kernel and packing), so SetPath("generic")
 // runs no assembly at all.
 
 // kernels lists the paths this CPU supports, best first (filled by the
 // architecture files' init, then generic).
 var kernels []*kernel
 
-var (
-	current atomic.Pointer[kernel]
-	envErr  error // why RINGTRAIN_GEMM was not honoured, if it was not
-)
+// current is the path Sgemm uses: the best one unless SetPath chose
+// another.
+var current atomic.Pointer[kernel]
 
 func init() {
 	kernels = append(archKernels(), generic)
 	current.Store(kernels[0])
-	if v := os.Getenv(EnvVar); v != "" {
-		if err := SetPath(v); err != nil {
-			envErr = fmt.Errorf("%s=%q ignored, using %s: %w", EnvVar, v, kernels[0].name, err)
-		}
-	}
 }
 
 func active() *kernel { return current.Load() }
@@ -89,10 +79,6 @@ func SetPath(name string) error {
 	current.Store(k)
 	return nil
 }
-
-// EnvErr reports why the RINGTRAIN_GEMM setting was not honoured at start-up
-// (nil when it was unset or valid). Callers that own a log should print it.
-func EnvErr() error { return envErr }
 
 func lookup(name string) (*kernel, error) {
 	for _, k := range kernels {

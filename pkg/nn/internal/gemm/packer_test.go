@@ -38,7 +38,7 @@ func TestSgemmPackerMatchesSgemm(t *testing.T) {
 				for _, threads := range []int{1, 3} {
 					want := o.run(kn, threads)
 					got := append([]float32(nil), o.c...)
-					sgemmPacker(kn, o.transA, o.m, o.n, o.k, o.alpha, o.a, o.lda, matPacker{o}, o.beta, got, o.ldc, threads)
+					sgemmPackerThreads(kn, o.transA, o.m, o.n, o.k, o.alpha, o.a, o.lda, matPacker{o}, o.beta, got, o.ldc, threads)
 					// The same through a Workspace (the active path).
 					old := active()
 					current.Store(kn)
@@ -161,10 +161,10 @@ func TestSgemmPackerBadArguments(t *testing.T) {
 		arg string
 		f   func()
 	}{
-		{"bp", func() { SgemmPacker(false, 2, 2, 2, 1, a, 2, nil, 0, c, 2, 1) }},
-		{"m", func() { SgemmPacker(false, -1, 2, 2, 1, a, 2, matPacker{o}, 0, c, 2, 1) }},
-		{"a", func() { SgemmPacker(false, 2, 2, 3, 1, a, 3, matPacker{o}, 0, c, 2, 1) }},
-		{"ldc", func() { SgemmPacker(false, 2, 2, 2, 1, a, 2, matPacker{o}, 0, c, 1, 1) }},
+		{"bp", func() { SgemmPacker(false, 2, 2, 2, 1, a, 2, nil, 0, c, 2) }},
+		{"m", func() { SgemmPacker(false, -1, 2, 2, 1, a, 2, matPacker{o}, 0, c, 2) }},
+		{"a", func() { SgemmPacker(false, 2, 2, 3, 1, a, 3, matPacker{o}, 0, c, 2) }},
+		{"ldc", func() { SgemmPacker(false, 2, 2, 2, 1, a, 2, matPacker{o}, 0, c, 1) }},
 	} {
 		func() {
 			defer func() {
@@ -192,7 +192,7 @@ func BenchmarkSmallM(b *testing.B) {
 		b.Run(s.name, func(b *testing.B) {
 			o := benchOperands(s)
 			for b.Loop() {
-				Sgemm(false, false, o.m, o.n, o.k, 1, o.a, o.lda, o.b, o.ldb, 0, o.c, o.ldc, 1)
+				Sgemm(false, false, o.m, o.n, o.k, 1, o.a, o.lda, o.b, o.ldb, 0, o.c, o.ldc)
 			}
 			reportRates(b, s.flop())
 		})

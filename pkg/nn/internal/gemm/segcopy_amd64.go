@@ -14,8 +14,8 @@ type asmSeg struct{ pos, off, mlo, mhi int64 }
 //go:noescape
 func copySegsAVX512(dst, src *float32, rowOff *int, rows, stride4 int, segs *asmSeg, nseg int)
 
-// copySegsAsm runs the AVX-512 loop when the active path is avx512 (an
-// RINGTRAIN_GEMM override to avx2 or generic keeps the Go loop).
+// copySegsAsm runs the AVX-512 loop when the active path is avx512
+// (SetPath to avx2 or generic keeps the Go loop).
 func copySegsAsm(dst []float32, stride int, src []float32, rowOff []int, segs []Segment) bool {
 	if active().name != "avx512" || len(segs) > maxAsmSegs {
 		return false

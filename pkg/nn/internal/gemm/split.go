@@ -1,11 +1,10 @@
 package gemm
 
-// Split is one product cut into chunks for the caller's own goroutines:
-// where a caller already keeps helper goroutines busy (the CPU backend's
-// team), handing the chunks to them avoids waking the pool's parked
-// workers (tens of microseconds per call on a VM). Chunk i computes its
-// slab of C with a Workspace; any assignment of chunks to goroutines, in
-// any order, gives the bits Sgemm gives.
+// Split is one product cut into chunks for the caller's own goroutines
+// (the CPU backend hands them to its team of helper goroutines, which it
+// keeps busy anyway). Chunk i computes its slab of C with a Workspace; any
+// assignment of chunks to goroutines, in any order, gives the bits Sgemm
+// gives.
 type Split struct {
 	p   problem
 	nch int
@@ -34,7 +33,8 @@ func NewSplitPacker(transA bool, m, n, k int, alpha float32, a []float32, lda in
 		alpha: alpha, a: a, lda: lda, bp: bp, beta: beta, c: c, ldc: ldc}, threads)
 }
 
-// newSplit plans p as run does (the same chunks for the same threads).
+// newSplit cuts p into at most threads chunks (fewer for a small product:
+// at least minChunkFlop each).
 func newSplit(p problem, threads int) *Split {
 	s := &Split{p: p}
 	if p.m == 0 || p.n == 0 {
