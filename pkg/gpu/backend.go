@@ -33,8 +33,9 @@ const (
 // Options configure Open. The zero value is valid: device 0, fp32,
 // libraries from the standard search, kernels cached in the user's cache.
 type Options struct {
-	Device int    // CUDA device ordinal
-	LibDir string // searched first for libcuda, libnvrtc, libcublas, libcudnn
+	Device    int    // CUDA device ordinal
+	Precision string // "fp32" (default), "tf32" or "bf16"; see the package doc
+	LibDir    string // searched first for libcuda, libnvrtc, libcublas, libcudnn
 	// LibPath lists directories searched next, in order, before the
 	// standard ones (the binaries pass $RINGTRAIN_CUDA_LIB_DIR and the
 	// entries of $LD_LIBRARY_PATH; see cmd/internal/env).
@@ -44,7 +45,6 @@ type Options struct {
 	// searched after the standard wheel locations (the binaries pass
 	// $VIRTUAL_ENV and $HOME/.local).
 	PythonRoots []string
-	Precision string // "fp32" (default), "tf32" or "bf16"; see the package doc
 	// CacheDir holds compiled kernels; "" means
 	// os.UserCacheDir()/ringtrain/kernels, "off" disables the cache.
 	CacheDir string

@@ -36,7 +36,7 @@ func withEnvSearch(o Options) Options {
 
 func TestSearchDirsOrder(t *testing.T) {
 	globbed := map[string][]string{
-		"/opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib": {"/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cublas/lib", "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib"},
+		"/opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib":   {"/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cublas/lib", "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib"},
 		"/home/u/.local/lib/python3*/site-packages/nvidia/*/lib": {"/home/u/.local/lib/python3.11/site-packages/nvidia/cudnn/lib"},
 	}
 	dirs := searchDirs("/explicit", []string{"/env/dir", "/ld/a", "", "/ld/b", "/env/dir"}, []string{"", "/home/u/.local"},
