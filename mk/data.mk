@@ -17,8 +17,9 @@ fuzz-data:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseCIFARBatch$$' -fuzztime $(FUZZTIME) ./pkg/data
 	$(GO) test -run '^$$' -fuzz '^FuzzWalkArchive$$' -fuzztime $(FUZZTIME) ./pkg/data
 
-# Augmented images/s of the loader on CIFAR-10 from ../shared (or
-# $$RINGTRAIN_CIFAR_ARCHIVE; synthetic images without either). Last line:
-# "data: N images/s".
+# Augmented images/s of the loader on CIFAR-10 from CIFAR_ARCHIVE (default
+# ../shared/data/cifar-10-binary.tar.gz; synthetic images without it). Last
+# line: "data: N images/s".
+CIFAR_ARCHIVE ?= ../shared/data/cifar-10-binary.tar.gz
 bench-data:
-	CGO_ENABLED=0 $(GO) run ./pkg/data/internal/benchdata
+	CGO_ENABLED=0 $(GO) run ./pkg/data/internal/benchdata $(if $(wildcard $(CIFAR_ARCHIVE)),-archive $(CIFAR_ARCHIVE))

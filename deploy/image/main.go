@@ -181,7 +181,7 @@ func build(ctx context.Context, o options) ([]string, error) {
 func goOut(ctx context.Context, dir string, args ...string) (string, error) {
 	c := exec.CommandContext(ctx, "go", args...)
 	c.Dir = dir
-	c.Env = append(os.Environ(), "CGO_ENABLED=0")
+	c.Env = append(c.Environ(), "CGO_ENABLED=0")
 	c.Stderr = os.Stderr
 	out, err := c.Output()
 	if err != nil {

@@ -90,8 +90,10 @@ network_config_dir = %q
 	return &Store{Dir: dir, runroot: runroot}, nil
 }
 
-func (s *Store) env() []string {
-	return append(os.Environ(), "CONTAINERS_CONF="+filepath.Join(s.Dir, "containers.conf"), "TMPDIR="+filepath.Join(s.Dir, "tmp"))
+// env is the environment of podman command c: the inherited one plus the
+// store's configuration.
+func (s *Store) env(c *exec.Cmd) []string {
+	return append(c.Environ(), "CONTAINERS_CONF="+filepath.Join(s.Dir, "containers.conf"), "TMPDIR="+filepath.Join(s.Dir, "tmp"))
 }
 
 func (s *Store) global() []string {
@@ -102,7 +104,7 @@ func (s *Store) global() []string {
 // store; its output is not captured.
 func (s *Store) Cmd(ctx context.Context, tool string, args ...string) *exec.Cmd {
 	c := exec.CommandContext(ctx, tool, append(s.global(), args...)...)
-	c.Env = s.env()
+	c.Env = s.env(c)
 	return c
 }
 

@@ -321,7 +321,7 @@ func RunPoint(ctx context.Context, cfg SweepConfig, n, round int) (Point, error)
 			return Point{}, err
 		}
 		cmd.Stdout, cmd.Stderr = f, f
-		cmd.Env = append(os.Environ(), "RINGTRAIN_LOG=json", fmt.Sprintf("GOMAXPROCS=%d", threads+1))
+		cmd.Env = append(cmd.Environ(), "RINGTRAIN_LOG=json", fmt.Sprintf("GOMAXPROCS=%d", threads+1))
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			f.Close()

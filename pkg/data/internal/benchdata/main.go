@@ -18,7 +18,7 @@ import (
 )
 
 func main() {
-	archive := flag.String("archive", "", "CIFAR-10 binary tar.gz (default: $RINGTRAIN_CIFAR_ARCHIVE, else ../shared/data next to the repository)")
+	archive := flag.String("archive", "", "CIFAR-10 binary tar.gz (default: ../shared/data next to the repository; make bench-data passes CIFAR_ARCHIVE)")
 	synthetic := flag.Bool("synthetic", false, "use the synthetic dataset instead of CIFAR-10")
 	batch := flag.Int("batch", 128, "global batch size")
 	workers := flag.Int("workers", 0, "decoding goroutines (0: GOMAXPROCS)")
@@ -38,7 +38,7 @@ func run(archive string, synthetic bool, batch, workers int, dur time.Duration) 
 			archive = findArchive()
 		}
 		if archive == "" {
-			fmt.Fprintln(os.Stderr, "benchdata: no CIFAR-10 archive found (set RINGTRAIN_CIFAR_ARCHIVE or -archive); using the synthetic dataset")
+			fmt.Fprintln(os.Stderr, "benchdata: no CIFAR-10 archive found (pass -archive); using the synthetic dataset")
 		} else {
 			start := time.Now()
 			train, err := data.LoadCIFAR10Archive(archive, data.Train)
@@ -90,13 +90,11 @@ func run(archive string, synthetic bool, batch, workers int, dur time.Duration) 
 	return nil
 }
 
-// findArchive looks for $RINGTRAIN_CIFAR_ARCHIVE, then for
-// ../shared/data/cifar-10-binary.tar.gz beside the repository root (the
-// nearest directory above the working directory holding go.mod).
+// findArchive looks for ../shared/data/cifar-10-binary.tar.gz beside the
+// repository root (the nearest directory above the working directory
+// holding go.mod). Like every package outside cmd/, the tool reads no
+// environment: -archive names another archive.
 func findArchive() string {
-	if p := os.Getenv("RINGTRAIN_CIFAR_ARCHIVE"); p != "" {
-		return p
-	}
 	dir, err := os.Getwd()
 	if err != nil {
 		return ""
