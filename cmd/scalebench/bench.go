@@ -21,6 +21,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 	"github.com/ringtrain/ringtrain/pkg/scale"
+	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 	"github.com/ringtrain/ringtrain/pkg/worker"
 )
 
@@ -47,6 +48,11 @@ type benchOptions struct {
 	profileBatch int
 	timeout      time.Duration
 	sndbuf       int
+	// Cluster mode: the coordinator replicas of a running cluster.
+	coordinators   []string
+	tls            tlsconf.Files
+	endRound       bool
+	workersChanged bool
 }
 
 // Goals of bench-scale (issue #14).
@@ -83,6 +89,9 @@ scale.csv and scale.png in --output. --batch is per worker here (weak scaling).
   scalebench --emulate-hosts 8 --link 1gbit --compute 9.7ms
   # the model alone: 8 to 512 workers on 25 and 100 Gbit/s links
   scalebench --predict --workers 8,64,512 --link 25gbit,100gbit --compute 9.7ms
+  # a running cluster: subsets of its registered workers (same --tls-* flags
+  # as the coordinator)
+  scalebench --coordinator c0:7070,c1:7070,c2:7070 --steps 10
 
 See docs/scale.md.`,
 		Args:          cobra.NoArgs,
@@ -92,6 +101,10 @@ See docs/scale.md.`,
 			s, err := job.Resolve(cmd.Flags(), &spec, o.config)
 			if err != nil {
 				return err
+			}
+			o.workersChanged = cmd.Flags().Changed("workers")
+			if len(o.coordinators) > 0 {
+				return clusterBench(cmd.Context(), s, o)
 			}
 			return bench(cmd.Context(), s, o)
 		},
@@ -120,6 +133,9 @@ See docs/scale.md.`,
 	f.IntVar(&o.threads, "worker-threads", 1, "compute threads per worker")
 	f.IntVar(&o.profileBatch, "profile-batch", 8, "batch of the real forward+backward that measures the bucket timing")
 	f.DurationVar(&o.timeout, "point-timeout", 10*time.Minute, "give up on a point after this long")
+	f.StringSliceVar(&o.coordinators, "coordinator", nil, "cluster mode: the control addresses of a running cluster's coordinator replicas; the sweep runs on subsets of its registered workers (default --workers: 1, 2, 4, ... up to all of them)")
+	f.BoolVar(&o.endRound, "end-round", false, "cluster mode: end a benchmark round left running by a bench that was killed, and exit")
+	o.tls.Bind(f)
 	f.IntVar(&o.sndbuf, "ring-sndbuf", 0, "SO_SNDBUF of the all-reduce measurement's frame connections (0: the transport's default 512 KiB, -1: kernel autotuning)")
 	return cmd
 }
@@ -390,7 +406,7 @@ func summary(res *scale.Result, out *os.File) string {
 		}
 	}
 	for _, p := range res.Points {
-		if _, ok := eff[p.Workers]; ok {
+		if _, ok := eff[p.Workers]; ok && p.Efficiency > 0 { // 0: no one-worker point
 			eff[p.Workers] = fmt.Sprintf("%.1f%%", 100*p.Efficiency)
 		}
 		if p.Workers == 8 && res.Setup.Compute > 0 {

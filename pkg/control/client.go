@@ -273,6 +273,61 @@ func (c *Client) WatchPlan(ctx context.Context, workerID string, after uint64, f
 	}
 }
 
+// Bench starts a benchmark round on workers of the live workers (or, with
+// end, ends round id) and returns the plan published for it.
+func (c *Client) Bench(ctx context.Context, r *controlpb.BenchRequest) (*controlpb.Plan, error) {
+	var p *controlpb.Plan
+	err := c.call(ctx, func(cl controlpb.ControlClient) (err error) {
+		p, err = cl.Bench(ctx, r)
+		return err
+	})
+	return p, err
+}
+
+// WatchMetrics calls fn with every metrics report the leader receives
+// from the moment the stream is open (ready is called then, once) until
+// ctx ends (nil) or fn returns an error (returned as is). A stream that
+// breaks (leader change, a stream that fell behind) is an error: reports
+// may have been missed.
+func (c *Client) WatchMetrics(ctx context.Context, ready func(), fn func(*controlpb.MetricsReport) error) error {
+	var fnErr error
+	err := c.call(ctx, func(cl controlpb.ControlClient) error {
+		stream, err := cl.WatchMetrics(ctx, &controlpb.WatchMetricsRequest{})
+		if err != nil {
+			return err
+		}
+		// The stream is open once its header arrives (the server sends
+		// it on the first report or at once: force it with a header read).
+		if _, err := stream.Header(); err != nil {
+			return err
+		}
+		if ready != nil {
+			ready()
+			ready = nil
+		}
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				fnErr = fmt.Errorf("%w: metrics stream ended: %w", ErrUnreachable, err)
+				return nil
+			}
+			if fnErr = fn(m); fnErr != nil {
+				return nil
+			}
+		}
+	})
+	if fnErr != nil {
+		return fnErr
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
 // Close closes all connections. It is idempotent.
 func (c *Client) Close() error {
 	c.mu.Lock()

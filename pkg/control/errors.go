@@ -35,6 +35,8 @@ var (
 	ErrJobDone = errors.New("coordinator: job is done")
 	// ErrNotRunning reports a commit while the job is not running.
 	ErrNotRunning = errors.New("coordinator: job is not running")
+	// ErrBenchBusy reports a benchmark round started while one runs.
+	ErrBenchBusy = errors.New("coordinator: a benchmark round is running")
 	// ErrClosed reports use of a closed node, service or client.
 	ErrClosed = errors.New("coordinator: closed")
 	// ErrUnreachable reports that no coordinator replica answered in time.

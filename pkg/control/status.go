@@ -29,6 +29,7 @@ var sentinels = []struct {
 	{"SPEC_MISMATCH", ErrSpecMismatch, codes.FailedPrecondition},
 	{"JOB_DONE", ErrJobDone, codes.FailedPrecondition},
 	{"NOT_RUNNING", ErrNotRunning, codes.FailedPrecondition},
+	{"BENCH_BUSY", ErrBenchBusy, codes.FailedPrecondition},
 	{"CLOSED", ErrClosed, codes.Unavailable},
 }
 

@@ -16,6 +16,7 @@ var (
 	ErrSpecMismatch    = control.ErrSpecMismatch
 	ErrJobDone         = control.ErrJobDone
 	ErrNotRunning      = control.ErrNotRunning
+	ErrBenchBusy       = control.ErrBenchBusy
 	ErrClosed          = control.ErrClosed
 	ErrUnreachable     = control.ErrUnreachable
 )

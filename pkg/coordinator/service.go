@@ -73,8 +73,9 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex // guards metrics
+	mu      sync.Mutex // guards metrics and subs
 	metrics map[string]*controlpb.MetricsReport
+	subs    map[*metricsSub]bool // WatchMetrics streams
 }
 
 var _ controlpb.ControlServer = (*Service)(nil)
@@ -107,7 +108,7 @@ func NewService(node *Node, cfg ServiceConfig) (*Service, error) {
 		log = zap.NewNop()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{node: node, cfg: cfg, log: log, cancel: cancel, metrics: map[string]*controlpb.MetricsReport{}}
+	s := &Service{node: node, cfg: cfg, log: log, cancel: cancel, metrics: map[string]*controlpb.MetricsReport{}, subs: map[*metricsSub]bool{}}
 	s.wg.Add(1)
 	go s.leadershipLoop(ctx)
 	return s, nil
@@ -328,7 +329,10 @@ func (s *Service) ReportMetrics(ctx context.Context, m *controlpb.MetricsReport)
 	c := cloneMetrics(m)
 	c.UnixNano = time.Now().UnixNano()
 	s.mu.Lock()
-	s.metrics[c.WorkerId] = c
+	if c.Phase != "bench" { // the job's latest figures, not a bench round's
+		s.metrics[c.WorkerId] = c
+	}
+	s.publishLocked(c)
 	s.mu.Unlock()
 	if s.cfg.OnMetrics != nil {
 		s.cfg.OnMetrics(cloneMetrics(c))
@@ -420,6 +424,96 @@ func (s *Service) GetJob(ctx context.Context, _ *controlpb.GetJobRequest) (*cont
 	return js, nil
 }
 
+// Bench starts or ends a benchmark round (see controlpb.Control.Bench).
+func (s *Service) Bench(ctx context.Context, r *controlpb.BenchRequest) (*controlpb.Plan, error) {
+	st, err := s.apply(ctx, Command{Op: opBench, Bench: &BenchCommand{
+		Workers: int(r.GetWorkers()), Spec: r.GetSpec(), Steps: r.GetSteps(), End: r.GetEnd(), ID: r.GetId()}})
+	if err != nil {
+		return nil, err
+	}
+	if r.GetEnd() {
+		s.log.Info("bench round ended", zap.Uint64("round", r.GetId()), zap.Uint64("generation", st.Generation))
+	} else {
+		s.log.Info("bench round", zap.Uint64("round", st.Generation), zap.Int("workers", len(st.Current())))
+	}
+	return PlanProto(st, ""), nil
+}
+
+// WatchMetrics streams every report this leader receives from now on.
+// When the last stream ends while a bench round runs, the round is ended
+// (its bench is gone). A subscriber that falls more than metricsBacklog reports behind has its
+// stream ended with RESOURCE_EXHAUSTED rather than losing reports silently.
+func (s *Service) WatchMetrics(_ *controlpb.WatchMetricsRequest, stream controlpb.Control_WatchMetricsServer) error {
+	if !s.node.IsLeader() {
+		return s.notLeader()
+	}
+	sub := &metricsSub{ch: make(chan *controlpb.MetricsReport, metricsBacklog), lost: make(chan struct{})}
+	s.mu.Lock()
+	s.subs[sub] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.subs, sub)
+		last := len(s.subs) == 0
+		s.mu.Unlock()
+		// A round outlives no bench: when the last stream goes (the bench
+		// was killed, or finished), a round still running is ended, so
+		// that its workers do not wait for an end that never comes.
+		if b := s.node.State().Bench; last && b != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := s.node.Apply(ctx, Command{Op: opBench, Bench: &BenchCommand{End: true, ID: b.ID}}); err != nil {
+				s.log.Warn("end the bench round left by its bench", zap.Uint64("round", b.ID), zap.Error(err))
+			} else {
+				s.log.Warn("bench round ended: its bench went away", zap.Uint64("round", b.ID))
+			}
+		}
+	}()
+	// The header tells the client that it is subscribed.
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-sub.lost:
+			return status.Error(codes.ResourceExhausted, "coordinator: metrics stream fell behind; reports were dropped")
+		case m := <-sub.ch:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		case <-tick.C:
+			if !s.node.IsLeader() {
+				return s.notLeader()
+			}
+		}
+	}
+}
+
+// metricsBacklog is how many reports a WatchMetrics stream may fall behind.
+const metricsBacklog = 4096
+
+// metricsSub is one WatchMetrics stream.
+type metricsSub struct {
+	ch   chan *controlpb.MetricsReport
+	lost chan struct{} // closed when a report could not be queued
+	once sync.Once
+}
+
+// publish hands m to every WatchMetrics stream (s.mu held).
+func (s *Service) publishLocked(m *controlpb.MetricsReport) {
+	for sub := range s.subs {
+		select {
+		case sub.ch <- cloneMetrics(m):
+		default:
+			sub.once.Do(func() { close(sub.lost) })
+		}
+	}
+}
+
 // Leader names the leader; every replica answers it.
 func (s *Service) Leader(context.Context, *controlpb.LeaderRequest) (*controlpb.LeaderInfo, error) {
 	li := s.node.Leader()
@@ -442,7 +536,14 @@ func PlanProto(st JobState, id string) *controlpb.Plan {
 	if st.Status == StatusFailed && st.LastFailure != nil {
 		p.Failure = st.LastFailure.String()
 	}
-	for i, w := range st.Plan {
+	if b := st.Bench; b != nil {
+		// A benchmark round: its members, running, and no room for others.
+		p.State = controlpb.JobState_JOB_STATE_RUNNING
+		p.YourRank = int32(rankIn(b.Members, id))
+		p.MinWorkers, p.MaxWorkers = int32(len(b.Members)), int32(len(b.Members))
+		p.Bench = &controlpb.BenchPlan{Id: b.ID, Spec: b.Spec, Steps: b.Steps}
+	}
+	for i, w := range st.Current() {
 		p.Members = append(p.Members, &controlpb.PlanMember{Rank: int32(i), Id: w.ID, Address: w.Address, HostId: w.HostID, Device: w.Device})
 	}
 	return p

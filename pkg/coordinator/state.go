@@ -96,6 +96,28 @@ type JobState struct {
 	Leader          LeaderRef      `json:"leader"`
 	LastFailure     *Failure       `json:"last_failure,omitempty"`
 	Ran             bool           `json:"ran"` // was ever running
+	// Bench is the benchmark round that runs instead of the job's plan
+	// (nil: none); see BenchCommand.
+	Bench *BenchRound `json:"bench,omitempty"`
+}
+
+// BenchRound is a benchmark round (coordinator bench on a cluster):
+// Members, in ring order, run Steps steps of Spec on a ring of their own
+// while the job's Plan is set aside; the round's plan is generation ID.
+type BenchRound struct {
+	ID      uint64   `json:"id"`
+	Spec    []byte   `json:"spec"`
+	Steps   int64    `json:"steps"`
+	Members []Worker `json:"members"`
+}
+
+// Current returns the plan workers follow: the bench round's members
+// while one runs, else the job's plan.
+func (s JobState) Current() []Worker {
+	if s.Bench != nil {
+		return s.Bench.Members
+	}
+	return s.Plan
 }
 
 // initialState is the state of a fresh job.
@@ -116,12 +138,22 @@ func (s JobState) Clone() JobState {
 		f := *s.LastFailure
 		c.LastFailure = &f
 	}
+	if s.Bench != nil {
+		b := *s.Bench
+		b.Spec = slices.Clone(b.Spec)
+		b.Members = slices.Clone(b.Members)
+		c.Bench = &b
+	}
 	return c
 }
 
 // Rank returns the rank of worker id in the plan, or -1.
 func (s JobState) Rank(id string) int {
-	for i, w := range s.Plan {
+	return rankIn(s.Plan, id)
+}
+
+func rankIn(plan []Worker, id string) int {
+	for i, w := range plan {
 		if w.ID == id {
 			return i
 		}
@@ -144,6 +176,7 @@ const (
 	opCommitStep       = "commit_step"
 	opRecordCheckpoint = "record_checkpoint"
 	opSetLeader        = "set_leader"
+	opBench            = "bench"
 )
 
 // Command is one entry of the raft log, JSON-encoded. Exactly the payload
@@ -156,6 +189,21 @@ type Command struct {
 	Commit     *CommitCommand        `json:"commit,omitempty"`
 	Checkpoint *CheckpointCommand    `json:"checkpoint,omitempty"`
 	Leader     *LeaderRef            `json:"leader,omitempty"`
+	Bench      *BenchCommand         `json:"bench,omitempty"`
+}
+
+// BenchCommand starts a benchmark round on Workers of the live members
+// (the planned ones first, in ring order, then standbys in join order;
+// excluded ones never), or ends the round ID (End). Starting one starts
+// a generation whose plan is the round; ending it starts a generation
+// whose plan is the job's again. The job's own state (plan, committed
+// step, status) is not changed by either.
+type BenchCommand struct {
+	Workers int    `json:"workers,omitempty"`
+	Spec    []byte `json:"spec,omitempty"`
+	Steps   int64  `json:"steps,omitempty"`
+	End     bool   `json:"end,omitempty"`
+	ID      uint64 `json:"id,omitempty"`
 }
 
 // SetSpecCommand sets the job spec and the worker bounds. A spec whose
@@ -220,6 +268,8 @@ func apply(s JobState, cmd Command) (JobState, error) {
 		err = applyCommit(&n, cmd.Commit)
 	case opRecordCheckpoint:
 		err = applyCheckpoint(&n, cmd.Checkpoint)
+	case opBench:
+		err = applyBench(&n, cmd.Bench)
 	case opSetLeader:
 		if cmd.Leader == nil || cmd.Leader.ID == "" {
 			err = fmt.Errorf("%w: set_leader without a leader id", ErrInvalid)
@@ -302,6 +352,58 @@ func applyMembers(s *JobState, c *UpdateMembersCommand) error {
 	return nil
 }
 
+func applyBench(s *JobState, c *BenchCommand) error {
+	if c == nil {
+		return fmt.Errorf("%w: bench without payload", ErrInvalid)
+	}
+	if c.End {
+		if s.Bench == nil || s.Bench.ID != c.ID {
+			return nil // already ended (or another round): nothing to do
+		}
+		s.Bench = nil
+		s.Generation++ // the job's plan again
+		replan(s, false)
+		return nil
+	}
+	switch {
+	case s.Status == StatusDone || s.Status == StatusFailed:
+		return fmt.Errorf("%w: the job is %s (its workers have stopped)", ErrNotRunning, s.Status)
+	case s.Bench != nil:
+		return fmt.Errorf("%w: round %d on %d workers", ErrBenchBusy, s.Bench.ID, len(s.Bench.Members))
+	case c.Workers < 1 || c.Steps < 1 || len(c.Spec) == 0:
+		return fmt.Errorf("%w: bench of %d workers, %d steps, %d-byte spec", ErrInvalid, c.Workers, c.Steps, len(c.Spec))
+	}
+	excluded := make(map[Exclusion]bool, len(s.Excluded))
+	for _, e := range s.Excluded {
+		excluded[e] = true
+	}
+	live := make(map[string]Worker, len(s.Live))
+	for _, w := range s.Live {
+		if !excluded[Exclusion{ID: w.ID, JoinRevision: w.JoinRevision}] {
+			live[w.ID] = w
+		}
+	}
+	var members []Worker
+	for _, w := range s.Plan { // the planned workers first, in ring order
+		if l, ok := live[w.ID]; ok && len(members) < c.Workers {
+			members = append(members, l)
+			delete(live, w.ID)
+		}
+	}
+	for _, w := range s.Live { // then standbys, in join order
+		if _, ok := live[w.ID]; ok && len(members) < c.Workers {
+			members = placeByHost(members, w)
+			delete(live, w.ID)
+		}
+	}
+	if len(members) < c.Workers {
+		return fmt.Errorf("%w: bench of %d workers, %d live", ErrInvalid, c.Workers, len(members))
+	}
+	s.Generation++
+	s.Bench = &BenchRound{ID: s.Generation, Spec: slices.Clone(c.Spec), Steps: c.Steps, Members: members}
+	return nil
+}
+
 func applyFailure(s *JobState, c *FailureCommand) error {
 	if c == nil {
 		return fmt.Errorf("%w: report_failure without payload", ErrInvalid)
@@ -309,7 +411,20 @@ func applyFailure(s *JobState, c *FailureCommand) error {
 	if s.Status == StatusDone || s.Status == StatusFailed {
 		return nil // finished or already stopped: nothing to do
 	}
+	if s.Bench != nil && !c.Fatal {
+		// A bench round's ring failed: the round ends (its failure
+		// recorded), nobody is excluded: the cluster stays as it was.
+		if c.Generation != s.Generation {
+			return nil
+		}
+		s.LastFailure = &Failure{WorkerID: c.WorkerID, Generation: c.Generation, Reason: "bench: " + c.Reason, SuspectID: c.SuspectID}
+		s.Bench = nil
+		s.Generation++
+		replan(s, false)
+		return nil
+	}
 	if c.Fatal {
+		s.Bench = nil
 		s.LastFailure = &Failure{WorkerID: c.WorkerID, Generation: c.Generation, Reason: c.Reason, SuspectID: c.SuspectID, Fatal: true}
 		s.Status = StatusFailed
 		s.Generation++ // watchers learn that the job stopped

@@ -216,9 +216,17 @@ func (r *Result) Markdown() string {
 			me = fmt.Sprintf("%.1f%%", 100*p.Predicted.Efficiency)
 			er = fmt.Sprintf("%+.1f%%", 100*p.ModelErrorStep)
 		}
-		fmt.Fprintf(&s, "| %d | %d | %.1f | %.1f | %.1f%% | %.1f | %.1f | %.1f | %.1f | %.1f | %s | %.0f%% | %s | %s | %s | %.2f |\n",
-			p.Workers, p.Hosts, p.ImagesPerSec, p.PerWorker, 100*p.Efficiency, 1e3*p.StepSeconds, 1e3*p.DataWait, 1e3*p.Compute,
-			1e3*p.ExposedAllReduce, 1e3*p.Optimizer, FormatBW(p.BusBW), 100*p.HiddenFraction, ms, me, er, p.WorkerCores)
+		eff := "-" // no one-worker point to compare with
+		if p.Efficiency > 0 {
+			eff = fmt.Sprintf("%.1f%%", 100*p.Efficiency)
+		}
+		cores := "-" // not measured (a cluster's workers)
+		if p.MachineCores > 0 {
+			cores = fmt.Sprintf("%.2f", p.WorkerCores)
+		}
+		fmt.Fprintf(&s, "| %d | %d | %.1f | %.1f | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %s | %.0f%% | %s | %s | %s | %s |\n",
+			p.Workers, p.Hosts, p.ImagesPerSec, p.PerWorker, eff, 1e3*p.StepSeconds, 1e3*p.DataWait, 1e3*p.Compute,
+			1e3*p.ExposedAllReduce, 1e3*p.Optimizer, FormatBW(p.BusBW), 100*p.HiddenFraction, ms, me, er, cores)
 	}
 	return s.String()
 }

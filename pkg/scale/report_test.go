@@ -2,6 +2,7 @@ package scale
 
 import (
 	"encoding/csv"
+	"fmt"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -18,7 +19,7 @@ func fakeReports(c *collector, n, total int, step time.Duration) {
 	t0 := time.Unix(1_700_000_000, 0)
 	for s := 1; s <= total; s++ {
 		for r := 0; r < n; r++ {
-			c.onMetrics(&controlpb.MetricsReport{Rank: int32(r), Step: int64(s), Phase: "train", Phases: &controlpb.StepPhases{
+			c.onMetrics(&controlpb.MetricsReport{WorkerId: fmt.Sprintf("w%d", r), Rank: int32(r), Step: int64(s), Phase: "train", Phases: &controlpb.StepPhases{
 				StepSeconds: step.Seconds(), DataWaitSeconds: 0.001, ComputeSeconds: 0.08, ExposedAllreduceSeconds: step.Seconds() - 0.091,
 				OptimizerSeconds: 0.01, AllreduceSeconds: 0.05, HiddenFraction: 0.5, AllreduceBytes: 1 << 20, BusbwBytesPerSecond: 1,
 				Buckets: 2, World: int32(n), EmulatedCompute: true, EndUnixNano: t0.Add(time.Duration(s) * step).UnixNano()}})
@@ -33,7 +34,7 @@ func fakeReports(c *collector, n, total int, step time.Duration) {
 func TestResultFilesHaveEveryField(t *testing.T) {
 	var pts []Point
 	for _, n := range []int{1, 2, 4} {
-		c := &collector{byStep: map[int64]map[int32]*controlpb.MetricsReport{}, arrival: map[int64]int64{}}
+		c := newCollector("train", 0)
 		step := time.Duration(100+10*n) * time.Millisecond
 		fakeReports(c, n, 5, step)
 		p, err := c.point(n, 2, 5, 16)

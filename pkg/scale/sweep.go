@@ -76,6 +76,11 @@ type Point struct {
 	BusBW            float64 `json:"busbw_bytes_per_s"`
 	HiddenFraction   float64 `json:"hidden_fraction"`
 	EmulatedCompute  bool    `json:"emulated_compute"`
+	// RingWorld is the ring's size as the workers reported it with every
+	// step, and Reporters the workers that reported the timed steps: on a
+	// cluster, the subset the coordinator planned.
+	RingWorld int      `json:"ring_world"`
+	Reporters []string `json:"reporters"`
 	// CPU: cores our processes (coordinator excluded) used while timed,
 	// and how busy the whole machine was (all processes, 0-1).
 	WorkerCores  float64 `json:"worker_cores"`
@@ -197,13 +202,29 @@ func FormatBW(b float64) string {
 
 // collector keeps the train reports of a point's timed steps.
 type collector struct {
+	// phase is the reports' phase ("train"; "bench" on a cluster) and
+	// generation, when not 0, the plan they must come from. Set before use.
+	phase      string
+	generation uint64
+
 	mu      sync.Mutex // guards the fields below
 	byStep  map[int64]map[int32]*controlpb.MetricsReport
 	arrival map[int64]int64 // rank 0's end of a step (unix ns, its clock)
 }
 
+func newCollector(phase string, generation uint64) *collector {
+	return &collector{phase: phase, generation: generation, byStep: map[int64]map[int32]*controlpb.MetricsReport{}, arrival: map[int64]int64{}}
+}
+
+// complete reports whether every one of n ranks reported step last.
+func (c *collector) complete(n int, last int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.byStep[last]) >= n
+}
+
 func (c *collector) onMetrics(m *controlpb.MetricsReport) {
-	if m.GetPhase() != "train" {
+	if m.GetPhase() != c.phase || (c.generation != 0 && m.GetGeneration() != c.generation) {
 		return
 	}
 	c.mu.Lock()
@@ -281,7 +302,7 @@ func RunPoint(ctx context.Context, cfg SweepConfig, n, round int) (Point, error)
 	if err != nil {
 		return Point{}, err
 	}
-	col := &collector{byStep: map[int64]map[int32]*controlpb.MetricsReport{}, arrival: map[int64]int64{}}
+	col := newCollector("train", 0)
 	co, err := coordinator.Start(coordinator.Config{
 		ListenAddr: host + ":0",
 		Node:       coordinator.NodeConfig{ID: "c0", Dir: filepath.Join(dir, "state"), BindAddr: "127.0.0.1:0", Bootstrap: true},
@@ -392,12 +413,19 @@ func (c *collector) point(n, warm, total, batch int) (Point, error) {
 	}
 	var k float64
 	hidden := 0.0
+	reporters := map[string]bool{}
 	for s := int64(warm) + 1; s <= int64(total); s++ {
 		for _, m := range c.byStep[s] {
 			ph := m.GetPhases()
 			if ph == nil {
 				continue
 			}
+			if w := int(ph.GetWorld()); p.RingWorld != 0 && w != p.RingWorld {
+				return p, fmt.Errorf("scale: the reports disagree on the ring's size (%d and %d)", p.RingWorld, w)
+			} else {
+				p.RingWorld = w
+			}
+			reporters[m.GetWorkerId()] = true
 			k++
 			p.DataWait += ph.GetDataWaitSeconds()
 			p.Compute += ph.GetComputeSeconds()
@@ -412,6 +440,11 @@ func (c *collector) point(n, warm, total, batch int) (Point, error) {
 	if k == 0 {
 		return p, errors.New("scale: no step phases reported")
 	}
+	p.Reporters = make([]string, 0, len(reporters))
+	for id := range reporters {
+		p.Reporters = append(p.Reporters, id)
+	}
+	sort.Strings(p.Reporters)
 	p.DataWait /= k
 	p.Compute /= k
 	p.ExposedAllReduce /= k

@@ -31,11 +31,12 @@ const (
 	stateCommitting               // committing.go
 	stateFinishing                // finishing.go
 	stateRecovering               // recovering.go
+	stateBenching                 // benching.go
 	stateDone
 )
 
 func (s state) String() string {
-	return [...]string{"registering", "waiting", "syncing", "training", "committing", "finishing", "recovering", "done"}[s]
+	return [...]string{"registering", "waiting", "syncing", "training", "committing", "finishing", "recovering", "benching", "done"}[s]
 }
 
 // Timing holds the worker's tuning knobs. The defaults suit a real job;
@@ -146,7 +147,9 @@ type machine struct {
 	// partial is set when a step failed half-way: the trainer's state is
 	// then not exactly the state of its step.
 	partial bool
-	trace   func(from, to state) // tests observe transitions
+	// benchRan is the id of the last benchmark round this worker took.
+	benchRan uint64
+	trace    func(from, to state) // tests observe transitions
 
 	mu  sync.Mutex                     // guards mem and submitted
 	mem map[int64]*checkpoint.Snapshot // in-memory states at checkpoint steps, by step
@@ -260,6 +263,8 @@ func (m *machine) enter(ctx context.Context, st state) (state, error) {
 		return m.finishing(ctx)
 	case stateRecovering:
 		return m.recovering(ctx)
+	case stateBenching:
+		return m.benching(ctx)
 	}
 	return stateDone, nil
 }

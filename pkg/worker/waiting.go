@@ -28,6 +28,9 @@ func (m *machine) waiting(ctx context.Context) (state, error) {
 		return stateDone, jobFailed(p) // a worker's input error stopped the job
 	}
 	m.plan = p
+	if p.GetBench() != nil {
+		return stateBenching, nil // a benchmark round (benching.go)
+	}
 	return stateSyncing, nil
 }
 

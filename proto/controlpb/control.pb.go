@@ -91,6 +91,182 @@ func (JobState) EnumDescriptor() ([]byte, []int) {
 	return file_controlpb_control_proto_rawDescGZIP(), []int{0}
 }
 
+type BenchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workers       int32                  `protobuf:"varint,1,opt,name=workers,proto3" json:"workers,omitempty"` // subset size (start)
+	Spec          []byte                 `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`        // the bench's job spec (JSON; its own model, data, batch)
+	Steps         int64                  `protobuf:"varint,3,opt,name=steps,proto3" json:"steps,omitempty"`     // steps each member runs (warm-up and timed)
+	End           bool                   `protobuf:"varint,4,opt,name=end,proto3" json:"end,omitempty"`         // end the round named by id
+	Id            uint64                 `protobuf:"varint,5,opt,name=id,proto3" json:"id,omitempty"`           // with end: the round's id (Plan.bench.id)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BenchRequest) Reset() {
+	*x = BenchRequest{}
+	mi := &file_controlpb_control_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BenchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BenchRequest) ProtoMessage() {}
+
+func (x *BenchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlpb_control_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BenchRequest.ProtoReflect.Descriptor instead.
+func (*BenchRequest) Descriptor() ([]byte, []int) {
+	return file_controlpb_control_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *BenchRequest) GetWorkers() int32 {
+	if x != nil {
+		return x.Workers
+	}
+	return 0
+}
+
+func (x *BenchRequest) GetSpec() []byte {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *BenchRequest) GetSteps() int64 {
+	if x != nil {
+		return x.Steps
+	}
+	return 0
+}
+
+func (x *BenchRequest) GetEnd() bool {
+	if x != nil {
+		return x.End
+	}
+	return false
+}
+
+func (x *BenchRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// BenchPlan is set in a plan that is a benchmark round: the members run
+// steps steps of spec (a job spec, JSON) from fresh weights on a ring of
+// their own, then wait for the next plan. Nothing of the job's training
+// state is touched.
+type BenchPlan struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Spec          []byte                 `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	Steps         int64                  `protobuf:"varint,3,opt,name=steps,proto3" json:"steps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BenchPlan) Reset() {
+	*x = BenchPlan{}
+	mi := &file_controlpb_control_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BenchPlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BenchPlan) ProtoMessage() {}
+
+func (x *BenchPlan) ProtoReflect() protoreflect.Message {
+	mi := &file_controlpb_control_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BenchPlan.ProtoReflect.Descriptor instead.
+func (*BenchPlan) Descriptor() ([]byte, []int) {
+	return file_controlpb_control_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BenchPlan) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *BenchPlan) GetSpec() []byte {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *BenchPlan) GetSteps() int64 {
+	if x != nil {
+		return x.Steps
+	}
+	return 0
+}
+
+type WatchMetricsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchMetricsRequest) Reset() {
+	*x = WatchMetricsRequest{}
+	mi := &file_controlpb_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchMetricsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchMetricsRequest) ProtoMessage() {}
+
+func (x *WatchMetricsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlpb_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchMetricsRequest.ProtoReflect.Descriptor instead.
+func (*WatchMetricsRequest) Descriptor() ([]byte, []int) {
+	return file_controlpb_control_proto_rawDescGZIP(), []int{2}
+}
+
 // WorkerInfo describes one worker process.
 type WorkerInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -105,7 +281,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_controlpb_control_proto_msgTypes[0]
+	mi := &file_controlpb_control_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -117,7 +293,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[0]
+	mi := &file_controlpb_control_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -130,7 +306,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{0}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -177,7 +353,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_controlpb_control_proto_msgTypes[1]
+	mi := &file_controlpb_control_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -189,7 +365,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[1]
+	mi := &file_controlpb_control_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -202,7 +378,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{1}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *JoinRequest) GetWorker() *WorkerInfo {
@@ -226,7 +402,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_controlpb_control_proto_msgTypes[2]
+	mi := &file_controlpb_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -238,7 +414,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[2]
+	mi := &file_controlpb_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -251,7 +427,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{2}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JoinResponse) GetJob() string {
@@ -310,7 +486,7 @@ type PlanMember struct {
 
 func (x *PlanMember) Reset() {
 	*x = PlanMember{}
-	mi := &file_controlpb_control_proto_msgTypes[3]
+	mi := &file_controlpb_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +498,7 @@ func (x *PlanMember) String() string {
 func (*PlanMember) ProtoMessage() {}
 
 func (x *PlanMember) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[3]
+	mi := &file_controlpb_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +511,7 @@ func (x *PlanMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanMember.ProtoReflect.Descriptor instead.
 func (*PlanMember) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{3}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PlanMember) GetRank() int32 {
@@ -386,7 +562,7 @@ type Committed struct {
 
 func (x *Committed) Reset() {
 	*x = Committed{}
-	mi := &file_controlpb_control_proto_msgTypes[4]
+	mi := &file_controlpb_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +574,7 @@ func (x *Committed) String() string {
 func (*Committed) ProtoMessage() {}
 
 func (x *Committed) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[4]
+	mi := &file_controlpb_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +587,7 @@ func (x *Committed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Committed.ProtoReflect.Descriptor instead.
 func (*Committed) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{4}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Committed) GetStep() int64 {
@@ -456,7 +632,7 @@ type CheckpointRef struct {
 
 func (x *CheckpointRef) Reset() {
 	*x = CheckpointRef{}
-	mi := &file_controlpb_control_proto_msgTypes[5]
+	mi := &file_controlpb_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +644,7 @@ func (x *CheckpointRef) String() string {
 func (*CheckpointRef) ProtoMessage() {}
 
 func (x *CheckpointRef) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[5]
+	mi := &file_controlpb_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +657,7 @@ func (x *CheckpointRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRef.ProtoReflect.Descriptor instead.
 func (*CheckpointRef) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{5}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CheckpointRef) GetStep() int64 {
@@ -533,13 +709,14 @@ type Plan struct {
 	MinWorkers       int32                  `protobuf:"varint,8,opt,name=min_workers,json=minWorkers,proto3" json:"min_workers,omitempty"`
 	MaxWorkers       int32                  `protobuf:"varint,9,opt,name=max_workers,json=maxWorkers,proto3" json:"max_workers,omitempty"` // 0: no limit
 	Failure          string                 `protobuf:"bytes,10,opt,name=failure,proto3" json:"failure,omitempty"`                         // FAILED: "worker ID: the reported error"
+	Bench            *BenchPlan             `protobuf:"bytes,11,opt,name=bench,proto3" json:"bench,omitempty"`                             // set while a benchmark round runs (see Bench)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_controlpb_control_proto_msgTypes[6]
+	mi := &file_controlpb_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +728,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[6]
+	mi := &file_controlpb_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +741,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{6}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Plan) GetGeneration() uint64 {
@@ -637,6 +814,13 @@ func (x *Plan) GetFailure() string {
 	return ""
 }
 
+func (x *Plan) GetBench() *BenchPlan {
+	if x != nil {
+		return x.Bench
+	}
+	return nil
+}
+
 type WatchPlanRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId        string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -647,7 +831,7 @@ type WatchPlanRequest struct {
 
 func (x *WatchPlanRequest) Reset() {
 	*x = WatchPlanRequest{}
-	mi := &file_controlpb_control_proto_msgTypes[7]
+	mi := &file_controlpb_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +843,7 @@ func (x *WatchPlanRequest) String() string {
 func (*WatchPlanRequest) ProtoMessage() {}
 
 func (x *WatchPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[7]
+	mi := &file_controlpb_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +856,7 @@ func (x *WatchPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPlanRequest.ProtoReflect.Descriptor instead.
 func (*WatchPlanRequest) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{7}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchPlanRequest) GetWorkerId() string {
@@ -711,7 +895,7 @@ type MetricsReport struct {
 
 func (x *MetricsReport) Reset() {
 	*x = MetricsReport{}
-	mi := &file_controlpb_control_proto_msgTypes[8]
+	mi := &file_controlpb_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +907,7 @@ func (x *MetricsReport) String() string {
 func (*MetricsReport) ProtoMessage() {}
 
 func (x *MetricsReport) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[8]
+	mi := &file_controlpb_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +920,7 @@ func (x *MetricsReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsReport.ProtoReflect.Descriptor instead.
 func (*MetricsReport) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{8}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MetricsReport) GetWorkerId() string {
@@ -866,7 +1050,7 @@ type StepPhases struct {
 
 func (x *StepPhases) Reset() {
 	*x = StepPhases{}
-	mi := &file_controlpb_control_proto_msgTypes[9]
+	mi := &file_controlpb_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1062,7 @@ func (x *StepPhases) String() string {
 func (*StepPhases) ProtoMessage() {}
 
 func (x *StepPhases) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[9]
+	mi := &file_controlpb_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1075,7 @@ func (x *StepPhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepPhases.ProtoReflect.Descriptor instead.
 func (*StepPhases) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{9}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StepPhases) GetStepSeconds() float64 {
@@ -993,7 +1177,7 @@ type MetricsAck struct {
 
 func (x *MetricsAck) Reset() {
 	*x = MetricsAck{}
-	mi := &file_controlpb_control_proto_msgTypes[10]
+	mi := &file_controlpb_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1189,7 @@ func (x *MetricsAck) String() string {
 func (*MetricsAck) ProtoMessage() {}
 
 func (x *MetricsAck) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[10]
+	mi := &file_controlpb_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1202,7 @@ func (x *MetricsAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsAck.ProtoReflect.Descriptor instead.
 func (*MetricsAck) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{10}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{13}
 }
 
 type FailureReport struct {
@@ -1037,7 +1221,7 @@ type FailureReport struct {
 
 func (x *FailureReport) Reset() {
 	*x = FailureReport{}
-	mi := &file_controlpb_control_proto_msgTypes[11]
+	mi := &file_controlpb_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1233,7 @@ func (x *FailureReport) String() string {
 func (*FailureReport) ProtoMessage() {}
 
 func (x *FailureReport) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[11]
+	mi := &file_controlpb_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1246,7 @@ func (x *FailureReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailureReport.ProtoReflect.Descriptor instead.
 func (*FailureReport) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{11}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FailureReport) GetWorkerId() string {
@@ -1114,7 +1298,7 @@ type CommitStepRequest struct {
 
 func (x *CommitStepRequest) Reset() {
 	*x = CommitStepRequest{}
-	mi := &file_controlpb_control_proto_msgTypes[12]
+	mi := &file_controlpb_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +1310,7 @@ func (x *CommitStepRequest) String() string {
 func (*CommitStepRequest) ProtoMessage() {}
 
 func (x *CommitStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[12]
+	mi := &file_controlpb_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +1323,7 @@ func (x *CommitStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitStepRequest.ProtoReflect.Descriptor instead.
 func (*CommitStepRequest) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{12}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CommitStepRequest) GetWorkerId() string {
@@ -1194,7 +1378,7 @@ type CommitStepResponse struct {
 
 func (x *CommitStepResponse) Reset() {
 	*x = CommitStepResponse{}
-	mi := &file_controlpb_control_proto_msgTypes[13]
+	mi := &file_controlpb_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1390,7 @@ func (x *CommitStepResponse) String() string {
 func (*CommitStepResponse) ProtoMessage() {}
 
 func (x *CommitStepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[13]
+	mi := &file_controlpb_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1403,7 @@ func (x *CommitStepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitStepResponse.ProtoReflect.Descriptor instead.
 func (*CommitStepResponse) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{13}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CommitStepResponse) GetCommitted() *Committed {
@@ -1247,7 +1431,7 @@ type RecordCheckpointRequest struct {
 
 func (x *RecordCheckpointRequest) Reset() {
 	*x = RecordCheckpointRequest{}
-	mi := &file_controlpb_control_proto_msgTypes[14]
+	mi := &file_controlpb_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1443,7 @@ func (x *RecordCheckpointRequest) String() string {
 func (*RecordCheckpointRequest) ProtoMessage() {}
 
 func (x *RecordCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[14]
+	mi := &file_controlpb_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1456,7 @@ func (x *RecordCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*RecordCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{14}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RecordCheckpointRequest) GetWorkerId() string {
@@ -1305,7 +1489,7 @@ type RecordCheckpointResponse struct {
 
 func (x *RecordCheckpointResponse) Reset() {
 	*x = RecordCheckpointResponse{}
-	mi := &file_controlpb_control_proto_msgTypes[15]
+	mi := &file_controlpb_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1501,7 @@ func (x *RecordCheckpointResponse) String() string {
 func (*RecordCheckpointResponse) ProtoMessage() {}
 
 func (x *RecordCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[15]
+	mi := &file_controlpb_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1514,7 @@ func (x *RecordCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*RecordCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{15}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RecordCheckpointResponse) GetLatest() *CheckpointRef {
@@ -1348,7 +1532,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_controlpb_control_proto_msgTypes[16]
+	mi := &file_controlpb_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1544,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[16]
+	mi := &file_controlpb_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1557,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{16}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{19}
 }
 
 type JobStatus struct {
@@ -1391,7 +1575,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_controlpb_control_proto_msgTypes[17]
+	mi := &file_controlpb_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1587,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[17]
+	mi := &file_controlpb_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1600,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{17}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *JobStatus) GetJob() string {
@@ -1476,7 +1660,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_controlpb_control_proto_msgTypes[18]
+	mi := &file_controlpb_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1672,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[18]
+	mi := &file_controlpb_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1685,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{18}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{21}
 }
 
 type LeaderInfo struct {
@@ -1516,7 +1700,7 @@ type LeaderInfo struct {
 
 func (x *LeaderInfo) Reset() {
 	*x = LeaderInfo{}
-	mi := &file_controlpb_control_proto_msgTypes[19]
+	mi := &file_controlpb_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1712,7 @@ func (x *LeaderInfo) String() string {
 func (*LeaderInfo) ProtoMessage() {}
 
 func (x *LeaderInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[19]
+	mi := &file_controlpb_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1725,7 @@ func (x *LeaderInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderInfo.ProtoReflect.Descriptor instead.
 func (*LeaderInfo) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{19}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LeaderInfo) GetLeaderId() string {
@@ -1583,7 +1767,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_controlpb_control_proto_msgTypes[20]
+	mi := &file_controlpb_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1779,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlpb_control_proto_msgTypes[20]
+	mi := &file_controlpb_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1792,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_controlpb_control_proto_rawDescGZIP(), []int{20}
+	return file_controlpb_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NotLeader) GetLeaderId() string {
@@ -1629,7 +1813,18 @@ var File_controlpb_control_proto protoreflect.FileDescriptor
 
 const file_controlpb_control_proto_rawDesc = "" +
 	"\n" +
-	"\x17controlpb/control.proto\x12\x14ringtrain.control.v1\"y\n" +
+	"\x17controlpb/control.proto\x12\x14ringtrain.control.v1\"t\n" +
+	"\fBenchRequest\x12\x18\n" +
+	"\aworkers\x18\x01 \x01(\x05R\aworkers\x12\x12\n" +
+	"\x04spec\x18\x02 \x01(\fR\x04spec\x12\x14\n" +
+	"\x05steps\x18\x03 \x01(\x03R\x05steps\x12\x10\n" +
+	"\x03end\x18\x04 \x01(\bR\x03end\x12\x0e\n" +
+	"\x02id\x18\x05 \x01(\x04R\x02id\"E\n" +
+	"\tBenchPlan\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04spec\x18\x02 \x01(\fR\x04spec\x12\x14\n" +
+	"\x05steps\x18\x03 \x01(\x03R\x05steps\"\x15\n" +
+	"\x13WatchMetricsRequest\"y\n" +
 	"\n" +
 	"WorkerInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
@@ -1667,7 +1862,7 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\x03key\x18\x03 \x01(\tR\x03key\x12\x1a\n" +
 	"\baccuracy\x18\x04 \x01(\x01R\baccuracy\x12\x1f\n" +
 	"\vconfig_hash\x18\x05 \x01(\tR\n" +
-	"configHash\"\xc3\x03\n" +
+	"configHash\"\xfa\x03\n" +
 	"\x04Plan\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1684,7 +1879,8 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\vmax_workers\x18\t \x01(\x05R\n" +
 	"maxWorkers\x12\x18\n" +
 	"\afailure\x18\n" +
-	" \x01(\tR\afailure\"Z\n" +
+	" \x01(\tR\afailure\x125\n" +
+	"\x05bench\x18\v \x01(\v2\x1f.ringtrain.control.v1.BenchPlanR\x05bench\"Z\n" +
 	"\x10WatchPlanRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12)\n" +
 	"\x10after_generation\x18\x02 \x01(\x04R\x0fafterGeneration\"\xe7\x02\n" +
@@ -1778,7 +1974,7 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x14\n" +
 	"\x10JOB_STATE_PAUSED\x10\x03\x12\x12\n" +
 	"\x0eJOB_STATE_DONE\x10\x04\x12\x14\n" +
-	"\x10JOB_STATE_FAILED\x10\x052\xca\x05\n" +
+	"\x10JOB_STATE_FAILED\x10\x052\xf5\x06\n" +
 	"\aControl\x12M\n" +
 	"\x04Join\x12!.ringtrain.control.v1.JoinRequest\x1a\".ringtrain.control.v1.JoinResponse\x12Q\n" +
 	"\tWatchPlan\x12&.ringtrain.control.v1.WatchPlanRequest\x1a\x1a.ringtrain.control.v1.Plan0\x01\x12V\n" +
@@ -1788,7 +1984,9 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"CommitStep\x12'.ringtrain.control.v1.CommitStepRequest\x1a(.ringtrain.control.v1.CommitStepResponse\x12q\n" +
 	"\x10RecordCheckpoint\x12-.ringtrain.control.v1.RecordCheckpointRequest\x1a..ringtrain.control.v1.RecordCheckpointResponse\x12N\n" +
 	"\x06GetJob\x12#.ringtrain.control.v1.GetJobRequest\x1a\x1f.ringtrain.control.v1.JobStatus\x12O\n" +
-	"\x06Leader\x12#.ringtrain.control.v1.LeaderRequest\x1a .ringtrain.control.v1.LeaderInfoB0Z.github.com/ringtrain/ringtrain/proto/controlpbb\x06proto3"
+	"\x06Leader\x12#.ringtrain.control.v1.LeaderRequest\x1a .ringtrain.control.v1.LeaderInfo\x12G\n" +
+	"\x05Bench\x12\".ringtrain.control.v1.BenchRequest\x1a\x1a.ringtrain.control.v1.Plan\x12`\n" +
+	"\fWatchMetrics\x12).ringtrain.control.v1.WatchMetricsRequest\x1a#.ringtrain.control.v1.MetricsReport0\x01B0Z.github.com/ringtrain/ringtrain/proto/controlpbb\x06proto3"
 
 var (
 	file_controlpb_control_proto_rawDescOnce sync.Once
@@ -1803,68 +2001,76 @@ func file_controlpb_control_proto_rawDescGZIP() []byte {
 }
 
 var file_controlpb_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_controlpb_control_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_controlpb_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_controlpb_control_proto_goTypes = []any{
 	(JobState)(0),                    // 0: ringtrain.control.v1.JobState
-	(*WorkerInfo)(nil),               // 1: ringtrain.control.v1.WorkerInfo
-	(*JoinRequest)(nil),              // 2: ringtrain.control.v1.JoinRequest
-	(*JoinResponse)(nil),             // 3: ringtrain.control.v1.JoinResponse
-	(*PlanMember)(nil),               // 4: ringtrain.control.v1.PlanMember
-	(*Committed)(nil),                // 5: ringtrain.control.v1.Committed
-	(*CheckpointRef)(nil),            // 6: ringtrain.control.v1.CheckpointRef
-	(*Plan)(nil),                     // 7: ringtrain.control.v1.Plan
-	(*WatchPlanRequest)(nil),         // 8: ringtrain.control.v1.WatchPlanRequest
-	(*MetricsReport)(nil),            // 9: ringtrain.control.v1.MetricsReport
-	(*StepPhases)(nil),               // 10: ringtrain.control.v1.StepPhases
-	(*MetricsAck)(nil),               // 11: ringtrain.control.v1.MetricsAck
-	(*FailureReport)(nil),            // 12: ringtrain.control.v1.FailureReport
-	(*CommitStepRequest)(nil),        // 13: ringtrain.control.v1.CommitStepRequest
-	(*CommitStepResponse)(nil),       // 14: ringtrain.control.v1.CommitStepResponse
-	(*RecordCheckpointRequest)(nil),  // 15: ringtrain.control.v1.RecordCheckpointRequest
-	(*RecordCheckpointResponse)(nil), // 16: ringtrain.control.v1.RecordCheckpointResponse
-	(*GetJobRequest)(nil),            // 17: ringtrain.control.v1.GetJobRequest
-	(*JobStatus)(nil),                // 18: ringtrain.control.v1.JobStatus
-	(*LeaderRequest)(nil),            // 19: ringtrain.control.v1.LeaderRequest
-	(*LeaderInfo)(nil),               // 20: ringtrain.control.v1.LeaderInfo
-	(*NotLeader)(nil),                // 21: ringtrain.control.v1.NotLeader
+	(*BenchRequest)(nil),             // 1: ringtrain.control.v1.BenchRequest
+	(*BenchPlan)(nil),                // 2: ringtrain.control.v1.BenchPlan
+	(*WatchMetricsRequest)(nil),      // 3: ringtrain.control.v1.WatchMetricsRequest
+	(*WorkerInfo)(nil),               // 4: ringtrain.control.v1.WorkerInfo
+	(*JoinRequest)(nil),              // 5: ringtrain.control.v1.JoinRequest
+	(*JoinResponse)(nil),             // 6: ringtrain.control.v1.JoinResponse
+	(*PlanMember)(nil),               // 7: ringtrain.control.v1.PlanMember
+	(*Committed)(nil),                // 8: ringtrain.control.v1.Committed
+	(*CheckpointRef)(nil),            // 9: ringtrain.control.v1.CheckpointRef
+	(*Plan)(nil),                     // 10: ringtrain.control.v1.Plan
+	(*WatchPlanRequest)(nil),         // 11: ringtrain.control.v1.WatchPlanRequest
+	(*MetricsReport)(nil),            // 12: ringtrain.control.v1.MetricsReport
+	(*StepPhases)(nil),               // 13: ringtrain.control.v1.StepPhases
+	(*MetricsAck)(nil),               // 14: ringtrain.control.v1.MetricsAck
+	(*FailureReport)(nil),            // 15: ringtrain.control.v1.FailureReport
+	(*CommitStepRequest)(nil),        // 16: ringtrain.control.v1.CommitStepRequest
+	(*CommitStepResponse)(nil),       // 17: ringtrain.control.v1.CommitStepResponse
+	(*RecordCheckpointRequest)(nil),  // 18: ringtrain.control.v1.RecordCheckpointRequest
+	(*RecordCheckpointResponse)(nil), // 19: ringtrain.control.v1.RecordCheckpointResponse
+	(*GetJobRequest)(nil),            // 20: ringtrain.control.v1.GetJobRequest
+	(*JobStatus)(nil),                // 21: ringtrain.control.v1.JobStatus
+	(*LeaderRequest)(nil),            // 22: ringtrain.control.v1.LeaderRequest
+	(*LeaderInfo)(nil),               // 23: ringtrain.control.v1.LeaderInfo
+	(*NotLeader)(nil),                // 24: ringtrain.control.v1.NotLeader
 }
 var file_controlpb_control_proto_depIdxs = []int32{
-	1,  // 0: ringtrain.control.v1.JoinRequest.worker:type_name -> ringtrain.control.v1.WorkerInfo
-	7,  // 1: ringtrain.control.v1.JoinResponse.plan:type_name -> ringtrain.control.v1.Plan
+	4,  // 0: ringtrain.control.v1.JoinRequest.worker:type_name -> ringtrain.control.v1.WorkerInfo
+	10, // 1: ringtrain.control.v1.JoinResponse.plan:type_name -> ringtrain.control.v1.Plan
 	0,  // 2: ringtrain.control.v1.Plan.state:type_name -> ringtrain.control.v1.JobState
-	4,  // 3: ringtrain.control.v1.Plan.members:type_name -> ringtrain.control.v1.PlanMember
-	5,  // 4: ringtrain.control.v1.Plan.committed:type_name -> ringtrain.control.v1.Committed
-	6,  // 5: ringtrain.control.v1.Plan.latest_checkpoint:type_name -> ringtrain.control.v1.CheckpointRef
-	10, // 6: ringtrain.control.v1.MetricsReport.phases:type_name -> ringtrain.control.v1.StepPhases
-	5,  // 7: ringtrain.control.v1.CommitStepResponse.committed:type_name -> ringtrain.control.v1.Committed
-	0,  // 8: ringtrain.control.v1.CommitStepResponse.state:type_name -> ringtrain.control.v1.JobState
-	6,  // 9: ringtrain.control.v1.RecordCheckpointRequest.checkpoint:type_name -> ringtrain.control.v1.CheckpointRef
-	6,  // 10: ringtrain.control.v1.RecordCheckpointResponse.latest:type_name -> ringtrain.control.v1.CheckpointRef
-	7,  // 11: ringtrain.control.v1.JobStatus.plan:type_name -> ringtrain.control.v1.Plan
-	20, // 12: ringtrain.control.v1.JobStatus.leader:type_name -> ringtrain.control.v1.LeaderInfo
-	9,  // 13: ringtrain.control.v1.JobStatus.metrics:type_name -> ringtrain.control.v1.MetricsReport
-	1,  // 14: ringtrain.control.v1.JobStatus.live:type_name -> ringtrain.control.v1.WorkerInfo
-	2,  // 15: ringtrain.control.v1.Control.Join:input_type -> ringtrain.control.v1.JoinRequest
-	8,  // 16: ringtrain.control.v1.Control.WatchPlan:input_type -> ringtrain.control.v1.WatchPlanRequest
-	9,  // 17: ringtrain.control.v1.Control.ReportMetrics:input_type -> ringtrain.control.v1.MetricsReport
-	12, // 18: ringtrain.control.v1.Control.ReportFailure:input_type -> ringtrain.control.v1.FailureReport
-	13, // 19: ringtrain.control.v1.Control.CommitStep:input_type -> ringtrain.control.v1.CommitStepRequest
-	15, // 20: ringtrain.control.v1.Control.RecordCheckpoint:input_type -> ringtrain.control.v1.RecordCheckpointRequest
-	17, // 21: ringtrain.control.v1.Control.GetJob:input_type -> ringtrain.control.v1.GetJobRequest
-	19, // 22: ringtrain.control.v1.Control.Leader:input_type -> ringtrain.control.v1.LeaderRequest
-	3,  // 23: ringtrain.control.v1.Control.Join:output_type -> ringtrain.control.v1.JoinResponse
-	7,  // 24: ringtrain.control.v1.Control.WatchPlan:output_type -> ringtrain.control.v1.Plan
-	11, // 25: ringtrain.control.v1.Control.ReportMetrics:output_type -> ringtrain.control.v1.MetricsAck
-	7,  // 26: ringtrain.control.v1.Control.ReportFailure:output_type -> ringtrain.control.v1.Plan
-	14, // 27: ringtrain.control.v1.Control.CommitStep:output_type -> ringtrain.control.v1.CommitStepResponse
-	16, // 28: ringtrain.control.v1.Control.RecordCheckpoint:output_type -> ringtrain.control.v1.RecordCheckpointResponse
-	18, // 29: ringtrain.control.v1.Control.GetJob:output_type -> ringtrain.control.v1.JobStatus
-	20, // 30: ringtrain.control.v1.Control.Leader:output_type -> ringtrain.control.v1.LeaderInfo
-	23, // [23:31] is the sub-list for method output_type
-	15, // [15:23] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	7,  // 3: ringtrain.control.v1.Plan.members:type_name -> ringtrain.control.v1.PlanMember
+	8,  // 4: ringtrain.control.v1.Plan.committed:type_name -> ringtrain.control.v1.Committed
+	9,  // 5: ringtrain.control.v1.Plan.latest_checkpoint:type_name -> ringtrain.control.v1.CheckpointRef
+	2,  // 6: ringtrain.control.v1.Plan.bench:type_name -> ringtrain.control.v1.BenchPlan
+	13, // 7: ringtrain.control.v1.MetricsReport.phases:type_name -> ringtrain.control.v1.StepPhases
+	8,  // 8: ringtrain.control.v1.CommitStepResponse.committed:type_name -> ringtrain.control.v1.Committed
+	0,  // 9: ringtrain.control.v1.CommitStepResponse.state:type_name -> ringtrain.control.v1.JobState
+	9,  // 10: ringtrain.control.v1.RecordCheckpointRequest.checkpoint:type_name -> ringtrain.control.v1.CheckpointRef
+	9,  // 11: ringtrain.control.v1.RecordCheckpointResponse.latest:type_name -> ringtrain.control.v1.CheckpointRef
+	10, // 12: ringtrain.control.v1.JobStatus.plan:type_name -> ringtrain.control.v1.Plan
+	23, // 13: ringtrain.control.v1.JobStatus.leader:type_name -> ringtrain.control.v1.LeaderInfo
+	12, // 14: ringtrain.control.v1.JobStatus.metrics:type_name -> ringtrain.control.v1.MetricsReport
+	4,  // 15: ringtrain.control.v1.JobStatus.live:type_name -> ringtrain.control.v1.WorkerInfo
+	5,  // 16: ringtrain.control.v1.Control.Join:input_type -> ringtrain.control.v1.JoinRequest
+	11, // 17: ringtrain.control.v1.Control.WatchPlan:input_type -> ringtrain.control.v1.WatchPlanRequest
+	12, // 18: ringtrain.control.v1.Control.ReportMetrics:input_type -> ringtrain.control.v1.MetricsReport
+	15, // 19: ringtrain.control.v1.Control.ReportFailure:input_type -> ringtrain.control.v1.FailureReport
+	16, // 20: ringtrain.control.v1.Control.CommitStep:input_type -> ringtrain.control.v1.CommitStepRequest
+	18, // 21: ringtrain.control.v1.Control.RecordCheckpoint:input_type -> ringtrain.control.v1.RecordCheckpointRequest
+	20, // 22: ringtrain.control.v1.Control.GetJob:input_type -> ringtrain.control.v1.GetJobRequest
+	22, // 23: ringtrain.control.v1.Control.Leader:input_type -> ringtrain.control.v1.LeaderRequest
+	1,  // 24: ringtrain.control.v1.Control.Bench:input_type -> ringtrain.control.v1.BenchRequest
+	3,  // 25: ringtrain.control.v1.Control.WatchMetrics:input_type -> ringtrain.control.v1.WatchMetricsRequest
+	6,  // 26: ringtrain.control.v1.Control.Join:output_type -> ringtrain.control.v1.JoinResponse
+	10, // 27: ringtrain.control.v1.Control.WatchPlan:output_type -> ringtrain.control.v1.Plan
+	14, // 28: ringtrain.control.v1.Control.ReportMetrics:output_type -> ringtrain.control.v1.MetricsAck
+	10, // 29: ringtrain.control.v1.Control.ReportFailure:output_type -> ringtrain.control.v1.Plan
+	17, // 30: ringtrain.control.v1.Control.CommitStep:output_type -> ringtrain.control.v1.CommitStepResponse
+	19, // 31: ringtrain.control.v1.Control.RecordCheckpoint:output_type -> ringtrain.control.v1.RecordCheckpointResponse
+	21, // 32: ringtrain.control.v1.Control.GetJob:output_type -> ringtrain.control.v1.JobStatus
+	23, // 33: ringtrain.control.v1.Control.Leader:output_type -> ringtrain.control.v1.LeaderInfo
+	10, // 34: ringtrain.control.v1.Control.Bench:output_type -> ringtrain.control.v1.Plan
+	12, // 35: ringtrain.control.v1.Control.WatchMetrics:output_type -> ringtrain.control.v1.MetricsReport
+	26, // [26:36] is the sub-list for method output_type
+	16, // [16:26] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_controlpb_control_proto_init() }
@@ -1878,7 +2084,7 @@ func file_controlpb_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlpb_control_proto_rawDesc), len(file_controlpb_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

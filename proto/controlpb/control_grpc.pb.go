@@ -31,6 +31,8 @@ const (
 	Control_RecordCheckpoint_FullMethodName = "/ringtrain.control.v1.Control/RecordCheckpoint"
 	Control_GetJob_FullMethodName           = "/ringtrain.control.v1.Control/GetJob"
 	Control_Leader_FullMethodName           = "/ringtrain.control.v1.Control/Leader"
+	Control_Bench_FullMethodName            = "/ringtrain.control.v1.Control/Bench"
+	Control_WatchMetrics_FullMethodName     = "/ringtrain.control.v1.Control/WatchMetrics"
 )
 
 // ControlClient is the client API for Control service.
@@ -70,6 +72,21 @@ type ControlClient interface {
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*JobStatus, error)
 	// Leader is answered by every replica, leader or not.
 	Leader(ctx context.Context, in *LeaderRequest, opts ...grpc.CallOption) (*LeaderInfo, error)
+	// Bench starts or ends one round of a scale-out benchmark (coordinator
+	// bench on a cluster). Start: a plan whose bench field is set and whose
+	// members are `workers` of the live workers (the job's planned ones
+	// first) is published; they run the bench spec's steps on a ring of
+	// their own, report every step (phase "bench") and go back to waiting;
+	// the other workers idle. End (end = true, the round's id): the next
+	// plan is the job's own again. A start while a round runs, or on a job
+	// that is done or failed, is refused (FAILED_PRECONDITION); more workers
+	// than are live, INVALID_ARGUMENT. The reply is the plan as published.
+	Bench(ctx context.Context, in *BenchRequest, opts ...grpc.CallOption) (*Plan, error)
+	// WatchMetrics streams every metrics report the leader receives from
+	// now on, until the client goes away or the replica stops leading. A
+	// bench holds one open for as long as it runs: when the last stream
+	// ends while a round runs, the leader ends the round.
+	WatchMetrics(ctx context.Context, in *WatchMetricsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MetricsReport], error)
 }
 
 type controlClient struct {
@@ -169,6 +186,35 @@ func (c *controlClient) Leader(ctx context.Context, in *LeaderRequest, opts ...g
 	return out, nil
 }
 
+func (c *controlClient) Bench(ctx context.Context, in *BenchRequest, opts ...grpc.CallOption) (*Plan, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Plan)
+	err := c.cc.Invoke(ctx, Control_Bench_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) WatchMetrics(ctx context.Context, in *WatchMetricsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MetricsReport], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[1], Control_WatchMetrics_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchMetricsRequest, MetricsReport]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_WatchMetricsClient = grpc.ServerStreamingClient[MetricsReport]
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -206,6 +252,21 @@ type ControlServer interface {
 	GetJob(context.Context, *GetJobRequest) (*JobStatus, error)
 	// Leader is answered by every replica, leader or not.
 	Leader(context.Context, *LeaderRequest) (*LeaderInfo, error)
+	// Bench starts or ends one round of a scale-out benchmark (coordinator
+	// bench on a cluster). Start: a plan whose bench field is set and whose
+	// members are `workers` of the live workers (the job's planned ones
+	// first) is published; they run the bench spec's steps on a ring of
+	// their own, report every step (phase "bench") and go back to waiting;
+	// the other workers idle. End (end = true, the round's id): the next
+	// plan is the job's own again. A start while a round runs, or on a job
+	// that is done or failed, is refused (FAILED_PRECONDITION); more workers
+	// than are live, INVALID_ARGUMENT. The reply is the plan as published.
+	Bench(context.Context, *BenchRequest) (*Plan, error)
+	// WatchMetrics streams every metrics report the leader receives from
+	// now on, until the client goes away or the replica stops leading. A
+	// bench holds one open for as long as it runs: when the last stream
+	// ends while a round runs, the leader ends the round.
+	WatchMetrics(*WatchMetricsRequest, grpc.ServerStreamingServer[MetricsReport]) error
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -239,6 +300,12 @@ func (UnimplementedControlServer) GetJob(context.Context, *GetJobRequest) (*JobS
 }
 func (UnimplementedControlServer) Leader(context.Context, *LeaderRequest) (*LeaderInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method Leader not implemented")
+}
+func (UnimplementedControlServer) Bench(context.Context, *BenchRequest) (*Plan, error) {
+	return nil, status.Error(codes.Unimplemented, "method Bench not implemented")
+}
+func (UnimplementedControlServer) WatchMetrics(*WatchMetricsRequest, grpc.ServerStreamingServer[MetricsReport]) error {
+	return status.Error(codes.Unimplemented, "method WatchMetrics not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -398,6 +465,35 @@ func _Control_Leader_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_Bench_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BenchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Bench(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Bench_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Bench(ctx, req.(*BenchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_WatchMetrics_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchMetricsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServer).WatchMetrics(m, &grpc.GenericServerStream[WatchMetricsRequest, MetricsReport]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_WatchMetricsServer = grpc.ServerStreamingServer[MetricsReport]
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -433,11 +529,20 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Leader",
 			Handler:    _Control_Leader_Handler,
 		},
+		{
+			MethodName: "Bench",
+			Handler:    _Control_Bench_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "WatchPlan",
 			Handler:       _Control_WatchPlan_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchMetrics",
+			Handler:       _Control_WatchMetrics_Handler,
 			ServerStreams: true,
 		},
 	},
