@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ringtrain/ringtrain/cmd/internal/env"
 	"github.com/ringtrain/ringtrain/internal/cli"
 	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/pkg/job"
@@ -22,7 +23,7 @@ import (
 // benchmark rounds on subsets of the workers registered with a running
 // cluster (scale.Cluster), and writes the same files as a local sweep.
 func clusterBench(ctx context.Context, spec job.Spec, o benchOptions) error {
-	log := cli.NewLogger("bench")
+	log := cli.NewLogger("bench", env.Log())
 	defer log.Sync()
 	out := os.Stdout
 	if o.hosts > 0 || o.predict {
