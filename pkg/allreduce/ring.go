@@ -41,14 +41,15 @@ type Ring struct {
 	cfg  Config
 	link Link
 
-	mu      sync.Mutex // guards queue, broken, closed, seq, step
+	mu      sync.Mutex // guards queue, broken, closed, seq, step, dev
 	cond    *sync.Cond // signalled when queue grows or closed is set
 	queue   []*Op
 	broken  error // first failure; every later collective fails with it
 	closed  bool
-	running bool   // a collective is executing
-	seq     uint64 // sequence number of the last collective started
-	step    uint64 // step of the last tagged collective (for AllReduceSum)
+	running bool        // a collective is executing
+	seq     uint64      // sequence number of the last collective started
+	step    uint64      // step of the last tagged collective (for AllReduceSum)
+	dev     *deviceRing // the attached device ring (device.go), or nil
 
 	runnerDone chan struct{}
 	order      int       // orderUnknown until the first bandwidth-path collective (runner only)
@@ -69,6 +70,7 @@ type Op struct {
 	data []float32
 	red  Reduction
 	ctx  context.Context
+	dev  *devOp // a device collective or attach (device.go), or nil
 
 	done       chan struct{}
 	err        error     // set before done is closed
@@ -183,7 +185,12 @@ func (r *Ring) Err() error {
 // within the ring's Timeout (and ctx). data must not be touched until the
 // Op is done.
 func (r *Ring) Start(ctx context.Context, tag Tag, data []float32, red Reduction) *Op {
-	op := &Op{tag: tag, data: data, red: red, ctx: ctx, done: make(chan struct{})}
+	return r.startOp(ctx, tag, data, red, nil)
+}
+
+// startOp queues a host (dev nil) or device collective.
+func (r *Ring) startOp(ctx context.Context, tag Tag, data []float32, red Reduction, dev *devOp) *Op {
+	op := &Op{tag: tag, data: data, red: red, ctx: ctx, dev: dev, done: make(chan struct{})}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.seq++
@@ -247,7 +254,7 @@ func (r *Ring) Close() error {
 	if r.link != nil {
 		err = r.link.Close()
 	}
-	return err
+	return errors.Join(err, r.detachDevice())
 }
 
 // bytesSender is a Link that can send a float32 payload straight from the
@@ -322,13 +329,15 @@ func (r *Ring) run() {
 		op.start = time.Now()
 		err := r.execute(op)
 		op.end = time.Now()
+		// Every rank agrees on ErrNoDeviceRing: the ring stays healthy.
+		breaks := err != nil && !errors.Is(err, ErrNoDeviceRing)
 		r.mu.Lock()
 		r.running = false
-		if err != nil && r.broken == nil {
+		if breaks && r.broken == nil {
 			r.broken = err
 		}
 		r.mu.Unlock()
-		if err != nil {
+		if breaks {
 			if r.link != nil {
 				_ = r.link.Close()
 			}
@@ -340,7 +349,7 @@ func (r *Ring) run() {
 // execute runs one collective.
 func (r *Ring) execute(op *Op) error {
 	n := r.cfg.World
-	if n == 1 || len(op.data) == 0 {
+	if op.dev == nil && (n == 1 || len(op.data) == 0) {
 		return nil // a sum over one worker; mean divides by 1
 	}
 	if op.ctx == nil {
@@ -351,6 +360,9 @@ func (r *Ring) execute(op *Op) error {
 	}
 	ctx, cancel := context.WithTimeout(op.ctx, r.cfg.Timeout)
 	defer cancel()
+	if op.dev != nil {
+		return r.executeDevice(ctx, op)
+	}
 	if 4*len(op.data) <= min(r.cfg.SmallBytes, r.cfg.ChunkBytes) {
 		return r.exec(ctx, op, r.smallPath(op))
 	}

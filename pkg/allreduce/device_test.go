@@ -1,0 +1,227 @@
+package allreduce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"testing"
+)
+
+// eachRank runs fn(rank) on every rank concurrently and returns the errors.
+func eachRank(n int, fn func(i int) error) []error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs[i] = fn(i)
+		}(i)
+	}
+	wg.Wait()
+	return errs
+}
+
+// devRank is one rank's device memory in a device-ring test: a region of
+// pad + l + pad elements (the collective runs on the middle l).
+type devRank struct {
+	dev  *MemDevice
+	mem  []float32
+	ptr  uint64
+	pads int
+}
+
+func attachAll(t *testing.T, rings []*Ring, devs []*MemDevice, lens []int) ([]devRank, []error) {
+	t.Helper()
+	ranks := make([]devRank, len(rings))
+	for i := range rings {
+		mem, p := devs[i].Alloc(lens[i])
+		ranks[i] = devRank{dev: devs[i], mem: mem, ptr: p}
+	}
+	ctx := context.Background()
+	errs := eachRank(len(rings), func(i int) error {
+		_, err := rings[i].AttachDevice(ctx, devs[i], []DeviceRegion{{Ptr: ranks[i].ptr, Len: lens[i]}})
+		return err
+	})
+	return ranks, errs
+}
+
+func memDevs(n int) []*MemDevice {
+	d := make([]*MemDevice, n)
+	for i := range d {
+		d[i] = &MemDevice{}
+	}
+	return d
+}
+
+func sameLens(n, l int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = l
+	}
+	return s
+}
+
+// TestDeviceRingBitIdentical: the device ring's all-reduce gives exactly
+// the host ring's bits, for 2, 3 and 4 ranks, sizes on the small path and
+// on the bandwidth path (uneven segments, fewer elements than ranks), Sum
+// and Mean, on a range that starts inside the region; and the device
+// ring's mappings are released when the ring closes.
+func TestDeviceRingBitIdentical(t *testing.T) {
+	for _, f := range []fabric{inmemFabric, grpcFabric(true, false)} {
+		for _, n := range []int{2, 3, 4} {
+			t.Run(fmt.Sprintf("%s/n=%d", f.name, n), func(t *testing.T) {
+				cfg := DefaultConfig("job", 1, 0, n)
+				cfg.ChunkBytes = 4 << 10 // several chunks per host segment
+				host := openRings(t, inmemFabric, n, cfg)
+				rings := openRings(t, f, n, cfg)
+				devs := memDevs(n)
+				const pad = 13
+				sizes := []int{1, 3, 5, 1000, 2048, 2049, 3*4096 + 7, 100003}
+				total := 0
+				for _, l := range sizes {
+					total = max(total, l)
+				}
+				ranks, errs := attachAll(t, rings, devs, sameLens(n, total+2*pad))
+				for i, err := range errs {
+					if err != nil {
+						t.Fatalf("attach rank %d: %v", i, err)
+					}
+				}
+				for i := range rings {
+					if !rings[i].DeviceAttached() {
+						t.Fatalf("rank %d: not attached", i)
+					}
+				}
+				step := uint64(0)
+				for _, l := range sizes {
+					for _, red := range []Reduction{Sum, Mean} {
+						step++
+						in := inputs(int64(l)*7+int64(red), n, l)
+						want := clone(in)
+						for i, err := range allReduceAll(host, Tag{Step: step}, want, red) {
+							if err != nil {
+								t.Fatalf("host rank %d: %v", i, err)
+							}
+						}
+						for i := range ranks {
+							copy(ranks[i].mem[pad:], in[i])
+						}
+						errs := eachRank(n, func(i int) error {
+							return rings[i].AllReduceDevice(context.Background(), Tag{Step: step}, 0, pad, l, red)
+						})
+						for i, err := range errs {
+							if err != nil {
+								t.Fatalf("l=%d red=%d rank %d: %v", l, red, i, err)
+							}
+						}
+						for i := range ranks {
+							got := ranks[i].mem[pad : pad+l]
+							for e := range got {
+								if math.Float32bits(got[e]) != math.Float32bits(want[i][e]) {
+									t.Fatalf("l=%d red=%d rank %d element %d: device %v, host %v", l, red, i, e, got[e], want[i][e])
+								}
+							}
+							if ranks[i].mem[pad-1] != 0 || ranks[i].mem[pad+l] != 0 {
+								t.Fatalf("l=%d rank %d: wrote outside the range", l, i)
+							}
+						}
+					}
+				}
+				if n > 2 { // the sum order is the documented one, not just the host's
+					l := 100003
+					in := inputs(99, n, l)
+					for i := range ranks {
+						copy(ranks[i].mem[pad:], in[i])
+					}
+					eachRank(n, func(i int) error {
+						return rings[i].AllReduceDevice(context.Background(), Tag{Step: 1000}, 0, pad, l, Sum)
+					})
+					for _, e := range []int{0, l / 3, l/2 + 1, l - 1} {
+						if w := ringOrderSum(in, e); ranks[1].mem[pad+e] != w {
+							t.Fatalf("element %d = %v, want the ring-order sum %v", e, ranks[1].mem[pad+e], w)
+						}
+					}
+				}
+				for i := range rings {
+					if err := rings[i].Close(); err != nil {
+						t.Fatalf("close rank %d: %v", i, err)
+					}
+					if o := devs[i].Opened(); o != 0 {
+						t.Fatalf("rank %d: %d handles still open after Close", i, o)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestDeviceRingRefusals: every rank gets ErrNoDeviceRing when one rank
+// cannot take part (a device without IPC, another kind of memory, other
+// region lengths, compression, a link that is not same-host shared memory), StartDevice then fails without breaking
+// the ring, and the host path still works on the same ring.
+func TestDeviceRingRefusals(t *testing.T) {
+	cases := []struct {
+		name  string
+		n     int
+		setup func(devs []*MemDevice, lens []int, cfg *Config)
+		why   string
+		f     fabric
+	}{
+		{"no IPC", 3, func(d []*MemDevice, _ []int, _ *Config) { d[1].NoIPC = true }, "cannot share memory", inmemFabric},
+		{"other kind", 2, func(d []*MemDevice, _ []int, _ *Config) { d[0].Kind = "other" }, "memory is", inmemFabric},
+		{"other lengths", 4, func(_ []*MemDevice, l []int, _ *Config) { l[2]++ }, "elements", inmemFabric},
+		{"compression", 2, func(_ []*MemDevice, _ []int, c *Config) { c.Compression = CompressBF16 }, "compression", inmemFabric},
+		// gRPC without shared memory: as neighbours on two hosts.
+		{"no shared-memory link", 2, func([]*MemDevice, []int, *Config) {}, "another host", grpcFabric(false, false)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig("job", 1, 0, tc.n)
+			devs, lens := memDevs(tc.n), sameLens(tc.n, 5000)
+			tc.setup(devs, lens, &cfg)
+			rings := openRings(t, tc.f, tc.n, cfg)
+			ranks, errs := attachAll(t, rings, devs, lens)
+			for i, err := range errs {
+				if !errors.Is(err, ErrNoDeviceRing) {
+					t.Fatalf("rank %d: %v, want ErrNoDeviceRing", i, err)
+				}
+				if rings[i].DeviceAttached() {
+					t.Fatalf("rank %d attached", i)
+				}
+			}
+			found := false
+			for _, err := range errs {
+				found = found || containsStr(err.Error(), tc.why)
+			}
+			if !found {
+				t.Fatalf("no rank says %q: %v", tc.why, errs)
+			}
+			if err := rings[0].AllReduceDevice(context.Background(), Tag{}, 0, 0, 10, Sum); !errors.Is(err, ErrConfig) {
+				t.Fatalf("device collective without a device ring: %v", err)
+			}
+			vecs := inputs(5, tc.n, 300)
+			for i, err := range allReduceAll(rings, Tag{Step: 1}, vecs, Sum) {
+				if err != nil {
+					t.Fatalf("host collective after the refusal, rank %d: %v", i, err)
+				}
+			}
+			for i := range ranks {
+				if o := devs[i].Opened(); o != 0 {
+					t.Fatalf("rank %d keeps %d handles open", i, o)
+				}
+			}
+		})
+	}
+}
+
+func containsStr(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,200 @@
+package allreduce
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"unsafe"
+)
+
+// MemDevice is a Device over host memory, the in-memory twin of a GPU for
+// tests of the device ring: its "device pointers" are the addresses of
+// float32 blocks it allocates, its handles name such blocks, and any
+// MemDevice of the same process and kind can open them (as processes of
+// one host open each other's GPU memory). Its Ring* methods run at once
+// with the float operations the kernels use, each under one process-wide
+// lock: that makes it safe for concurrent use by the ranks of a test, and
+// shows the race detector the order a GPU gets from the ring's signals
+// (which it cannot see when they travel through shared memory; over
+// InmemTransport the ring passes -race without the lock).
+type MemDevice struct {
+	// Kind is its IPCKind ("mem" when empty); NoIPC makes it a device
+	// that cannot share memory (IPCKind "").
+	Kind  string
+	NoIPC bool
+
+	mu     sync.Mutex // guards opened
+	opened map[uint64]int
+}
+
+var (
+	memOpMu     sync.Mutex               // held by every Ring* operation
+	memBlocksMu sync.Mutex               // guards memBlocks
+	memBlocks   = map[uint64][]float32{} // every MemDevice block, by address
+)
+
+var _ Device = (*MemDevice)(nil)
+
+// Alloc returns a block of n float32s (zeroed) and its device address.
+func (d *MemDevice) Alloc(n int) ([]float32, uint64) {
+	b := make([]float32, max(n, 1))
+	p := uint64(uintptr(unsafe.Pointer(&b[0])))
+	memBlocksMu.Lock()
+	memBlocks[p] = b
+	memBlocksMu.Unlock()
+	return b[:n], p
+}
+
+// Free forgets a block of Alloc.
+func (d *MemDevice) Free(p uint64) {
+	memBlocksMu.Lock()
+	delete(memBlocks, p)
+	memBlocksMu.Unlock()
+}
+
+// Opened is the number of handles opened and not yet closed.
+func (d *MemDevice) Opened() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, c := range d.opened {
+		n += c
+	}
+	return n
+}
+
+// at returns the n float32s at device address p.
+func memAt(p uint64, n int) []float32 {
+	memBlocksMu.Lock()
+	defer memBlocksMu.Unlock()
+	for base, b := range memBlocks {
+		if p >= base && p+4*uint64(n) <= base+4*uint64(cap(b)) && (p-base)%4 == 0 {
+			i := int((p - base) / 4)
+			return b[i : i+n : i+n]
+		}
+	}
+	panic(fmt.Sprintf("allreduce: MemDevice address %#x (+%d) outside every block", p, n)) // a test's bug
+}
+
+func (d *MemDevice) IPCKind() string {
+	switch {
+	case d.NoIPC:
+		return ""
+	case d.Kind == "":
+		return "mem"
+	}
+	return d.Kind
+}
+
+func (d *MemDevice) IPCIdentity() string { return "host memory" }
+
+var errMemHandle = errors.New("allreduce: MemDevice: not a handle of an allocated block")
+
+func (d *MemDevice) IPCExport(ptr uint64) ([]byte, uint64, error) {
+	if d.NoIPC {
+		return nil, 0, errMemHandle
+	}
+	memBlocksMu.Lock()
+	defer memBlocksMu.Unlock()
+	for base, b := range memBlocks {
+		if ptr >= base && ptr < base+4*uint64(cap(b)) {
+			return binary.LittleEndian.AppendUint64(nil, base), ptr - base, nil
+		}
+	}
+	return nil, 0, fmt.Errorf("%w: export of %#x", errMemHandle, ptr)
+}
+
+func (d *MemDevice) IPCOpen(h []byte) (uint64, error) {
+	if len(h) != 8 {
+		return 0, errMemHandle
+	}
+	base := binary.LittleEndian.Uint64(h)
+	memBlocksMu.Lock()
+	_, ok := memBlocks[base]
+	memBlocksMu.Unlock()
+	if !ok {
+		return 0, fmt.Errorf("%w: %#x", errMemHandle, base)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.opened == nil {
+		d.opened = map[uint64]int{}
+	}
+	d.opened[base]++
+	return base, nil
+}
+
+func (d *MemDevice) IPCClose(base uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.opened[base] == 0 {
+		return fmt.Errorf("%w: close of %#x, not open", errMemHandle, base)
+	}
+	d.opened[base]--
+	return nil
+}
+
+func (d *MemDevice) AllocShared(bytes int) (uint64, error) {
+	_, p := d.Alloc((bytes + 3) / 4)
+	return p, nil
+}
+
+func (d *MemDevice) FreeShared(p uint64) error { d.Free(p); return nil }
+
+func (d *MemDevice) RingAdd(dst, src uint64, n int, div float32) {
+	memOpMu.Lock()
+	defer memOpMu.Unlock()
+	if n == 0 {
+		return
+	}
+	a, b := memAt(dst, n), memAt(src, n)
+	for i := range a {
+		v := a[i] + b[i]
+		if div != 0 {
+			v /= div
+		}
+		a[i] = v
+	}
+}
+
+func (d *MemDevice) RingCopy(dst, src uint64, n int) {
+	memOpMu.Lock()
+	defer memOpMu.Unlock()
+	if n > 0 {
+		copy(memAt(dst, n), memAt(src, n))
+	}
+}
+
+func (d *MemDevice) RingDiv(dst, src uint64, n int, div float32) {
+	memOpMu.Lock()
+	defer memOpMu.Unlock()
+	if n == 0 {
+		return
+	}
+	a, b := memAt(dst, n), memAt(src, n)
+	for i := range a {
+		a[i] = b[i] / div
+	}
+}
+
+func (d *MemDevice) RingSum64(dst, all uint64, l, w int, mean bool) {
+	memOpMu.Lock()
+	defer memOpMu.Unlock()
+	if l == 0 {
+		return
+	}
+	out, in := memAt(dst, l), memAt(all, l*w)
+	for i := range out {
+		s := 0.0
+		for k := 0; k < w; k++ {
+			s += float64(in[k*l+i])
+		}
+		if mean {
+			s /= float64(w)
+		}
+		out[i] = float32(s)
+	}
+}
+
+func (d *MemDevice) RingSync() error { return nil }
