@@ -225,3 +225,103 @@ func containsStr(s, sub string) bool {
 	}
 	return false
 }
+
+// TestDeviceReducerMatchesReducer: DeviceReducer on the device ring leaves
+// the same bits in the gradient and the Extra vectors as Reducer on the
+// host ring, with several buckets (a small first one on the small path,
+// a frozen parameter, a gather bucket carrying two Extra vectors), for
+// 2, 3 and 4 ranks and both reductions; it plans the same buckets.
+func TestDeviceReducerMatchesReducer(t *testing.T) {
+	spans, total := contiguousSpans(700, 30000, 0, 9000, 20, 5000, 1200)
+	for _, n := range []int{2, 3, 4} {
+		for _, red := range []Reduction{Sum, Mean} {
+			t.Run(fmt.Sprintf("n=%d/red=%d", n, red), func(t *testing.T) {
+				cfg := DefaultConfig("job", 1, 0, n)
+				cfg.ChunkBytes = 16 << 10
+				host := openRings(t, inmemFabric, n, cfg)
+				rings := openRings(t, inmemFabric, n, cfg)
+				bb, fb := 4*12000, 4*6000
+				grads := inputs(int64(n*10+int(red)), n, total)
+				extraA, extraB := inputs(77, n, 3), inputs(78, n, 50)
+				// Host: Reducer.
+				hostGrads, hostA, hostB := clone(grads), clone(extraA), clone(extraB)
+				errs := eachRank(n, func(i int) error {
+					r, err := NewReducer(host[i], hostGrads[i], spans, ReducerConfig{BucketBytes: bb, FirstBucketBytes: fb,
+						Reduction: red, Extra: [][]float32{hostA[i], hostB[i]}})
+					if err != nil {
+						return err
+					}
+					if err := r.Begin(context.Background(), 3); err != nil {
+						return err
+					}
+					for p := len(spans) - 1; p >= 0; p-- {
+						if err := r.MarkReady(p); err != nil {
+							return err
+						}
+					}
+					_, err = r.Wait(context.Background())
+					return err
+				})
+				for i, err := range errs {
+					if err != nil {
+						t.Fatalf("host rank %d: %v", i, err)
+					}
+				}
+				// Device: DeviceReducer on MemDevices.
+				devs := memDevs(n)
+				g, a, b := make([][]float32, n), make([][]float32, n), make([][]float32, n)
+				reds := make([]*DeviceReducer, n)
+				errs = eachRank(n, func(i int) error {
+					var gp, ap, bp uint64
+					g[i], gp = devs[i].Alloc(total)
+					a[i], ap = devs[i].Alloc(3)
+					b[i], bp = devs[i].Alloc(50)
+					copy(g[i], grads[i])
+					copy(a[i], extraA[i])
+					copy(b[i], extraB[i])
+					var err error
+					reds[i], _, err = NewDeviceReducer(context.Background(), rings[i], devs[i], DeviceSpan{gp, total}, spans,
+						DeviceReducerConfig{BucketBytes: bb, FirstBucketBytes: fb, Reduction: red,
+							Extra: []DeviceSpan{{ap, 3}, {bp, 50}}})
+					if err != nil {
+						return err
+					}
+					_, err = reds[i].Reduce(context.Background(), 3)
+					return err
+				})
+				for i, err := range errs {
+					if err != nil {
+						t.Fatalf("device rank %d: %v", i, err)
+					}
+				}
+				hb, db := fmt.Sprint(must(NewReducer(host[0], hostGrads[0], spans, ReducerConfig{BucketBytes: bb, FirstBucketBytes: fb,
+					Extra: [][]float32{hostA[0], hostB[0]}})).Buckets()), fmt.Sprint(reds[0].Buckets())
+				if hb != db || len(reds[0].Buckets()) < 3 {
+					t.Fatalf("buckets: host %s, device %s (want the same, at least 3)", hb, db)
+				}
+				for i := 0; i < n; i++ {
+					for _, c := range []struct {
+						what      string
+						got, want []float32
+					}{{"gradient", g[i], hostGrads[i]}, {"extra A", a[i], hostA[i]}, {"extra B", b[i], hostB[i]}} {
+						for e := range c.want {
+							if math.Float32bits(c.got[e]) != math.Float32bits(c.want[e]) {
+								t.Fatalf("rank %d %s[%d]: device %v, host %v", i, c.what, e, c.got[e], c.want[e])
+							}
+						}
+					}
+				}
+				for i := range reds {
+					reds[i].Close()
+				}
+			})
+		}
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}

@@ -68,6 +68,7 @@ type bucket struct {
 	params  []int // indices, in backward order
 	lo, hi  int   // element range in grad when contiguous
 	gather  bool  // not contiguous (or carries Extra): copied through buf
+	size    int   // elements of buf (parameters, then Extra) when gather
 	buf     []float32
 	extraAt int // offset of Extra in buf (gather buckets with extras)
 	pending int
@@ -125,31 +126,54 @@ func NewReducer(ring *Ring, grad []float32, params []Span, cfg ReducerConfig) (*
 			return nil, fmt.Errorf("%w: param %d span [%d, +%d) outside gradient of %d", ErrLength, i, s.Offset, s.Len, len(grad))
 		}
 	}
-	r := &Reducer{ring: ring, grad: grad, params: params, cfg: cfg, owner: make([]int, len(params))}
+	extras := 0
+	for _, e := range cfg.Extra {
+		extras += len(e)
+	}
+	buckets, owner, err := planBuckets(params, len(grad), cfg.BucketBytes, cfg.FirstBucketBytes, extras)
+	if err != nil {
+		return nil, err
+	}
+	r := &Reducer{ring: ring, grad: grad, params: params, cfg: cfg, owner: owner, buckets: buckets}
+	for _, b := range r.buckets {
+		if b.gather {
+			b.buf = make([]float32, b.size)
+		}
+	}
+	return r, nil
+}
+
+// planBuckets groups params (in forward order) into buckets in reverse
+// order: the first capped at firstBytes, the others at bucketBytes; the
+// last bucket carries extras elements more. owner maps a parameter to its
+// bucket (-1: not reduced). Reducer and DeviceReducer plan alike, so both
+// run the same collectives on the same elements.
+func planBuckets(params []Span, gradLen, bucketBytes, firstBytes, extras int) (buckets []*bucket, owner []int, err error) {
+	owner = make([]int, len(params))
 	var cur *bucket
-	limit, size := cfg.FirstBucketBytes, 0
+	limit, size := firstBytes, 0
 	for i := len(params) - 1; i >= 0; i-- {
-		r.owner[i] = -1
+		owner[i] = -1
 		if params[i].Len == 0 {
 			continue
 		}
 		b := 4 * params[i].Len
 		if cur != nil && size+b > limit {
-			cur, limit = nil, cfg.BucketBytes
+			cur, limit = nil, bucketBytes
 		}
 		if cur == nil {
 			cur, size = &bucket{}, 0
-			r.buckets = append(r.buckets, cur)
+			buckets = append(buckets, cur)
 		}
 		cur.params = append(cur.params, i)
 		size += b
-		r.owner[i] = len(r.buckets) - 1
+		owner[i] = len(buckets) - 1
 	}
-	if len(cfg.Extra) > 0 && len(r.buckets) == 0 {
-		r.buckets = append(r.buckets, &bucket{})
+	if extras > 0 && len(buckets) == 0 {
+		buckets = append(buckets, &bucket{})
 	}
-	for bi, b := range r.buckets {
-		b.lo, b.hi = len(grad), 0
+	for bi, b := range buckets {
+		b.lo, b.hi = gradLen, 0
 		n := 0
 		for _, p := range b.params {
 			s := params[p]
@@ -157,22 +181,20 @@ func NewReducer(ring *Ring, grad []float32, params []Span, cfg ReducerConfig) (*
 			n += s.Len
 		}
 		if overlaps(params, b.params) {
-			return nil, fmt.Errorf("%w: parameter spans of bucket %d overlap", ErrLength, bi)
+			return nil, nil, fmt.Errorf("%w: parameter spans of bucket %d overlap", ErrLength, bi)
 		}
 		contiguous := n == b.hi-b.lo
-		extras := 0
-		if bi == len(r.buckets)-1 {
-			for _, e := range cfg.Extra {
-				extras += len(e)
-			}
+		x := 0
+		if bi == len(buckets)-1 {
+			x = extras
 		}
-		if !contiguous || extras > 0 {
+		if !contiguous || x > 0 {
 			b.gather = true
 			b.extraAt = n
-			b.buf = make([]float32, n+extras)
+			b.size = n + x
 		}
 	}
-	return r, nil
+	return buckets, owner, nil
 }
 
 // overlaps reports whether any two of the given params' spans overlap.
