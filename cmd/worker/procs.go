@@ -86,6 +86,9 @@ func (o procsOptions) childArgs(i int) ([]string, error) {
 	if o.convSearch != "" {
 		args = append(args, "--gpu-conv-search", o.convSearch)
 	}
+	if o.cfg.NoDeviceRing {
+		args = append(args, "--gpu-ipc=false")
+	}
 	return append(args, o.tls.Args()...), nil
 }
 

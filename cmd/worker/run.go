@@ -24,6 +24,7 @@ func runCmd() *cobra.Command {
 	var cfg worker.Config
 	var tf tlsconf.Files
 	shm := true
+	gpuIPC := true
 	procs := 1
 	var cudaLibDir, convSearch string
 	cmd := &cobra.Command{
@@ -45,6 +46,7 @@ func runCmd() *cobra.Command {
 			if convSearch != gpu.ConvSearchHeuristic && convSearch != gpu.ConvSearchMeasure {
 				return fmt.Errorf("--gpu-conv-search %q: want heuristic or measure", convSearch)
 			}
+			cfg.NoDeviceRing = !gpuIPC
 			if procs > 1 {
 				return runProcs(cmd.Context(), procsOptions{cfg: cfg, tls: tf, shm: shm, procs: procs, cudaLibDir: cudaLibDir, convSearch: convSearch})
 			}
@@ -82,6 +84,7 @@ func runCmd() *cobra.Command {
 	f.StringVar(&cfg.HTTPAddr, "http", "", "serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:0 or :9090; empty: off)")
 	f.StringVar(&cfg.HTTPToken, "http-token", "", "bearer token /metrics requires (default $RINGTRAIN_HTTP_TOKEN)")
 	f.StringVar(&cfg.SampleLog, "sample-log", os.Getenv("RINGTRAIN_SAMPLE_LOG"), "append the dataset indices of every step to DIR/samples-<id>-<pid>.jsonl (an audit aid; env RINGTRAIN_SAMPLE_LOG)")
+	f.BoolVar(&gpuIPC, "gpu-ipc", true, "GPU: reduce gradients device to device (CUDA IPC) when the ring neighbours are GPU workers on this host (false: through host memory)")
 	f.BoolVar(&cfg.GPUOverlap, "gpu-overlap", os.Getenv("RINGTRAIN_GPU_OVERLAP") == "1", "GPU: overlap the gradients' device-to-host copies with backward (env RINGTRAIN_GPU_OVERLAP=1)")
 	f.StringVar(&cudaLibDir, "cuda-lib-dir", "", "GPU: directory searched first for the CUDA libraries (then $RINGTRAIN_CUDA_LIB_DIR, $LD_LIBRARY_PATH, the standard places)")
 	f.StringVar(&convSearch, "gpu-conv-search", "heuristic", "GPU: how cuDNN convolution algorithms are chosen: heuristic (reproducible run to run) | measure (timed once per shape, as torch.backends.cudnn.benchmark); deterministic algorithms only either way")

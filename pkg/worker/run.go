@@ -48,6 +48,11 @@ type Config struct {
 	// (see Trainer.Overlap; worker run --gpu-overlap, or
 	// RINGTRAIN_GPU_OVERLAP=1).
 	GPUOverlap bool
+	// NoDeviceRing keeps a GPU worker's gradients on the host path even
+	// when its ring neighbours are GPU workers of the same host (by
+	// default they go device to device, CUDA IPC: see
+	// Trainer.DeviceRing; worker run --gpu-ipc=false).
+	NoDeviceRing bool
 	// TLS secures every connection of the worker (control API, ring,
 	// probes, etcd endpoints given as https) with mutual TLS; nil is
 	// plaintext.
@@ -174,6 +179,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer t.Close()
 	// Overlapped gradient copies of a GPU worker (see Trainer.Overlap).
 	t.Overlap = cfg.GPUOverlap
+	t.DeviceRing = !cfg.NoDeviceRing
 	store, err := checkpoint.NewStore(filepath.Join(spec.OutputDir, "checkpoints"), spec.Checkpoint.Keep)
 	if err != nil {
 		return err

@@ -69,6 +69,15 @@ func (m *machine) syncing(ctx context.Context) (state, error) {
 	if s.red, err = m.t.NewReducer(ring); err != nil {
 		return stateDone, err
 	}
+	// Same-host GPU neighbours: gradients device to device (a collective).
+	gpuRing, err := m.t.AttachDeviceRing(rctx, ring, world)
+	if err != nil {
+		return m.ringFailed(ctx, err)
+	}
+	s.closers = append(s.closers, m.t.DetachDeviceRing)
+	if gpuRing != "" {
+		m.Log.Info(gpuRing, zap.Bool("device_ring", m.t.DeviceRingActive()))
+	}
 	if rank == 0 && m.writer == nil {
 		if err := m.Store.CleanOrphans(); err != nil {
 			m.Log.Warn("leftovers of an interrupted checkpoint write not removed", zap.Error(err))

@@ -64,6 +64,14 @@ type Trainer struct {
 	// launches it in later steps (graph.go); off by default.
 	Graphs bool
 	graph  graphState
+
+	// DeviceRing reduces a GPU worker's gradients device to device when
+	// its ring neighbours are GPU workers of the same host (see
+	// AttachDeviceRing, devring.go); off, or when that cannot be set up,
+	// they go through host memory. The results are bit-identical.
+	DeviceRing  bool
+	devRed      *allreduce.DeviceReducer // the device ring's reducer, when attached
+	ringMetrics *nn.Tensor               // the metrics on the device, for devRed
 }
 
 // gradCopy is a queued device-to-host copy of parameter i's gradient.
@@ -124,6 +132,11 @@ func NewSampler(spec job.Spec, n int) (*data.Sampler, error) {
 
 // Close frees the model and the device step's buffers.
 func (t *Trainer) Close() {
+	t.DetachDeviceRing()
+	if t.ringMetrics != nil {
+		t.B.Free(t.ringMetrics)
+		t.ringMetrics = nil
+	}
 	t.graph.drop()
 	if t.dev != nil {
 		t.dev.free(t.B)
@@ -274,6 +287,9 @@ type StepResult struct {
 // only if the error came from the optimizer itself, which checks
 // gradients before touching anything).
 func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.Reducer, world int) (StepResult, error) {
+	if t.devRed != nil && world > 1 {
+		return t.trainStepDevice(ctx, b, world)
+	}
 	start := time.Now()
 	res := StepResult{LocalN: b.N, N: b.GlobalSize}
 	m := t.Model

@@ -1,0 +1,125 @@
+package gpu
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/ringtrain/ringtrain/pkg/allreduce"
+	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/worker"
+)
+
+// TestTrainerDeviceRingMatchesHostRing trains ResNet-18 (1/16 width) for
+// three steps on 2 and 3 emulated GPUs, one Backend per rank (standing
+// for the processes of one host: the emulator's IPC handles open across
+// its devices of one process), over the in-memory ring: once with the
+// gradients through host memory (Trainer.DeviceRing off) and once device
+// to device (on). Parameters and BN running statistics must be
+// bit-identical between the two runs and across ranks, and the device run
+// must really have used the device ring. (The model's 45k parameters make
+// one bucket, with the BN buffers and metrics: several buckets and the
+// small path are covered by pkg/allreduce's TestDeviceReducerMatchesReducer.) Always on the emulator: on a
+// GPU, CUDA IPC needs two processes (scripts/gpu-ipc.sh runs those).
+func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
+	spec := job.Default()
+	spec.Model = job.Model{Arch: "resnet18", Stem: "cifar", Width: 1.0 / 16}
+	spec.Data.Dataset, spec.Data.SyntheticSize, spec.Data.Augment = "synthetic", 64, true
+	spec.GlobalBatch, spec.Epochs, spec.Device = 12, 1, "cuda"
+	spec.BatchNorm = "average"
+	train, test, err := worker.OpenDatasets(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const steps = 3
+	for _, world := range []int{2, 3} {
+		t.Run(fmt.Sprintf("world=%d", world), func(t *testing.T) {
+			backends := make([]*Backend, world)
+			for i := range backends {
+				backends[i] = emuOrSkip(t)
+			}
+			run := func(deviceRing bool) [][]float32 {
+				net := allreduce.NewInmemNetwork()
+				peers := []string{"a", "b", "c"}[:world]
+				out := make([][]float32, world)
+				errs := make([]error, world)
+				var wg sync.WaitGroup
+				for r := 0; r < world; r++ {
+					wg.Add(1)
+					go func(r int) {
+						defer wg.Done()
+						errs[r] = func() error {
+							ctx := context.Background()
+							tr, err := worker.NewTrainer(spec, backends[r], train, test)
+							if err != nil {
+								return err
+							}
+							defer tr.Close()
+							tr.DeviceRing = deviceRing
+							ring, err := allreduce.Open(ctx, net.Transport(peers[r]), allreduce.DefaultConfig("j", 1, r, world), peers)
+							if err != nil {
+								return err
+							}
+							defer ring.Close()
+							red, err := tr.NewReducer(ring)
+							if err != nil {
+								return err
+							}
+							line, err := tr.AttachDeviceRing(ctx, ring, world)
+							if err != nil {
+								return err
+							}
+							if tr.DeviceRingActive() != deviceRing || !strings.Contains(line, map[bool]string{true: "device to device", false: "switched off"}[deviceRing]) {
+								return fmt.Errorf("device ring %v: active %v, log %q", deviceRing, tr.DeviceRingActive(), line)
+							}
+							defer tr.DetachDeviceRing()
+							ld, err := tr.Loader(ctx, r, world)
+							if err != nil {
+								return err
+							}
+							defer ld.Close()
+							for s := 0; s < steps; s++ {
+								b, err := ld.Next(ctx)
+								if err != nil {
+									return err
+								}
+								res, err := tr.TrainStep(ctx, b, red, world)
+								if err != nil {
+									return err
+								}
+								if res.N != spec.GlobalBatch || math.IsNaN(res.Loss) || res.Comm.Buckets != 1 {
+									return fmt.Errorf("step %d: %+v", s, res)
+								}
+							}
+							p, bufs := tr.Model.ParamsFlat(), tr.Model.BuffersFlat()
+							out[r] = make([]float32, p.Numel()+bufs.Numel())
+							backends[r].ToHost(out[r][:p.Numel()], p)
+							backends[r].ToHost(out[r][p.Numel():], bufs)
+							return backends[r].Err()
+						}()
+					}(r)
+				}
+				wg.Wait()
+				for r, err := range errs {
+					if err != nil {
+						t.Fatalf("device ring %v, rank %d: %v", deviceRing, r, err)
+					}
+				}
+				return out
+			}
+			host, dev := run(false), run(true)
+			for r := 0; r < world; r++ {
+				for i := range host[0] {
+					if math.Float32bits(dev[r][i]) != math.Float32bits(host[0][i]) ||
+						math.Float32bits(host[r][i]) != math.Float32bits(host[0][i]) {
+						t.Fatalf("rank %d value %d (parameters, then BN buffers): device ring %v, host ring %v (rank 0: %v)",
+							r, i, dev[r][i], host[r][i], host[0][i])
+					}
+				}
+			}
+		})
+	}
+}

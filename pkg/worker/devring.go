@@ -1,0 +1,174 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ringtrain/ringtrain/pkg/allreduce"
+	"github.com/ringtrain/ringtrain/pkg/data"
+	"github.com/ringtrain/ringtrain/pkg/nn"
+)
+
+// The same-host GPU ring: when every rank's backend is a GPU that can
+// share its memory with its neighbours' processes (allreduce.Device, CUDA
+// IPC) and every link of the ring goes through shared memory, gradients,
+// BN buffers and the step's metrics are reduced device to device by an
+// allreduce.DeviceReducer instead of the host round trip: the same
+// buckets and the same sum order, so the same bits.
+
+// AttachDeviceRing sets up the device ring for ring when t.DeviceRing is
+// on, the world has more than one worker and the backend keeps gradients
+// on a device that offers allreduce.Device. It is a collective: every rank
+// of the plan calls it right after opening the ring. It returns a line
+// for the log saying which path the gradients take and why; the error is
+// for failures of the ring itself (the ring is then broken). A device ring
+// that cannot be set up on some rank is not an error: every rank keeps
+// the host path and says why.
+func (t *Trainer) AttachDeviceRing(ctx context.Context, ring *allreduce.Ring, world int) (string, error) {
+	t.DetachDeviceRing()
+	dev, isDev := t.B.(allreduce.Device)
+	switch {
+	case world < 2 || t.hostGrad == nil:
+		return "", nil // alone, or host tensors: nothing to decide
+	case !t.DeviceRing:
+		return "gradients through host memory: the device ring is switched off (worker run --gpu-ipc=false)", nil
+	case t.Spec.EmulateCompute != nil:
+		return "gradients through host memory: emulated compute", nil
+	case !isDev:
+		return "gradients through host memory: the " + t.B.Name() + " backend cannot share device memory", nil
+	}
+	if t.ringMetrics == nil {
+		t.ringMetrics = t.B.New(len(t.metrics))
+	}
+	extra := []allreduce.DeviceSpan{{Ptr: uint64(t.ringMetrics.Ptr), Len: t.ringMetrics.Numel()}}
+	if bufs := t.Model.BuffersFlat(); t.Spec.BatchNorm == "average" && bufs.Numel() > 0 {
+		extra = append(extra, allreduce.DeviceSpan{Ptr: uint64(bufs.Ptr), Len: bufs.Numel()})
+	}
+	g := t.Model.GradsFlat()
+	red, left, err := allreduce.NewDeviceReducer(ctx, ring, dev, allreduce.DeviceSpan{Ptr: uint64(g.Ptr), Len: g.Numel()}, t.spans,
+		allreduce.DeviceReducerConfig{BucketBytes: int(t.Spec.BucketMB * (1 << 20)), Extra: extra})
+	if errors.Is(err, allreduce.ErrNoDeviceRing) {
+		return fmt.Sprintf("gradients through host memory: %v", err), nil
+	}
+	if err != nil {
+		return "", err
+	}
+	t.devRed = red
+	return fmt.Sprintf("gradients device to device (%s; this GPU %s, left neighbour's %s)", dev.IPCKind(), dev.IPCIdentity(), left), nil
+}
+
+// DeviceRingActive reports whether gradients go device to device.
+func (t *Trainer) DeviceRingActive() bool { return t.devRed != nil }
+
+// DetachDeviceRing stops using the device ring (before its ring closes).
+func (t *Trainer) DetachDeviceRing() {
+	if t.devRed != nil {
+		t.devRed.Close()
+		t.devRed = nil
+	}
+}
+
+// trainStepDevice is TrainStep on the device ring: forward and backward
+// as there (the device step's compute and counts when the backend keeps
+// them, devstep.go), then every bucket reduced device to device after
+// backward (the metrics ride with the last bucket, through a small device
+// vector), then the optimizer step and the checks as there.
+func (t *Trainer) trainStepDevice(ctx context.Context, b *data.Batch, world int) (StepResult, error) {
+	start := time.Now()
+	res := StepResult{LocalN: b.N, N: b.GlobalSize}
+	m := t.Model
+	m.SetTrain(true)
+	m.SetGradReadyHook(nil)
+	t.metrics[0], t.metrics[1], t.metrics[2] = 0, 0, 0
+	devCounts := t.dev != nil && b.N > 0
+	switch {
+	case devCounts:
+		x := t.input(b)
+		y, err := t.dev.labels(t.B, b)
+		if err != nil {
+			return res, fmt.Errorf("worker: step %d: %w", t.Step, err)
+		}
+		m.SetDropoutStep(t.Step)
+		if err := t.deviceCompute(x, y, b.N, b.GlobalSize); err != nil {
+			return res, err
+		}
+		// The metrics ride with the last bucket: read the counts (and
+		// check the input and logits) first, as the host path does.
+		if err := t.dev.read(); err != nil {
+			return res, err
+		}
+		if err := t.dev.check(t.Step); err != nil {
+			return res, err
+		}
+		t.devMetrics(b.N)
+	case b.N > 0:
+		m.ZeroGrad()
+		x := t.input(b)
+		m.SetDropoutStep(t.Step)
+		logits, err := m.Forward(x)
+		if err != nil {
+			return res, fmt.Errorf("worker: step %d forward: %w", t.Step, err)
+		}
+		t.CE.GradScale = float32(b.N) / float32(b.GlobalSize)
+		loss, dl, err := t.CE.Compute(t.B, logits, b.Labels[:b.N])
+		if err != nil {
+			return res, fmt.Errorf("worker: step %d loss: %w", t.Step, err)
+		}
+		correct, err := nn.Accuracy(t.B, logits, b.Labels[:b.N])
+		if err != nil {
+			return res, err
+		}
+		lossSum := float64(loss) * float64(b.N)
+		t.metrics[0], t.metrics[1], t.metrics[2] = float32(lossSum), float32(correct), float32(b.N)
+		if err := m.Backward(dl); err != nil {
+			return res, fmt.Errorf("worker: step %d backward: %w", t.Step, err)
+		}
+	default: // an empty local batch: zero gradients and counts
+		m.ZeroGrad()
+		if t.dev != nil {
+			t.B.Fill(t.dev.acc, 0)
+		}
+	}
+	t.B.FromHost(t.ringMetrics, t.metrics)
+	waitAt := time.Now()
+	stats, err := t.devRed.Reduce(ctx, uint64(t.Step))
+	if err != nil {
+		return res, err
+	}
+	res.Comm = stats
+	t.B.ToHost(t.metrics, t.ringMetrics)
+	if devCounts {
+		// After the all-reduce: a non-finite gradient of any rank.
+		t.dev.dc.CountNonFiniteAdd(t.dev.acc, accBadGrads, m.GradsFlat())
+	}
+	optAt := time.Now()
+	nn.ApplySchedule(t.Opt, t.Sched, int(t.Step))
+	res.LR = t.Opt.LR()
+	if err := t.Opt.Step(); err != nil {
+		return res, fmt.Errorf("worker: step %d: %w", t.Step, err)
+	}
+	if t.dev != nil {
+		if err := t.dev.read(); err != nil {
+			return res, err
+		}
+		if devCounts {
+			if err := t.dev.check(t.Step); err != nil {
+				return res, err
+			}
+		}
+	} else if err := t.B.Sync(); err != nil {
+		return res, err
+	}
+	// As TrainStep: the last bucket averaged the metrics.
+	w := float64(world)
+	res.Loss = float64(t.metrics[0]) * w / float64(max(b.GlobalSize, 1))
+	res.Correct = int(float64(t.metrics[1])*w + 0.5)
+	t.Step++
+	t.Pos = b.Next
+	end := time.Now()
+	res.Duration, res.End = end.Sub(start), end
+	res.Phases = Phases{Compute: waitAt.Sub(start), Exposed: optAt.Sub(waitAt), Optimizer: end.Sub(optAt)}
+	return res, nil
+}
