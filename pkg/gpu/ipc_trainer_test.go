@@ -18,8 +18,9 @@ import (
 // for the processes of one host: the emulator's IPC handles open across
 // its devices of one process), over the in-memory ring: once with the
 // gradients through host memory (Trainer.DeviceRing off) and once device
-// to device (on). Parameters and BN running statistics must be
-// bit-identical between the two runs and across ranks, and the device run
+// to device (on). Parameters, BN running statistics and every step's
+// loss and correct count must be bit-identical between the two runs and
+// across ranks, and the device run
 // must really have used the device ring. (The model's 45k parameters make
 // one bucket, with the BN buffers and metrics: several buckets and the
 // small path are covered by pkg/allreduce's TestDeviceReducerMatchesReducer.) Always on the emulator: on a
@@ -81,6 +82,7 @@ func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
 								return err
 							}
 							defer ld.Close()
+							var metrics []float32 // every step's loss and correct count
 							for s := 0; s < steps; s++ {
 								b, err := ld.Next(ctx)
 								if err != nil {
@@ -93,11 +95,13 @@ func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
 								if res.N != spec.GlobalBatch || math.IsNaN(res.Loss) || res.Comm.Buckets != 1 {
 									return fmt.Errorf("step %d: %+v", s, res)
 								}
+								metrics = append(metrics, float32(res.Loss), float32(res.Correct))
 							}
 							p, bufs := tr.Model.ParamsFlat(), tr.Model.BuffersFlat()
-							out[r] = make([]float32, p.Numel()+bufs.Numel())
+							out[r] = make([]float32, p.Numel()+bufs.Numel(), p.Numel()+bufs.Numel()+2*steps)
 							backends[r].ToHost(out[r][:p.Numel()], p)
 							backends[r].ToHost(out[r][p.Numel():], bufs)
+							out[r] = append(out[r], metrics...)
 							return backends[r].Err()
 						}()
 					}(r)
@@ -115,7 +119,7 @@ func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
 				for i := range host[0] {
 					if math.Float32bits(dev[r][i]) != math.Float32bits(host[0][i]) ||
 						math.Float32bits(host[r][i]) != math.Float32bits(host[0][i]) {
-						t.Fatalf("rank %d value %d (parameters, then BN buffers): device ring %v, host ring %v (rank 0: %v)",
+						t.Fatalf("rank %d value %d (parameters, BN buffers, then each step's loss and correct count): device ring %v, host ring %v (rank 0: %v)",
 							r, i, dev[r][i], host[r][i], host[0][i])
 					}
 				}
