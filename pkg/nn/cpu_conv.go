@@ -53,10 +53,6 @@ import "github.com/ringtrain/ringtrain/pkg/nn/internal/gemm"
 // convolution over a large plane skips the column matrix: x_n is already
 // its B operand.
 
-// colBudget bounds the dcol buffer of one backward-data chunk, in float32
-// elements (a variable so that tests can force many chunks).
-var colBudget = 1 << 22
-
 // convPlan is the shape-only part of a convolution: live taps and the
 // gather table into padded planes.
 //
@@ -159,10 +155,11 @@ func (c *CPU) plan(p ConvParams) *convPlan {
 }
 
 // convChunk is the number of images per backward-data chunk for shape p:
-// the fewest chunks whose dcol fits colBudget, images spread evenly.
-func convChunk(p ConvParams, taps int) int {
+// the fewest chunks whose dcol fits the ColBudget option, images spread
+// evenly.
+func (c *CPU) convChunk(p ConvParams, taps int) int {
 	per := p.C * taps * p.P() * p.Q()
-	g := max(1, min(colBudget/max(per, 1), p.N))
+	g := max(1, min(c.tune.ColBudget/max(per, 1), p.N))
 	chunks := (p.N + g - 1) / g
 	return (p.N + chunks - 1) / chunks
 }
@@ -275,7 +272,7 @@ func (c *CPU) col2im(dx []float32, col []float32, ld int, n0, g int, p ConvParam
 		})
 		return
 	}
-	if px := pl.pixelTerms(p); px != nil {
+	if px := pl.pixelTerms(p, c.tune.PixelTermsMax); px != nil {
 		// Small planes: each pixel gathers its few column entries (at most
 		// one per tap, in increasing tap order from 0: the same sums as
 		// the plane buffer below, with no clear, scatter or copy-out).
@@ -336,11 +333,6 @@ func (c *CPU) col2im(dx []float32, col []float32, ld int, n0, g int, p ConvParam
 	})
 }
 
-// pixelTermsMax bounds the live (tap, output pixel) pairs of a plane for
-// col2im's per-pixel gather (pixelTerms); larger planes use the plane
-// buffer. A variable so that tests can compare both paths.
-var pixelTermsMax = 4096
-
 // convTerms lists, per input pixel j of a plane, the column entries that
 // col2im adds into it: terms[start[j]:start[j+1]], each a live tap t and
 // an output pixel o, in increasing t (one entry per tap at most).
@@ -350,10 +342,11 @@ type convTerms struct {
 }
 
 // pixelTerms returns the plan's per-pixel col2im terms (built on first
-// use), or nil for planes with more than pixelTermsMax terms.
-func (pl *convPlan) pixelTerms(p ConvParams) *convTerms {
+// use), or nil for planes with more than maxTerms terms (the PixelTermsMax
+// option: larger planes use col2im's plane buffer).
+func (pl *convPlan) pixelTerms(p ConvParams, maxTerms int) *convTerms {
 	P, Q, T := p.P(), p.Q(), len(pl.taps)
-	if T*P*Q > pixelTermsMax {
+	if T*P*Q > maxTerms {
 		return nil
 	}
 	if pl.px != nil {
@@ -623,7 +616,7 @@ func (c *CPU) convForward(yd, xd, wd []float32, p ConvParams) {
 		}
 		return
 	}
-	if dense(p) {
+	if c.dense(p) {
 		c.denseForward(yd, xd, wd, p)
 		return
 	}
@@ -708,7 +701,7 @@ func (c *CPU) Conv2dBackwardData(dx, dy, w *Tensor, p ConvParams) {
 		}
 		return
 	}
-	if dense(p) {
+	if c.dense(p) {
 		c.denseBackwardData(dxd, dyd, wd, p)
 		return
 	}
@@ -729,7 +722,7 @@ func (c *CPU) Conv2dBackwardData(dx, dy, w *Tensor, p ConvParams) {
 		c.sgemm(false, false, p.N, ct, p.K, 1, dyd, p.K, wt, ct, 0, dxd, ct)
 		return
 	}
-	G := convChunk(p, len(pl.taps))
+	G := c.convChunk(p, len(pl.taps))
 	col := growF32(&c.col, ct*G*pq)
 	for n0 := 0; n0 < p.N; n0 += G {
 		g := min(G, p.N-n0)
@@ -837,7 +830,7 @@ func (c *CPU) Conv2dBackwardFilter(dw, x, dy *Tensor, p ConvParams) {
 		}
 		return
 	}
-	if dense(p) {
+	if c.dense(p) {
 		c.denseBackwardFilter(dwd, xd, dyd, p)
 		return
 	}

@@ -84,7 +84,6 @@ func BenchmarkMaxPool(b *testing.B) {
 // CPU-ms of each and their ratio (direct/Winograd > 1: Winograd is
 // faster). The channel rules are bypassed so that every shape is measured.
 func BenchmarkConvWinograd(b *testing.B) {
-	defer forceWinograd()()
 	rounds := envInt("RINGTRAIN_BENCH_ROUNDS", 5)
 	for _, p := range []ConvParams{
 		{N: 128, C: 64, H: 8, W: 8, K: 64},     // imagenet stem layer1
@@ -99,7 +98,7 @@ func BenchmarkConvWinograd(b *testing.B) {
 		{N: 128, C: 8, H: 16, W: 16, K: 8},
 	} {
 		p.R, p.S, p.StrideH, p.StrideW, p.PadH, p.PadW = 3, 3, 1, 1, 1, 1
-		be := NewCPU(envInt("RINGTRAIN_BENCH_THREADS", 1))
+		be := winogradCPU(envInt("RINGTRAIN_BENCH_THREADS", 1), CPUOptions{})
 		r := NewRNG(1)
 		x := hostTensor(randVec(r, p.N*p.C*p.H*p.W, 1), p.N, p.C, p.H, p.W)
 		w := hostTensor(randVec(r, p.K*p.C*p.R*p.S, 1), p.K, p.C, p.R, p.S)

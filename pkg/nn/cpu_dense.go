@@ -29,23 +29,17 @@ package nn
 // pointwise is the special case P = Q = 1 with the taps in pixel order
 // (Wd is then the live-tap weight itself); it keeps its own path.
 
-// denseOff sends dense shapes down the other paths (tests of those paths).
-var denseOff = false
-
-// denseUnrolled enables the unrolled loops of the 2x2 shape (dense2x2);
-// tests turn it off to compare them with the generic loops.
-var denseUnrolled = true
-
 // denseMaxPairs bounds H*W*P*Q of a dense convolution: the expanded weight
 // is that many values per (k, c).
 const denseMaxPairs = 64
 
 // dense reports whether convolution p runs as a dense product: more than
 // one output pixel, every output pixel's window covering every input pixel
-// (a tap for every pair), and a small enough expanded weight.
-func dense(p ConvParams) bool {
+// (a tap for every pair), and a small enough expanded weight (unless a
+// test sends dense shapes down the other paths: noDense).
+func (c *CPU) dense(p ConvParams) bool {
 	P, Q := p.P(), p.Q()
-	if denseOff || P*Q < 2 || p.R*p.S > 64 || p.H*p.W*P*Q > denseMaxPairs {
+	if c.noDense || P*Q < 2 || p.R*p.S > 64 || p.H*p.W*P*Q > denseMaxPairs {
 		return false
 	}
 	covers := func(out, in, stride, pad, r int) bool {
@@ -86,7 +80,7 @@ func (c *CPU) denseWeights(w []float32, p ConvParams, tt []int) []float32 {
 	chw := p.C * hw
 	wd := growF32(&c.wlive, p.K*pq*chw)
 	c.parallel(p.K, max(1, 2048/(p.C*pq*hw)), func(lo, hi int) {
-		if dense2x2(p) {
+		if c.dense2x2(p) {
 			for k := lo; k < hi; k++ {
 				dense2x2Weights(wd[k*4*chw:][:4*chw], w[k*p.C*9:][:p.C*9], p.C)
 			}
@@ -108,9 +102,10 @@ func (c *CPU) denseWeights(w []float32, p ConvParams, tt []int) []float32 {
 }
 
 // dense2x2 reports whether p is the common dense shape: a 3x3, stride-1,
-// pad-1 convolution on 2x2 planes, whose loops are unrolled.
-func dense2x2(p ConvParams) bool {
-	return denseUnrolled && p.H == 2 && p.W == 2 && p.R == 3 && p.S == 3 && p.StrideH == 1 && p.StrideW == 1 &&
+// pad-1 convolution on 2x2 planes, whose loops are unrolled (unless a
+// test compares them with the generic loops: denseGeneric).
+func (c *CPU) dense2x2(p ConvParams) bool {
+	return !c.denseGeneric && p.H == 2 && p.W == 2 && p.R == 3 && p.S == 3 && p.StrideH == 1 && p.StrideW == 1 &&
 		p.PadH == 1 && p.PadW == 1
 }
 
@@ -163,7 +158,7 @@ func (c *CPU) denseBackwardFilter(dwd, xd, dyd []float32, p ConvParams) {
 	for _, t := range tt {
 		used[t] = true
 	}
-	if dense2x2(p) {
+	if c.dense2x2(p) {
 		c.parallel(p.K, max(1, 4096/(p.C*16)), func(lo, hi int) {
 			for k := lo; k < hi; k++ {
 				dense2x2Fold(dwd[k*p.C*9:][:p.C*9], dbig[k*4*chw:][:4*chw], p.C)

@@ -21,7 +21,7 @@ func TestDenseConv(t *testing.T) {
 		{N: 2, C: 3, H: 2, W: 3, K: 4, R: 5, S: 5, StrideH: 1, StrideW: 1, PadH: 2, PadW: 2},   // 5x5 over 2x3
 		{N: 3, C: 2, H: 2, W: 2, K: 3, R: 4, S: 4, StrideH: 2, StrideW: 2, PadH: 2, PadW: 2},   // stride 2
 	} {
-		if !dense(p) {
+		if !NewCPU(1).dense(p) {
 			t.Fatalf("%+v: not taken as dense", p)
 		}
 		P, Q := p.P(), p.Q()
@@ -31,8 +31,8 @@ func TestDenseConv(t *testing.T) {
 		dw0 := randVec(r, len(w), 1)
 		var outs [3][3][]float32
 		for i, threads := range []int{1, 3, 1} {
-			denseUnrolled = i < 2 // the third run: the generic loops
 			b := NewCPU(threads)
+			b.denseGeneric = i == 2 // the third run: the generic loops
 			y, dx := b.New(p.N, p.K, P, Q), b.New(p.N, p.C, p.H, p.W)
 			dw := hostTensor(dw0, p.K, p.C, p.R, p.S)
 			wt := hostTensor(w, p.K, p.C, p.R, p.S)
@@ -41,7 +41,6 @@ func TestDenseConv(t *testing.T) {
 			b.Conv2dBackwardFilter(dw, hostTensor(x, p.N, p.C, p.H, p.W), hostTensor(dy, p.N, p.K, P, Q), p)
 			outs[i] = [3][]float32{y.Data, dx.Data, dw.Data}
 		}
-		denseUnrolled = true
 		wdx, wdw := convBackRef(dy, x, w, p)
 		for i := range wdw {
 			wdw[i] += float64(float32(dw0[i]))
@@ -67,7 +66,7 @@ func TestDenseRule(t *testing.T) {
 		{N: 2, C: 3, H: 2, W: 2, K: 4, R: 1, S: 1, StrideH: 1, StrideW: 1},                   // 1x1 kernel
 		{N: 2, C: 3, H: 2, W: 2, K: 4, R: 3, S: 3, StrideH: 2, StrideW: 2, PadH: 1, PadW: 1}, // 2x2 -> 1x1
 	} {
-		if dense(p) {
+		if NewCPU(1).dense(p) {
 			t.Errorf("%+v taken as dense", p)
 		}
 	}
@@ -104,15 +103,12 @@ func BenchmarkConvDense(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					for r := 0; r < rounds; r++ {
 						for _, off := range []bool{false, true} {
-							restore := func() {}
-							if off {
-								restore = forceWinograd()
-							}
+							be.noDense = off // the Winograd path instead (256 channels: over its thresholds)
 							op.f()
 							c0 := cpuSeconds()
 							op.f()
 							ms := (cpuSeconds() - c0) * 1e3
-							restore()
+							be.noDense = false
 							if off {
 								wino = append(wino, ms)
 							} else {
@@ -147,18 +143,15 @@ func TestCol2imPixelGather(t *testing.T) {
 		w := randVec(r, p.K*p.C*p.R*p.S, 1)
 		dy := randVec(r, p.N*p.K*p.P()*p.Q(), 1)
 		var outs [2][2][]float32
-		for i, max := range []int{0, pixelTermsMax} {
-			old := pixelTermsMax
-			pixelTermsMax = max
+		for i, max := range []int{-1, 0} { // never gather, then the default
 			for j, threads := range []int{1, 3} {
-				b := NewCPU(threads)
+				b := NewCPUWith(CPUOptions{Threads: threads, PixelTermsMax: max})
 				dx := b.New(p.N, p.C, p.H, p.W)
 				b.Conv2dBackwardData(dx, hostTensor(dy, p.N, p.K, p.P(), p.Q()), hostTensor(w, p.K, p.C, p.R, p.S), p)
 				outs[i][j] = dx.Data
 			}
-			pixelTermsMax = old
 		}
-		if newConvPlan(p).pixelTerms(p) == nil {
+		if newConvPlan(p).pixelTerms(p, defaultPixelTermsMax) == nil {
 			t.Fatalf("%+v: no per-pixel terms", p)
 		}
 		what := fmt.Sprintf("%+v", p)
@@ -187,17 +180,17 @@ func BenchmarkCol2im(b *testing.B) {
 		dx := be.New(p.N, p.C, p.H, p.W)
 		b.Run(fmt.Sprintf("C%dK%d_%dx%d/bwdData", p.C, p.K, p.H, p.W), func(b *testing.B) {
 			var gather, plane []float64
-			old := pixelTermsMax
-			defer func() { pixelTermsMax = old }()
+			old := be.tune.PixelTermsMax
+			defer func() { be.tune.PixelTermsMax = old }()
 			for i := 0; i < b.N; i++ {
 				for r := 0; r < rounds; r++ {
-					for _, max := range []int{old, 0} {
-						pixelTermsMax = max
+					for _, max := range []int{old, -1} {
+						be.tune.PixelTermsMax = max
 						be.Conv2dBackwardData(dx, dy, w, p)
 						c0 := cpuSeconds()
 						be.Conv2dBackwardData(dx, dy, w, p)
 						ms := (cpuSeconds() - c0) * 1e3
-						if max == 0 {
+						if max < 0 {
 							plane = append(plane, ms)
 						} else {
 							gather = append(gather, ms)

@@ -51,21 +51,17 @@ import (
 // the direct sum and F(4x4,3x3) ~10x less (TestWinogradTileError,
 // docs/cpu-speed.md), which is why the backend uses F(2x2,3x3).
 //
-// CPU.SetWinograd(false) turns the path off for one backend;
-// useWinograd and useWinogradFilter say which shapes take it.
-
-// winogradMinChannels is the least min(C, K) whose forward (and
-// backward-data) convolution takes the Winograd path, and
-// winogradMinFilterChannels the least for the weight gradient: below them
-// the per-frequency GEMMs are too thin for the transforms to pay (measured
-// with BenchmarkConvWinograd: forward wins 1.35-1.5x at 8 channels; the
-// weight gradient wins 1.4x and more from 64, is erratic at 32 (0.7-1.3x)
-// and loses below; see docs/cpu-speed.md). Variables so that tests can
-// force the path on tiny models.
-var (
-	winogradMinChannels       = 16
-	winogradMinFilterChannels = 64
-)
+// CPU.SetWinograd(false) (or CPUOptions.NoWinograd) turns the path off
+// for one backend; CPU.winograd and CPU.winogradFilterOn say which shapes
+// take it.
+//
+// Channel thresholds (CPUOptions.WinogradMinChannels, default 16, and
+// WinogradMinFilterChannels, default 64): below them the per-frequency
+// GEMMs are too thin for the transforms to pay (measured with
+// BenchmarkConvWinograd: forward wins 1.35-1.5x at 8 channels; the weight
+// gradient wins 1.4x and more from 64, is erratic at 32 (0.7-1.3x) and
+// loses below; see docs/cpu-speed.md). Tests lower them to force the path
+// on tiny models.
 
 // winoBlockBytes bounds a block's transformed input and output (V and M):
 // about the L2 of one core.
@@ -75,14 +71,13 @@ const winoBlockBytes = 1 << 20
 // fixed-size arrays).
 const winoMaxTiles = 512
 
-// useWinograd reports whether the forward convolution p takes the Winograd
-// path: 3x3, stride 1, pad 1, planes of at least 2x2 (every tap live),
-// enough channels. Backward-data of p is the forward
-// convolution transposedConv(p), which has the same shape.
-func useWinograd(p ConvParams) bool {
+// winogradShape reports whether convolution p has the Winograd path's
+// shape: 3x3, stride 1, pad 1, planes of at least 2x2 (every tap live).
+// Backward-data of p is the forward convolution transposedConv(p), which
+// has the same shape.
+func winogradShape(p ConvParams) bool {
 	return p.R == 3 && p.S == 3 && p.StrideH == 1 && p.StrideW == 1 &&
-		p.PadH == 1 && p.PadW == 1 && p.H >= 2 && p.W >= 2 &&
-		min(p.C, p.K) >= winogradMinChannels
+		p.PadH == 1 && p.PadW == 1 && p.H >= 2 && p.W >= 2
 }
 
 // SetWinograd turns this backend's Winograd path on (the default) or off. Off, every convolution is a plain float32
@@ -90,15 +85,17 @@ func useWinograd(p ConvParams) bool {
 // assume.
 func (c *CPU) SetWinograd(on bool) { c.noWinograd = !on }
 
-// winograd and winogradFilterOn are useWinograd and useWinogradFilter for
-// this backend (SetWinograd).
-func (c *CPU) winograd(p ConvParams) bool         { return !c.noWinograd && useWinograd(p) }
-func (c *CPU) winogradFilterOn(p ConvParams) bool { return !c.noWinograd && useWinogradFilter(p) }
+// winograd reports whether this backend computes the forward (and
+// backward-data) convolution p on the Winograd path: the shape, enough
+// channels, and not turned off (SetWinograd).
+func (c *CPU) winograd(p ConvParams) bool {
+	return !c.noWinograd && winogradShape(p) && min(p.C, p.K) >= c.tune.WinogradMinChannels
+}
 
-// useWinogradFilter reports whether the weight gradient of p takes the
-// Winograd path.
-func useWinogradFilter(p ConvParams) bool {
-	return useWinograd(p) && min(p.C, p.K) >= winogradMinFilterChannels
+// winogradFilterOn reports whether it computes the weight gradient of p
+// on the Winograd path.
+func (c *CPU) winogradFilterOn(p ConvParams) bool {
+	return c.winograd(p) && min(p.C, p.K) >= c.tune.WinogradMinFilterChannels
 }
 
 // winoBlock returns the tiles per block of the forward convolution p: as
@@ -270,7 +267,7 @@ func (g *winoGeom) gradOut(z []float32, st, tb int, dyd []float32, t0 int, yoff 
 	}
 }
 
-// winogradForward computes y = conv(x, w) for a shape that useWinograd
+// winogradForward computes y = conv(x, w) for a shape that c.winograd
 // accepts; with flipped, w is the weight of the convolution whose
 // transposedConv p is, and y = conv(x, flipWeights(w)) (its backward-data).
 func (c *CPU) winogradForward(yd, xd, wd []float32, p ConvParams, flipped bool) {
@@ -326,30 +323,27 @@ func (c *CPU) winogradForward(yd, xd, wd []float32, p ConvParams, flipped bool) 
 	})
 }
 
-// winoGradBytes bounds the transformed input and dy (V and Z) of one
-// block of the weight gradient, and winoGradMinTiles is the least tiles per
-// block (variables so that tests can force many blocks). 2 MiB keeps a
-// block in the caches between the transforms and the products: with 8
-// MiB blocks the 64- and 128-channel weight gradients of the imagenet stem
-// ran 1.4-1.9x slower (BenchmarkConvOps, CPU-ms); at least 128 tiles keep
-// the products of wide layers from being bound by their dU reads and
-// writes (k = tiles per block).
-var (
-	winoGradBytes    = 2 << 20
-	winoGradMinTiles = 128
-)
+// Weight-gradient blocks: CPUOptions.WinogradFilterBlockBytes bounds the
+// transformed input and dy (V and Z) of one block, and
+// WinogradFilterMinTiles is the least tiles per block (tests shrink them
+// to force many blocks). 2 MiB keeps a block in the caches between the
+// transforms and the products: with 8 MiB blocks the 64- and 128-channel
+// weight gradients of the imagenet stem ran 1.4-1.9x slower
+// (BenchmarkConvOps, CPU-ms); at least 128 tiles keep the products of wide
+// layers from being bound by their dU reads and writes (k = tiles per
+// block).
 
 // winoGradBlock is the tiles per block of the weight gradient of p: as
-// many as fit winoGradBytes, a multiple of 32, at least winoGradMinTiles.
-// It depends on the shape only.
-func winoGradBlock(p ConvParams) int {
-	nb := winoGradBytes / (4 * 16 * (p.C + p.K)) / 32 * 32
+// many as fit the block bytes, a multiple of 32, at least the minimum
+// tiles. It depends on the shape and the options only.
+func (c *CPU) winoGradBlock(p ConvParams) int {
+	nb := c.tune.WinogradFilterBlockBytes / (4 * 16 * (p.C + p.K)) / 32 * 32
 	total := p.N * ((p.P() + 1) / 2) * ((p.Q() + 1) / 2)
-	return min(max(nb, winoGradMinTiles), (total+31)/32*32)
+	return min(max(nb, c.tune.WinogradFilterMinTiles), (total+31)/32*32)
 }
 
 // winogradFilter adds the weight gradient of a convolution that
-// useWinogradFilter accepts to dw: per frequency ξ, dU[ξ] (K x C) = Σ_tiles Z[ξ] V[ξ]^T with
+// c.winogradFilterOn accepts to dw: per frequency ξ, dU[ξ] (K x C) = Σ_tiles Z[ξ] V[ξ]^T with
 // Z = A e A^T (e: a tile's 2x2 of dy) and V = B^T d B, then dw += G^T dU G.
 // Tiles go in blocks (winoGradBlock); for each block all threads transform
 // its tiles, then each frequency's product is added to dU by one thread:
@@ -360,7 +354,7 @@ func (c *CPU) winogradFilter(dwd, xd, dyd []float32, p ConvParams) {
 	pl := c.plan(p)
 	g := newWinoGeom(p, pl)
 	total := p.N * g.th * g.tw
-	nb := winoGradBlock(p)
+	nb := c.winoGradBlock(p)
 	sv, sz := C*nb+16, K*nb+16
 	buf := growF32(&c.col, 16*(sv+sz))
 	v, z := buf[:16*sv], buf[16*sv:]

@@ -247,16 +247,18 @@ func checkBound(t *testing.T, what string, got []float32, want, bound []float64)
 	}
 }
 
-// forceWinograd sends every eligible shape, however narrow, to the
-// Winograd path (all three ops) of backends that have it on, also for
-// shapes that would take the dense path, and returns the function that
-// restores the rules.
-func forceWinograd() func() {
-	oldMin, oldFilter, oldDense := winogradMinChannels, winogradMinFilterChannels, denseOff
-	winogradMinChannels, winogradMinFilterChannels, denseOff = 1, 1, true
-	return func() {
-		winogradMinChannels, winogradMinFilterChannels, denseOff = oldMin, oldFilter, oldDense
-	}
+// forcedWinograd are the options that send every eligible shape, however
+// narrow, to the Winograd path (all three ops).
+var forcedWinograd = CPUOptions{WinogradMinChannels: 1, WinogradMinFilterChannels: 1}
+
+// winogradCPU returns a backend of threads goroutines with o's knobs that
+// takes the Winograd path for every eligible shape, also for shapes that
+// would take the dense path.
+func winogradCPU(threads int, o CPUOptions) *CPU {
+	o.Threads, o.WinogradMinChannels, o.WinogradMinFilterChannels = threads, forcedWinograd.WinogradMinChannels, forcedWinograd.WinogradMinFilterChannels
+	c := NewCPUWith(o)
+	c.noDense = true
+	return c
 }
 
 // flippedRef returns w' (C x K x 3 x 3) of transposedConv: the weights of
@@ -277,10 +279,6 @@ func flippedRef(w []float64, K, C int) []float64 {
 // with the float64 references within the bounds derived from the
 // transforms, on even and odd planes, ragged blocks and one-tile planes.
 func TestWinogradErrorBound(t *testing.T) {
-	defer forceWinograd()()
-	oldBytes, oldTiles := winoGradBytes, winoGradMinTiles
-	winoGradBytes, winoGradMinTiles = 1, 64 // weight-gradient blocks of 64 tiles: several per shape
-	defer func() { winoGradBytes, winoGradMinTiles = oldBytes, oldTiles }()
 	r := NewRNG(31)
 	for _, p := range []ConvParams{
 		{N: 3, C: 5, H: 8, W: 8, K: 6},
@@ -293,10 +291,10 @@ func TestWinogradErrorBound(t *testing.T) {
 	} {
 		p.R, p.S, p.StrideH, p.StrideW, p.PadH, p.PadW = 3, 3, 1, 1, 1, 1
 		t.Run(fmt.Sprintf("N%dC%dK%d_%dx%d", p.N, p.C, p.K, p.H, p.W), func(t *testing.T) {
-			if !useWinograd(p) {
+			be := winogradCPU(2, CPUOptions{WinogradFilterBlockBytes: 1, WinogradFilterMinTiles: 64}) // weight-gradient blocks of 64 tiles: several per shape
+			if !be.winograd(p) || !be.winogradFilterOn(p) {
 				t.Fatal("shape does not take the Winograd path")
 			}
-			be := NewCPU(2)
 			x := randVec(r, p.N*p.C*p.H*p.W, 1)
 			w := randVec(r, p.K*p.C*9, 1)
 			y := be.New(p.N, p.K, p.P(), p.Q())
@@ -470,7 +468,6 @@ func winoOps(be *CPU, p ConvParams, x, w, dy []float64) (y, dx, dw []float32) {
 // for 1 and 3 threads, and with the vector transforms (AVX-512: gathered,
 // and runs of 16, 8 and 4 tiles) as with the Go loops.
 func TestWinogradBitIdentical(t *testing.T) {
-	defer forceWinograd()()
 	r := NewRNG(51)
 	for _, p := range []ConvParams{
 		{N: 7, C: 9, H: 8, W: 8, K: 11},  // four runs of 4 tiles per group, several blocks
@@ -488,8 +485,8 @@ func TestWinogradBitIdentical(t *testing.T) {
 			x := randVec(r, p.N*p.C*p.H*p.W, 1)
 			w := randVec(r, p.K*p.C*9, 1)
 			dy := randVec(r, p.N*p.K*p.H*p.W, 1)
-			y1, dx1, dw1 := winoOps(NewCPU(1), p, x, w, dy)
-			y3, dx3, dw3 := winoOps(NewCPU(3), p, x, w, dy)
+			y1, dx1, dw1 := winoOps(winogradCPU(1, CPUOptions{}), p, x, w, dy)
+			y3, dx3, dw3 := winoOps(winogradCPU(3, CPUOptions{}), p, x, w, dy)
 			for _, c := range []struct {
 				name string
 				a, b []float32
@@ -500,7 +497,7 @@ func TestWinogradBitIdentical(t *testing.T) {
 			}
 			// Backward-data flips the weights inside the filter transform:
 			// the same bits as the forward convolution of the flipped weights.
-			be := NewCPU(2)
+			be := winogradCPU(2, CPUOptions{})
 			pt, _ := transposedConv(p)
 			wf := hostTensor(flippedRef(w, p.K, p.C), p.C, p.K, 3, 3)
 			dxf := be.New(p.N, p.C, p.H, p.W)
@@ -512,7 +509,7 @@ func TestWinogradBitIdentical(t *testing.T) {
 				t.Skip("no vector transforms on this CPU")
 			}
 			useWinoAsm = false
-			yg, dxg, dwg := winoOps(NewCPU(2), p, x, w, dy)
+			yg, dxg, dwg := winoOps(winogradCPU(2, CPUOptions{}), p, x, w, dy)
 			useWinoAsm = true
 			for _, c := range []struct {
 				name string
@@ -530,11 +527,10 @@ func TestWinogradBitIdentical(t *testing.T) {
 // every eligible convolution on the Winograd path are bit-identical for 1
 // and 3 threads (TestThreadCountBitIdentical with the path forced).
 func TestWinogradModelThreads(t *testing.T) {
-	defer forceWinograd()()
 	for _, tc := range tinyConfigs[:2] {
 		t.Run(tc.name, func(t *testing.T) {
-			one := trainSteps(t, 1, tc.cfg, tc.in, 2)
-			three := trainSteps(t, 3, tc.cfg, tc.in, 2)
+			one := trainSteps(t, winogradCPU(1, CPUOptions{}), tc.cfg, tc.in, 2)
+			three := trainSteps(t, winogradCPU(3, CPUOptions{}), tc.cfg, tc.in, 2)
 			for i := range one {
 				if j := bitsEqual(one[i], three[i]); j >= 0 {
 					t.Fatalf("result %d differs between 1 and 3 threads at element %d", i, j)
@@ -546,8 +542,9 @@ func TestWinogradModelThreads(t *testing.T) {
 
 // TestUseWinograd: which shapes take the path, and the off switch.
 func TestUseWinograd(t *testing.T) {
+	c := NewCPU(1)
 	base := ConvParams{N: 8, C: 64, H: 8, W: 8, K: 64, R: 3, S: 3, StrideH: 1, StrideW: 1, PadH: 1, PadW: 1}
-	if !useWinograd(base) {
+	if !c.winograd(base) {
 		t.Errorf("%+v: want Winograd", base)
 	}
 	for _, f := range []func(*ConvParams){
@@ -559,21 +556,23 @@ func TestUseWinograd(t *testing.T) {
 	} {
 		p := base
 		f(&p)
-		if useWinograd(p) {
+		if c.winograd(p) {
 			t.Errorf("%+v: want the direct path", p)
 		}
 	}
-	if !useWinogradFilter(base) {
+	if !c.winogradFilterOn(base) {
 		t.Errorf("%+v: want a Winograd weight gradient", base)
 	}
 	narrow := base
 	narrow.C, narrow.K = 32, 32
-	if !useWinograd(narrow) || useWinogradFilter(narrow) {
+	if !c.winograd(narrow) || c.winogradFilterOn(narrow) {
 		t.Errorf("%+v: want Winograd forward and a direct weight gradient", narrow)
 	}
-	c := NewCPU(1)
-	if !c.winograd(base) || !c.winogradFilterOn(base) {
-		t.Errorf("%+v: a new backend does not take the Winograd path", base)
+	if f := winogradCPU(1, CPUOptions{}); !f.winograd(narrow) || !f.winogradFilterOn(narrow) {
+		t.Errorf("%+v: forced options do not send it to the Winograd path", narrow)
+	}
+	if o := NewCPUWith(CPUOptions{NoWinograd: true}); o.winograd(base) {
+		t.Error("NoWinograd: still Winograd")
 	}
 	c.SetWinograd(false)
 	if c.winograd(base) || c.winogradFilterOn(base) {

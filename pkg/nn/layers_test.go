@@ -93,12 +93,7 @@ func TestConv2dLayerMatchesRef(t *testing.T) {
 	}
 	for i, tc := range cases {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
-			if tc.budget > 0 {
-				old := colBudget
-				colBudget = tc.budget
-				defer func() { colBudget = old }()
-			}
-			bd := testBuilder(3)
+			bd := &builder{e: newEnv(NewCPUWith(CPUOptions{Threads: 3, ColBudget: tc.budget}))} // budget 0: the default
 			l := bd.conv2d("conv", tc.c, tc.k, tc.kernel, tc.stride, tc.pad, tc.bias)
 			bd.finish(int64(i))
 			p, err := l.convParams([]int{tc.n, tc.c, tc.h, tc.w})

@@ -10,9 +10,8 @@ import (
 // trainSteps runs steps of forward, loss, backward and plain SGD
 // (p -= lr*g over the flat tensors) and returns the host copies of every
 // result that must not depend on the thread count.
-func trainSteps(t *testing.T, threads int, cfg ResNetConfig, in []int, steps int) [][]float32 {
+func trainSteps(t *testing.T, b *CPU, cfg ResNetConfig, in []int, steps int) [][]float32 {
 	t.Helper()
-	b := NewCPU(threads)
 	m, err := NewResNet(b, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -63,12 +62,9 @@ func TestThreadCountBitIdentical(t *testing.T) {
 	}{"resnet50-cifar-16x16-direct-1x1", ResNetConfig{Depth: 50, Stem: "cifar", Width: 1.0 / 16, Classes: 10, Seed: 4}, []int{4, 3, 16, 16}})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, budget := range []int{colBudget, 3000} { // default chunks, then many small chunks
-				old := colBudget
-				colBudget = budget
-				one := trainSteps(t, 1, tc.cfg, tc.in, 2)
-				three := trainSteps(t, 3, tc.cfg, tc.in, 2)
-				colBudget = old
+			for _, budget := range []int{0, 3000} { // default chunks, then many small chunks
+				one := trainSteps(t, NewCPUWith(CPUOptions{Threads: 1, ColBudget: budget}), tc.cfg, tc.in, 2)
+				three := trainSteps(t, NewCPUWith(CPUOptions{Threads: 3, ColBudget: budget}), tc.cfg, tc.in, 2)
 				for i := range one {
 					if j := bitsEqual(one[i], three[i]); j >= 0 {
 						t.Fatalf("budget %d: result %d differs between 1 and 3 threads at element %d", budget, i, j)
