@@ -1,7 +1,8 @@
 // Command image builds ringtrain's OCI images without docker and without
 // pulling anything (make image):
 //
-//   - ringtrain:<appVersion> — /usr/local/bin/coordinator and worker. The
+//   - ringtrain:<appVersion> — /usr/local/bin/coordinator and worker (and
+//     scalebench, which `coordinator bench` runs: docs/scale.md). The
 //     binaries are built with CGO_ENABLED=0 but are not static: pkg/gpu opens
 //     the CUDA libraries through purego, which links the dynamic loader and
 //     libc. The image therefore carries exactly the files the binaries' ELF
@@ -98,7 +99,7 @@ func build(ctx context.Context, o options) ([]string, error) {
 	defer os.RemoveAll(work)
 
 	bin := filepath.Join(work, "bin")
-	if _, err := goOut(ctx, o.root, "build", "-trimpath", "-ldflags", "-s -w", "-o", bin+"/", "./cmd/coordinator", "./cmd/worker"); err != nil {
+	if _, err := goOut(ctx, o.root, "build", "-trimpath", "-ldflags", "-s -w", "-o", bin+"/", "./cmd/coordinator", "./cmd/worker", "./cmd/scalebench"); err != nil {
 		return nil, err
 	}
 	if _, err := goOut(ctx, o.root, "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(bin, "etcd"), "go.etcd.io/etcd/server/v3"); err != nil {
@@ -114,9 +115,10 @@ func build(ctx context.Context, o options) ([]string, error) {
 		return nil, err
 	}
 	images := []spec{{
-		Ref:        repo + ":" + version,
-		Archive:    "ringtrain-" + version + ".oci.tar",
-		Binaries:   map[string]string{"/usr/local/bin/coordinator": filepath.Join(bin, "coordinator"), "/usr/local/bin/worker": filepath.Join(bin, "worker")},
+		Ref:     repo + ":" + version,
+		Archive: "ringtrain-" + version + ".oci.tar",
+		Binaries: map[string]string{"/usr/local/bin/coordinator": filepath.Join(bin, "coordinator"), "/usr/local/bin/worker": filepath.Join(bin, "worker"),
+			"/usr/local/bin/scalebench": filepath.Join(bin, "scalebench")},
 		Debs:       pkgs,
 		Extra:      map[string]string{"/etc/ssl/certs/ca-certificates.crt": ca},
 		Entrypoint: []string{"/usr/local/bin/coordinator"},
@@ -125,6 +127,7 @@ func build(ctx context.Context, o options) ([]string, error) {
 		Checks: [][]string{
 			{"/usr/local/bin/coordinator", "--help"},
 			{"/usr/local/bin/worker", "--help"},
+			{"/usr/local/bin/coordinator", "bench", "--help"}, // runs /usr/local/bin/scalebench
 			// The whole job in one container: embedded etcd, raft, a worker
 			// process started from /usr/local/bin/worker, two steps.
 			{"/usr/local/bin/coordinator", "--workers", "1", "--dataset", "synthetic", "--synthetic-size", "64", "--epochs", "1",

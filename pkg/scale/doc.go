@@ -14,6 +14,10 @@
 //     processes) over a list of worker counts, each a few warm-up steps
 //     and a fixed number of timed steps, with the per-step phase timings
 //     the workers report (controlpb.StepPhases) aggregated per point.
+//   - Cluster: the same points on a running cluster's registered workers:
+//     each point is a benchmark round (controlpb Control.Bench) that the
+//     coordinator's leader plans on N of them; the reports come through
+//     Control.WatchMetrics. The job's own plan is given back after each.
 //   - Model: a ring all-reduce alpha-beta model with bucket overlap
 //     (Patarasuk and Yuan 2009; Gibiansky 2017), calibrated from a
 //     measured compute profile and link, that predicts the step time and

@@ -25,6 +25,8 @@
 //	                 └──┴── a newer plan (from syncing, training, finishing) ◄┘
 //	                        or the failure reported (recovering)
 //
+//	waiting ──► benching ──► waiting   (a plan whose bench field is set)
+//
 // The states:
 //   - registering (registering.go): register in the membership, retrying
 //     while the id is still held by the lease of a process this one
@@ -44,6 +46,12 @@
 //     of the job; the other ranks wait for the plan that says so.
 //   - recovering (recovering.go): probe the ring neighbours for a dead or
 //     stalled one and report the failure, naming it.
+//   - benching (benching.go): a plan that is a benchmark round (its bench
+//     field; coordinator bench on a cluster) gives this worker a rank: it
+//     runs the round's steps on a trainer and ring of their own, reports
+//     each step (phase "bench"), holds the ring until the round ends and
+//     goes back to waiting. The job's trainer is not touched; a failed
+//     round is reported, never fatal.
 //
 // The collaborators are interfaces, each with an in-memory twin that the
 // unit tests drive the machine with: ControlPlane (MemControlPlane),
