@@ -213,7 +213,9 @@ func (r *Result) Markdown() string {
 		ms, me, er := "-", "-", "-"
 		if p.Predicted != nil {
 			ms = fmt.Sprintf("%.1f", 1e3*p.Predicted.StepSeconds)
-			me = fmt.Sprintf("%.1f%%", 100*p.Predicted.Efficiency)
+			if p.Predicted.Efficiency > 0 { // 0: no one-worker point
+				me = fmt.Sprintf("%.1f%%", 100*p.Predicted.Efficiency)
+			}
 			er = fmt.Sprintf("%+.1f%%", 100*p.ModelErrorStep)
 		}
 		eff := "-" // no one-worker point to compare with
