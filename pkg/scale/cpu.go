@@ -13,14 +13,14 @@ import (
 // cpuSample is the CPU time of some processes and of the machine.
 type cpuSample struct {
 	at        time.Time
-	procTicks float64 // utime+stime of the processes, clock ticks
+	procTicks map[int]float64 // utime+stime of each process, clock ticks
 	busy, all float64 // machine: non-idle and total ticks
 }
 
 const clkTck = 100 // USER_HZ on Linux
 
 func sampleCPU(pids []int) cpuSample {
-	s := cpuSample{at: time.Now()}
+	s := cpuSample{at: time.Now(), procTicks: map[int]float64{}}
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
@@ -31,7 +31,7 @@ func sampleCPU(pids []int) cpuSample {
 		if len(f) > 12 {
 			u, _ := strconv.ParseFloat(f[11], 64)
 			st, _ := strconv.ParseFloat(f[12], 64)
-			s.procTicks += u + st
+			s.procTicks[pid] = u + st
 		}
 	}
 	f, err := os.Open("/proc/stat")
@@ -53,7 +53,8 @@ func sampleCPU(pids []int) cpuSample {
 	return s
 }
 
-// until returns the cores the processes used between s and e, the
+// until returns the cores the processes used between s and e (those in
+// both samples: one that exited in between took its ticks with it), the
 // machine's busy fraction and its core count.
 func (s cpuSample) until(e cpuSample) (cores, busy float64, n int) {
 	n = runtime.NumCPU()
@@ -61,7 +62,13 @@ func (s cpuSample) until(e cpuSample) (cores, busy float64, n int) {
 	if d <= 0 || s.at.IsZero() {
 		return 0, 0, n
 	}
-	cores = (e.procTicks - s.procTicks) / clkTck / d
+	var ticks float64
+	for pid, t := range e.procTicks {
+		if t0, ok := s.procTicks[pid]; ok {
+			ticks += t - t0
+		}
+	}
+	cores = ticks / clkTck / d
 	if e.all > s.all {
 		busy = (e.busy - s.busy) / (e.all - s.all)
 	}
