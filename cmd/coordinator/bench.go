@@ -20,7 +20,8 @@ func benchCmd() *cobra.Command {
 		Short: "Scale-out benchmark: a sweep of real jobs over worker counts, emulated hosts and links, and the model's prediction (runs scalebench; see 'coordinator bench --help')",
 		Example: `  coordinator bench                                  # 1,2,4,8 workers on this machine
   coordinator bench --emulate-hosts 8 --link 500mbit  # one network namespace per worker (root)
-  coordinator bench --predict --workers 8,64,512 --link 25gbit,100gbit --compute 9.7ms`,
+  coordinator bench --predict --workers 8,64,512 --link 25gbit,100gbit --compute 9.7ms
+  coordinator bench --coordinator c0:7070,c1:7070,c2:7070  # a running cluster's registered workers`,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := siblingBinary("scalebench", os.Getenv("RINGTRAIN_SCALEBENCH"), "RINGTRAIN_SCALEBENCH=PATH")
