@@ -163,7 +163,11 @@ func TestDashboardInBrowser(t *testing.T) {
 	if err := chromedp.Do(ctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(3))); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// Wait for a frame rendered at the new size (the poll runs in
+	// requestAnimationFrame callbacks, after the resize handlers).
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`window.innerWidth === 390`, chromedp.WithPollingTimeout(30*time.Second))); err != nil {
+		t.Fatalf("the page never rendered at 390 px: %v", err)
+	}
 	if w := eval(`String(document.documentElement.scrollWidth) + " " + String(window.innerWidth)`); func() bool {
 		var sw, iw int
 		fmt.Sscan(w, &sw, &iw)

@@ -47,6 +47,17 @@ func (s *shmSegment) load64(off int) (v uint64, ok bool) {
 	return atomic.LoadUint64(s.word64(off)), true
 }
 
+// load32 reads a 32-bit control word (a wake-up or sleep word); ok is
+// false once the segment is unmapped.
+func (s *shmSegment) load32(off int) (v uint32, ok bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mem == nil {
+		return 0, false
+	}
+	return atomic.LoadUint32(s.word(off)), true
+}
+
 // publish stores a control counter, bumps the wake-up word seqOff and wakes
 // a sleeper of the other process if it said (word waitOff) that it sleeps.
 func (s *shmSegment) publish(off int, v uint64, seqOff, waitOff int) {

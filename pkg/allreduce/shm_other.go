@@ -28,6 +28,7 @@ func (s *shmSegment) with(i int, fn func(hdr, payload []byte) error) error {
 	return errNoShm
 }
 func (s *shmSegment) load64(off int) (uint64, bool)                                 { return 0, false }
+func (s *shmSegment) load32(off int) (uint32, bool)                                 { return 0, false }
 func (s *shmSegment) publish(off int, v uint64, seqOff, waitOff int)                {}
 func (s *shmSegment) wake(seqOff int)                                               {}
 func (s *shmSegment) sleep(seqOff, waitOff int, d time.Duration, ready func() bool) {}

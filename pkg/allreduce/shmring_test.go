@@ -3,6 +3,7 @@ package allreduce
 import (
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -90,10 +91,27 @@ func TestShmRingOrderAndWindow(t *testing.T) {
 	}
 	third := make(chan error, 1)
 	go func() { third <- send(2) }()
+	// The sender announces in the segment that it sleeps for a free slot
+	// (it does so only after seeing none): from then on the third frame
+	// must still be waiting.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		select {
+		case err := <-third:
+			t.Fatalf("third frame sent with both slots full (err %v)", err)
+		default:
+		}
+		if w, _ := l[0].shm.load32(shmOffTailWait); w == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sender of the third frame never waited for a free slot")
+		}
+		runtime.Gosched()
+	}
 	select {
 	case err := <-third:
 		t.Fatalf("third frame sent with both slots full (err %v)", err)
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	recv := func(i int) {
 		t.Helper()
@@ -138,7 +156,16 @@ func TestShmRingCloseWakesWaiter(t *testing.T) {
 	l := shmPair(t)
 	done := make(chan error, 1)
 	go func() { done <- l[1].Recv(func(*Header, [][]byte) error { return nil }) }()
-	time.Sleep(20 * time.Millisecond)
+	// Close once the receiver sleeps on the idle link (it says so in the
+	// segment), the case the wake-up must reach.
+	for deadline := time.Now().Add(10 * time.Second); ; runtime.Gosched() {
+		if w, _ := l[1].in.shm.load32(shmOffHeadWait); w == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the receiver never slept on the idle link")
+		}
+	}
 	t0 := time.Now()
 	_ = l[1].Close()
 	select {

@@ -315,6 +315,9 @@ func testBF16(t *testing.T, f fabric) {
 }
 
 // testStaleGeneration: a rank of an older plan generation cannot join.
+// The two ranks open at the same time, in either order: a hello waits for
+// the ring it names, and is refused once a newer generation of the job is
+// open (or already is).
 func testStaleGeneration(t *testing.T, f fabric) {
 	ts, peers := f.make(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -327,7 +330,6 @@ func testStaleGeneration(t *testing.T, f fabric) {
 		defer wg.Done()
 		newLink, newErr = ts[0].Open(ctx, Plan{Job: "job", Generation: 5, Rank: 0, Peers: peers})
 	}()
-	time.Sleep(50 * time.Millisecond)
 	_, err := ts[1].Open(ctx, Plan{Job: "job", Generation: 4, Rank: 1, Peers: peers})
 	if !errorsIs(err, ErrGeneration) {
 		t.Fatalf("stale generation open: got %v, want ErrGeneration", err)

@@ -106,6 +106,26 @@ type Store struct {
 	mu        sync.Mutex // guards protected, protectOn
 	protected int64      // the step retention never deletes, when protectOn
 	protectOn bool
+
+	// rename and removeAll are the file operations of Write's and
+	// CleanOrphans' renames and removals (nil: os.Rename, os.RemoveAll);
+	// tests make them fail.
+	rename    func(oldpath, newpath string) error
+	removeAll func(path string) error
+}
+
+func (s *Store) osRename(oldpath, newpath string) error {
+	if s.rename != nil {
+		return s.rename(oldpath, newpath)
+	}
+	return os.Rename(oldpath, newpath)
+}
+
+func (s *Store) osRemoveAll(path string) error {
+	if s.removeAll != nil {
+		return s.removeAll(path)
+	}
+	return os.RemoveAll(path)
 }
 
 // Protect marks step as the one checkpoint retention never deletes,
@@ -161,16 +181,16 @@ func (s *Store) CleanOrphans() error {
 		switch {
 		case !e.IsDir():
 		case strings.HasPrefix(name, ".tmp-"+dirPrefix):
-			if err := os.RemoveAll(path); err != nil {
+			if err := s.osRemoveAll(path); err != nil {
 				errs = append(errs, err)
 			}
 		case strings.HasPrefix(name, dirPrefix) && strings.HasSuffix(name, oldSuffix):
 			final := strings.TrimSuffix(path, oldSuffix)
 			if _, err := os.Stat(final); errors.Is(err, os.ErrNotExist) {
-				if err := os.Rename(path, final); err != nil {
+				if err := s.osRename(path, final); err != nil {
 					errs = append(errs, err)
 				}
-			} else if err := os.RemoveAll(path); err != nil {
+			} else if err := s.osRemoveAll(path); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -198,7 +218,7 @@ func (s *Store) Write(snap *Snapshot) (m Manifest, err error) {
 	}
 	defer func() {
 		if err != nil {
-			if rerr := os.RemoveAll(tmp); rerr != nil {
+			if rerr := s.osRemoveAll(tmp); rerr != nil {
 				err = errors.Join(err, fmt.Errorf("checkpoint: remove %s: %w (removed when the next writer starts)", tmp, rerr))
 			}
 		}
@@ -261,16 +281,16 @@ func (s *Store) Write(snap *Snapshot) (m Manifest, err error) {
 	old := ""
 	if _, statErr := os.Stat(final); statErr == nil {
 		old = final + oldSuffix
-		if err = os.RemoveAll(old); err != nil {
+		if err = s.osRemoveAll(old); err != nil {
 			return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
 		}
-		if err = os.Rename(final, old); err != nil {
+		if err = s.osRename(final, old); err != nil {
 			return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
 		}
 	}
-	if err = os.Rename(tmp, final); err != nil {
+	if err = s.osRename(tmp, final); err != nil {
 		if old != "" {
-			if rerr := os.Rename(old, final); rerr != nil {
+			if rerr := s.osRename(old, final); rerr != nil {
 				// The previous checkpoint of this step stays as old;
 				// CleanOrphans puts it back.
 				err = errors.Join(err, fmt.Errorf("put back %s: %w", old, rerr))
@@ -281,7 +301,7 @@ func (s *Store) Write(snap *Snapshot) (m Manifest, err error) {
 	if old != "" {
 		// The new checkpoint is in place: a leftover old copy only
 		// takes space, and CleanOrphans removes it.
-		_ = os.RemoveAll(old)
+		_ = s.osRemoveAll(old)
 	}
 	if err = syncDir(s.Dir); err != nil {
 		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)

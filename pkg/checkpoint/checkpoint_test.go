@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"encoding/json"
 	"errors"
 	"math/rand"
 	"os"
@@ -407,5 +408,135 @@ func TestRetentionKeepsProtectedStep(t *testing.T) {
 				t.Fatalf("with step 40 protected: steps %v, want %v", steps, want)
 			}
 		})
+	}
+}
+
+// errInjected is the failure the rollback tests inject into a Store's
+// renames and removals (the files are real).
+var errInjected = errors.New("injected failure")
+
+// leftovers lists the store directory's entries other than step dirs.
+func leftovers(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".tmp-") || strings.HasSuffix(e.Name(), oldSuffix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// accuracyAt reads the accuracy recorded in step's verified checkpoint.
+func accuracyAt(t *testing.T, st *Store, step int64) float64 {
+	t.Helper()
+	if _, err := st.Verify(step); err != nil {
+		t.Fatalf("step %d: %v", step, err)
+	}
+	b, err := os.ReadFile(filepath.Join(st.StepDir(step), MetaFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m Meta
+	if err := json.Unmarshal(b, &m); err != nil || m.Accuracy == nil {
+		t.Fatalf("step %d meta: %v %s", step, err, b)
+	}
+	return *m.Accuracy
+}
+
+// Replacing a step's checkpoint (a re-run after a rollback) when the new
+// copy cannot be renamed into place: the previous copy is put back under
+// its name, the temporary directory goes, and the error says so.
+func TestWriteRollbackPutsPreviousBack(t *testing.T) {
+	m, opt := trained(t, 1)
+	dir := t.TempDir()
+	st, _ := NewStore(dir, 3)
+	if _, err := st.Write(capture(t, m, opt, 10, 0.1)); err != nil {
+		t.Fatal(err)
+	}
+	final := st.StepDir(10)
+	st.rename = func(from, to string) error {
+		if to == final && strings.HasPrefix(filepath.Base(from), ".tmp-") {
+			return errInjected
+		}
+		return os.Rename(from, to)
+	}
+	if _, err := st.Write(capture(t, m, opt, 10, 0.2)); !errors.Is(err, errInjected) {
+		t.Fatalf("write with a failing rename: %v, want the injected failure", err)
+	}
+	if acc := accuracyAt(t, st, 10); acc != 0.1 {
+		t.Fatalf("step 10 holds accuracy %v, want the previous copy's 0.1", acc)
+	}
+	if l := leftovers(t, dir); len(l) != 0 {
+		t.Fatalf("leftovers after the failed replacement: %v", l)
+	}
+}
+
+// When putting the previous copy back fails too, the error names both
+// failures and the copy stays as <step>.old; the next writer's
+// CleanOrphans puts it back under its name.
+func TestWriteRollbackPutBackFailsCleanOrphansRestores(t *testing.T) {
+	m, opt := trained(t, 1)
+	dir := t.TempDir()
+	st, _ := NewStore(dir, 3)
+	if _, err := st.Write(capture(t, m, opt, 10, 0.1)); err != nil {
+		t.Fatal(err)
+	}
+	final := st.StepDir(10)
+	st.rename = func(from, to string) error {
+		if to == final {
+			return errInjected // the new copy's rename and the put-back
+		}
+		return os.Rename(from, to)
+	}
+	_, err := st.Write(capture(t, m, opt, 10, 0.2))
+	if !errors.Is(err, errInjected) || !strings.Contains(err.Error(), "put back") {
+		t.Fatalf("write: %v, want the rename's and the put-back's failures", err)
+	}
+	if l := leftovers(t, dir); len(l) != 1 || l[0] != filepath.Base(final)+oldSuffix {
+		t.Fatalf("leftovers %v, want only the previous copy %s", l, filepath.Base(final)+oldSuffix)
+	}
+	next, _ := NewStore(dir, 3) // the next writer, with working renames
+	if err := next.CleanOrphans(); err != nil {
+		t.Fatal(err)
+	}
+	if acc := accuracyAt(t, next, 10); acc != 0.1 {
+		t.Fatalf("after CleanOrphans step 10 holds accuracy %v, want the previous copy's 0.1", acc)
+	}
+	if l := leftovers(t, dir); len(l) != 0 {
+		t.Fatalf("leftovers after CleanOrphans: %v", l)
+	}
+}
+
+// A failed write whose temporary directory cannot be removed says so (the
+// write's own error first), and the next writer's CleanOrphans removes it;
+// a removal CleanOrphans cannot do is its error.
+func TestWriteRollbackRemoveFailsCleanOrphansRemoves(t *testing.T) {
+	m, opt := trained(t, 1)
+	dir := t.TempDir()
+	st, _ := NewStore(dir, 3)
+	st.removeAll = func(string) error { return errInjected }
+	bad := capture(t, m, opt, 20, 0.2)
+	bad.Model[0].Data = bad.Model[0].Data[:3] // shorter than its shape: the write fails
+	_, err := st.Write(bad)
+	if err == nil || !errors.Is(err, errInjected) || !strings.Contains(err.Error(), "removed when the next writer starts") {
+		t.Fatalf("write: %v, want the write's error and the failed removal", err)
+	}
+	if l := leftovers(t, dir); len(l) != 1 || !strings.HasPrefix(l[0], ".tmp-") {
+		t.Fatalf("leftovers %v, want the temporary directory", l)
+	}
+	if err := st.CleanOrphans(); !errors.Is(err, errInjected) {
+		t.Fatalf("CleanOrphans with failing removals: %v, want the injected failure", err)
+	}
+	st.removeAll = nil
+	if err := st.CleanOrphans(); err != nil {
+		t.Fatal(err)
+	}
+	if l := leftovers(t, dir); len(l) != 0 {
+		t.Fatalf("leftovers after CleanOrphans: %v", l)
 	}
 }

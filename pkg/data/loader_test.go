@@ -219,12 +219,17 @@ type gated struct {
 	gate  chan struct{}
 	calls atomic.Int64
 	fail  int // Get of this index fails (-1: never)
+	// onCall, when set, sees each call's index and count (before the gate).
+	onCall func(i int, n int64)
 }
 
 var errGated = errors.New("gated: injected failure")
 
 func (g *gated) Get(i int, dst []float32) (int, error) {
-	g.calls.Add(1)
+	n := g.calls.Add(1)
+	if g.onCall != nil {
+		g.onCall(i, n)
+	}
 	<-g.gate
 	if i == g.fail {
 		return 0, errGated
@@ -236,6 +241,23 @@ func TestLoaderCancellationAndBoundedPrefetch(t *testing.T) {
 	noLeaks(t)
 	syn, _ := NewSynthetic(1000, 1)
 	g := &gated{Synthetic: syn, gate: make(chan struct{}), fail: -1}
+	// Steps are samples 10k..10k+9 in order. Three buffers hold steps 0-2
+	// (30 samples); step 3's samples may load only once the caller hands a
+	// buffer back, which it does after setting released.
+	var released atomic.Bool
+	var early atomic.Int64
+	filled, refilled := make(chan struct{}), make(chan struct{})
+	g.onCall = func(i int, n int64) {
+		if i >= 30 && !released.Load() {
+			early.Add(1)
+		}
+		switch n {
+		case 30:
+			close(filled)
+		case 40:
+			close(refilled)
+		}
+	}
 	sampler, _ := NewSampler(g.Len(), SamplerConfig{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -255,14 +277,17 @@ func TestLoaderCancellationAndBoundedPrefetch(t *testing.T) {
 	if err != nil || b.Pos != (Position{}) || !slices.Equal(b.Indices, Iota(10)) {
 		t.Fatalf("after a timed-out Next: batch at %v, %v", b.Pos, err)
 	}
-	// Memory is bounded: the producers stop after filling the ring.
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) && g.calls.Load() < 30 {
-		time.Sleep(5 * time.Millisecond)
+	// Memory is bounded: the producers fill the three buffers and load
+	// step 3 only into the buffer the caller hands back with its next Next
+	// (an unbounded loader would load it right after step 2).
+	awaitClosed(t, filled, "steps 0-2 loaded")
+	released.Store(true)
+	if b, err := l.Next(context.Background()); err != nil || b.Pos.Cursor != 10 {
+		t.Fatalf("second batch: %v, %v", b, err)
 	}
-	time.Sleep(50 * time.Millisecond)
-	if n := g.calls.Load(); n != 30 {
-		t.Fatalf("%d samples loaded with 3 buffers of 10, the caller holding one: want 30", n)
+	awaitClosed(t, refilled, "step 3 loaded into the returned buffer")
+	if n := early.Load(); n > 0 {
+		t.Fatalf("%d samples of step 3 loaded before the caller returned a buffer (3 buffers of 10, the caller holding one)", n)
 	}
 	// Cancelling the loader's context stops it.
 	cancel()
@@ -272,6 +297,16 @@ func TestLoaderCancellationAndBoundedPrefetch(t *testing.T) {
 		}
 	}
 	l.Close()
+}
+
+// awaitClosed waits (at most 10 s) for ch to close.
+func awaitClosed(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("not within 10 s: %s", what)
+	}
 }
 
 func TestLoaderReportsDatasetErrors(t *testing.T) {

@@ -2,7 +2,9 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -59,6 +61,7 @@ type harness struct {
 	members *MemMembership
 	net     *allreduce.InmemNetwork
 	store   *checkpoint.MemStore
+	disk    *checkpoint.Store // when set, the workers' store instead of store
 	logs    *observer.ObservedLogs
 	log     *zap.Logger
 
@@ -127,8 +130,12 @@ func (h *harness) start(id string) *testWorker {
 	}
 	st := &stallTransport{Transport: h.net.Transport(addr), gate: make(chan struct{})}
 	w := &testWorker{id: id, addr: addr, done: make(chan error, 1)}
+	var store CheckpointStore = h.store
+	if h.disk != nil {
+		store = h.disk
+	}
 	w.m = newMachine(deps{ID: id, Job: h.spec.Name, Log: h.log.With(zap.String("worker", id)), Spec: h.spec, Trainer: tr,
-		Ring: st, Control: h.ctrl, Members: h.members, MembersName: "memory", Store: h.store, Probe: h.probe,
+		Ring: st, Control: h.ctrl, Members: h.members, MembersName: "memory", Store: store, Probe: h.probe,
 		Member: cluster.Member{ID: id, Address: addr, Device: "cpu"}, TTL: time.Second, Patience: time.Second, Timing: fastTiming()})
 	w.m.trace = func(from, to state) {
 		w.mu.Lock()
@@ -396,6 +403,35 @@ func TestMachineJoinsAndTrainsToTheEnd(t *testing.T) {
 	}
 	if len(s.Checkpoints) == 0 {
 		t.Error("no checkpoint recorded")
+	}
+}
+
+// TestMachineCleansOrphansAtStart: rank 0's checkpoint writer starts by
+// removing what an interrupted write left in a real checkpoint directory
+// (a temporary directory of an unfinished write), then writes as usual.
+func TestMachineCleansOrphansAtStart(t *testing.T) {
+	h := newHarness(t, testJob(t, 1))
+	dir := t.TempDir()
+	disk, err := checkpoint.NewStore(dir, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.disk = disk
+	orphan := filepath.Join(dir, ".tmp-"+filepath.Base(disk.StepDir(2))+"-1234")
+	if err := os.MkdirAll(orphan, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(orphan, checkpoint.ModelFile), []byte("half a file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w0, w1 := h.start("w0"), h.start("w1")
+	h.publish("w0", "w1")
+	h.finishes(w0, w1)
+	if _, err := os.Stat(orphan); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the interrupted write's temporary directory is still there (stat: %v)", err)
+	}
+	if steps, _ := disk.Steps(); len(steps) == 0 {
+		t.Fatal("no checkpoint written to the directory")
 	}
 }
 
