@@ -10,6 +10,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand"
@@ -43,6 +44,7 @@ func main() {
 	gemmPlanes := flag.Int("gemm-planes", 0, "bf16: convolutions whose output planes have at most this many pixels run as one cuBLAS GEMM (0: the backend's default, 16; -1: off)")
 	activations := flag.String("activations", "bf16", "bf16 precision: activations kept between layers as bf16 (resident, the default) or fp32 (the slower comparison path)")
 	scratch := flag.Int64("scratch", 0, "cap of one convolution chunk's scratch in bytes (0: the backend's default); a large value means one chunk per convolution")
+	graph := flag.Bool("graph", false, "cuda: capture forward, loss and backward as a CUDA graph after the first warm-up step and launch it each step (the optimizer stays eager, as in the job)")
 	flag.Parse()
 	if *activations != "bf16" && *activations != "fp32" {
 		fmt.Fprintf(os.Stderr, "gpubench: -activations %q: want bf16 or fp32\n", *activations)
@@ -51,7 +53,7 @@ func main() {
 	libPath, pythonRoots := env.CUDASearch()
 	o := gpu.Options{Precision: *prec, LibDir: *libDir, LibPath: libPath, PythonRoots: pythonRoots, ScratchBytes: *scratch, Conv: *conv,
 		ConvSearch: *convSearch, GemmPlanes: *gemmPlanes, FP32Activations: *activations == "fp32",
-		Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
+		Graphs: *graph, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
 	if err := run(*device, o, *stem, *depth, *batch, *size, *warmup, *steps, *threads, *profile); err != nil {
 		fmt.Fprintln(os.Stderr, "gpubench:", err)
 		os.Exit(1)
@@ -59,9 +61,12 @@ func main() {
 }
 
 func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, steps, threads, profile int) error {
-	prec, conv, scratch := o.Precision, o.Conv, o.ScratchBytes
+	prec, conv, scratch, graph := o.Precision, o.Conv, o.ScratchBytes, o.Graphs
 	if batch < 1 || steps < 1 || warmup < 0 || size < 8 {
 		return fmt.Errorf("bad sizes: batch %d steps %d warmup %d size %d", batch, steps, warmup, size)
+	}
+	if graph && warmup < 2 {
+		return fmt.Errorf("-graph needs -warmup 2 or more (one eager step, then the capture)")
 	}
 	t0 := time.Now()
 	b, err := gpu.SelectBackend(device, threads, o, func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
@@ -110,19 +115,69 @@ func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, 
 	// back once at the end, so the timed loop never waits for the host.
 	losses := b.New(warmup + steps + profile)
 	nstep := 0
-
-	step := func() error {
+	// On a device the labels are uploaded once (as the job's device step
+	// uploads each batch's before its compute), so forward, loss and
+	// backward need nothing from the host and can be captured.
+	dc, _ := b.(nn.DeviceCounter)
+	var ydev *nn.Tensor
+	if dc != nil {
+		ydev = b.New(batch)
+		dc.UploadLabels(ydev, labels)
+	}
+	compute := func() error {
+		m.ZeroGrad()
 		logits, err := m.Forward(x)
 		if err != nil {
 			return err
 		}
-		b.SoftmaxCrossEntropy(loss, dlogits, nil, logits, labels, 0, 1)
+		if dc != nil {
+			dc.SoftmaxCrossEntropyLabels(loss, dlogits, nil, logits, ydev, 0, 1)
+		} else {
+			b.SoftmaxCrossEntropy(loss, dlogits, nil, logits, labels, 0, 1)
+		}
+		return m.Backward(dlogits)
+	}
+	var g nn.Graph
+	defer func() {
+		if g != nil {
+			g.Close()
+		}
+	}()
+	graphLaunches := 0
+	step := func() error {
+		switch gc, ok := b.(nn.GraphCapturer); {
+		case !graph || prof.on:
+			if err := compute(); err != nil {
+				return err
+			}
+		case g != nil:
+			if err := g.Launch(); err != nil {
+				return err
+			}
+			graphLaunches++
+		case nstep == 0:
+			if err := compute(); err != nil { // shapes and memory settle
+				return err
+			}
+		case !ok:
+			return fmt.Errorf("-graph: backend %s has no graphs", b.Name())
+		default:
+			if err := gc.BeginCapture(); err != nil {
+				return err
+			}
+			cerr := compute()
+			gr, err := gc.EndCapture()
+			if err := errors.Join(cerr, err); err != nil {
+				return fmt.Errorf("capturing the step: %w", err)
+			}
+			g = gr
+			if err := g.Launch(); err != nil {
+				return err
+			}
+			graphLaunches++
+		}
 		b.Copy(losses.View(nstep, 1), loss)
 		nstep++
-		m.ZeroGrad()
-		if err := m.Backward(dlogits); err != nil {
-			return err
-		}
 		return opt.Step()
 	}
 	lossAt := func() (float32, error) {
@@ -176,7 +231,11 @@ func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, 
 	for i, v := range hl {
 		ls[i] = fmt.Sprintf("%.3f", v)
 	}
-	fmt.Printf("RESULT impl=ringtrain backend=%s precision=%s stem=%s batch=%d img_s=%.1f ms_step=%.2f tflops=%.2f warmup_s=%.2f loss_first=%.4f loss_last=%.4f conv=%s act=%s search=%s scratch=%d losses=%s\n",
-		b.Name(), prec, stem, batch, ips, 1000*el/float64(steps), ips*gf/1000, warm.Seconds(), l0, l1, conv, act, search, scratch, strings.Join(ls, ","))
+	mode := "eager"
+	if graph {
+		mode = fmt.Sprintf("graph(%d)", graphLaunches)
+	}
+	fmt.Printf("RESULT impl=ringtrain backend=%s precision=%s stem=%s batch=%d img_s=%.1f ms_step=%.2f tflops=%.2f warmup_s=%.2f loss_first=%.4f loss_last=%.4f conv=%s act=%s search=%s scratch=%d step=%s losses=%s\n",
+		b.Name(), prec, stem, batch, ips, 1000*el/float64(steps), ips*gf/1000, warm.Seconds(), l0, l1, conv, act, search, scratch, mode, strings.Join(ls, ","))
 	return nil
 }

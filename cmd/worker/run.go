@@ -64,7 +64,7 @@ func runCmd() *cobra.Command {
 			}
 			cfg.OpenBackend = func(device string, threads int, precision string) (nn.Backend, error) {
 				o := gpuOptions(precision)
-				o.LibDir, o.ConvSearch = cudaLibDir, convSearch
+				o.LibDir, o.ConvSearch, o.Graphs = cudaLibDir, convSearch, cfg.GPUGraphs
 				return backend.Open(device, threads, o, log)
 			}
 			return worker.Run(cmd.Context(), cfg)
@@ -85,6 +85,7 @@ func runCmd() *cobra.Command {
 	f.StringVar(&cfg.HTTPToken, "http-token", "", "bearer token /metrics requires (default $RINGTRAIN_HTTP_TOKEN)")
 	f.StringVar(&cfg.SampleLog, "sample-log", os.Getenv("RINGTRAIN_SAMPLE_LOG"), "append the dataset indices of every step to DIR/samples-<id>-<pid>.jsonl (an audit aid; env RINGTRAIN_SAMPLE_LOG)")
 	f.BoolVar(&gpuIPC, "gpu-ipc", true, "GPU: reduce gradients device to device (CUDA IPC) when the ring neighbours are GPU workers on this host (false: through host memory)")
+	f.BoolVar(&cfg.GPUGraphs, "gpu-graphs", os.Getenv("RINGTRAIN_GPU_GRAPHS") == "1", "GPU: launch each step's forward and backward as a captured CUDA graph (not yet verified on a GPU; env RINGTRAIN_GPU_GRAPHS=1)")
 	f.BoolVar(&cfg.GPUOverlap, "gpu-overlap", os.Getenv("RINGTRAIN_GPU_OVERLAP") == "1", "GPU: overlap the gradients' device-to-host copies with backward (env RINGTRAIN_GPU_OVERLAP=1)")
 	f.StringVar(&cudaLibDir, "cuda-lib-dir", "", "GPU: directory searched first for the CUDA libraries (then $RINGTRAIN_CUDA_LIB_DIR, $LD_LIBRARY_PATH, the standard places)")
 	f.StringVar(&convSearch, "gpu-conv-search", "heuristic", "GPU: how cuDNN convolution algorithms are chosen: heuristic (reproducible run to run) | measure (timed once per shape, as torch.backends.cudnn.benchmark); deterministic algorithms only either way")

@@ -75,6 +75,10 @@ type Options struct {
 	// SyncEveryOp synchronises after every op so that an asynchronous
 	// kernel fault is reported by the op that caused it (debugging).
 	SyncEveryOp bool
+	// Graphs allows CUDA graph capture (BeginCapture, graph.go) and gives
+	// cuBLAS a workspace of its own at Open, as capture needs. Off by
+	// default.
+	Graphs bool
 	// Log, if set, receives informational messages.
 	Log func(format string, args ...any)
 
@@ -151,6 +155,9 @@ type Backend struct {
 	err    error // sticky: the first error; every op is a no-op after it
 	closed bool
 
+	cap    captureState // the graph capture in progress (graph.go)
+	blasWS uint64       // cuBLAS's workspace block with Options.Graphs
+
 	scratch map[string]*scratchBuf // named scratch buffers, grown on demand
 
 	res    map[uint64]actDims // resident bf16 activations by address (resident.go)
@@ -180,6 +187,12 @@ func Open(o Options) (*Backend, error) {
 	}
 	b := newBackend(o, d, d.info.SMs)
 	b.info = d.info
+	if o.Graphs {
+		if err := b.enableGraphs(); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("gpu: graphs: %w", err)
+		}
+	}
 	return b, nil
 }
 
@@ -252,21 +265,28 @@ func (b *Backend) begin() bool {
 		b.fail(ErrClosed)
 		return false
 	}
-	if b.err != nil {
+	if b.err != nil || b.cap.err != nil {
 		return false
 	}
 	return b.ok(b.dev.enter())
 }
 
 func (b *Backend) end() {
-	if b.opts.SyncEveryOp && b.err == nil && !b.closed {
+	if b.opts.SyncEveryOp && b.err == nil && !b.closed && !b.cap.on {
 		b.ok(b.dev.sync())
 	}
 	runtime.UnlockOSThread()
 }
 
-// fail records err as the sticky error if none is recorded yet.
+// fail records err as the sticky error if none is recorded yet; during
+// a graph capture it fails the capture instead (graph.go).
 func (b *Backend) fail(err error) {
+	if b.cap.on {
+		if b.cap.err == nil {
+			b.cap.err = err
+		}
+		return
+	}
 	if b.err == nil {
 		b.err = err
 	}
@@ -277,7 +297,7 @@ func (b *Backend) ok(err error) bool {
 	if err != nil {
 		b.fail(err)
 	}
-	return b.err == nil
+	return b.err == nil && b.cap.err == nil
 }
 
 // devs checks that every non-nil tensor is a device tensor.
@@ -288,7 +308,7 @@ func (b *Backend) devs(ts ...*nn.Tensor) bool {
 			return false
 		}
 	}
-	return b.err == nil
+	return b.err == nil && b.cap.err == nil
 }
 
 func ptr(t *nn.Tensor) uint64 {
@@ -395,6 +415,12 @@ func (b *Backend) New(shape ...int) *nn.Tensor {
 	if !b.begin() {
 		return t
 	}
+	if b.cap.on {
+		// Its zeroing would be captured, not run: a failed capture would
+		// leave it unzeroed. Steady-state steps allocate nothing.
+		b.fail(fmt.Errorf("New(%v) inside a captured region", shape))
+		return t
+	}
 	n := t.Numel()
 	if n < 0 || n > maxElems {
 		b.fail(fmt.Errorf("%w: tensor of shape %v has %d elements (max %d)", ErrBadInput, shape, n, maxElems))
@@ -432,6 +458,9 @@ func (b *Backend) FromHost(dst *nn.Tensor, src []float32) {
 	if !b.begin() || !b.devs(dst) {
 		return
 	}
+	if b.hostDuringCapture("FromHost") {
+		return
+	}
 	if len(src) != dst.Numel() {
 		b.fail(fmt.Errorf("%w: FromHost of %d values into shape %v", nn.ErrShape, len(src), dst.Shape))
 		return
@@ -448,6 +477,9 @@ func (b *Backend) FromHost(dst *nn.Tensor, src []float32) {
 func (b *Backend) ToHost(dst []float32, src *nn.Tensor) {
 	defer b.end()
 	if !b.begin() || !b.devs(src) {
+		return
+	}
+	if b.hostDuringCapture("ToHost") {
 		return
 	}
 	if len(dst) != src.Numel() {
@@ -486,6 +518,9 @@ func (b *Backend) ToHostAsync(dst []float32, src *nn.Tensor) nn.CopyTicket {
 	if !b.begin() || !b.devs(src) {
 		return -1
 	}
+	if b.hostDuringCapture("ToHostAsync") {
+		return -1
+	}
 	if len(dst) != src.Numel() {
 		b.fail(fmt.Errorf("%w: ToHostAsync of shape %v into %d values", nn.ErrShape, src.Shape, len(dst)))
 		return -1
@@ -507,6 +542,9 @@ func (b *Backend) WaitCopy(t nn.CopyTicket) error {
 	defer b.end()
 	if !b.begin() {
 		return b.err
+	}
+	if b.hostDuringCapture("WaitCopy") {
+		return b.cap.err
 	}
 	if t >= 0 {
 		b.ok(b.dev.waitDownload(int(t)))
@@ -559,6 +597,9 @@ func (b *Backend) Sync() error {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if b.hostDuringCapture("Sync") {
+		return b.cap.err
+	}
 	if b.err == nil && b.ok(b.dev.enter()) {
 		b.ok(b.dev.sync())
 	}

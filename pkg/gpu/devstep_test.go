@@ -3,6 +3,7 @@ package gpu
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -220,5 +221,78 @@ func TestDeviceStepDetectsNaN(t *testing.T) {
 			t.Fatalf("%s: %v is not an input error: the job would not stop", where, r.err)
 		}
 		t.Logf("%s: %v", where, r.err)
+	}
+}
+
+// A CUDA graph step gives the same loss sequence as the eager step, bit
+// for bit, and the same parameters and evaluation: over two epochs of a
+// dataset whose last batch is short, so the graph is captured (after one
+// eager step), launched, dropped for the short batch and the next epoch's
+// first step, and captured again.
+func TestGraphStepMatchesEager(t *testing.T) {
+	spec := tinySpec()
+	spec.Data.SyntheticSize, spec.Epochs = 60, 2 // 8 steps an epoch, the last of 4 samples
+	const steps = 11
+	var tr *worker.Trainer
+	eager := trainSteps(t, freshDevice(t, PrecisionFP32), spec, steps, nil)
+	graph := trainSteps(t, freshDevice(t, PrecisionFP32), spec, steps, func(w *worker.Trainer) { w.Graphs, tr = true, w })
+	if eager.err != nil || graph.err != nil {
+		t.Fatalf("eager: %v, graph: %v", eager.err, graph.err)
+	}
+	captures, launches := tr.GraphStats()
+	t.Logf("%d captures, %d graph launches in %d steps", captures, launches, steps)
+	// Step 0 eager, 1 captured, 2-6 launched, 7 (4 samples) and 8 (the
+	// next epoch's first) eager, 9 captured, 10 launched.
+	if captures != 2 || launches != 8 {
+		t.Fatalf("%d captures and %d launches, want 2 and 8", captures, launches)
+	}
+	for s := range eager.res {
+		e, g := eager.res[s], graph.res[s]
+		if math.Float64bits(e.Loss) != math.Float64bits(g.Loss) || e.Correct != g.Correct || e.LocalN != g.LocalN {
+			t.Errorf("step %d (%d samples): eager loss %v correct %d, graph %v %d", s, e.LocalN, e.Loss, e.Correct, g.Loss, g.Correct)
+		}
+	}
+	if eager.eval != graph.eval {
+		t.Errorf("evaluation: eager %+v, graph %+v", eager.eval, graph.eval)
+	}
+	for i := range eager.params {
+		if math.Float32bits(eager.params[i]) != math.Float32bits(graph.params[i]) {
+			t.Fatalf("parameter %d: eager %v, graph %v", i, eager.params[i], graph.params[i])
+		}
+	}
+}
+
+// hostInStep makes every step's forward read the device (CountNonFinite
+// after the classifier), which a captured region cannot do.
+type hostInStep struct{ *Backend }
+
+func (h hostInStep) Linear(y, x, w, b *nn.Tensor) {
+	h.Backend.Linear(y, x, w, b)
+	_ = h.CountNonFinite(y)
+}
+
+// When the capture fails, graphs turn off (logged once) and every step
+// runs eagerly with the eager step's results.
+func TestGraphCaptureFailureFallsBackToEager(t *testing.T) {
+	spec := tinySpec()
+	const steps = 4
+	eager := trainSteps(t, freshDevice(t, PrecisionFP32), spec, steps, nil)
+	var tr *worker.Trainer
+	var logs []string
+	graph := trainSteps(t, hostInStep{freshDevice(t, PrecisionFP32)}, spec, steps, func(w *worker.Trainer) {
+		w.Graphs, tr = true, w
+		w.Logf = func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) }
+	})
+	if eager.err != nil || graph.err != nil {
+		t.Fatalf("eager: %v, graph: %v", eager.err, graph.err)
+	}
+	if c, l := tr.GraphStats(); c != 0 || l != 0 || len(logs) != 1 || !strings.Contains(logs[0], "needs the host") {
+		t.Fatalf("%d captures, %d launches, logs %q; want none, none and one line saying why", c, l, logs)
+	}
+	t.Log(logs[0])
+	for s := range eager.res {
+		if eager.res[s].Loss != graph.res[s].Loss {
+			t.Errorf("step %d: eager loss %v, after the failed capture %v", s, eager.res[s].Loss, graph.res[s].Loss)
+		}
 	}
 }

@@ -556,6 +556,9 @@ func (b *Backend) SoftmaxCrossEntropy(loss, dlogits, probs, logits *nn.Tensor, l
 			return
 		}
 	}
+	if b.hostDuringCapture("SoftmaxCrossEntropy (host labels)") {
+		return
+	}
 	dl := b.getScratch("labels", uint64(N)*4)
 	rows := b.getScratch("rowloss", uint64(N)*4)
 	if b.err != nil {
@@ -655,6 +658,9 @@ func (b *Backend) RMSpropStep(p, g, sq, buf, gAvg *nn.Tensor, o nn.RMSpropParams
 func (b *Backend) CountNonFinite(t *nn.Tensor) int {
 	defer b.end()
 	if !b.begin() || !b.devs(t) {
+		return t.Numel()
+	}
+	if b.hostDuringCapture("CountNonFinite") {
 		return t.Numel()
 	}
 	b.widen(t)

@@ -40,6 +40,15 @@ type pool struct {
 	free  map[uint64][]uint64 // class -> cached blocks
 	live  map[uint64]uint64   // block -> class, for blocks handed out
 	stats PoolStats
+
+	// Graphs (graph.go): while capturing, freed blocks are held (a
+	// captured graph may use them) instead of going to a free list;
+	// epoch counts gets and puts outside a capture, so a graph knows
+	// whether any address may have changed hands since it was captured.
+	capturing bool
+	held      []uint64 // blocks freed during the capture in progress
+	heldClass map[uint64]uint64
+	epoch     uint64
 }
 
 // PoolStats counts the pool's traffic (bytes are block sizes).
@@ -56,6 +65,9 @@ func newPool(dev allocator) *pool {
 
 // get returns a block of at least n bytes.
 func (p *pool) get(n uint64) (uint64, error) {
+	if !p.capturing {
+		p.epoch++
+	}
 	c := sizeClass(n)
 	if l := p.free[c]; len(l) > 0 {
 		ptr := l[len(l)-1]
@@ -93,10 +105,31 @@ func (p *pool) put(ptr uint64) error {
 		return fmt.Errorf("%w: free of device pointer %#x that is not a live pool block (a view or a double free)", ErrBadInput, ptr)
 	}
 	delete(p.live, ptr)
-	p.free[c] = append(p.free[c], ptr)
 	p.stats.LiveBytes -= c
 	p.stats.CachedBytes += c
+	if p.capturing {
+		if p.heldClass == nil {
+			p.heldClass = map[uint64]uint64{}
+		}
+		p.held = append(p.held, ptr)
+		p.heldClass[ptr] = c
+		return nil
+	}
+	p.epoch++
+	p.free[c] = append(p.free[c], ptr)
 	return nil
+}
+
+// unhold returns blocks held for a graph to their free lists.
+func (p *pool) unhold(blocks []uint64) {
+	if len(blocks) > 0 {
+		p.epoch++
+	}
+	for _, ptr := range blocks {
+		c := p.heldClass[ptr]
+		delete(p.heldClass, ptr)
+		p.free[c] = append(p.free[c], ptr)
+	}
 }
 
 // release frees every cached block back to the driver (in a fixed order).
@@ -120,8 +153,13 @@ func (p *pool) release() error {
 	return errors.Join(errs...)
 }
 
-// releaseAll frees cached and live blocks (Close).
+// releaseAll frees cached, held and live blocks (Close).
 func (p *pool) releaseAll() error {
+	held := make([]uint64, 0, len(p.heldClass))
+	for ptr := range p.heldClass {
+		held = append(held, ptr)
+	}
+	p.unhold(held)
 	err := p.release()
 	var errs []error
 	for ptr := range p.live {

@@ -91,7 +91,7 @@ func (t *Trainer) trainStepDevice(ctx context.Context, b *data.Batch, world int)
 			return res, fmt.Errorf("worker: step %d: %w", t.Step, err)
 		}
 		m.SetDropoutStep(t.Step)
-		if err := t.deviceCompute(x, y, b.N, b.GlobalSize); err != nil {
+		if err := t.deviceCompute(x, y, b.N, b.GlobalSize, true); err != nil {
 			return res, err
 		}
 		// The metrics ride with the last bucket: read the counts (and

@@ -53,6 +53,12 @@ type Config struct {
 	// default they go device to device, CUDA IPC: see
 	// Trainer.DeviceRing; worker run --gpu-ipc=false).
 	NoDeviceRing bool
+	// GPUGraphs launches a GPU worker's step compute as a captured CUDA
+	// graph (see Trainer.Graphs; worker run --gpu-graphs, or
+	// RINGTRAIN_GPU_GRAPHS=1). OpenBackend must open the GPU with
+	// gpu.Options.Graphs for it (else the capture fails and the steps run
+	// eagerly, logged once).
+	GPUGraphs bool
 	// TLS secures every connection of the worker (control API, ring,
 	// probes, etcd endpoints given as https) with mutual TLS; nil is
 	// plaintext.
@@ -180,6 +186,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// Overlapped gradient copies of a GPU worker (see Trainer.Overlap).
 	t.Overlap = cfg.GPUOverlap
 	t.DeviceRing = !cfg.NoDeviceRing
+	t.Graphs = cfg.GPUGraphs
+	t.Logf = func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) }
 	store, err := checkpoint.NewStore(filepath.Join(spec.OutputDir, "checkpoints"), spec.Checkpoint.Keep)
 	if err != nil {
 		return err

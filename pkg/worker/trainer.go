@@ -72,6 +72,8 @@ type Trainer struct {
 	DeviceRing  bool
 	devRed      *allreduce.DeviceReducer // the device ring's reducer, when attached
 	ringMetrics *nn.Tensor               // the metrics on the device, for devRed
+	// Logf, if set, receives the trainer's informational messages.
+	Logf func(format string, args ...any)
 }
 
 // gradCopy is a queued device-to-host copy of parameter i's gradient.
@@ -343,7 +345,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 			return res, fmt.Errorf("worker: step %d: %w", t.Step, err)
 		}
 		m.SetDropoutStep(t.Step)
-		if err := t.deviceCompute(x, y, b.N, b.GlobalSize); err != nil {
+		if err := t.deviceCompute(x, y, b.N, b.GlobalSize, !async); err != nil {
 			return res, err
 		}
 	case b.N > 0:
