@@ -53,3 +53,18 @@ gpu-tta-parts:
 
 gpu-tta: gpu-ttabin
 	ARCHIVE=$(CIFAR_ARCHIVE) ./scripts/gpu-tta.sh
+
+# The GPU job against its kernels (scripts/gpu-job.sh): the job's images/s
+# (coordinator --workers 1 --device cuda --precision bf16) vs gpubench's,
+# eager and with CUDA graphs. `make gpu-jobbin` builds what travels
+# (coordinator, worker, gpubench, the pkg/gpu test binary; stripped,
+# gzip'd); carry .devbin/job (and .devbin/cifar-parts for real data).
+.PHONY: gpu-jobbin gpu-job
+gpu-jobbin:
+	mkdir -p .devbin/job
+	CGO_ENABLED=0 $(GO) build -ldflags "-s -w" -o .devbin/job/ ./cmd/coordinator ./cmd/worker ./cmd/gpubench
+	CGO_ENABLED=0 $(GO) test -c -ldflags "-s -w" -o .devbin/job/gpu.test ./pkg/gpu
+	gzip -f .devbin/job/coordinator .devbin/job/worker .devbin/job/gpubench .devbin/job/gpu.test
+
+gpu-job: gpu-jobbin
+	./scripts/gpu-job.sh

@@ -18,7 +18,7 @@ import (
 // else on the kernel emulator (with its graph twin, graph_emu_test.go).
 func freshDevice(t *testing.T, prec string) *Backend {
 	t.Helper()
-	if b, err := Open(Options{Precision: prec}); err == nil {
+	if b, err := Open(Options{Precision: prec, Graphs: true}); err == nil {
 		t.Cleanup(func() { b.Close() })
 		return b
 	}
