@@ -26,6 +26,18 @@ gpu-ringbin:
 gpu-ring: gpu-ringbin
 	./scripts/gpu-ring.sh
 
+# The same-host GPU ring (scripts/gpu-ipc.sh): ipcbench (host path vs
+# device ring, two processes on one GPU), coordinator and worker, stripped
+# and gzip'd so they travel small.
+.PHONY: gpu-ipcbin gpu-ipc
+gpu-ipcbin:
+	mkdir -p .devbin/ipc
+	CGO_ENABLED=0 $(GO) build -ldflags "-s -w" -o .devbin/ipc/ ./cmd/coordinator ./cmd/worker ./pkg/gpu/internal/ipcbench
+	gzip -f .devbin/ipc/coordinator .devbin/ipc/worker .devbin/ipc/ipcbench
+
+gpu-ipc: gpu-ipcbin
+	./scripts/gpu-ipc.sh
+
 # The short, focused GPU check (scripts/gpu-quick.sh): the pkg/gpu test
 # binary and gpubench, stripped and gzip'd.
 .PHONY: gpu-quickbin
