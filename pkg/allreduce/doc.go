@@ -18,12 +18,21 @@
 //   - reducer.go: Reducer groups a model's flat gradient into buckets (in
 //     reverse layer order) and starts each bucket's all-reduce as soon as
 //     backward has produced it, so communication overlaps computation.
+//   - device.go, devreducer.go: the device ring. Vectors in GPU memory
+//     (Device) are reduced device to device between same-host ranks:
+//     AttachDevice exchanges memory handles (CUDA IPC) over the link,
+//     StartDevice and DeviceReducer run the host ring's schedule as device
+//     kernels reading the left neighbour's memory; the link carries only
+//     "round done" signals. MemDevice is its in-memory twin.
 //   - Ring implements nn.ChannelReducer for SyncBatchNorm.
 //
 // Promises. Every worker ends a collective with bit-identical values, and the
 // same inputs give the same bits in every run: segment s of the vector is
 // always summed starting at rank s and going round the ring in rank order,
 // whatever the timing (with compression the rounding points are fixed too).
+// A device collective gives the bits the host collective gives on the same
+// values. AttachDevice ends the same way on every rank: attached, or
+// ErrNoDeviceRing with the ring still usable.
 // Every frame carries (job, plan generation, step, bucket, sequence, round,
 // segment, chunk, offset, count, dtype) and a receiver refuses any frame that
 // is not exactly the one it expects. A collective that cannot finish (a dead,

@@ -42,6 +42,12 @@
 //     optimizer state stay fp32).
 //   - No per-step device allocations in steady state: tensors and scratch
 //     come from a size-class memory pool.
+//   - The device ring (ipc.go, kernels/ring.cu): Backend implements
+//     pkg/allreduce's Device. IPCExport/IPCOpen share device allocations
+//     between processes of one host (CUDA IPC; a handle of another GPU
+//     opens when the two have peer access), and RingAdd, RingCopy,
+//     RingDiv and RingSum64 are the host ring's float operations, bit for
+//     bit, so a same-host ring of GPU workers reduces device to device.
 //   - Errors are sticky: the first CUDA, NVRTC or cuBLAS failure is kept,
 //     every later op becomes a no-op, and Sync returns that error.
 //
