@@ -312,6 +312,9 @@ func TestDeviceReducerMatchesReducer(t *testing.T) {
 					}
 				}
 				for i := range reds {
+					if devs[i].Overlapped() {
+						t.Fatalf("rank %d: the device was used from two goroutines at once", i)
+					}
 					reds[i].Close()
 				}
 			})

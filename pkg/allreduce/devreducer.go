@@ -132,11 +132,10 @@ func (d *DeviceReducer) Buckets() []BucketInfo {
 func (d *DeviceReducer) Reduce(ctx context.Context, step uint64) (StepStats, error) {
 	called := time.Now()
 	var st StepStats
-	ops := make([]*Op, len(d.buckets))
+	// Every gather first: once the first collective runs, the ring's
+	// goroutine uses the Device, and this one must not.
 	for bi, b := range d.buckets {
-		region, off, n := 0, b.lo, b.hi-b.lo
 		if b.gather {
-			region, off, n = d.region[bi], 0, b.size
 			at := d.staging[bi]
 			for _, p := range b.params {
 				s := d.params[p]
@@ -149,6 +148,13 @@ func (d *DeviceReducer) Reduce(ctx context.Context, step uint64) (StepStats, err
 					at += 4 * uint64(e.Len)
 				}
 			}
+		}
+	}
+	ops := make([]*Op, len(d.buckets))
+	for bi, b := range d.buckets {
+		region, off, n := 0, b.lo, b.hi-b.lo
+		if b.gather {
+			region, off, n = d.region[bi], 0, b.size
 		}
 		if n == 0 {
 			continue
