@@ -36,6 +36,12 @@ type LoaderConfig struct {
 	// used by the caller included; 0 means 3. Memory is bounded by
 	// Prefetch * ceil(GlobalBatch/World) images.
 	Prefetch int
+	// Alloc, if set, provides the ring's image buffers (n float32s each),
+	// e.g. page-locked memory a device copies from without staging;
+	// Release, if set, gets each of them back once Close has stopped the
+	// loader's goroutines. Nil Alloc means ordinary memory.
+	Alloc   func(n int) []float32
+	Release func(buf []float32)
 }
 
 // Batch is one rank's data for one step. X and Labels live in the loader's
@@ -72,19 +78,22 @@ type Loader struct {
 
 	cur      *slot      // held by the caller since the last Next; owned by Next
 	waiting  *slot      // taken from ready but not yet done; owned by Next
-	mu       sync.Mutex // guards closed and finalErr
+	slots    []*slot    // every buffer of the ring, for Release
+	mu       sync.Mutex // guards closed, released and finalErr
 	closed   bool
+	released bool
 	finalErr error // sticky error once Next failed
 }
 
 type slot struct {
-	x       []float32
-	labels  []int32
-	shard   Shard
-	err     error // set before done closes; read after
-	errOnce sync.Once
-	pending atomic.Int32
-	done    chan struct{}
+	x         []float32
+	allocated bool // x came from LoaderConfig.Alloc
+	labels    []int32
+	shard     Shard
+	err       error // set before done closes; read after
+	errOnce   sync.Once
+	pending   atomic.Int32
+	done      chan struct{}
 }
 
 func (s *slot) fail(err error) { s.errOnce.Do(func() { s.err = err }) }
@@ -142,10 +151,18 @@ func NewLoader(ctx context.Context, cfg LoaderConfig) (*Loader, error) {
 		jobs:   make(chan job, cfg.Workers*2),
 	}
 	for range cfg.Prefetch {
-		l.free <- &slot{
-			x:      make([]float32, maxLocal*shape.Len()),
-			labels: make([]int32, maxLocal),
+		n := maxLocal * shape.Len()
+		var x []float32
+		if cfg.Alloc != nil {
+			x = cfg.Alloc(n)
 		}
+		allocated := len(x) >= n
+		if !allocated {
+			x = make([]float32, n)
+		}
+		s := &slot{x: x[:n], labels: make([]int32, maxLocal), allocated: allocated}
+		l.slots = append(l.slots, s)
+		l.free <- s
 	}
 	l.wg.Add(1 + cfg.Workers)
 	go l.produce()
@@ -331,5 +348,16 @@ func (l *Loader) Close() error {
 	l.mu.Unlock()
 	l.cancel()
 	l.wg.Wait()
+	l.mu.Lock()
+	release := l.cfg.Release != nil && !l.released
+	l.released = true
+	l.mu.Unlock()
+	if release {
+		for _, s := range l.slots {
+			if s.allocated {
+				l.cfg.Release(s.x[:cap(s.x)])
+			}
+		}
+	}
 	return nil
 }

@@ -440,3 +440,55 @@ func BenchmarkLoader(b *testing.B) {
 	}
 	b.ReportMetric(float64(images)/b.Elapsed().Seconds(), "images/s")
 }
+
+// Alloc's buffers hold the batches (the same batches as ordinary
+// memory) and each goes back to Release exactly once, after Close has
+// stopped the goroutines; a short buffer from Alloc is not used.
+func TestLoaderAllocRelease(t *testing.T) {
+	noLeaks(t)
+	ds, _ := NewSynthetic(100, 1)
+	sampler, _ := NewSampler(ds.Len(), SamplerConfig{Seed: 3, Shuffle: true})
+	cfg := LoaderConfig{Dataset: ds, Sampler: sampler, Transform: TrainTransform(), Seed: 2, GlobalBatch: 16, World: 1, StopEpoch: 1}
+	want := drain(t, newTestLoader(t, cfg), 100)
+	var given, back [][]float32
+	calls := 0
+	cfg.Alloc = func(n int) []float32 {
+		calls++
+		if calls == 2 {
+			return make([]float32, n-1) // too short: the loader makes its own
+		}
+		b := make([]float32, n+7)
+		given = append(given, b)
+		return b
+	}
+	cfg.Release = func(b []float32) { back = append(back, b) }
+	l, err := NewLoader(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := l.Next(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inAlloc := false
+	for _, g := range given {
+		inAlloc = inAlloc || &g[0] == &first.X[0]
+	}
+	got := append([]seenBatch{{}}, drain(t, l, 100)...)
+	if !inAlloc || len(got) != len(want) {
+		t.Fatalf("first batch in an Alloc buffer: %v; %d batches, want %d", inAlloc, len(got), len(want))
+	}
+	for i := 1; i < len(want); i++ {
+		if got[i].hash != want[i].hash {
+			t.Fatalf("batch %d differs from the one in ordinary memory", i)
+		}
+	}
+	if len(back) != 0 {
+		t.Fatal("buffers released before Close")
+	}
+	l.Close()
+	l.Close()
+	if calls != 3 || len(back) != 2 || len(back[0]) != len(given[0]) || &back[0][0] != &given[0][0] || &back[1][0] != &given[1][0] {
+		t.Fatalf("%d Alloc calls, %d buffers back (want 3 and the 2 that were long enough, whole)", calls, len(back))
+	}
+}

@@ -116,7 +116,8 @@ type syncOnly struct{ nn.Backend }
 
 // The device step computes what the synchronous path computed: the same
 // losses, counts, evaluation and parameters, bit for bit (the same
-// kernels in the same order; only the read-backs moved).
+// kernels in the same order; only the read-backs moved, and the input
+// comes from the loader's page-locked buffers without a staging copy).
 func TestDeviceStepMatchesSyncPath(t *testing.T) {
 	dev := freshDevice(t, PrecisionFP32)
 	spec := tinySpec()
@@ -125,6 +126,10 @@ func TestDeviceStepMatchesSyncPath(t *testing.T) {
 	cur := trainSteps(t, dev, spec, steps, nil)
 	if old.err != nil || cur.err != nil {
 		t.Fatalf("sync path: %v, device step: %v", old.err, cur.err)
+	}
+	if d, ok := dev.dev.(*emuGraphDevice); ok && d.pinnedUploads != steps {
+		// Every step's input from the loader's page-locked buffers.
+		t.Fatalf("%d pinned uploads in %d steps", d.pinnedUploads, steps)
 	}
 	for s := range old.res {
 		o, c := old.res[s], cur.res[s]

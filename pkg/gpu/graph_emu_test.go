@@ -19,6 +19,8 @@ type emuGraphDevice struct {
 	next      uintptr
 	launched  int    // graph launches
 	workspace uint64 // setBlasWorkspace's block
+
+	pinnedUploads int
 }
 
 var _ graphAPI = (*emuGraphDevice)(nil)
@@ -152,4 +154,14 @@ func (d *emuGraphDevice) destroyGraph(exec uintptr) error {
 func (d *emuGraphDevice) setBlasWorkspace(p, bytes uint64) error {
 	d.workspace = p
 	return nil
+}
+
+// uploadPinned is the emulator's pinnedUploader (the copy is done at
+// once); pinnedUploads counts them for tests.
+func (d *emuGraphDevice) uploadPinned(dst uint64, src unsafe.Pointer, n uint64) error {
+	if d.capturing {
+		return errEmuCaptureHost
+	}
+	d.pinnedUploads++
+	return d.emuDevice.upload(dst, src, n)
 }

@@ -101,3 +101,37 @@ func (b *Backend) UploadLabels(dst *nn.Tensor, labels []int32) {
 	b.ok(b.dev.upload(ptr(dst), unsafe.Pointer(&labels[0]), uint64(len(labels))*4))
 	runtime.KeepAlive(labels)
 }
+
+// pinnedUploader is a deviceAPI that copies from page-locked memory
+// without staging (cudaDevice); others stage (upload).
+type pinnedUploader interface {
+	uploadPinned(dst uint64, src unsafe.Pointer, bytes uint64) error
+}
+
+var _ nn.PinnedUploader = (*Backend)(nil)
+
+// FromHostPinned implements nn.PinnedUploader.
+func (b *Backend) FromHostPinned(dst *nn.Tensor, src []float32) {
+	defer b.end()
+	if !b.begin() || !b.devs(dst) {
+		return
+	}
+	if b.hostDuringCapture("FromHostPinned") {
+		return
+	}
+	if len(src) != dst.Numel() {
+		b.fail(fmt.Errorf("%w: FromHostPinned of %d values into shape %v", nn.ErrShape, len(src), dst.Shape))
+		return
+	}
+	b.setPlain(dst)
+	if len(src) == 0 {
+		return
+	}
+	p, n := unsafe.Pointer(&src[0]), uint64(len(src))*4
+	if pu, ok := b.dev.(pinnedUploader); ok {
+		b.ok(pu.uploadPinned(ptr(dst), p, n))
+	} else {
+		b.ok(b.dev.upload(ptr(dst), p, n))
+	}
+	runtime.KeepAlive(src)
+}

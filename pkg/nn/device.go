@@ -109,3 +109,15 @@ func (c *CrossEntropy) Release() {
 		c.b = nil
 	}
 }
+
+// PinnedUploader is an optional capability of device backends: an upload
+// from page-locked host memory (AsyncCopier.PinnedHost) queued as one
+// asynchronous copy, without the staging copy FromHost makes.
+type PinnedUploader interface {
+	// FromHostPinned queues a copy of src into dst behind the work issued
+	// so far and returns at once. src must be page-locked memory from
+	// PinnedHost and must not change until the work issued after the
+	// copy has been waited for (Sync, ToHost, or WaitCopy of a later
+	// copy).
+	FromHostPinned(dst *Tensor, src []float32)
+}

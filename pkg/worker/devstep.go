@@ -3,6 +3,7 @@ package worker
 import (
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -185,4 +186,65 @@ func (t *Trainer) evaluateDevice(next func() (*data.Batch, error), batches int) 
 		n += sz
 	}
 	return lossSum, int(count(h[0])), n, nil
+}
+
+// pinnedPool recycles the page-locked image buffers of the training
+// loaders (data.LoaderConfig.Alloc/Release): the device step uploads a
+// batch from them with one asynchronous copy (nn.PinnedUploader) instead
+// of a staging copy. A buffer is reused only after its loader is closed;
+// the device reads it before the step that uploaded it returns (the
+// step's read-back waits for all its work), so no copy is pending then.
+// Buffers are never freed before the backend (PinnedHost's rule).
+type pinnedPool struct {
+	b    nn.Backend
+	ac   nn.AsyncCopier
+	mu   sync.Mutex          // guards free and owns
+	free map[int][][]float32 // by length: buffers of closed loaders
+	owns map[*float32]bool   // the first element of every buffer handed out
+}
+
+func newPinnedPool(b nn.Backend) *pinnedPool {
+	ac, ok := b.(nn.AsyncCopier)
+	if _, up := b.(nn.PinnedUploader); !ok || !up {
+		return nil
+	}
+	return &pinnedPool{b: b, ac: ac, free: map[int][][]float32{}, owns: map[*float32]bool{}}
+}
+
+// alloc returns n page-locked float32s, or nil (the loader then uses
+// ordinary memory). It calls the backend: only from the trainer's
+// goroutine (NewLoader calls it there).
+func (p *pinnedPool) alloc(n int) []float32 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l := p.free[n]; len(l) > 0 {
+		buf := l[len(l)-1]
+		p.free[n] = l[:len(l)-1]
+		return buf
+	}
+	buf, err := p.ac.PinnedHost(n)
+	if err != nil || len(buf) < n {
+		return nil
+	}
+	p.owns[&buf[0]] = true
+	return buf
+}
+
+// release takes a buffer back (any goroutine).
+func (p *pinnedPool) release(buf []float32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(buf) > 0 && p.owns[&buf[0]] {
+		p.free[len(buf)] = append(p.free[len(buf)], buf)
+	}
+}
+
+// pinned reports whether x starts a buffer of the pool.
+func (p *pinnedPool) pinned(x []float32) bool {
+	if p == nil || len(x) == 0 {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.owns[&x[0]]
 }

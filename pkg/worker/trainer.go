@@ -59,6 +59,9 @@ type Trainer struct {
 	// dev is the device step's state (devstep.go); nil on the CPU, with
 	// emulated compute, or on a backend without nn.DeviceCounter.
 	dev *devStep
+	// pins holds the training loaders' page-locked image buffers (nil:
+	// ordinary memory).
+	pins *pinnedPool
 	// Graphs captures a device step's compute (forward, loss, counts,
 	// backward) in a graph once shapes and memory are stable and
 	// launches it in later steps (graph.go); off by default.
@@ -117,6 +120,7 @@ func NewTrainer(spec job.Spec, b nn.Backend, train, test data.Dataset) (*Trainer
 		t.copied = make([]bool, len(m.Params()))
 		if spec.EmulateCompute == nil {
 			if t.dev = newDevStep(b, len(train.Classes())); t.dev != nil {
+				t.pins = newPinnedPool(b)
 				// The device step counts non-finite values on the
 				// device instead (read once per step).
 				m.SetCheckFinite(false)
@@ -165,9 +169,13 @@ func (t *Trainer) Loader(ctx context.Context, rank, world int) (*data.Loader, er
 	if t.Spec.Data.Augment {
 		tr = data.TrainTransform()
 	}
-	return data.NewLoader(ctx, data.LoaderConfig{Dataset: t.Train, Sampler: t.Sampler, Transform: tr,
+	cfg := data.LoaderConfig{Dataset: t.Train, Sampler: t.Sampler, Transform: tr,
 		Seed: uint64(t.Spec.Seed), GlobalBatch: t.Spec.GlobalBatch, Rank: rank, World: world,
-		Start: t.Pos, StopEpoch: t.Spec.Epochs})
+		Start: t.Pos, StopEpoch: t.Spec.Epochs}
+	if t.pins != nil {
+		cfg.Alloc, cfg.Release = t.pins.alloc, t.pins.release
+	}
+	return data.NewLoader(ctx, cfg)
 }
 
 // hostMirror returns n zeroed float32s of host memory for copies from a
@@ -486,7 +494,14 @@ func (t *Trainer) input(b *data.Batch) *nn.Tensor {
 		t.xCap = b.N
 	}
 	x := t.x.View(0, b.N, s.C, s.H, s.W)
-	t.B.FromHost(x, b.X[:b.N*s.Len()])
+	src := b.X[:b.N*s.Len()]
+	if pu, ok := t.B.(nn.PinnedUploader); ok && t.pins.pinned(src) {
+		// A training loader's page-locked buffer: one asynchronous copy;
+		// the step waits for its work before the loader reuses it.
+		pu.FromHostPinned(x, src)
+	} else {
+		t.B.FromHost(x, src)
+	}
 	return x
 }
 
