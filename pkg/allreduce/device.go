@@ -102,8 +102,9 @@ type devOp struct {
 }
 
 type attachReq struct {
-	dev     Device
+	dev     Device // nil with refusal
 	regions []DeviceRegion
+	refusal string // non-empty: this rank takes part only to refuse
 }
 
 // AttachDevice sets up the device ring: every rank must call it at the
@@ -113,19 +114,42 @@ type attachReq struct {
 // neighbour's, and all ranks agree: nil on every rank, or an error
 // wrapping ErrNoDeviceRing on every rank (the ring stays usable, the
 // caller keeps the host path). A link failure breaks the ring as any
-// collective's does. It returns the left neighbour's device identity.
+// collective's does. It returns the left neighbour's device identity. A
+// nil device or an invalid region is this rank's refusal (the collective
+// still runs, so the other ranks do not wait for it in vain).
 func (r *Ring) AttachDevice(ctx context.Context, dev Device, regions []DeviceRegion) (left string, err error) {
+	why := ""
 	if dev == nil {
-		return "", fmt.Errorf("%w: nil device", ErrConfig)
+		why = "no device"
 	}
 	for i, g := range regions {
 		if g.Ptr == 0 || g.Len <= 0 {
-			return "", fmt.Errorf("%w: device region %d (%#x, %d elements)", ErrConfig, i, g.Ptr, g.Len)
+			why = fmt.Sprintf("invalid device region %d (%#x, %d elements)", i, g.Ptr, g.Len)
 		}
 	}
-	d := &devOp{attach: &attachReq{dev: dev, regions: append([]DeviceRegion(nil), regions...)}}
+	return r.attachCollective(ctx, dev, regions, why)
+}
+
+// RefuseDevice takes part in the collective of AttachDevice without a
+// device, for a rank that cannot or will not use the device ring (a CPU
+// backend, the device ring switched off): every rank then gets
+// ErrNoDeviceRing, this one with why. Every rank of a ring must call one
+// of the two at the same place, so that none waits for the others.
+func (r *Ring) RefuseDevice(ctx context.Context, why string) error {
+	if why == "" {
+		why = "refused"
+	}
+	_, err := r.attachCollective(ctx, nil, nil, why)
+	return err
+}
+
+func (r *Ring) attachCollective(ctx context.Context, dev Device, regions []DeviceRegion, why string) (string, error) {
+	d := &devOp{attach: &attachReq{dev: dev, regions: append([]DeviceRegion(nil), regions...), refusal: why}}
+	if why != "" {
+		d.attach.dev, d.attach.regions = nil, nil
+	}
 	op := r.startOp(ctx, Tag{Bucket: bucketDeviceHello}, nil, Sum, d)
-	err = op.Wait()
+	err := op.Wait()
 	return d.peerIDs, err
 }
 
@@ -327,8 +351,12 @@ func (r *Ring) attach(ctx context.Context, op *Op) error {
 		smallCap = s / 4
 	}
 	dr := &deviceRing{dev: dev, smallCap: smallCap}
-	mine := &hello{kind: dev.IPCKind(), identity: dev.IPCIdentity()}
+	mine := &hello{refusal: req.refusal}
+	if dev != nil {
+		mine.kind, mine.identity = dev.IPCKind(), dev.IPCIdentity()
+	}
 	switch {
+	case mine.refusal != "":
 	case mine.kind == "":
 		mine.refusal = "the device cannot share memory (no IPC)"
 	case r.cfg.Compression != CompressNone:
@@ -373,7 +401,7 @@ func (r *Ring) attach(ctx context.Context, op *Op) error {
 		return fmt.Errorf("%w: device hello of %d bytes over the chunk size", ErrConfig, len(payload))
 	}
 	base := Header{Job: r.cfg.Job, Generation: r.cfg.Generation, Step: op.tag.Step, Bucket: bucketDeviceHello,
-		Seq: op.seq, Total: uint64(len(regions)), DType: DTypeF32}
+		Seq: op.seq, DType: DTypeF32} // the regions are the payload's (a refusal has none)
 	var local string // why this rank cannot use its left neighbour's memory
 	var left *hello
 	s := schedule{

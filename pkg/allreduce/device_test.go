@@ -7,6 +7,7 @@ import (
 	"math"
 	"sync"
 	"testing"
+	"time"
 )
 
 // eachRank runs fn(rank) on every rank concurrently and returns the errors.
@@ -327,4 +328,48 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// TestDeviceRingOneRankRefuses: a rank that will not use the device ring
+// (RefuseDevice: a CPU worker, the switch off) or passes a bad region
+// takes part in the collective, so every rank agrees on ErrNoDeviceRing at
+// once instead of waiting for its hello until the timeout; the ring works.
+func TestDeviceRingOneRankRefuses(t *testing.T) {
+	for _, how := range []string{"refuse", "bad region"} {
+		t.Run(how, func(t *testing.T) {
+			const n = 3
+			cfg := DefaultConfig("job", 1, 0, n)
+			cfg.Timeout = time.Minute
+			rings := openRings(t, inmemFabric, n, cfg)
+			devs := memDevs(n)
+			start := time.Now()
+			errs := eachRank(n, func(i int) error {
+				_, p := devs[i].Alloc(100)
+				switch {
+				case i == 1 && how == "refuse":
+					return rings[i].RefuseDevice(context.Background(), "switched off here")
+				case i == 1:
+					p = 0
+				}
+				_, err := rings[i].AttachDevice(context.Background(), devs[i], []DeviceRegion{{Ptr: p, Len: 100}})
+				return err
+			})
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("the refusal took %v", d)
+			}
+			for i, err := range errs {
+				if !errors.Is(err, ErrNoDeviceRing) {
+					t.Fatalf("rank %d: %v, want ErrNoDeviceRing", i, err)
+				}
+			}
+			if want := map[string]string{"refuse": "switched off here", "bad region": "invalid device region"}[how]; !containsStr(errs[1].Error(), want) || !containsStr(errs[2].Error(), "left neighbour: "+want) {
+				t.Fatalf("reasons: %v", errs)
+			}
+			for i, err := range allReduceAll(rings, Tag{Step: 1}, inputs(3, n, 50), Sum) {
+				if err != nil {
+					t.Fatalf("host collective after the refusal, rank %d: %v", i, err)
+				}
+			}
+		})
+	}
 }

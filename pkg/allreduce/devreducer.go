@@ -46,25 +46,33 @@ type DeviceReducer struct {
 // (Ring.AttachDevice, a collective: every rank calls it at the same
 // place). An error wrapping ErrNoDeviceRing, the same on every rank,
 // means the device ring is off and the caller keeps the host path; the
-// ring stays usable. It returns the left neighbour's device identity.
+// ring stays usable. It returns the left neighbour's device identity. Bad
+// arguments are refused in the collective (Ring.RefuseDevice), so that the
+// other ranks do not wait for this one, and returned wrapped in the error.
 func NewDeviceReducer(ctx context.Context, ring *Ring, dev Device, grad DeviceSpan, params []Span, cfg DeviceReducerConfig) (*DeviceReducer, string, error) {
+	if ring == nil {
+		return nil, "", fmt.Errorf("%w: nil ring", ErrConfig)
+	}
 	if cfg.BucketBytes == 0 {
 		cfg.BucketBytes = DefaultBucketBytes
 	}
 	if cfg.FirstBucketBytes == 0 {
 		cfg.FirstBucketBytes = DefaultFirstBucketBytes
 	}
+	refuse := func(bad error) (*DeviceReducer, string, error) {
+		return nil, "", errors.Join(bad, ring.RefuseDevice(ctx, bad.Error()))
+	}
 	switch {
 	case cfg.BucketBytes < 4 || cfg.FirstBucketBytes < 4:
-		return nil, "", fmt.Errorf("%w: bucket bytes %d, first bucket bytes %d", ErrConfig, cfg.BucketBytes, cfg.FirstBucketBytes)
-	case ring == nil || dev == nil:
-		return nil, "", fmt.Errorf("%w: nil ring or device", ErrConfig)
+		return refuse(fmt.Errorf("%w: bucket bytes %d, first bucket bytes %d", ErrConfig, cfg.BucketBytes, cfg.FirstBucketBytes))
+	case dev == nil:
+		return refuse(fmt.Errorf("%w: nil device", ErrConfig))
 	case grad.Ptr == 0 || grad.Len <= 0:
-		return nil, "", fmt.Errorf("%w: device gradient (%#x, %d elements)", ErrConfig, grad.Ptr, grad.Len)
+		return refuse(fmt.Errorf("%w: device gradient (%#x, %d elements)", ErrConfig, grad.Ptr, grad.Len))
 	}
 	for i, s := range params {
 		if s.Offset < 0 || s.Len < 0 || s.Offset+s.Len > grad.Len {
-			return nil, "", fmt.Errorf("%w: param %d span [%d, +%d) outside gradient of %d", ErrLength, i, s.Offset, s.Len, grad.Len)
+			return refuse(fmt.Errorf("%w: param %d span [%d, +%d) outside gradient of %d", ErrLength, i, s.Offset, s.Len, grad.Len))
 		}
 	}
 	extras := 0
@@ -73,7 +81,7 @@ func NewDeviceReducer(ctx context.Context, ring *Ring, dev Device, grad DeviceSp
 	}
 	buckets, _, err := planBuckets(params, grad.Len, cfg.BucketBytes, cfg.FirstBucketBytes, extras)
 	if err != nil {
-		return nil, "", err
+		return refuse(err)
 	}
 	d := &DeviceReducer{ring: ring, dev: dev, grad: grad, params: params, cfg: cfg, buckets: buckets,
 		staging: make([]uint64, len(buckets)), region: make([]int, len(buckets))}
@@ -85,7 +93,7 @@ func NewDeviceReducer(ctx context.Context, ring *Ring, dev Device, grad DeviceSp
 		p, err := dev.AllocShared(4 * b.size)
 		if err != nil {
 			d.free()
-			return nil, "", fmt.Errorf("%w: staging of bucket %d: %w", ErrNoDeviceRing, bi, err)
+			return nil, "", ring.RefuseDevice(ctx, fmt.Sprintf("staging of bucket %d: %v", bi, err))
 		}
 		d.staging[bi], d.region[bi] = p, len(regions)
 		regions = append(regions, DeviceRegion{Ptr: p, Len: b.size})

@@ -18,7 +18,8 @@ import (
 // for the processes of one host: the emulator's IPC handles open across
 // its devices of one process), over the in-memory ring: once with the
 // gradients through host memory (Trainer.DeviceRing off) and once device
-// to device (on). Parameters, BN running statistics and every step's
+// to device (on), and once with the switch off on one rank only (every
+// rank then takes the host path). Parameters, BN running statistics and every step's
 // loss and correct count must be bit-identical between the two runs and
 // across ranks, and the device run
 // must really have used the device ring. (The model's 45k parameters make
@@ -42,7 +43,13 @@ func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
 			for i := range backends {
 				backends[i] = emuOrSkip(t)
 			}
-			run := func(deviceRing bool) [][]float32 {
+			// on says whether rank r has the device ring switched on; it
+			// is used when every rank has it on.
+			run := func(on func(r int) bool) [][]float32 {
+				deviceRing := true
+				for r := 0; r < world; r++ {
+					deviceRing = deviceRing && on(r)
+				}
 				net := allreduce.NewInmemNetwork()
 				peers := []string{"a", "b", "c"}[:world]
 				out := make([][]float32, world)
@@ -59,7 +66,7 @@ func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
 								return err
 							}
 							defer tr.Close()
-							tr.DeviceRing = deviceRing
+							tr.DeviceRing = on(r)
 							ring, err := allreduce.Open(ctx, net.Transport(peers[r]), allreduce.DefaultConfig("j", 1, r, world), peers)
 							if err != nil {
 								return err
@@ -73,7 +80,8 @@ func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
 							if err != nil {
 								return err
 							}
-							if tr.DeviceRingActive() != deviceRing || !strings.Contains(line, map[bool]string{true: "device to device", false: "switched off"}[deviceRing]) {
+							want := map[bool]string{true: "device to device", false: "gradients through host memory: "}[deviceRing]
+							if tr.DeviceRingActive() != deviceRing || !strings.Contains(line, want) {
 								return fmt.Errorf("device ring %v: active %v, log %q", deviceRing, tr.DeviceRingActive(), line)
 							}
 							defer tr.DetachDeviceRing()
@@ -114,13 +122,18 @@ func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
 				}
 				return out
 			}
-			host, dev := run(false), run(true)
+			host := run(func(int) bool { return false })
+			dev := run(func(int) bool { return true })
+			// One rank with the switch off: every rank agrees on the host
+			// path (at once: the others do not wait for its handles).
+			mixed := run(func(r int) bool { return r != world-1 })
 			for r := 0; r < world; r++ {
 				for i := range host[0] {
 					if math.Float32bits(dev[r][i]) != math.Float32bits(host[0][i]) ||
-						math.Float32bits(host[r][i]) != math.Float32bits(host[0][i]) {
-						t.Fatalf("rank %d value %d (parameters, BN buffers, then each step's loss and correct count): device ring %v, host ring %v (rank 0: %v)",
-							r, i, dev[r][i], host[r][i], host[0][i])
+						math.Float32bits(host[r][i]) != math.Float32bits(host[0][i]) ||
+						math.Float32bits(mixed[r][i]) != math.Float32bits(host[0][i]) {
+						t.Fatalf("rank %d value %d (parameters, BN buffers, then each step's loss and correct count): device ring %v, host ring %v, mixed %v (rank 0: %v)",
+							r, i, dev[r][i], host[r][i], mixed[r][i], host[0][i])
 					}
 				}
 			}

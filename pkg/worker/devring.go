@@ -21,23 +21,41 @@ import (
 // AttachDeviceRing sets up the device ring for ring when t.DeviceRing is
 // on, the world has more than one worker and the backend keeps gradients
 // on a device that offers allreduce.Device. It is a collective: every rank
-// of the plan calls it right after opening the ring. It returns a line
-// for the log saying which path the gradients take and why; the error is
-// for failures of the ring itself (the ring is then broken). A device ring
+// of the plan calls it right after opening the ring, whatever its backend
+// (a rank that will not use the device ring refuses in the collective, so
+// a job that mixes CPU and GPU workers, or workers with the switch on and
+// off, agrees on the host path instead of waiting). It returns a line for
+// the log saying which path the gradients take and why ("" for a world
+// of one, or CPU workers whose ring neighbours all are); the error is for
+// failures of the ring itself (the ring is then broken). A device ring
 // that cannot be set up on some rank is not an error: every rank keeps
 // the host path and says why.
 func (t *Trainer) AttachDeviceRing(ctx context.Context, ring *allreduce.Ring, world int) (string, error) {
 	t.DetachDeviceRing()
+	if world < 2 {
+		return "", nil // alone: nothing to reduce
+	}
 	dev, isDev := t.B.(allreduce.Device)
+	why := ""
 	switch {
-	case world < 2 || t.hostGrad == nil:
-		return "", nil // alone, or host tensors: nothing to decide
+	case t.hostGrad == nil:
+		why = "host tensors"
 	case !t.DeviceRing:
-		return "gradients through host memory: the device ring is switched off (worker run --gpu-ipc=false)", nil
+		why = "the device ring is switched off (worker run --gpu-ipc=false)"
 	case t.Spec.EmulateCompute != nil:
-		return "gradients through host memory: emulated compute", nil
+		why = "emulated compute"
 	case !isDev:
-		return "gradients through host memory: the " + t.B.Name() + " backend cannot share device memory", nil
+		why = "the " + t.B.Name() + " backend cannot share device memory"
+	}
+	if why != "" {
+		err := ring.RefuseDevice(ctx, why)
+		if !errors.Is(err, allreduce.ErrNoDeviceRing) {
+			return "", err
+		}
+		if t.hostGrad == nil {
+			return "", nil // a CPU worker: its gradients are on the host anyway
+		}
+		return "gradients through host memory: " + why, nil
 	}
 	if t.ringMetrics == nil {
 		t.ringMetrics = t.B.New(len(t.metrics))
