@@ -236,22 +236,27 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) bool 
 
 // leader asks a coordinator replica (over mutual TLS, at its pod IP) which
 // replica leads raft.
-func (e *env) leader(t *testing.T, c *cluster.Cluster, pods []string, port string) string {
+// leader asks the coordinator pods which replica leads, for up to 30 s,
+// and returns its id and the highest raft term any replica reported
+// ("" when none names a leader).
+func (e *env) leader(t *testing.T, c *cluster.Cluster, pods []string, port string) (string, uint64) {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
-		if l := e.askLeader(t, c, pods, port); l != "" {
-			return l
+		if l, term := e.askLeader(t, c, pods, port); l != "" {
+			return l, term
 		}
 	}
-	return ""
+	return "", 0
 }
 
-func (e *env) askLeader(t *testing.T, c *cluster.Cluster, pods []string, port string) string {
+func (e *env) askLeader(t *testing.T, c *cluster.Cluster, pods []string, port string) (string, uint64) {
 	t.Helper()
 	tc, err := e.tls.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var leader string
+	var term uint64
 	for _, p := range pods {
 		ip := c.PodIP(p)
 		if ip == "" {
@@ -265,11 +270,17 @@ func (e *env) askLeader(t *testing.T, c *cluster.Cluster, pods []string, port st
 		li, err := controlpb.NewControlClient(conn).Leader(ctx, &controlpb.LeaderRequest{})
 		cancel()
 		conn.Close()
-		if err == nil && li.GetLeaderId() != "" {
-			return li.GetLeaderId()
+		if err != nil {
+			continue
+		}
+		if li.GetTerm() > term {
+			term = li.GetTerm()
+		}
+		if leader == "" {
+			leader = li.GetLeaderId()
 		}
 	}
-	return ""
+	return leader, term
 }
 
 // trainingLines returns the worker "training" log lines (JSON) of the pods

@@ -146,15 +146,21 @@ func trainWithDrills(t *testing.T, e *env, sum *summary) {
 	kill := func(pod string) func() error { return func() error { return c.Signal(ctx, pod, "KILL") } }
 
 	// The probes first, while every pod is up.
-	probes(t, c, workerSet, workerCtr, coordPods, coordCtr, e.leader(t, c, coordPods, controlPort))
+	lead, _ := e.leader(t, c, coordPods, controlPort)
+	probes(t, c, workerSet, workerCtr, coordPods, coordCtr, lead)
 	drill("SIGKILL a worker", workerSet+"-1", kill(workerSet+"-1"))
-	lead := e.leader(t, c, coordPods, controlPort)
+	lead, term := e.leader(t, c, coordPods, controlPort)
 	if lead == "" {
 		t.Fatal("no coordinator names a raft leader")
 	}
 	drill("SIGKILL the raft leader", lead, kill(lead))
-	if l := e.leader(t, c, coordPods, controlPort); l == lead || l == "" {
-		t.Errorf("leader after the kill: %q (was %s)", l, lead)
+	// The StatefulSet restarts the killed pod at once, so it may win the
+	// election again: what must hold is that an election happened (the
+	// term advanced) and some replica leads.
+	if l, now := e.leader(t, c, coordPods, controlPort); l == "" || now <= term {
+		t.Errorf("leader after the kill: %q in term %d (was %s in term %d): no new election", l, now, lead, term)
+	} else {
+		t.Logf("leader after the kill: %s in term %d (was %s in term %d)", l, now, lead, term)
 	}
 	etcdPod := etcdSet + "-0"
 	drill("stop etcd for 5 s, then start it", etcdPod, func() error {
@@ -188,7 +194,7 @@ func trainWithDrills(t *testing.T, e *env, sum *summary) {
 	scale(4)
 	scale(2)
 
-	if !waitDone(t, c, coordSet, 10*time.Minute) {
+	if !waitDone(t, c, coordSet, 20*time.Minute) {
 		t.FailNow()
 	}
 	names := map[string]bool{}

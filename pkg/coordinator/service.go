@@ -517,7 +517,7 @@ func (s *Service) publishLocked(m *controlpb.MetricsReport) {
 // Leader names the leader; every replica answers it.
 func (s *Service) Leader(context.Context, *controlpb.LeaderRequest) (*controlpb.LeaderInfo, error) {
 	li := s.node.Leader()
-	return &controlpb.LeaderInfo{LeaderId: li.ID, LeaderAddress: li.ControlAddr, NodeId: s.node.ID(), IsLeader: s.node.IsLeader()}, nil
+	return &controlpb.LeaderInfo{LeaderId: li.ID, LeaderAddress: li.ControlAddr, NodeId: s.node.ID(), IsLeader: s.node.IsLeader(), Term: s.node.Term()}, nil
 }
 
 // PlanProto converts the state's plan for worker id (YourRank is -1 when

@@ -1694,6 +1694,7 @@ type LeaderInfo struct {
 	LeaderAddress string                 `protobuf:"bytes,2,opt,name=leader_address,json=leaderAddress,proto3" json:"leader_address,omitempty"` // control (gRPC) address of the leader
 	NodeId        string                 `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`                      // the answering replica
 	IsLeader      bool                   `protobuf:"varint,4,opt,name=is_leader,json=isLeader,proto3" json:"is_leader,omitempty"`
+	Term          uint64                 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"` // the answering replica's current raft term
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1754,6 +1755,13 @@ func (x *LeaderInfo) GetIsLeader() bool {
 		return x.IsLeader
 	}
 	return false
+}
+
+func (x *LeaderInfo) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
 }
 
 // NotLeader is attached as a status detail when a follower refuses a call.
@@ -1958,13 +1966,14 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\ametrics\x18\x05 \x03(\v2#.ringtrain.control.v1.MetricsReportR\ametrics\x12$\n" +
 	"\x0eimages_per_sec\x18\x06 \x01(\x01R\fimagesPerSec\x124\n" +
 	"\x04live\x18\a \x03(\v2 .ringtrain.control.v1.WorkerInfoR\x04live\"\x0f\n" +
-	"\rLeaderRequest\"\x86\x01\n" +
+	"\rLeaderRequest\"\x9a\x01\n" +
 	"\n" +
 	"LeaderInfo\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12%\n" +
 	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress\x12\x17\n" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x1b\n" +
-	"\tis_leader\x18\x04 \x01(\bR\bisLeader\"O\n" +
+	"\tis_leader\x18\x04 \x01(\bR\bisLeader\x12\x12\n" +
+	"\x04term\x18\x05 \x01(\x04R\x04term\"O\n" +
 	"\tNotLeader\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12%\n" +
 	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress*\x93\x01\n" +
