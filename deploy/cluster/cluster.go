@@ -621,7 +621,19 @@ func (c *Cluster) Close() error {
 	for _, name := range c.Pods() {
 		c.saveLog(ctx, name)
 	}
-	if _, err := c.o.Store.Podman(ctx, "rm", "--all", "--force", "--time", "0"); err != nil {
+	// podman rm can fail once with "device or resource busy" when a
+	// container's /dev/shm is still being unmounted; the same call a moment
+	// later succeeds, so it is retried a few times before it is an error.
+	var err error
+	for try := 0; try < 4; try++ {
+		if try > 0 {
+			time.Sleep(time.Duration(try) * time.Second)
+		}
+		if _, err = c.o.Store.Podman(ctx, "rm", "--all", "--force", "--time", "0"); err == nil {
+			break
+		}
+	}
+	if err != nil {
 		errs = append(errs, err)
 	}
 	if _, err := c.o.Store.Podman(ctx, "volume", "rm", "--all", "--force"); err != nil {
