@@ -157,6 +157,8 @@ type Backend struct {
 
 	cap    captureState // the graph capture in progress (graph.go)
 	blasWS uint64       // cuBLAS's workspace block with Options.Graphs
+	// graphsOff is why Options.Graphs was turned off at Open.
+	graphsOff error
 
 	scratch map[string]*scratchBuf // named scratch buffers, grown on demand
 
@@ -189,8 +191,13 @@ func Open(o Options) (*Backend, error) {
 	b.info = d.info
 	if o.Graphs {
 		if err := b.enableGraphs(); err != nil {
-			b.Close()
-			return nil, fmt.Errorf("gpu: graphs: %w", err)
+			// Not fatal: without graphs every step runs eagerly
+			// (BeginCapture says why).
+			b.opts.Graphs = false
+			b.graphsOff = err
+			if o.Log != nil {
+				o.Log("gpu: CUDA graphs unavailable: %v", err)
+			}
 		}
 	}
 	return b, nil

@@ -87,8 +87,11 @@ func (b *Backend) enableGraphs() error {
 	if err != nil {
 		return err
 	}
+	if err := ga.setBlasWorkspace(p, blasWorkspaceBytes); err != nil {
+		return errors.Join(err, b.pool.put(p))
+	}
 	b.blasWS = p
-	return ga.setBlasWorkspace(p, blasWorkspaceBytes)
+	return nil
 }
 
 // hostDuringCapture fails the capture in progress, if any, for an op
@@ -114,6 +117,8 @@ func (b *Backend) BeginCapture() error {
 		return ErrClosed
 	case b.err != nil:
 		return b.err
+	case b.graphsOff != nil:
+		return fmt.Errorf("%w: graphs unavailable: %w", ErrCapture, b.graphsOff)
 	case !b.opts.Graphs:
 		return fmt.Errorf("%w: graphs are off (Options.Graphs)", ErrCapture)
 	case b.opts.SyncEveryOp:
