@@ -189,17 +189,7 @@ func Open(o Options) (*Backend, error) {
 	}
 	b := newBackend(o, d, d.info.SMs)
 	b.info = d.info
-	if o.Graphs {
-		if err := b.enableGraphs(); err != nil {
-			// Not fatal: without graphs every step runs eagerly
-			// (BeginCapture says why).
-			b.opts.Graphs = false
-			b.graphsOff = err
-			if o.Log != nil {
-				o.Log("gpu: CUDA graphs unavailable: %v", err)
-			}
-		}
-	}
+	b.setupGraphs()
 	return b, nil
 }
 

@@ -72,6 +72,22 @@ type captureState struct {
 
 var _ nn.GraphCapturer = (*Backend)(nil)
 
+// setupGraphs prepares graphs when Options.Graphs is on (Open). Failing
+// is not fatal: graphs stay off, logged, and BeginCapture says why, so
+// every step runs eagerly.
+func (b *Backend) setupGraphs() {
+	if !b.opts.Graphs {
+		return
+	}
+	if err := b.enableGraphs(); err != nil {
+		b.opts.Graphs = false
+		b.graphsOff = err
+		if b.opts.Log != nil {
+			b.opts.Log("gpu: CUDA graphs unavailable: %v", err)
+		}
+	}
+}
+
 // enableGraphs sets cuBLAS's workspace (Open, with Options.Graphs).
 func (b *Backend) enableGraphs() error {
 	ga, ok := b.dev.(graphAPI)

@@ -21,6 +21,7 @@ type emuGraphDevice struct {
 	workspace uint64 // setBlasWorkspace's block
 
 	pinnedUploads int
+	noWorkspace   bool // setBlasWorkspace fails (an old cuBLAS)
 }
 
 var _ graphAPI = (*emuGraphDevice)(nil)
@@ -38,9 +39,7 @@ func openEmuGraph(prec string) (*Backend, error) {
 	}
 	b := newBackend(o, g, 4)
 	b.info = DeviceInfo{Name: "emulator with graphs (host C++ build of the kernels)", Arch: "host", SMs: 4, KernelImage: "host"}
-	if err := b.enableGraphs(); err != nil {
-		return nil, err
-	}
+	b.setupGraphs()
 	return b, nil
 }
 
@@ -152,6 +151,9 @@ func (d *emuGraphDevice) destroyGraph(exec uintptr) error {
 }
 
 func (d *emuGraphDevice) setBlasWorkspace(p, bytes uint64) error {
+	if d.noWorkspace {
+		return fmt.Errorf("%w: emu: cuBLAS without cublasSetWorkspace", ErrCapture)
+	}
 	d.workspace = p
 	return nil
 }

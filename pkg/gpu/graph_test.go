@@ -2,6 +2,8 @@ package gpu
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/ringtrain/ringtrain/pkg/nn"
@@ -129,5 +131,40 @@ func TestGraphCaptureFailsCleanly(t *testing.T) {
 	defer eager.Close()
 	if err := eager.BeginCapture(); !errors.Is(err, ErrCapture) {
 		t.Fatalf("BeginCapture with graphs off: %v, want ErrCapture", err)
+	}
+}
+
+// Graphs that cannot be set up at Open (an old cuBLAS) leave the backend
+// working, eagerly: Open logs why, BeginCapture fails saying why, and no
+// workspace block is kept.
+func TestGraphsUnavailableAtOpen(t *testing.T) {
+	d, err := newEmuDevice()
+	if errors.Is(err, errNoCompiler) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs []string
+	o := Options{Precision: PrecisionFP32, Graphs: true, Log: func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) }}
+	if err := o.validate(); err != nil {
+		t.Fatal(err)
+	}
+	b := newBackend(o, &emuGraphDevice{emuDevice: d, graphs: map[uintptr][]func() error{}, noWorkspace: true}, 4)
+	defer b.Close()
+	b.setupGraphs()
+	if len(logs) != 1 || !strings.Contains(logs[0], "cublasSetWorkspace") {
+		t.Fatalf("logs %q, want one line naming cublasSetWorkspace", logs)
+	}
+	if err := b.BeginCapture(); !errors.Is(err, ErrCapture) || !strings.Contains(err.Error(), "cublasSetWorkspace") {
+		t.Fatalf("BeginCapture: %v", err)
+	}
+	if st := b.PoolStats(); st.LiveBytes != 0 || b.Err() != nil {
+		t.Fatalf("after the failed setup: %d live bytes, err %v", st.LiveBytes, b.Err())
+	}
+	x := b.New(3)
+	b.Fill(x, 2)
+	if h := host(t, b, x); h[2] != 2 {
+		t.Fatalf("eager op after the failed setup: %v", h)
 	}
 }
