@@ -32,8 +32,10 @@ import (
 //     Launch.
 //   - cuBLAS gets a workspace of its own (cublasSetWorkspace, set at Open
 //     when Options.Graphs is on, so eager and captured GEMMs choose their
-//     algorithms with the same workspace); cuDNN's workspace is already
-//     ours (scratch). Neither was verified under capture on a GPU yet.
+//     algorithms with the same workspace; set after cublasSetStream,
+//     which resets it, and nothing calls that again); cuDNN's workspace
+//     is already ours (scratch). Neither was verified under capture on a
+//     GPU yet.
 //
 // A failed capture leaves the backend usable (its error is returned, not
 // made sticky): nothing of the captured ops ran, so the caller runs them
