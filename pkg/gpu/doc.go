@@ -48,6 +48,14 @@
 //     opens when the two have peer access), and RingAdd, RingCopy,
 //     RingDiv and RingSum64 are the host ring's float operations, bit for
 //     bit, so a same-host ring of GPU workers reduces device to device.
+//   - A training step needs one wait (step.go): nn.DeviceCounter keeps the
+//     loss, the correct count and NaN/Inf counts on the device;
+//     nn.PinnedUploader uploads from page-locked memory without staging.
+//   - CUDA graphs (graph.go, nn.GraphCapturer, with Options.Graphs): ops
+//     between BeginCapture and EndCapture are recorded and replayed by
+//     Graph.Launch with the captured arguments and addresses; a capture
+//     that needs the host or allocates fails without a sticky error, and a
+//     graph launched after any pool traffic fails with nn.ErrGraphStale.
 //   - Errors are sticky: the first CUDA, NVRTC or cuBLAS failure is kept,
 //     every later op becomes a no-op, and Sync returns that error.
 //

@@ -61,6 +61,11 @@
 // Promises:
 //   - A worker trains only under a plan that gives it a rank, starting from
 //     the plan's committed step with the same weights as every other rank.
+//   - On a device backend (nn.DeviceCounter) a step waits for the device
+//     once, after its optimizer update is queued; a NaN/Inf in its input,
+//     logits, loss or gradients fails that step with nn.ErrNonFinite
+//     before it is committed (the device's parameters may already hold
+//     its update), which stops the job (devstep.go).
 //   - A broken ring, a lost lease or a coordinator leader change is not
 //     fatal: the worker reports, registers again or reconnects, and follows
 //     the next plan. Only an error no plan fixes (a bad spec, a diverged
