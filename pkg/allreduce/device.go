@@ -66,8 +66,8 @@ type DeviceRegion struct {
 }
 
 // ErrNoDeviceRing: the device ring could not be set up on every rank (a
-// device without IPC, peers of different kinds, a handle that does not
-// open, compression, a link between hosts). Every rank gets it from the
+// rank that refused, a device without IPC, peers of different kinds, a
+// handle that does not open, compression, a link between hosts). Every rank gets it from the
 // same AttachDevice; the ring stays usable for host collectives, so the
 // caller goes on with the host path.
 var ErrNoDeviceRing = errors.New("allreduce: no device-to-device ring")
@@ -81,7 +81,6 @@ type deviceRing struct {
 	opened   []uint64       // bases to IPCClose
 	scratch  uint64         // small-path all-gather area (World * smallElems)
 	smallCap int            // elements of the largest small-path vector
-	identity string         // the left neighbour's IPCIdentity (logs)
 }
 
 // Special buckets of the device ring's own collectives.
@@ -95,10 +94,10 @@ const deviceHelloVersion = 1
 
 // devOp is a queued device collective or attach (Op.dev).
 type devOp struct {
-	attach  *attachReq
-	region  int
-	off, n  int
-	peerIDs string // after attach: the left neighbour's identity
+	attach       *attachReq
+	region       int
+	off, n       int
+	leftIdentity string // after attach: the left neighbour's IPCIdentity
 }
 
 type attachReq struct {
@@ -150,7 +149,7 @@ func (r *Ring) attachCollective(ctx context.Context, dev Device, regions []Devic
 	}
 	op := r.startOp(ctx, Tag{Bucket: bucketDeviceHello}, nil, Sum, d)
 	err := op.Wait()
-	return d.peerIDs, err
+	return d.leftIdentity, err
 }
 
 // DeviceAttached reports whether device collectives run device to device
@@ -478,7 +477,7 @@ func (r *Ring) attach(ctx context.Context, op *Op) error {
 		}
 		return fmt.Errorf("%w: %s", ErrNoDeviceRing, local)
 	}
-	op.dev.peerIDs = left.identity
+	op.dev.leftIdentity = left.identity
 	r.mu.Lock()
 	old := r.dev
 	r.dev = dr
