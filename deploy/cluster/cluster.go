@@ -26,6 +26,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -642,5 +643,38 @@ func (c *Cluster) Close() error {
 	if _, err := c.o.Store.Podman(ctx, "network", "rm", "--force", c.o.Network); err != nil {
 		errs = append(errs, err)
 	}
+	// netavark keeps its bridges, firewall rules and aardvark-dns state in
+	// the host's /run/containers/networks whatever the store, and tears
+	// them down only with the last container of the network: a container
+	// that failed to go leaves them on the host, where the next network on
+	// the subnet fails. Say so rather than leave it silently.
+	if err := hostLeftover(c.o.Subnet); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// hostLeftover reports a host interface that still has an address in
+// subnet.
+func hostLeftover(subnet netip.Prefix) error {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return fmt.Errorf("cluster: list host interfaces: %w", err)
+	}
+	for _, ifc := range ifs {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok && subnet.Contains(ip.Unmap()) {
+				return fmt.Errorf("cluster: interface %s still has %s of the removed network on the host (remove it with ip link delete %s)", ifc.Name, ip.Unmap(), ifc.Name)
+			}
+		}
+	}
+	return nil
 }
