@@ -28,10 +28,9 @@ func eachRank(n int, fn func(i int) error) []error {
 // devRank is one rank's device memory in a device-ring test: a region of
 // pad + l + pad elements (the collective runs on the middle l).
 type devRank struct {
-	dev  *MemDevice
-	mem  []float32
-	ptr  uint64
-	pads int
+	dev *MemDevice
+	mem []float32
+	ptr uint64
 }
 
 func attachAll(t *testing.T, rings []*Ring, devs []*MemDevice, lens []int) ([]devRank, []error) {
