@@ -41,6 +41,9 @@ func TestResultFilesHaveEveryField(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if p.RingWorld != n || len(p.Reporters) != n || p.Reporters[n-1] != fmt.Sprintf("w%d", n-1) {
+			t.Fatalf("n=%d: ring world %d, reporters %v", n, p.RingWorld, p.Reporters)
+		}
 		if d := p.StepSeconds - step.Seconds(); d > 1e-9 || d < -1e-9 {
 			t.Fatalf("n=%d: step %g, want %g", n, p.StepSeconds, step.Seconds())
 		}
