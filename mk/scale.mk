@@ -4,7 +4,9 @@
 # needs root, ip and tc), one worker per host, ResNet-18 (cifar stem)
 # gradients on the wire, forward+backward emulated (--compute) so that 8
 # workers fit on 2 cores; gloo (python3-torch) over the same links,
-# interleaved. Ends with
+# interleaved; the sweep three times, interleaved (--sweep-rounds 3), every
+# goal judged over its rounds (docs/scale.md, Verdicts). About 11-12 minutes
+# on the 2-core machine. Ends with
 #   scale: efficiency n=2 E2 n=4 E4 n=8 E8, busbw vs link B%, vs gloo G x, model error M%
 # Extra flags: make bench-scale BENCH_SCALE_FLAGS="--steps 8".
 BENCH_SCALE_FLAGS ?=
