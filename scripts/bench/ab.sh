@@ -11,11 +11,13 @@
 #     -o /tmp/a-bin/ ./cmd/coordinator ./cmd/worker ./scripts/bench/cpustep \
 #     ./pkg/allreduce/internal/arbench)
 #
-# Per round and side (TARGETS, default "cpu allreduce smoke"):
-#   cpu:       make bench-cpu's three ringtrain rows without the torch
+# Per round and side (TARGETS, default "cpu job allreduce smoke"):
+#   cpu:       make bench-cpu's one-process ringtrain rows without the torch
 #              peer: cpustep imagenet stem (STEPS), cifar stem (CIFAR_STEPS),
-#              the 2-worker job (JOB_STEPS), batch BATCH, THREADS threads;
-#              images/s (the job's from steps.jsonl as bench-cpu does)
+#              batch BATCH, THREADS threads; images/s
+#   job:       bench-cpu's 2-worker row: the real job, 2 workers x 1 thread,
+#              JOB_STEPS steps of batch BATCH; images/s from steps.jsonl as
+#              bench-cpu computes it
 #   allreduce: make bench-allreduce's ringtrain paths without gloo: arbench
 #              on the ResNet-18 gradient (11,173,962 float32), n=2 and 4,
 #              gRPC+TCP and shared memory, ITERS iterations; median ms
@@ -25,7 +27,9 @@
 #              final weights' SHA-256 (equal when training is unchanged)
 #
 # Environment: ROUNDS (3), TARGETS, STEPS (6), CIFAR_STEPS (2),
-# JOB_STEPS (14), BATCH (128), THREADS (2), ITERS (10), PYTHON (python3).
+# JOB_STEPS (14), BATCH (128), THREADS (2), ITERS (10), PYTHON (python3),
+# A_FLAGS and B_FLAGS (extra coordinator flags of the job and the smoke
+# for that side, e.g. B_FLAGS="--http off").
 # The last lines are the table; raw figures are in $OUT/results.tsv
 # (OUT defaults to a temporary directory, kept).
 set -euo pipefail
@@ -33,7 +37,9 @@ set -euo pipefail
 A=$(cd "$1" && pwd)
 B=$(cd "$2" && pwd)
 ROUNDS=${ROUNDS:-3}
-TARGETS=${TARGETS:-"cpu allreduce smoke"}
+TARGETS=${TARGETS:-"cpu job allreduce smoke"}
+read -r -a AF <<<"${A_FLAGS:-}"
+read -r -a BF <<<"${B_FLAGS:-}"
 STEPS=${STEPS:-6}
 CIFAR_STEPS=${CIFAR_STEPS:-2}
 JOB_STEPS=${JOB_STEPS:-14}
@@ -50,7 +56,7 @@ for d in "$A" "$B"; do
     [ -x "$d/$b" ] || { echo "ab: no $d/$b" >&2; exit 1; }
   done
 done
-echo "ab: A=$A B=$B rounds=$ROUNDS targets=$TARGETS; raw figures in $RES"
+echo "ab: A=$A ${A_FLAGS:-} B=$B ${B_FLAGS:-} rounds=$ROUNDS targets=$TARGETS; raw figures in $RES"
 
 # put SIDE ROUND METRIC VALUE
 put() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RES"; echo "  $1 r$2 $3 $4"; }
@@ -61,13 +67,21 @@ cpu() {
   put "$side" "$r" cpu-imagenet-images/s "$(sed -E 's/.*images\/s=([0-9.]+).*/\1/' <<<"$line")"
   line=$("$bin/cpustep" -stem cifar -batch "$BATCH" -threads "$THREADS" -steps "$CIFAR_STEPS" 2>/dev/null | grep -E 'images/s=' | tail -1)
   put "$side" "$r" cpu-cifar-images/s "$(sed -E 's/.*images\/s=([0-9.]+).*/\1/' <<<"$line")"
-  local dir=$OUT/job
+}
+
+# flags SIDE: that side's extra coordinator flags
+flags() { if [ "$1" = A ]; then printf '%s\n' "${AF[@]}"; else printf '%s\n' "${BF[@]}"; fi; }
+
+job() {
+  local side=$1 r=$2 bin=$3 dir=$OUT/job
+  local extra=()
+  mapfile -t extra < <(flags "$side" | grep .)
   rm -rf "$dir"
   "$bin/coordinator" --workers 2 --threads 1 --device cpu --worker-bin "$bin/worker" \
     --dataset synthetic --synthetic-size 100000 --batch "$BATCH" --epochs 1 --max-steps "$JOB_STEPS" \
-    --checkpoint-every 0 --no-progress --output "$dir" >"$OUT/job.log" 2>&1 || {
+    --checkpoint-every 0 --no-progress --output "$dir" "${extra[@]}" >"$OUT/job.log" 2>&1 || {
     echo "ab: job failed ($side)" >&2; tail -20 "$OUT/job.log" >&2; return 1; }
-  put "$side" "$r" cpu-2workers-images/s "$("$PYTHON" - "$dir/steps.jsonl" "$BATCH" <<'PY'
+  put "$side" "$r" job-2workers-images/s "$("$PYTHON" - "$dir/steps.jsonl" "$BATCH" <<'PY'
 import json, sys, datetime
 ts = []
 for line in open(sys.argv[1]):
@@ -96,11 +110,12 @@ allreduce() {
 }
 
 smoke() {
-  local side=$1 r=$2 bin=$3 dir=$OUT/smoke t0 t1
+  local side=$1 r=$2 bin=$3 dir=$OUT/smoke t0 t1 extra=()
+  mapfile -t extra < <(flags "$side" | grep .)
   rm -rf "$dir"
   t0=$(date +%s.%N)
   "$bin/coordinator" --workers 2 --no-progress --worker-bin "$bin/worker" --output "$dir" \
-    --dataset synthetic --synthetic-size 4096 --epochs 3 --batch 64 --width 0.25 --threads 1 >"$OUT/smoke.log" 2>&1 || {
+    --dataset synthetic --synthetic-size 4096 --epochs 3 --batch 64 --width 0.25 --threads 1 "${extra[@]}" >"$OUT/smoke.log" 2>&1 || {
     echo "ab: smoke failed ($side)" >&2; tail -20 "$OUT/smoke.log" >&2; return 1; }
   t1=$(date +%s.%N)
   "$PYTHON" - "$dir/history.json" <<'PY' | while read -r k v; do put "$side" "$r" "$k" "$v"; done
