@@ -58,9 +58,9 @@ func procsTestChild(mode string) int {
 	return 0
 }
 
-// runChildren runs runProcs with three children in mode and returns its
-// error, how long it took, and the children's pids.
-func runChildren(t *testing.T, ctx context.Context, mode string, grace time.Duration) (error, time.Duration, []int) {
+// runChildren runs runProcs with three children in mode and returns how
+// long it took, the children's pids, and its error.
+func runChildren(t *testing.T, ctx context.Context, mode string, grace time.Duration) (time.Duration, []int, error) {
 	t.Helper()
 	dir := t.TempDir()
 	t.Setenv(procsChildMode, mode)
@@ -78,7 +78,7 @@ func runChildren(t *testing.T, ctx context.Context, mode string, grace time.Dura
 		pid, _ := strconv.Atoi(string(b))
 		pids = append(pids, pid)
 	}
-	return err, took, pids
+	return took, pids, err
 }
 
 // noneAlive fails the test when one of pids still exists: runProcs reaps
@@ -95,7 +95,7 @@ func noneAlive(t *testing.T, pids []int) {
 // One child failing stops the others (SIGTERM), and runProcs returns once
 // all have exited, without waiting out the grace period.
 func TestProcsOneFailsOthersStop(t *testing.T) {
-	err, took, pids := runChildren(t, context.Background(), "fail1", time.Minute)
+	took, pids, err := runChildren(t, context.Background(), "fail1", time.Minute)
 	if !errors.Is(err, errProc) || !strings.Contains(err.Error(), "process 1 (id w-1)") {
 		t.Fatalf("runProcs = %v, want errProc naming process 1", err)
 	}
@@ -107,7 +107,7 @@ func TestProcsOneFailsOthersStop(t *testing.T) {
 
 // Children that ignore SIGTERM are killed after the grace period.
 func TestProcsStubbornChildrenKilled(t *testing.T) {
-	err, took, pids := runChildren(t, context.Background(), "stubborn-fail1", 300*time.Millisecond)
+	took, pids, err := runChildren(t, context.Background(), "stubborn-fail1", 300*time.Millisecond)
 	if !errors.Is(err, errProc) {
 		t.Fatalf("runProcs = %v, want errProc", err)
 	}
