@@ -1,11 +1,14 @@
 package cluster_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ringtrain/ringtrain/deploy/cluster"
 )
 
 // copyChart copies the chart to a temporary directory with one textual
@@ -40,8 +43,9 @@ func copyChart(t *testing.T, file, from, to string) string {
 }
 
 // brokenChart installs copies of the chart with one mistake each, the kind
-// a first `helm install` would reveal, and wants no training step within
-// 60 s (the intact chart trains after about 20 s here): a misspelt flag,
+// a first `helm install` would reveal, and wants a worker to give up
+// (exit non-zero) without a training step (the intact chart trains after
+// about 10 s here): a misspelt flag,
 // a control port the coordinator does not listen on, a Service name that
 // does not match the stable names the pods are given.
 func brokenChart(t *testing.T, e *env) {
@@ -70,19 +74,36 @@ func brokenChart(t *testing.T, e *env) {
 			coordSet, _ := component(t, m, "coordinator")
 			workerSet, _ := component(t, m, "worker")
 			stepsPath := filepath.Join(e.sharedOnHost(t, m, workerSet, arg(t, m, coordSet, "output")), "steps.jsonl")
-			deadline := time.Now().Add(60 * time.Second)
-			for time.Now().Before(deadline) {
+			// The mistake shows as a worker that gives up: it exits non-zero
+			// (at once for a bad flag, after its 20 s --join-timeout for an
+			// unreachable coordinator). Wait for that event, failing at once
+			// on a training step; 3 min without either also never trained.
+			at := time.Now()
+			var gaveUp *cluster.Event
+			for deadline := at.Add(3 * time.Minute); gaveUp == nil; time.Sleep(time.Second) {
 				if n, _ := steps(stepsPath); n > 0 {
 					t.Fatalf("the chart with a broken %s trained (%s: %q -> %q)", c.name, c.file, c.from, c.to)
 				}
-				time.Sleep(time.Second)
+				for _, ev := range cl.Events() {
+					if ev.What == "exited" && strings.HasPrefix(ev.Pod, workerSet) && !strings.HasSuffix(ev.Note, "exit code 0") {
+						gaveUp = &ev
+						break
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Logf("BROKEN %s: no training step and no worker exit within 3 min", c.name)
+					break
+				}
 			}
-			restarts := 0
-			for _, p := range cl.Pods() {
-				restarts += cl.Restarts(p)
+			if n, _ := steps(stepsPath); n > 0 {
+				t.Fatalf("the chart with a broken %s trained (%s: %q -> %q)", c.name, c.file, c.from, c.to)
 			}
-			t.Logf("BROKEN %s (%s: %q -> %q): no training step in 60 s; %d pod restarts; worker log: %s", c.name, c.file,
-				c.from, c.to, restarts, lastLine(cl.Log(t.Context(), workerSet+"-0")))
+			what := "no worker exit"
+			if gaveUp != nil {
+				what = fmt.Sprintf("%s %s after %.1f s", gaveUp.Pod, gaveUp.Note, gaveUp.At.Sub(at).Seconds())
+			}
+			t.Logf("BROKEN %s (%s: %q -> %q): no training step; %s; worker log: %s", c.name, c.file,
+				c.from, c.to, what, lastLine(cl.Log(t.Context(), workerSet+"-0")))
 		})
 	}
 }
