@@ -179,14 +179,5 @@ func (t *Trainer) trainStepDevice(ctx context.Context, b *data.Batch, world int)
 	} else if err := t.B.Sync(); err != nil {
 		return res, err
 	}
-	// As TrainStep: the last bucket averaged the metrics.
-	w := float64(world)
-	res.Loss = float64(t.metrics[0]) * w / float64(max(b.GlobalSize, 1))
-	res.Correct = int(float64(t.metrics[1])*w + 0.5)
-	t.Step++
-	t.Pos = b.Next
-	end := time.Now()
-	res.Duration, res.End = end.Sub(start), end
-	res.Phases = Phases{Compute: waitAt.Sub(start), Exposed: optAt.Sub(waitAt), Optimizer: end.Sub(optAt)}
-	return res, nil
+	return t.finishStep(res, b, world, start, waitAt, optAt), nil
 }

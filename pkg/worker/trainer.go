@@ -463,7 +463,13 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	} else if err := t.B.Sync(); err != nil {
 		return res, err
 	}
-	// The last bucket averages its extras: scale by world for the sums.
+	return t.finishStep(res, b, world, start, waitAt, optAt), nil
+}
+
+// finishStep completes a step's result from the all-reduced metrics (the
+// last bucket averaged them: scale by world for the sums) and its phase
+// times, and advances the trainer past batch b.
+func (t *Trainer) finishStep(res StepResult, b *data.Batch, world int, start, waitAt, optAt time.Time) StepResult {
 	w := float64(world)
 	res.Loss = float64(t.metrics[0]) * w / float64(max(b.GlobalSize, 1))
 	res.Correct = int(float64(t.metrics[1])*w + 0.5)
@@ -472,7 +478,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	end := time.Now()
 	res.Duration, res.End = end.Sub(start), end
 	res.Phases = Phases{Compute: waitAt.Sub(start), Exposed: optAt.Sub(waitAt), Optimizer: end.Sub(optAt)}
-	return res, nil
+	return res
 }
 
 // devMetrics sets this worker's metrics from the device step's counts
