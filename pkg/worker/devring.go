@@ -123,25 +123,8 @@ func (t *Trainer) trainStepDevice(ctx context.Context, b *data.Batch, world int)
 		t.devMetrics(b.N)
 	case b.N > 0:
 		m.ZeroGrad()
-		x := t.input(b)
-		m.SetDropoutStep(t.Step)
-		logits, err := m.Forward(x)
-		if err != nil {
-			return res, fmt.Errorf("worker: step %d forward: %w", t.Step, err)
-		}
-		t.CE.GradScale = float32(b.N) / float32(b.GlobalSize)
-		loss, dl, err := t.CE.Compute(t.B, logits, b.Labels[:b.N])
-		if err != nil {
-			return res, fmt.Errorf("worker: step %d loss: %w", t.Step, err)
-		}
-		correct, err := nn.Accuracy(t.B, logits, b.Labels[:b.N])
-		if err != nil {
+		if err := t.hostForwardBackward(b); err != nil {
 			return res, err
-		}
-		lossSum := float64(loss) * float64(b.N)
-		t.metrics[0], t.metrics[1], t.metrics[2] = float32(lossSum), float32(correct), float32(b.N)
-		if err := m.Backward(dl); err != nil {
-			return res, fmt.Errorf("worker: step %d backward: %w", t.Step, err)
 		}
 	default: // an empty local batch: zero gradients and counts
 		m.ZeroGrad()

@@ -338,8 +338,6 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 	default:
 		m.SetGradReadyHook(nil)
 	}
-	var lossSum float64
-	var correct int
 	devMetrics := t.dev != nil && b.N > 0 && !emulated
 	switch {
 	case emulated:
@@ -357,26 +355,8 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 			return res, err
 		}
 	case b.N > 0:
-		x := t.input(b)
-		m.SetDropoutStep(t.Step)
-		logits, err := m.Forward(x)
-		if err != nil {
-			return res, fmt.Errorf("worker: step %d forward: %w", t.Step, err)
-		}
-		t.CE.GradScale = float32(b.N) / float32(b.GlobalSize)
-		loss, dl, err := t.CE.Compute(t.B, logits, b.Labels[:b.N])
-		if err != nil {
-			return res, fmt.Errorf("worker: step %d loss: %w", t.Step, err)
-		}
-		if correct, err = nn.Accuracy(t.B, logits, b.Labels[:b.N]); err != nil {
+		if err := t.hostForwardBackward(b); err != nil {
 			return res, err
-		}
-		lossSum = float64(loss) * float64(b.N)
-		// Metrics ride with the last bucket, which launches during
-		// backward: they must be in place before it.
-		t.metrics[0], t.metrics[1], t.metrics[2] = float32(lossSum), float32(correct), float32(b.N)
-		if err := m.Backward(dl); err != nil {
-			return res, fmt.Errorf("worker: step %d backward: %w", t.Step, err)
 		}
 	}
 	if b.N == 0 && !emulated {
@@ -464,6 +444,35 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		return res, err
 	}
 	return t.finishStep(res, b, world, start, waitAt, optAt), nil
+}
+
+// hostForwardBackward runs forward, the loss and backward of a non-empty
+// batch b with the counts read on the host, and sets this step's metrics
+// before backward: they ride with the last bucket, which launches during
+// backward.
+func (t *Trainer) hostForwardBackward(b *data.Batch) error {
+	m := t.Model
+	x := t.input(b)
+	m.SetDropoutStep(t.Step)
+	logits, err := m.Forward(x)
+	if err != nil {
+		return fmt.Errorf("worker: step %d forward: %w", t.Step, err)
+	}
+	t.CE.GradScale = float32(b.N) / float32(b.GlobalSize)
+	loss, dl, err := t.CE.Compute(t.B, logits, b.Labels[:b.N])
+	if err != nil {
+		return fmt.Errorf("worker: step %d loss: %w", t.Step, err)
+	}
+	correct, err := nn.Accuracy(t.B, logits, b.Labels[:b.N])
+	if err != nil {
+		return err
+	}
+	lossSum := float64(loss) * float64(b.N)
+	t.metrics[0], t.metrics[1], t.metrics[2] = float32(lossSum), float32(correct), float32(b.N)
+	if err := m.Backward(dl); err != nil {
+		return fmt.Errorf("worker: step %d backward: %w", t.Step, err)
+	}
+	return nil
 }
 
 // finishStep completes a step's result from the all-reduced metrics (the
