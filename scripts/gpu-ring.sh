@@ -44,21 +44,7 @@ if [ "$DEVICE" = cuda ]; then
 fi
 
 # median images/s over the steps after the first 5 (steps.jsonl times)
-rate() {
-  python3 - "$1" <<'PY'
-import json, sys, statistics
-from datetime import datetime
-ts = []
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    t = r["time"].rstrip("Z")
-    t = t[:26] if "." in t else t
-    ts.append((r["step"], datetime.fromisoformat(t).timestamp()))
-ts.sort()
-d = [b[1] - a[1] for a, b in zip(ts[5:], ts[6:]) if b[0] == a[0] + 1]
-print("%.0f" % (512 / statistics.median(d)) if d else "0")
-PY
-}
+rate() { python3 "$(dirname "$0")/gpu/steps_rate.py" "$1"; }
 
 summary="ring-gpu:"
 for prec in $PRECISIONS; do
