@@ -14,10 +14,14 @@ import (
 // (CUDA IPC), over the ring's own link; then each round of a collective
 // is a kernel on the receiving rank that reads the left neighbour's
 // memory directly and adds (or copies) it into its own, in exactly the
-// host ring's partition and order, so both give the same bits. The link
-// carries only a 4-byte signal per round ("my round R is done"), sent
-// after the sender's device work is complete (a stream sync): no vector
-// byte goes through host memory.
+// host ring's partition and order, so both give the same bits. Where the
+// receiving device cannot read the neighbour's memory with its kernels
+// (two GPUs without peer access), it copies each segment into a local
+// staging area first (RingPull: a copy through the device) and runs the
+// same kernel on the copy: the same float operations, the same bits. The
+// link carries only a 4-byte signal per round ("my round R is done"),
+// sent after the sender's device work, copies included, is complete (a
+// stream sync): no vector byte goes through the ring's host path.
 
 // Device is the GPU memory a device ring reduces in: pkg/gpu's Backend, or
 // MemDevice (host memory, for tests). Addresses are device pointers.
@@ -29,13 +33,19 @@ type Device interface {
 	// IPCKind names the kind of handles the device exchanges ("" if it
 	// cannot); ranks pair only when their kinds are equal.
 	IPCKind() string
-	// IPCIdentity describes the device for logs (e.g. its UUID).
+	// IPCIdentity names the device (e.g. its UUID): in logs, and to the
+	// neighbour that opens its handles (IPCOpen's owner).
 	IPCIdentity() string
 	// IPCExport returns a handle another process of this host can open to
 	// reach the allocation holding ptr, and ptr's offset in it.
 	IPCExport(ptr uint64) (handle []byte, offset uint64, err error)
-	// IPCOpen maps a peer's handle; it returns the allocation's base here.
-	IPCOpen(handle []byte) (base uint64, err error)
+	// IPCOpen maps a peer's handle, exported by the device whose
+	// IPCIdentity is owner, and returns the allocation's base here.
+	// copyOnly says that this device's kernels cannot read the memory
+	// (another GPU without peer access: the handle is opened in that
+	// GPU's context); only RingPull may then read it, and the Ring*
+	// kernels must never be given its addresses.
+	IPCOpen(handle []byte, owner string) (base uint64, copyOnly bool, err error)
 	// IPCClose unmaps what IPCOpen mapped.
 	IPCClose(base uint64) error
 	// AllocShared returns bytes of zeroed, exportable device memory.
@@ -47,6 +57,11 @@ type Device interface {
 	RingAdd(dst, src uint64, n int, div float32)
 	// RingCopy queues dst[i] = src[i] for i < n.
 	RingCopy(dst, src uint64, n int)
+	// RingPull queues dst[i] = src[i] for i < n, where src is memory that
+	// IPCOpen mapped (copy-only or not) and dst this device's own: a copy
+	// through the device (cuMemcpyPeerAsync), in stream order with the
+	// kernels.
+	RingPull(dst, src uint64, n int)
 	// RingDiv queues dst[i] = src[i] / div for i < n.
 	RingDiv(dst, src uint64, n int, div float32)
 	// RingSum64 queues dst[i] = float32(sum_{k<w} float64(all[k*l+i]),
@@ -65,6 +80,33 @@ type DeviceRegion struct {
 	Len int
 }
 
+// DeviceLink says how an attached rank reaches its left neighbour's
+// device memory (AttachDevice); each rank has its own, so one ring may
+// mix the two ways.
+type DeviceLink struct {
+	Kind string // the handles' kind (IPCKind), e.g. "cuda-ipc"
+	Here string // this device's IPCIdentity
+	Left string // the left neighbour's IPCIdentity
+	// CopyOnly: this device's kernels cannot read the left neighbour's
+	// memory (no peer access), so every segment is first copied into a
+	// local staging area (RingPull).
+	CopyOnly bool
+}
+
+// String describes the link for logs: "cuda-ipc, peer access; this
+// device A, left neighbour's B" ("peer access (same device A)" when both
+// are one device), or "cuda-ipc, copies through the device: no peer
+// access between A and B" (A this device, B the left neighbour's).
+func (l DeviceLink) String() string {
+	switch {
+	case l.CopyOnly:
+		return fmt.Sprintf("%s, copies through the device: no peer access between %s and %s", l.Kind, l.Here, l.Left)
+	case l.Here == l.Left:
+		return fmt.Sprintf("%s, peer access (same device %s)", l.Kind, l.Here)
+	}
+	return fmt.Sprintf("%s, peer access; this device %s, left neighbour's %s", l.Kind, l.Here, l.Left)
+}
+
 // ErrNoDeviceRing: the device ring could not be set up on every rank (a
 // rank that refused, a device without IPC, peers of different kinds, a
 // handle that does not open, compression, a link between hosts). Every rank gets it from the
@@ -78,9 +120,12 @@ type deviceRing struct {
 	dev      Device
 	regions  []DeviceRegion // this rank's, the last being scratch
 	peer     []uint64       // the left neighbour's, mapped here (same indices)
+	copyOnly []bool         // peer[i] is reached by RingPull only (same indices)
 	opened   []uint64       // bases to IPCClose
 	scratch  uint64         // small-path all-gather area (World * smallElems)
 	smallCap int            // elements of the largest small-path vector
+	stage    uint64         // copy-only links: the staging area of reduce-scatter adds
+	stageLen int            // its elements
 }
 
 // Special buckets of the device ring's own collectives.
@@ -94,10 +139,10 @@ const deviceHelloVersion = 1
 
 // devOp is a queued device collective or attach (Op.dev).
 type devOp struct {
-	attach       *attachReq
-	region       int
-	off, n       int
-	leftIdentity string // after attach: the left neighbour's IPCIdentity
+	attach *attachReq
+	region int
+	off, n int
+	link   DeviceLink // after attach: how this rank reaches its left neighbour
 }
 
 type attachReq struct {
@@ -113,10 +158,11 @@ type attachReq struct {
 // neighbour's, and all ranks agree: nil on every rank, or an error
 // wrapping ErrNoDeviceRing on every rank (the ring stays usable, the
 // caller keeps the host path). A link failure breaks the ring as any
-// collective's does. It returns the left neighbour's device identity. A
+// collective's does. It returns how this rank reaches its left
+// neighbour's memory (peer access, or copies through the device). A
 // nil device or an invalid region is this rank's refusal (the collective
 // still runs, so the other ranks do not wait for it in vain).
-func (r *Ring) AttachDevice(ctx context.Context, dev Device, regions []DeviceRegion) (left string, err error) {
+func (r *Ring) AttachDevice(ctx context.Context, dev Device, regions []DeviceRegion) (DeviceLink, error) {
 	why := ""
 	if dev == nil {
 		why = "no device"
@@ -142,14 +188,16 @@ func (r *Ring) RefuseDevice(ctx context.Context, why string) error {
 	return err
 }
 
-func (r *Ring) attachCollective(ctx context.Context, dev Device, regions []DeviceRegion, why string) (string, error) {
+func (r *Ring) attachCollective(ctx context.Context, dev Device, regions []DeviceRegion, why string) (DeviceLink, error) {
 	d := &devOp{attach: &attachReq{dev: dev, regions: append([]DeviceRegion(nil), regions...), refusal: why}}
 	if why != "" {
 		d.attach.dev, d.attach.regions = nil, nil
 	}
 	op := r.startOp(ctx, Tag{Bucket: bucketDeviceHello}, nil, Sum, d)
-	err := op.Wait()
-	return d.leftIdentity, err
+	if err := op.Wait(); err != nil {
+		return DeviceLink{}, err
+	}
+	return d.link, nil
 }
 
 // DeviceAttached reports whether device collectives run device to device
@@ -207,7 +255,10 @@ func (dr *deviceRing) release() error {
 	if dr.scratch != 0 {
 		errs = append(errs, dr.dev.FreeShared(dr.scratch))
 	}
-	dr.opened, dr.scratch = nil, 0
+	if dr.stage != 0 {
+		errs = append(errs, dr.dev.FreeShared(dr.stage))
+	}
+	dr.opened, dr.scratch, dr.stage = nil, 0, 0
 	return errors.Join(errs...)
 }
 
@@ -447,18 +498,23 @@ func (r *Ring) attach(ctx context.Context, op *Op) error {
 		}
 	}
 	if local == "" {
-		dr.peer = make([]uint64, len(regions))
+		dr.peer, dr.copyOnly = make([]uint64, len(regions)), make([]bool, len(regions))
 		for i, g := range left.regions {
 			if len(g.handle) == 0 {
 				continue
 			}
-			b, err := dev.IPCOpen(g.handle)
+			b, copyOnly, err := dev.IPCOpen(g.handle, left.identity)
 			if err != nil {
 				local = fmt.Sprintf("opening the left neighbour's region %d: %v", i, err)
 				break
 			}
 			dr.opened = append(dr.opened, b)
-			dr.peer[i] = b + g.offset
+			dr.peer[i], dr.copyOnly[i] = b+g.offset, copyOnly
+		}
+	}
+	if local == "" {
+		if err := dr.allocStage(r.cfg); err != nil {
+			local = fmt.Sprintf("allocating the staging area of copies through the device: %v", err)
 		}
 	}
 	flag := []float32{0}
@@ -477,7 +533,10 @@ func (r *Ring) attach(ctx context.Context, op *Op) error {
 		}
 		return fmt.Errorf("%w: %s", ErrNoDeviceRing, local)
 	}
-	op.dev.leftIdentity = left.identity
+	op.dev.link = DeviceLink{Kind: mine.kind, Here: mine.identity, Left: left.identity}
+	for _, c := range dr.copyOnly {
+		op.dev.link.CopyOnly = op.dev.link.CopyOnly || c
+	}
 	r.mu.Lock()
 	old := r.dev
 	r.dev = dr
@@ -544,6 +603,7 @@ func (r *Ring) deviceRingPath(op *Op, dr *deviceRing) schedule {
 	n, rank := r.cfg.World, r.cfg.Rank
 	l, off := op.dev.n, op.dev.off
 	mine, peer := dr.regions[op.dev.region].Ptr+4*uint64(off), dr.peer[op.dev.region]+4*uint64(off)
+	pull := dr.copyOnly[op.dev.region]
 	work := 2 * (n - 1)
 	T := work + n - 1
 	base := r.devHeader(op)
@@ -566,11 +626,11 @@ func (r *Ring) deviceRingPath(op *Op, dr *deviceRing) schedule {
 				at := 4 * uint64(lo)
 				switch {
 				case R < n-2:
-					dr.dev.RingAdd(mine+at, peer+at, hi-lo, 0)
+					dr.add(mine+at, peer+at, hi-lo, 0, pull)
 				case R == n-2: // this rank owns the full sum
-					dr.dev.RingAdd(mine+at, peer+at, hi-lo, div)
+					dr.add(mine+at, peer+at, hi-lo, div, pull)
 				default:
-					dr.dev.RingCopy(mine+at, peer+at, hi-lo)
+					dr.copy(mine+at, peer+at, hi-lo, pull)
 				}
 				if err := dr.dev.RingSync(); err != nil {
 					return err
@@ -596,7 +656,7 @@ func (r *Ring) deviceSmallPath(op *Op, dr *deviceRing) schedule {
 	l := op.dev.n
 	data := dr.regions[op.dev.region].Ptr + 4*uint64(op.dev.off)
 	last := len(dr.regions) - 1
-	mine, peer := dr.regions[last].Ptr, dr.peer[last]
+	mine, peer, pull := dr.regions[last].Ptr, dr.peer[last], dr.copyOnly[last]
 	slot := func(k int) uint64 { return 4 * uint64(k) * uint64(l) }
 	work := n - 1
 	T := work + n - 1
@@ -614,7 +674,7 @@ func (r *Ring) deviceSmallPath(op *Op, dr *deviceRing) schedule {
 			}
 			if R < work {
 				o := mod(rank-R-1, n)
-				dr.dev.RingCopy(mine+slot(o), peer+slot(o), l)
+				dr.copy(mine+slot(o), peer+slot(o), l, pull)
 				if err := dr.dev.RingSync(); err != nil {
 					return err
 				}
@@ -627,4 +687,55 @@ func (r *Ring) deviceSmallPath(op *Op, dr *deviceRing) schedule {
 		return dr.dev.RingSync()
 	}
 	return schedule{send: r.devSignals(base, T, next), recv: recv}
+}
+
+// allocStage allocates the staging area when some region of the left
+// neighbour is copy-only: reduce-scatter rounds pull a segment into it,
+// at most a chunk (Config.ChunkBytes) at a time, and add it from there.
+// All-gather rounds and the small path pull straight into their
+// destination and need none.
+func (dr *deviceRing) allocStage(cfg Config) error {
+	seg := 0
+	for i, c := range dr.copyOnly {
+		if c {
+			seg = max(seg, (dr.regions[i].Len+cfg.World-1)/cfg.World)
+		}
+	}
+	if seg == 0 {
+		return nil
+	}
+	n := min(seg, max(cfg.ChunkBytes/4, 1))
+	p, err := dr.dev.AllocShared(4 * n)
+	if err != nil {
+		return err
+	}
+	dr.stage, dr.stageLen = p, n
+	return nil
+}
+
+// add queues dst += src (then / div when div != 0) for n elements, src
+// in the left neighbour's memory: one kernel reading it in place, or,
+// when it is copy-only, per piece of the staging area a pull into the
+// staging area and the same kernel reading that. The kernel computes
+// each element alone, so the pieces give the same bits.
+func (dr *deviceRing) add(dst, src uint64, n int, div float32, pull bool) {
+	if !pull {
+		dr.dev.RingAdd(dst, src, n, div)
+		return
+	}
+	for o := 0; o < n; o += dr.stageLen {
+		c := min(dr.stageLen, n-o)
+		dr.dev.RingPull(dr.stage, src+4*uint64(o), c)
+		dr.dev.RingAdd(dst+4*uint64(o), dr.stage, c, div)
+	}
+}
+
+// copy queues dst = src for n elements, src in the left neighbour's
+// memory (a pull when it is copy-only).
+func (dr *deviceRing) copy(dst, src uint64, n int, pull bool) {
+	if pull {
+		dr.dev.RingPull(dst, src, n)
+		return
+	}
+	dr.dev.RingCopy(dst, src, n)
 }

@@ -46,12 +46,13 @@ type DeviceReducer struct {
 // (Ring.AttachDevice, a collective: every rank calls it at the same
 // place). An error wrapping ErrNoDeviceRing, the same on every rank,
 // means the device ring is off and the caller keeps the host path; the
-// ring stays usable. It returns the left neighbour's device identity. Bad
+// ring stays usable. It returns how this rank reaches its left
+// neighbour's memory (Ring.AttachDevice). Bad
 // arguments are refused in the collective (Ring.RefuseDevice), so that the
 // other ranks do not wait for this one, and returned wrapped in the error.
-func NewDeviceReducer(ctx context.Context, ring *Ring, dev Device, grad DeviceSpan, params []Span, cfg DeviceReducerConfig) (*DeviceReducer, string, error) {
+func NewDeviceReducer(ctx context.Context, ring *Ring, dev Device, grad DeviceSpan, params []Span, cfg DeviceReducerConfig) (*DeviceReducer, DeviceLink, error) {
 	if ring == nil {
-		return nil, "", fmt.Errorf("%w: nil ring", ErrConfig)
+		return nil, DeviceLink{}, fmt.Errorf("%w: nil ring", ErrConfig)
 	}
 	if cfg.BucketBytes == 0 {
 		cfg.BucketBytes = DefaultBucketBytes
@@ -59,8 +60,8 @@ func NewDeviceReducer(ctx context.Context, ring *Ring, dev Device, grad DeviceSp
 	if cfg.FirstBucketBytes == 0 {
 		cfg.FirstBucketBytes = DefaultFirstBucketBytes
 	}
-	refuse := func(bad error) (*DeviceReducer, string, error) {
-		return nil, "", errors.Join(bad, ring.RefuseDevice(ctx, bad.Error()))
+	refuse := func(bad error) (*DeviceReducer, DeviceLink, error) {
+		return nil, DeviceLink{}, errors.Join(bad, ring.RefuseDevice(ctx, bad.Error()))
 	}
 	switch {
 	case cfg.BucketBytes < 4 || cfg.FirstBucketBytes < 4:
@@ -93,17 +94,17 @@ func NewDeviceReducer(ctx context.Context, ring *Ring, dev Device, grad DeviceSp
 		p, err := dev.AllocShared(4 * b.size)
 		if err != nil {
 			d.free()
-			return nil, "", ring.RefuseDevice(ctx, fmt.Sprintf("staging of bucket %d: %v", bi, err))
+			return nil, DeviceLink{}, ring.RefuseDevice(ctx, fmt.Sprintf("staging of bucket %d: %v", bi, err))
 		}
 		d.staging[bi], d.region[bi] = p, len(regions)
 		regions = append(regions, DeviceRegion{Ptr: p, Len: b.size})
 	}
-	left, err := ring.AttachDevice(ctx, dev, regions)
+	link, err := ring.AttachDevice(ctx, dev, regions)
 	if err != nil {
 		d.free()
-		return nil, "", err
+		return nil, DeviceLink{}, err
 	}
-	return d, left, nil
+	return d, link, nil
 }
 
 func (d *DeviceReducer) free() {

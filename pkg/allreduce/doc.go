@@ -22,8 +22,10 @@
 //     (Device) are reduced device to device between same-host ranks:
 //     AttachDevice exchanges memory handles (CUDA IPC) over the link,
 //     StartDevice and DeviceReducer run the host ring's schedule as device
-//     kernels reading the left neighbour's memory; the link carries only
-//     "round done" signals. MemDevice is its in-memory twin.
+//     kernels reading the left neighbour's memory (or, where the device
+//     has no peer access to it, a local copy of each segment: RingPull
+//     into a staging area); the link carries only "round done" signals.
+//     MemDevice is its in-memory twin.
 //   - Ring implements nn.ChannelReducer for SyncBatchNorm.
 //
 // Promises. Every worker ends a collective with bit-identical values, and the
@@ -31,7 +33,8 @@
 // always summed starting at rank s and going round the ring in rank order,
 // whatever the timing (with compression the rounding points are fixed too).
 // A device collective gives the bits the host collective gives on the same
-// values. AttachDevice ends the same way on every rank: attached, or
+// values, with peer access or copies through the device on any link.
+// AttachDevice ends the same way on every rank: attached, or
 // ErrNoDeviceRing with the ring still usable.
 // Every frame carries (job, plan generation, step, bucket, sequence, round,
 // segment, chunk, offset, count, dtype) and a receiver refuses any frame that

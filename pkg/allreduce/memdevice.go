@@ -20,14 +20,26 @@ import (
 // shows the race detector the order a GPU gets from the ring's signals
 // (which it cannot see when they travel through shared memory; over
 // InmemTransport the ring passes -race without the lock).
+//
+// It can also stand for a GPU without peer access to its neighbour's
+// (CanAccess): IPCOpen then maps the handle copy-only, at an address its
+// Ring* kernels refuse (the first such use is the error RingSync
+// returns, as a GPU's illegal address would be) and only RingPull reads.
 type MemDevice struct {
 	// Kind is its IPCKind ("mem" when empty); NoIPC makes it a device
 	// that cannot share memory (IPCKind "").
 	Kind  string
 	NoIPC bool
+	// Identity is its IPCIdentity ("host memory" when empty).
+	Identity string
+	// CanAccess, when set, says whether its kernels may read memory
+	// exported by the device whose identity is owner (peer access); nil
+	// means every device's.
+	CanAccess func(owner string) bool
 
-	mu      sync.Mutex // guards opened
+	mu      sync.Mutex // guards opened and err
 	opened  map[uint64]int
+	err     error       // the first error of a Ring* method
 	busy    atomic.Bool // a Device method is running
 	overlap atomic.Bool // two Device methods ran at once (a caller's bug)
 }
@@ -83,6 +95,31 @@ func (d *MemDevice) Opened() int {
 	return n
 }
 
+// memCopyOnly marks the addresses of copy-only mappings (no host address
+// has it), so that a kernel given one fails.
+const memCopyOnly = 1 << 62
+
+// errMemNoPeer: a Ring kernel was given copy-only memory.
+var errMemNoPeer = errors.New("allreduce: MemDevice: a kernel read memory opened copy-only (no peer access)")
+
+// kernelAt is memAt for a Ring kernel's operand: nil, with the device's
+// first error recorded, for an address of a copy-only mapping.
+func (d *MemDevice) kernelAt(p uint64, n int) []float32 {
+	if p&memCopyOnly != 0 {
+		d.fail(fmt.Errorf("%w: %#x", errMemNoPeer, p&^memCopyOnly))
+		return nil
+	}
+	return memAt(p, n)
+}
+
+func (d *MemDevice) fail(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.err == nil {
+		d.err = err
+	}
+}
+
 // at returns the n float32s at device address p.
 func memAt(p uint64, n int) []float32 {
 	memBlocksMu.Lock()
@@ -106,7 +143,12 @@ func (d *MemDevice) IPCKind() string {
 	return d.Kind
 }
 
-func (d *MemDevice) IPCIdentity() string { return "host memory" }
+func (d *MemDevice) IPCIdentity() string {
+	if d.Identity == "" {
+		return "host memory"
+	}
+	return d.Identity
+}
 
 var errMemHandle = errors.New("allreduce: MemDevice: not a handle of an allocated block")
 
@@ -125,17 +167,21 @@ func (d *MemDevice) IPCExport(ptr uint64) ([]byte, uint64, error) {
 	return nil, 0, fmt.Errorf("%w: export of %#x", errMemHandle, ptr)
 }
 
-func (d *MemDevice) IPCOpen(h []byte) (uint64, error) {
+func (d *MemDevice) IPCOpen(h []byte, owner string) (uint64, bool, error) {
 	defer d.use()()
 	if len(h) != 8 {
-		return 0, errMemHandle
+		return 0, false, errMemHandle
 	}
 	base := binary.LittleEndian.Uint64(h)
 	memBlocksMu.Lock()
 	_, ok := memBlocks[base]
 	memBlocksMu.Unlock()
 	if !ok {
-		return 0, fmt.Errorf("%w: %#x", errMemHandle, base)
+		return 0, false, fmt.Errorf("%w: %#x", errMemHandle, base)
+	}
+	copyOnly := d.CanAccess != nil && !d.CanAccess(owner)
+	if copyOnly {
+		base |= memCopyOnly
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -143,7 +189,7 @@ func (d *MemDevice) IPCOpen(h []byte) (uint64, error) {
 		d.opened = map[uint64]int{}
 	}
 	d.opened[base]++
-	return base, nil
+	return base, copyOnly, nil
 }
 
 func (d *MemDevice) IPCClose(base uint64) error {
@@ -176,7 +222,10 @@ func (d *MemDevice) RingAdd(dst, src uint64, n int, div float32) {
 	if n == 0 {
 		return
 	}
-	a, b := memAt(dst, n), memAt(src, n)
+	a, b := d.kernelAt(dst, n), d.kernelAt(src, n)
+	if a == nil || b == nil {
+		return
+	}
 	for i := range a {
 		v := a[i] + b[i]
 		if div != 0 {
@@ -190,8 +239,24 @@ func (d *MemDevice) RingCopy(dst, src uint64, n int) {
 	defer d.use()()
 	memOpMu.Lock()
 	defer memOpMu.Unlock()
-	if n > 0 {
-		copy(memAt(dst, n), memAt(src, n))
+	if n == 0 {
+		return
+	}
+	if a, b := d.kernelAt(dst, n), d.kernelAt(src, n); a != nil && b != nil {
+		copy(a, b)
+	}
+}
+
+// RingPull reads copy-only memory too (a copy through the device).
+func (d *MemDevice) RingPull(dst, src uint64, n int) {
+	defer d.use()()
+	memOpMu.Lock()
+	defer memOpMu.Unlock()
+	if n == 0 {
+		return
+	}
+	if a := d.kernelAt(dst, n); a != nil {
+		copy(a, memAt(src&^memCopyOnly, n))
 	}
 }
 
@@ -202,7 +267,10 @@ func (d *MemDevice) RingDiv(dst, src uint64, n int, div float32) {
 	if n == 0 {
 		return
 	}
-	a, b := memAt(dst, n), memAt(src, n)
+	a, b := d.kernelAt(dst, n), d.kernelAt(src, n)
+	if a == nil || b == nil {
+		return
+	}
 	for i := range a {
 		a[i] = b[i] / div
 	}
@@ -215,7 +283,10 @@ func (d *MemDevice) RingSum64(dst, all uint64, l, w int, mean bool) {
 	if l == 0 {
 		return
 	}
-	out, in := memAt(dst, l), memAt(all, l*w)
+	out, in := d.kernelAt(dst, l), d.kernelAt(all, l*w)
+	if out == nil || in == nil {
+		return
+	}
 	for i := range out {
 		s := 0.0
 		for k := 0; k < w; k++ {
@@ -231,5 +302,7 @@ func (d *MemDevice) RingSum64(dst, all uint64, l, w int, mean bool) {
 func (d *MemDevice) RingSync() error {
 	defer d.use()()
 	time.Sleep(time.Microsecond) // a wait, as a device's: overlapping calls show
-	return nil
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.err
 }

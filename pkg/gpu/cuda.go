@@ -122,6 +122,9 @@ type cudaDevice struct {
 	events []uintptr
 	freeEv []int
 	busy   []bool
+
+	// IPC handles opened in another device's context (ipc.go), by base.
+	foreign map[uint64]ipcForeign
 }
 
 const maxKernelArgs = 32
@@ -468,6 +471,7 @@ func (d *cudaDevice) close() error {
 	if d.stream != 0 {
 		keep(d.sync())
 	}
+	keep(d.ipcCloseForeign())
 	if d.dnnHandle != 0 {
 		keep(d.dnn.check("cudnnDestroy", d.dnn.cudnnDestroy(d.dnnHandle)))
 		d.dnnHandle = 0

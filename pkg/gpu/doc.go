@@ -45,9 +45,11 @@
 //   - The device ring (ipc.go, kernels/ring.cu): Backend implements
 //     pkg/allreduce's Device. IPCExport/IPCOpen share device allocations
 //     between processes of one host (CUDA IPC; a handle of another GPU
-//     opens when the two have peer access), and RingAdd, RingCopy,
-//     RingDiv and RingSum64 are the host ring's float operations, bit for
-//     bit, so a same-host ring of GPU workers reduces device to device.
+//     opens with lazy peer access when the two are peers, else in that
+//     GPU's primary context here, copy-only: RingPull reaches it with
+//     cuMemcpyPeerAsync), and RingAdd, RingCopy, RingDiv and RingSum64
+//     are the host ring's float operations, bit for bit, so a same-host
+//     ring of GPU workers reduces device to device.
 //   - A training step needs one wait (step.go): nn.DeviceCounter keeps the
 //     loss, the correct count and NaN/Inf counts on the device;
 //     nn.PinnedUploader uploads from page-locked memory without staging.

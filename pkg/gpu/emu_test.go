@@ -173,6 +173,7 @@ type emuDevice struct {
 	pin    runtime.Pinner
 	gemms  []gemmCall // every GEMM, for tests that inspect them
 	hostCopies
+	ipc emuIPC // its emulated GPU and IPC mappings (ipc_emu_test.go)
 }
 
 func newEmuDevice() (*emuDevice, error) {
@@ -219,6 +220,9 @@ func (d *emuDevice) launch(name string, grid, block dim3, args []karg) error {
 	}
 	for i, a := range args {
 		d.args.slots[i] = a.v
+	}
+	if err := d.ipcReachableArgs(name, args); err != nil {
+		return err
 	}
 	if d.lib.shared[name] {
 		block = dim3{1, 1, 1}
@@ -352,6 +356,9 @@ func (d *emuDevice) bytesAt(p uint64, n uint64) []byte {
 }
 
 func (d *emuDevice) copyDtoD(dst, src, n uint64) error {
+	if err := d.ipcReachable("cuMemcpyDtoDAsync", dst, src); err != nil {
+		return err
+	}
 	copy(d.bytesAt(dst, n), d.bytesAt(src, n))
 	return nil
 }

@@ -109,9 +109,9 @@ func TestIPCOpenPeerMemory(t *testing.T) {
 	if off != 16*4 {
 		t.Fatalf("offset %d, want %d", off, 16*4)
 	}
-	base, err := b.IPCOpen(h)
-	if err != nil {
-		t.Fatal(err)
+	base, copyOnly, err := b.IPCOpen(h, a.IPCIdentity())
+	if err != nil || copyOnly {
+		t.Fatalf("open: copy-only %v, %v (one emulated GPU: want direct access)", copyOnly, err)
 	}
 	dst := b.New(8)
 	b.Fill(dst, 1)
@@ -129,7 +129,7 @@ func TestIPCOpenPeerMemory(t *testing.T) {
 	if err := b.IPCClose(base); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.IPCOpen(h[:8]); err == nil {
+	if _, _, err := b.IPCOpen(h[:8], a.IPCIdentity()); err == nil {
 		t.Fatal("a truncated handle opened")
 	}
 }
@@ -144,7 +144,7 @@ func TestIPCWithoutAbility(t *testing.T) {
 	if _, _, err := b.IPCExport(1 << 20); !errors.Is(err, ErrNoIPC) {
 		t.Fatalf("export: %v, want ErrNoIPC", err)
 	}
-	if _, err := b.IPCOpen(make([]byte, 64)); !errors.Is(err, ErrNoIPC) {
+	if _, _, err := b.IPCOpen(make([]byte, 64), "GPU-0"); !errors.Is(err, ErrNoIPC) {
 		t.Fatalf("open: %v, want ErrNoIPC", err)
 	}
 }

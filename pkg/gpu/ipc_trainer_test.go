@@ -19,7 +19,11 @@ import (
 // its devices of one process), over the in-memory ring: once with the
 // gradients through host memory (Trainer.DeviceRing off) and once device
 // to device (on), and once with the switch off on one rank only (every
-// rank then takes the host path). Parameters, BN running statistics and every step's
+// rank then takes the host path); and once device to device with each
+// rank on its own emulated GPU, without peer access to its left
+// neighbour's (2 workers: neither pair; 3 workers: one pair, in a ring of
+// peers), so that those ranks copy through the device. Parameters, BN
+// running statistics and every step's
 // loss and correct count must be bit-identical between the two runs and
 // across ranks, and the device run
 // must really have used the device ring. (The model's 45k parameters make
@@ -44,11 +48,21 @@ func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
 				backends[i] = emuOrSkip(t)
 			}
 			// on says whether rank r has the device ring switched on; it
-			// is used when every rank has it on.
-			run := func(on func(r int) bool) [][]float32 {
+			// is used when every rank has it on. copyOnly nil puts every
+			// rank on one emulated GPU; else rank r is on GPU r, without
+			// peer access to its left neighbour's when copyOnly(r).
+			run := func(on, copyOnly func(r int) bool) [][]float32 {
 				deviceRing := true
 				for r := 0; r < world; r++ {
 					deviceRing = deviceRing && on(r)
+					switch {
+					case copyOnly == nil:
+						emuPlace(backends[r], 0)
+					case copyOnly(r):
+						emuPlace(backends[r], r, (r+world-1)%world)
+					default:
+						emuPlace(backends[r], r)
+					}
 				}
 				net := allreduce.NewInmemNetwork()
 				peers := []string{"a", "b", "c"}[:world]
@@ -80,7 +94,10 @@ func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
 							if err != nil {
 								return err
 							}
-							want := map[bool]string{true: "device to device", false: "gradients through host memory: "}[deviceRing]
+							want := map[bool]string{true: "gradients device to device (emu-ipc, peer access", false: "gradients through host memory: "}[deviceRing]
+							if deviceRing && copyOnly != nil && copyOnly(r) {
+								want = fmt.Sprintf("gradients device to device (emu-ipc, copies through the device: no peer access between EMU-GPU-%d and EMU-GPU-%d)", r, (r+world-1)%world)
+							}
 							if tr.DeviceRingActive() != deviceRing || !strings.Contains(line, want) {
 								return fmt.Errorf("device ring %v: active %v, log %q", deviceRing, tr.DeviceRingActive(), line)
 							}
@@ -122,19 +139,28 @@ func TestTrainerDeviceRingMatchesHostRing(t *testing.T) {
 				}
 				return out
 			}
-			host := run(func(int) bool { return false })
-			dev := run(func(int) bool { return true })
+			all := func(int) bool { return true }
+			host := run(func(int) bool { return false }, nil)
+			dev := run(all, nil)
 			// One rank with the switch off: every rank agrees on the host
 			// path (at once: the others do not wait for its handles).
-			mixed := run(func(r int) bool { return r != world-1 })
+			mixed := run(func(r int) bool { return r != world-1 }, nil)
+			copyOnly := func(r int) bool { return world == 2 || r == 1 }
+			noPeer := run(all, copyOnly)
 			for r := 0; r < world; r++ {
 				for i := range host[0] {
 					if math.Float32bits(dev[r][i]) != math.Float32bits(host[0][i]) ||
 						math.Float32bits(host[r][i]) != math.Float32bits(host[0][i]) ||
-						math.Float32bits(mixed[r][i]) != math.Float32bits(host[0][i]) {
-						t.Fatalf("rank %d value %d (parameters, BN buffers, then each step's loss and correct count): device ring %v, host ring %v, mixed %v (rank 0: %v)",
-							r, i, dev[r][i], host[r][i], mixed[r][i], host[0][i])
+						math.Float32bits(mixed[r][i]) != math.Float32bits(host[0][i]) ||
+						math.Float32bits(noPeer[r][i]) != math.Float32bits(host[0][i]) {
+						t.Fatalf("rank %d value %d (parameters, BN buffers, then each step's loss and correct count): device ring %v, host ring %v, mixed %v, without peer access %v (rank 0: %v)",
+							r, i, dev[r][i], host[r][i], mixed[r][i], noPeer[r][i], host[0][i])
 					}
+				}
+			}
+			for r, b := range backends {
+				if p := b.dev.(*emuDevice).ipc.pulls; (p > 0) != copyOnly(r) {
+					t.Fatalf("rank %d: %d copies through the device (want some: %v)", r, p, copyOnly(r))
 				}
 			}
 		})

@@ -26,7 +26,10 @@ import (
 // a job that mixes CPU and GPU workers, or workers with the switch on and
 // off, agrees on the host path instead of waiting). It returns a line for
 // the log saying which path the gradients take and why ("" for a world
-// of one, or CPU workers whose ring neighbours all are); the error is for
+// of one, or CPU workers whose ring neighbours all are), and on the device
+// ring how this rank reads its left neighbour's memory (allreduce.DeviceLink:
+// "peer access", or "copies through the device: no peer access between
+// A and B" for two GPUs that cannot reach each other); the error is for
 // failures of the ring itself (the ring is then broken). A device ring
 // that cannot be set up on some rank is not an error: every rank keeps
 // the host path and says why.
@@ -65,7 +68,7 @@ func (t *Trainer) AttachDeviceRing(ctx context.Context, ring *allreduce.Ring, wo
 		extra = append(extra, allreduce.DeviceSpan{Ptr: uint64(bufs.Ptr), Len: bufs.Numel()})
 	}
 	g := t.Model.GradsFlat()
-	red, left, err := allreduce.NewDeviceReducer(ctx, ring, dev, allreduce.DeviceSpan{Ptr: uint64(g.Ptr), Len: g.Numel()}, t.spans,
+	red, link, err := allreduce.NewDeviceReducer(ctx, ring, dev, allreduce.DeviceSpan{Ptr: uint64(g.Ptr), Len: g.Numel()}, t.spans,
 		allreduce.DeviceReducerConfig{BucketBytes: int(t.Spec.BucketMB * (1 << 20)), Extra: extra})
 	if errors.Is(err, allreduce.ErrNoDeviceRing) {
 		return fmt.Sprintf("gradients through host memory: %v", err), nil
@@ -74,7 +77,7 @@ func (t *Trainer) AttachDeviceRing(ctx context.Context, ring *allreduce.Ring, wo
 		return "", err
 	}
 	t.devRed = red
-	return fmt.Sprintf("gradients device to device (%s; this GPU %s, left neighbour's %s)", dev.IPCKind(), dev.IPCIdentity(), left), nil
+	return fmt.Sprintf("gradients device to device (%s)", link), nil
 }
 
 // DeviceRingActive reports whether gradients go device to device.

@@ -26,7 +26,7 @@ func openDevice() (benchDev, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &fileDev{dir: dir, maps: map[uint64][]byte{}, own: map[uint64]string{}}, nil
+		return &fileDev{dir: dir, maps: map[uint64][]byte{}, own: map[uint64]string{}, noPeer: *noPeer}, nil
 	}
 	return nil, fmt.Errorf("-device %q: want cuda or file", *device)
 }
@@ -73,13 +73,23 @@ func (d *cudaDev) describe() string {
 
 // fileDev is a Device whose memory is files under /dev/shm mapped by every
 // process that opens them: the CPU twin of CUDA IPC for a dry run of the
-// two-process device ring (its "kernels" are Go loops).
+// two-process device ring (its "kernels" are Go loops). With noPeer it
+// stands for GPUs without peer access: a neighbour's memory is opened
+// copy-only, at an address (fileCopyOnly set) that its kernels refuse
+// (the first such use is the error RingSync returns) and only RingPull
+// reads.
 type fileDev struct {
-	dir  string
-	mu   sync.Mutex        // guards maps and own
-	maps map[uint64][]byte // base -> mapping (own and opened)
-	own  map[uint64]string // base -> file (own allocations)
+	dir    string
+	noPeer bool
+	mu     sync.Mutex        // guards maps, own and err
+	maps   map[uint64][]byte // base -> mapping (own and opened)
+	own    map[uint64]string // base -> file (own allocations)
+	err    error             // the first error of a Ring* method
 }
+
+// fileCopyOnly marks the addresses of copy-only mappings (no host address
+// has it).
+const fileCopyOnly = 1 << 62
 
 func shmDir() string {
 	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
@@ -88,8 +98,14 @@ func shmDir() string {
 	return os.TempDir()
 }
 
-func (d *fileDev) IPCKind() string     { return "file" }
-func (d *fileDev) IPCIdentity() string { return "shared files (CPU dry run)" }
+func (d *fileDev) IPCKind() string { return "file" }
+
+func (d *fileDev) IPCIdentity() string {
+	if d.noPeer { // each rank its own "GPU"
+		return fmt.Sprintf("shared files of rank %d (CPU dry run)", *rank)
+	}
+	return "shared files (CPU dry run)"
+}
 
 func (d *fileDev) mmap(path string, size int) (uint64, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -159,15 +175,20 @@ func (d *fileDev) IPCExport(ptr uint64) ([]byte, uint64, error) {
 	return nil, 0, fmt.Errorf("export of %#x: not an allocation", ptr)
 }
 
-func (d *fileDev) IPCOpen(h []byte) (uint64, error) {
+func (d *fileDev) IPCOpen(h []byte, owner string) (uint64, bool, error) {
 	st, err := os.Stat(string(h))
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return d.mmap(string(h), int(st.Size()))
+	base, err := d.mmap(string(h), int(st.Size()))
+	if err != nil || !d.noPeer || owner == d.IPCIdentity() {
+		return base, false, err
+	}
+	return base | fileCopyOnly, true, nil
 }
 
 func (d *fileDev) IPCClose(base uint64) error {
+	base &^= fileCopyOnly
 	d.mu.Lock()
 	m := d.maps[base]
 	delete(d.maps, base)
@@ -176,6 +197,20 @@ func (d *fileDev) IPCClose(base uint64) error {
 		return fmt.Errorf("close of %#x: not open", base)
 	}
 	return syscall.Munmap(m)
+}
+
+// kernelAt is at for a kernel's operand: nil, with the first error
+// recorded, for copy-only memory.
+func (d *fileDev) kernelAt(p uint64, n int) []float32 {
+	if p&fileCopyOnly != 0 {
+		d.mu.Lock()
+		if d.err == nil {
+			d.err = fmt.Errorf("a kernel read copy-only memory %#x (no peer access)", p&^fileCopyOnly)
+		}
+		d.mu.Unlock()
+		return nil
+	}
+	return d.at(p, n)
 }
 
 // at returns the n float32s at p.
@@ -194,7 +229,10 @@ func (d *fileDev) RingAdd(dst, src uint64, n int, div float32) {
 	if n == 0 {
 		return
 	}
-	a, b := d.at(dst, n), d.at(src, n)
+	a, b := d.kernelAt(dst, n), d.kernelAt(src, n)
+	if a == nil || b == nil {
+		return
+	}
 	for i := range a {
 		v := a[i] + b[i]
 		if div != 0 {
@@ -205,8 +243,20 @@ func (d *fileDev) RingAdd(dst, src uint64, n int, div float32) {
 }
 
 func (d *fileDev) RingCopy(dst, src uint64, n int) {
-	if n > 0 {
-		copy(d.at(dst, n), d.at(src, n))
+	if n == 0 {
+		return
+	}
+	if a, b := d.kernelAt(dst, n), d.kernelAt(src, n); a != nil && b != nil {
+		copy(a, b)
+	}
+}
+
+func (d *fileDev) RingPull(dst, src uint64, n int) {
+	if n == 0 {
+		return
+	}
+	if a := d.kernelAt(dst, n); a != nil {
+		copy(a, d.at(src&^fileCopyOnly, n))
 	}
 }
 
@@ -214,7 +264,10 @@ func (d *fileDev) RingDiv(dst, src uint64, n int, div float32) {
 	if n == 0 {
 		return
 	}
-	a, b := d.at(dst, n), d.at(src, n)
+	a, b := d.kernelAt(dst, n), d.kernelAt(src, n)
+	if a == nil || b == nil {
+		return
+	}
 	for i := range a {
 		a[i] = b[i] / div
 	}
@@ -224,7 +277,10 @@ func (d *fileDev) RingSum64(dst, all uint64, l, w int, mean bool) {
 	if l == 0 {
 		return
 	}
-	out, in := d.at(dst, l), d.at(all, l*w)
+	out, in := d.kernelAt(dst, l), d.kernelAt(all, l*w)
+	if out == nil || in == nil {
+		return
+	}
 	for i := range out {
 		s := 0.0
 		for k := 0; k < w; k++ {
@@ -237,7 +293,11 @@ func (d *fileDev) RingSum64(dst, all uint64, l, w int, mean bool) {
 	}
 }
 
-func (d *fileDev) RingSync() error { return nil }
+func (d *fileDev) RingSync() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.err
+}
 
 func (d *fileDev) newVec(n int) (uint64, error)     { return d.AllocShared(4 * n) }
 func (d *fileDev) freeVec(p uint64) error           { return d.FreeShared(p) }

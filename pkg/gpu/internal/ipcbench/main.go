@@ -54,6 +54,7 @@ var (
 	iters   = flag.Int("iters", 10, "timed iterations per size, path and round (median reported)")
 	rounds  = flag.Int("rounds", 3, "interleaved rounds (the order of the paths alternates)")
 	timeout = flag.Duration("timeout", time.Minute, "bound of every collective")
+	noPeer  = flag.Bool("no-peer", false, "-device file: each rank is its own \"GPU\" without peer access to the others' (the device ring copies through the device)")
 )
 
 func main() {
@@ -144,7 +145,7 @@ func runChild() error {
 			return err
 		}
 		host := dev.hostBuf(n)
-		left, err := r.AttachDevice(context.Background(), dev, []allreduce.DeviceRegion{{Ptr: vec, Len: n}})
+		link, err := r.AttachDevice(context.Background(), dev, []allreduce.DeviceRegion{{Ptr: vec, Len: n}})
 		if errors.Is(err, allreduce.ErrNoDeviceRing) {
 			fmt.Printf("REFUSED %d %v\n", 4*n, err)
 			return nil
@@ -153,7 +154,7 @@ func runChild() error {
 			return err
 		}
 		if *rank == 0 {
-			fmt.Printf("INFO %d bytes: device ring attached (left neighbour %s)\n", 4*n, left)
+			fmt.Printf("INFO %d bytes: device ring attached (%s)\n", 4*n, link)
 		}
 		paths := map[string]func(red allreduce.Reduction) error{
 			// What a GPU worker did before the device ring.
