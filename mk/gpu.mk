@@ -80,3 +80,12 @@ gpu-jobbin:
 
 gpu-job: gpu-jobbin
 	./scripts/gpu-job.sh
+
+# A whole device session in four back-to-back calls (scripts/gpu-round.sh;
+# docs/gpu.md "A device session"): `make gpu-roundbin` packs every binary
+# the GPU scripts run into one xz stream and cuts the CIFAR-10 archive so
+# that each call stays under the device tool's 64 MiB, and prints what each
+# call carries.
+.PHONY: gpu-roundbin
+gpu-roundbin:
+	ARCHIVE=$(CIFAR_ARCHIVE) GO=$(GO) ./scripts/gpu/round-pack.sh

@@ -31,11 +31,8 @@ OUT=$(cd "$OUT" && pwd)
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/ringtrain-cache}
 exec > >(tee -a "$OUT/gpu-ipc.log") 2>&1
 status=0
-RT=$(mktemp -d)
-for f in ipcbench coordinator worker; do
-  if [ -f "$BIN/$f.gz" ]; then gunzip -c "$BIN/$f.gz" >"$RT/$f"; else cp "$BIN/$f" "$RT/$f"; fi || { echo "missing $BIN/$f(.gz): run make gpu-ipcbin"; exit 2; }
-  chmod +x "$RT/$f"
-done
+. scripts/gpu/bins.sh
+unpack_bins "$BIN" ipcbench coordinator worker || { echo "run make gpu-ipcbin"; exit 2; }
 timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
 
 benchdev=cuda

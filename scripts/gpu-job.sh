@@ -20,6 +20,7 @@
 # DEVICE=cpu makes a dry run (small: set BATCH, STEPS, WIDTH) without a GPU.
 # Every stage is bounded by `timeout` and the whole run by BUDGET seconds.
 set -u -o pipefail
+. scripts/gpu/archive.sh # ARCHIVE, PARTS and their checks
 OUT=${OUT:-out/gpu-job}
 BIN=${BIN:-.devbin/job}
 BUDGET=${BUDGET:-480}
@@ -34,10 +35,8 @@ GB_WARMUP=${GB_WARMUP:-5}
 GB_STEPS=${GB_STEPS:-30}
 TESTS=${TESTS-TestDeviceStep|TestGraph|TestTrainerOverlapped}
 TEST_TIME=${TEST_TIME:-120}
-ARCHIVE=${ARCHIVE:-data/cifar-10-binary.tar.gz}
-ARCHIVE_SHA256=${ARCHIVE_SHA256:-ec30ca52e4dacef681246eccf170664c7ddf6c340060ab4372cb6c7443c4f0c0}
-ARCHIVE_MD5=${ARCHIVE_MD5:-86c0b761e5f5abb74bf6d87eddaf0ab6}
-PARTS=${PARTS:-.devbin/cifar-parts}
+SYNTHETIC=${SYNTHETIC:-1} # 0: no job on synthetic data
+REAL=${REAL:-auto}        # the job on CIFAR-10: auto (when the archive or its parts are here), 1 or 0
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/ringtrain-cache}
@@ -49,8 +48,8 @@ status=0
 stage "machine"
 timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
 nproc
-RT=$(mktemp -d)
-for f in "$BIN"/*.gz; do gunzip -c "$f" >"$RT/$(basename "$f" .gz)" && chmod +x "$RT/$(basename "$f" .gz)"; done
+. scripts/gpu/bins.sh
+unpack_bins "$BIN" || exit 2
 ls -l "$RT"
 
 if [ -n "$TESTS" ] && [ -x "$RT/gpu.test" ]; then
@@ -82,25 +81,7 @@ done
 
 # rate STEPS_JSONL: images/s from the median step interval after WARM
 # steps, and the mean over the same steps (epoch ends included).
-rate() {
-  python3 - "$1" "$BATCH" "$WARM" <<'PY'
-import json, sys, statistics
-from datetime import datetime
-path, batch, warm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-ts = []
-for line in open(path):
-    r = json.loads(line)
-    t = r["time"].rstrip("Z")
-    t = t[:26] if "." in t else t
-    ts.append((r["step"], datetime.fromisoformat(t).timestamp()))
-ts.sort()
-d = [b[1] - a[1] for a, b in zip(ts[warm:], ts[warm + 1:]) if b[0] == a[0] + 1]
-if not d:
-    print("0 0")
-else:
-    print("%.0f %.0f" % (batch / statistics.median(d), batch * len(d) / sum(d)))
-PY
-}
+rate() { python3 scripts/gpu/steps_rate.py --mean "$1" "$BATCH" "$WARM"; }
 
 declare -A job=() jobmean=()
 runjob() { # runjob NAME GRAPHS ARGS...
@@ -125,39 +106,44 @@ runjob() { # runjob NAME GRAPHS ARGS...
   echo "job $name: ${job[$name]} img/s (median step), ${jobmean[$name]} img/s (mean over steps $WARM-$STEPS)"
 }
 
-stage "job on synthetic data, eager and graphs"
-syn=(--dataset synthetic --synthetic-size $((BATCH * STEPS)) --epochs 1)
-runjob synthetic 0 "${syn[@]}"
-runjob synthetic-graph 1 "${syn[@]}"
-if [ "${job[synthetic]}" != 0 ] && [ "${job[synthetic-graph]}" != 0 ]; then
-  if cmp -s "$OUT/job-synthetic/model.safetensors" "$OUT/job-synthetic-graph/model.safetensors"; then
-    echo "synthetic: final weights bit-identical with and without graphs"
-  else
-    echo "synthetic: final weights DIFFER with and without graphs"; status=1
+if [ "$SYNTHETIC" = 1 ]; then
+  stage "job on synthetic data, eager and graphs"
+  syn=(--dataset synthetic --synthetic-size $((BATCH * STEPS)) --epochs 1)
+  runjob synthetic 0 "${syn[@]}"
+  runjob synthetic-graph 1 "${syn[@]}"
+  if [ "${job[synthetic]}" != 0 ] && [ "${job[synthetic-graph]}" != 0 ]; then
+    if cmp -s "$OUT/job-synthetic/model.safetensors" "$OUT/job-synthetic-graph/model.safetensors"; then
+      echo "synthetic: final weights bit-identical with and without graphs"
+    else
+      echo "synthetic: final weights DIFFER with and without graphs"; status=1
+    fi
   fi
 fi
 
 data=synthetic
-if [ ! -f "$ARCHIVE" ] && compgen -G "$PARTS/part-*" >/dev/null; then
-  mkdir -p "$(dirname "$ARCHIVE")" && cat "$PARTS"/part-* >"$ARCHIVE"
+want_real=$REAL
+if [ "$REAL" = auto ]; then
+  want_real=0
+  { [ -f "$ARCHIVE" ] || compgen -G "$PARTS/part-*" >/dev/null; } && want_real=1
 fi
-if [ -f "$ARCHIVE" ]; then
+if [ "$want_real" = 1 ]; then
   stage "job on CIFAR-10 ($ARCHIVE), eager and graphs"
-  got=$(sha256sum "$ARCHIVE" | cut -d' ' -f1)
-  if [ "$got" != "$ARCHIVE_SHA256" ]; then
-    echo "gpu-job: $ARCHIVE has SHA-256 $got, want $ARCHIVE_SHA256"; status=1
-  else
+  if cifar_archive; then
     abs="$(cd "$(dirname "$ARCHIVE")" && pwd)/$(basename "$ARCHIVE")"
     real=(--dataset cifar10 --data-dir "$OUT/cifar-data" --cifar-mirror "$abs" --cifar-mirror-md5 "$ARCHIVE_MD5" --epochs 2 --max-steps "$STEPS")
     runjob cifar 0 "${real[@]}"
     runjob cifar-graph 1 "${real[@]}"
     [ "${job[cifar]}" != 0 ] && data=cifar
+  else
+    echo "gpu-job: no real data"; status=1
   fi
+elif [ "$REAL" = 0 ]; then
+  echo "the job on CIFAR-10: not asked (REAL=0)"
 else
   echo "no CIFAR-10 archive ($ARCHIVE, $PARTS/part-*): synthetic data only"
 fi
 
-python3 - "${job[$data]}" "${gb[eager]:-0}" "${job[$data-graph]:-0}" "${gb[graph]:-0}" "$data" <<'PY'
+python3 - "${job[$data]:-0}" "${gb[eager]:-0}" "${job[$data-graph]:-0}" "${gb[graph]:-0}" "$data" <<'PY'
 import sys
 j, g, jg, gg, data = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 r = j / g if g else 0

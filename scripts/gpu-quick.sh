@@ -2,12 +2,14 @@
 # gpu-quick.sh: a short, focused GPU check (for when device time is scarce),
 # from the repository root, with binaries prebuilt elsewhere by `make
 # gpu-quickbin` (gzip'd into .devbin/q/):
-#   1. the GPU tests matching TESTS (a -test.run regexp; "" runs them all),
+#   1. the GPU tests matching TESTS (a -test.run regexp; "" runs them all,
+#      "none" none),
 #   2. gpubench for each configuration of CONFIGS, each
 #      "stem/batch/precision[/flag=value,flag=value]" (extra gpubench flags
 #      for that run only, e.g. activations=fp32 or conv-search=measure),
-#   3. the PyTorch peer for each "stem/batch/mode" of TORCH (mode fp32, amp
-#      or amp-compile: torch.compile, its compile time inside the warm-up),
+#   3. the PyTorch peer for each "stem/batch/mode" of TORCH (mode fp32, amp,
+#      amp-compile: torch.compile, or amp-cudagraphs: torch.compile in mode
+#      reduce-overhead, i.e. CUDA graphs; compile time inside the warm-up),
 #   4. PAIRS, each "ours=torch[,torch...]" (e.g.
 #      cifar/512/bf16=cifar/512/amp,cifar/512/amp-compile), run ROUNDS times,
 #      ours first in odd rounds and the peers first in even ones (a GPU's
@@ -46,17 +48,20 @@ status=0
 
 stage "machine"
 timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
-RT=$(mktemp -d)
-for f in "$BIN"/*.gz; do gunzip -c "$f" >"$RT/$(basename "$f" .gz)" && chmod +x "$RT/$(basename "$f" .gz)"; done
+. scripts/gpu/bins.sh
+unpack_bins "$BIN" || exit 2
 ls -l "$RT"
 
-stage "GPU tests (${TESTS:-all})"
-(cd pkg/gpu && RINGTRAIN_REQUIRE_GPU=1 timeout "$TEST_TIME" "$RT/gpu.test" -test.v -test.count=1 \
-  ${TESTS:+-test.run "$TESTS"} -test.timeout "$((TEST_TIME - 3))s") >"$OUT/gpu-test.log" 2>&1
-rc=$?
-grep -E -- '--- (PASS|FAIL|SKIP)|^(PASS|FAIL|ok)|^gpu: |_test.go:[0-9]+:|panic' "$OUT/gpu-test.log" | cut -c1-260 | head -n 120
-echo "gpu tests exit status $rc"
-[ "$rc" -eq 0 ] || status=1
+rc=0
+if [ "$TESTS" != none ]; then
+  stage "GPU tests (${TESTS:-all})"
+  (cd pkg/gpu && RINGTRAIN_REQUIRE_GPU=1 timeout "$TEST_TIME" "$RT/gpu.test" -test.v -test.count=1 \
+    ${TESTS:+-test.run "$TESTS"} -test.timeout "$((TEST_TIME - 3))s") >"$OUT/gpu-test.log" 2>&1
+  rc=$?
+  grep -E -- '--- (PASS|FAIL|SKIP)|^(PASS|FAIL|ok)|^gpu: |_test.go:[0-9]+:|panic' "$OUT/gpu-test.log" | cut -c1-260 | head -n 120
+  echo "gpu tests exit status $rc"
+  [ "$rc" -eq 0 ] || status=1
+fi
 
 bench() { # bench CONFIG [extra gpubench flags...]
   local cfg=$1; shift
@@ -140,6 +145,6 @@ done
 
 stage "table"
 cat "$OUT/bench.log" "$OUT/torch.log" "$OUT/pairs.log" | "$PY" scripts/gpu/table.py | tee "$OUT/table.txt"
-echo "gpu tests: $([ "$rc" -eq 0 ] && echo PASS || echo "FAIL ($rc)")  total ${SECONDS}s  status $status"
+echo "gpu tests: $([ "$TESTS" = none ] && echo "not run" || { [ "$rc" -eq 0 ] && echo PASS || echo "FAIL ($rc)"; })  total ${SECONDS}s  status $status"
 rm -rf "$RT"
 exit $status

@@ -27,11 +27,8 @@ OUT=$(cd "$OUT" && pwd)
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/ringtrain-cache}
 exec > >(tee -a "$OUT/gpu-ring.log") 2>&1
 status=0
-RT=$(mktemp -d)
-for f in coordinator worker gpu.test; do
-  if [ -f "$BIN/$f.gz" ]; then gunzip -c "$BIN/$f.gz" >"$RT/$f"; else cp "$BIN/$f" "$RT/$f"; fi || { echo "missing $BIN/$f(.gz): run make gpu-ringbin"; exit 2; }
-  chmod +x "$RT/$f"
-done
+. scripts/gpu/bins.sh
+unpack_bins "$BIN" coordinator worker gpu.test || { echo "run make gpu-ringbin"; exit 2; }
 timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
 
 echo "=== [${SECONDS}s] asynchronous copy tests"

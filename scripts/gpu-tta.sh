@@ -17,13 +17,10 @@
 # this script joins them into ARCHIVE when ARCHIVE is missing.
 # DEVICE=cpu with OURS_ARGS/TORCH_ARGS makes a dry run without a GPU.
 set -u -o pipefail
+. scripts/gpu/archive.sh # ARCHIVE, PARTS and their checks
 OUT=${OUT:-out/gpu-tta}
 BIN=${BIN:-.devbin/tta}
 RECIPE=${RECIPE:-examples/cifar10-fast.yaml}
-ARCHIVE=${ARCHIVE:-data/cifar-10-binary.tar.gz}
-ARCHIVE_SHA256=${ARCHIVE_SHA256:-ec30ca52e4dacef681246eccf170664c7ddf6c340060ab4372cb6c7443c4f0c0}
-ARCHIVE_MD5=${ARCHIVE_MD5:-86c0b761e5f5abb74bf6d87eddaf0ab6}
-PARTS=${PARTS:-.devbin/cifar-parts}
 TARGET=${TARGET:-0.92}
 DEVICE=${DEVICE:-cuda}
 OURS_ARGS=${OURS_ARGS-}
@@ -38,19 +35,14 @@ stage() { echo; echo "=== [${SECONDS}s] $*"; }
 . scripts/gpu/python.sh # sets PY
 
 stage "data"
-if [ ! -f "$ARCHIVE" ] && compgen -G "$PARTS/part-*" >/dev/null; then
-  mkdir -p "$(dirname "$ARCHIVE")" && cat "$PARTS"/part-* >"$ARCHIVE"
-fi
-[ -f "$ARCHIVE" ] || { echo "gpu-tta: no CIFAR-10 archive at $ARCHIVE (nor parts in $PARTS)"; exit 1; }
-got=$(sha256sum "$ARCHIVE" | cut -d' ' -f1)
-[ "$got" = "$ARCHIVE_SHA256" ] || { echo "gpu-tta: $ARCHIVE has SHA-256 $got, want $ARCHIVE_SHA256"; exit 1; }
+cifar_archive || { echo "gpu-tta: no data"; exit 1; }
 DATA=$(mktemp -d)
 tar -xzf "$ARCHIVE" -C "$DATA" || exit 1
-echo "archive verified ($got), extracted to $DATA"
+echo "extracted to $DATA"
 timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
 
-RT=$(mktemp -d)
-for f in "$BIN"/*.gz; do gunzip -c "$f" >"$RT/$(basename "$f" .gz)" && chmod +x "$RT/$(basename "$f" .gz)"; done
+. scripts/gpu/bins.sh
+unpack_bins "$BIN" || exit 2
 
 stage "ours: $RECIPE $OURS_ARGS"
 rm -rf "$OUT/ours"
@@ -106,31 +98,7 @@ for mode in $TORCH_MODES; do
 done
 
 stage "summary"
-cat "$OUT/ours.result" "$OUT"/torch-*.log | "$PY" -c '
-import math, sys
-ours, peers = None, []
-for line in sys.stdin:
-    if not line.startswith("RESULT "):
-        continue
-    kv = dict(f.split("=", 1) for f in line.split()[1:])
-    if kv["impl"] == "ringtrain":
-        ours = kv
-    else:
-        peers.append(kv)
-if ours is None or not peers:
-    print("gpu-tta: incomplete (ours %s, torch runs %d)" % ("ran" if ours else "missing", len(peers)))
-    sys.exit(1)
-for p in peers:
-    print("torch %s: %s s to target, final %.2f%%" % (p["mode"], p["tta_s"], 100 * float(p["final_acc"])))
-def key(p):
-    v = float(p["tta_s"])
-    return (math.isnan(v), v)
-best = min(peers, key=key)
-o, t = float(ours["tta_s"]), float(best["tta_s"])
-target = 100 * float(ours["target"])
-print("gpu-tta: ours %.1f s to %g%% (final %.2f%%), torch %.1f s (final %.2f%%), ratio %.2f x" % (
-    o, target, 100 * float(ours["final_acc"]), t, 100 * float(best["final_acc"]), o / t if t > 0 else math.nan))
-' | tee "$OUT/summary.txt"
+"$PY" scripts/gpu/tta_summary.py "$OUT/ours.result" "$OUT"/torch-*.log | tee "$OUT/summary.txt"
 status=$?
 rm -rf "$RT" "$DATA"
 exit $status

@@ -8,7 +8,9 @@ momentum 0.9, weight decay 5e-4) and random 3x32x32 inputs.
 Modes: "fp32" = eager float32 (TF32 off, as ringtrain's fp32), "amp" = eager
 autocast bf16 + channels_last, "amp-compile" = the same step under
 torch.compile (compile time reported as compile_s, not in img_s: the timed
-steps start after the warm-up, as for ringtrain). Prints one RESULT line per
+steps start after the warm-up, as for ringtrain), "amp-cudagraphs" = the same
+under torch.compile(mode="reduce-overhead"), which also replays the step as
+CUDA graphs (torch's lowest per-step host cost). Prints one RESULT line per
 configuration; img_s is the mean over the timed steps of that one run.
 """
 import argparse
@@ -55,10 +57,10 @@ def bench(stem, batch, mode, warmup, steps):
         opt.step()
         return loss
 
-    if mode == "amp-compile":
+    if mode in ("amp-compile", "amp-cudagraphs"):
         if not hasattr(torch, "compile"):
             raise RuntimeError(f"torch {torch.__version__} has no torch.compile")
-        step = torch.compile(step)
+        step = torch.compile(step, mode="reduce-overhead" if mode == "amp-cudagraphs" else "default")
     tc = time.perf_counter()
     for _ in range(warmup):
         step()
