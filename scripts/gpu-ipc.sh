@@ -17,7 +17,10 @@
 #   gpu-ipc job: device ring A images/s, host path B images/s, ratio Q x; weights bit-identical yes
 # Knobs: OUT (out/gpu-ipc), BIN (.devbin/ipc), DEVICE (cuda; cpu for a dry
 # run without a GPU: ipcbench on shared files, the jobs on the CPU), WORLD,
-# ROUNDS, ITERS (10), SIZES (ipcbench -sizes), JOBS (1), STEPS (30), PREC
+# ROUNDS, ITERS (10), SIZES (ipcbench -sizes), GPUS (ipcbench -gpus: 1, every
+# rank on GPU 0; 2 on a two-GPU machine puts neighbours on different GPUs,
+# and where those have no peer access the device ring copies through the
+# device: rank 0's INFO line says which), JOBS (1), STEPS (30), PREC
 # (bf16), WIDTH (1), BUDGET (280 s for the whole script).
 set -u -o pipefail
 OUT=${OUT:-out/gpu-ipc}
@@ -38,7 +41,7 @@ timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 
 benchdev=cuda
 [ "$DEVICE" = cpu ] && benchdev=file
 echo "=== [${SECONDS}s] ipcbench: host path vs device ring (${WORLD:-2} processes, -device $benchdev)"
-timeout 200 "$RT/ipcbench" -device "$benchdev" -world "${WORLD:-2}" -rounds "${ROUNDS:-3}" -iters "${ITERS:-10}" ${SIZES:+-sizes "$SIZES"} >"$OUT/ipcbench.log" 2>&1
+timeout 200 "$RT/ipcbench" -device "$benchdev" -world "${WORLD:-2}" -rounds "${ROUNDS:-3}" -iters "${ITERS:-10}" ${SIZES:+-sizes "$SIZES"} ${GPUS:+-gpus "$GPUS"} >"$OUT/ipcbench.log" 2>&1
 rc=$?
 grep -v '^\[rank' "$OUT/ipcbench.log" | cut -c1-300
 grep -E '^\[rank 0\] (INFO|DIFF)|REFUSED' "$OUT/ipcbench.log" | head -n 6 | cut -c1-300
