@@ -265,6 +265,7 @@ func (d *cudaDevice) ipcOpenInOwner(handle []byte, owner string) (p uint64, err 
 		err = errors.Join(err, d.enter())
 		if err != nil {
 			if p != 0 {
+				delete(d.foreign, p)
 				_ = d.drv.cuCtxSetCurrent(ctx)
 				_ = s.cuIpcCloseMemHandle(p)
 				_ = d.enter()

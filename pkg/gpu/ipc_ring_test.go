@@ -31,7 +31,7 @@ func emuPlace(b *Backend, gpu int, noPeer ...int) *emuDevice {
 // a kernel given its address fails as on a GPU (an illegal address),
 // RingPull copies it into local memory where the same kernel works. A
 // GPU this process cannot see, or an owner that is not the handle's
-// device, makes the open fail.
+// device, makes the open fail; an owner without a name is tried directly.
 func TestIPCOpenWithoutPeerAccess(t *testing.T) {
 	a := emuOrSkip(t)
 	emuPlace(a, 0)
@@ -109,6 +109,13 @@ func TestIPCOpenWithoutPeerAccess(t *testing.T) {
 		_, _, _, err := open(func(d *emuDevice) { d.ipc.noPeer[0], d.ipc.hidden = true, map[int]bool{0: true} })
 		if err == nil || !strings.Contains(err.Error(), "not visible") {
 			t.Fatalf("open of a hidden GPU's handle: %v", err)
+		}
+	})
+	t.Run("unnamed owner on the same GPU", func(t *testing.T) {
+		b := emuOrSkip(t)
+		emuPlace(b, 0)
+		if _, copyOnly, err := b.IPCOpen(h, ""); err != nil || copyOnly {
+			t.Fatalf("open with no owner name: copy-only %v, %v (want a direct open, as before owners were named)", copyOnly, err)
 		}
 	})
 	t.Run("owner is not the handle's device", func(t *testing.T) {
