@@ -166,6 +166,9 @@ type stepLine struct {
 	Accuracy   float64 `json:"accuracy"`
 	LR         float64 `json:"lr"`
 	Generation uint64  `json:"generation"`
+	Phases     struct {
+		World int `json:"world"` // workers in the ring that trained it
+	} `json:"phases"`
 }
 
 // readSteps returns the last line of every step in steps.jsonl.
@@ -262,8 +265,77 @@ func requireIdenticalModels(t *testing.T, a, b string) {
 		t.Fatal(err)
 	}
 	if len(d) > 0 {
-		t.Fatalf("%d tensors differ between %s and %s, e.g. %v", len(d), a, b, d[:min(5, len(d))])
+		da, db := filepath.Dir(a), filepath.Dir(b)
+		t.Fatalf("%d tensors differ between %s and %s, e.g. %v\n%s\n--- %s\n%s\n--- %s\n%s", len(d), a, b, d[:min(5, len(d))],
+			firstDifferentStep(da, db), da, runSummary(da), db, runSummary(db))
 	}
+}
+
+// stepLines returns the lines of out/steps.jsonl in order (a step trained
+// again after a rollback appears again).
+func stepLines(out string) ([]stepLine, error) {
+	b, err := os.ReadFile(filepath.Join(out, "steps.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	var ls []stepLine
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var l stepLine
+		if json.Unmarshal(line, &l) == nil {
+			ls = append(ls, l)
+		}
+	}
+	return ls, nil
+}
+
+// runSummary describes a run from its steps.jsonl: the steps and world
+// size of each generation in order (a membership change starts a
+// generation; a step range that starts again is a rollback), so that a
+// failed comparison of two runs explains itself.
+func runSummary(out string) string {
+	ls, err := stepLines(out)
+	if err != nil {
+		return err.Error()
+	}
+	var sb strings.Builder
+	for i := 0; i < len(ls); {
+		j := i
+		for j+1 < len(ls) && ls[j+1].Generation == ls[i].Generation && ls[j+1].Phases.World == ls[i].Phases.World {
+			j++
+		}
+		fmt.Fprintf(&sb, "generation %d, world %d: steps %d..%d (%d lines)\n", ls[i].Generation, ls[i].Phases.World, ls[i].Step, ls[j].Step, j-i+1)
+		i = j + 1
+	}
+	return sb.String()
+}
+
+// firstDifferentStep names the first step whose last line differs in loss
+// between two runs' steps.jsonl.
+func firstDifferentStep(a, b string) string {
+	last := func(out string) (map[int64]stepLine, int64, error) {
+		ls, err := stepLines(out)
+		m := map[int64]stepLine{}
+		var top int64
+		for _, l := range ls {
+			m[l.Step] = l
+			top = max(top, l.Step)
+		}
+		return m, top, err
+	}
+	x, nx, err := last(a)
+	if err != nil {
+		return err.Error()
+	}
+	y, ny, err := last(b)
+	if err != nil {
+		return err.Error()
+	}
+	for s := int64(1); s <= max(nx, ny); s++ {
+		if x[s].Loss != y[s].Loss {
+			return fmt.Sprintf("first step whose loss differs: %d (%v, world %d vs %v, world %d)", s, x[s].Loss, x[s].Phases.World, y[s].Loss, y[s].Phases.World)
+		}
+	}
+	return "every step's loss is the same in both steps.jsonl"
 }
 
 // logLines returns the JSON log lines of the files matching glob whose

@@ -399,6 +399,40 @@ func leaderOf(addrs []string) (string, bool) {
 	return "", false
 }
 
+// A local worker that registers late (its process starts 3 s after the
+// other's, as on a loaded machine) does not make a --workers 2 job train
+// its first steps on one worker: the coordinator waits for both, every
+// step runs on two, and the model is the baseline's, bit for bit. Before
+// the coordinator waited, the job started with the first worker to
+// register, and a checkpoint committed before the second joined kept
+// those steps (the intermittent "102 tensors differ" of TestMutualTLSJob).
+func TestLateLocalWorkerIsWaitedFor(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two jobs (~15 s)")
+	}
+	args := flags("--workers", "2", "--epochs", "1", "--worker-args", "--shared-memory=false")
+	base := baseline(t, args...)
+	dir := t.TempDir()
+	late := filepath.Join(dir, "late-worker")
+	script := "#!/bin/sh\ncase \" $* \" in *\" --id w1 \"*) sleep 3 ;; esac\nexec '" + bin("worker") + "' \"$@\"\n"
+	if err := os.WriteFile(late, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	co := start(t, dir, "coordinator", nil, append(args, "--output", out, "--worker-bin", late)...)
+	mustFinish(t, co, 2*time.Minute)
+	ls, err := stepLines(out)
+	if err != nil || len(ls) == 0 {
+		t.Fatalf("steps.jsonl: %d lines, %v", len(ls), err)
+	}
+	for _, l := range ls {
+		if l.Phases.World != 2 {
+			t.Fatalf("step %d trained on %d workers, want 2 (the job started before w1 joined)\n%s", l.Step, l.Phases.World, runSummary(out))
+		}
+	}
+	requireIdenticalModels(t, filepath.Join(base, "model.safetensors"), filepath.Join(out, "model.safetensors"))
+}
+
 // A job with mutual TLS on every connection (control, raft, ring over TCP
 // frames) trains to the same bits as the plaintext job; a worker without
 // the job's certificates, or with another CA's, is refused.

@@ -380,6 +380,9 @@ func (o *observer) onPlan(prev, st coordinator.JobState) {
 	default:
 		why = fmt.Sprintf("status %s, %d..%d workers", st.Status, st.MinWorkers, st.MaxWorkers)
 	}
+	if st.StartWorkers > 0 && st.Status != coordinator.StatusRunning {
+		why += fmt.Sprintf("; the job starts once %d workers are live", st.StartWorkers)
+	}
 	o.m.RingRebuilds.WithLabelValues(reason).Inc()
 	if reason == observe.ReasonDone {
 		o.event("done", fmt.Sprintf("job done at step %d", st.Committed.Step))

@@ -178,7 +178,8 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		Node: coordinator.NodeConfig{ID: o.id, Dir: o.stateDir, BindAddr: o.raftBind, Bootstrap: true, Peers: peers,
 			TLSServer: tc.ServerTLS(), TLSClient: tc.ClientTLS(), Logger: cli.Quiet(log.Named("raft"), env.Log())},
 		Service: coordinator.ServiceConfig{Job: spec.Name, EtcdEndpoints: cl.Endpoints(), Members: ej, MemberTTL: o.memberTTL,
-			Spec:      &coordinator.SpecInput{Spec: specJSON, ConfigHash: spec.Hash(), MinWorkers: spec.MinWorkers, MaxWorkers: spec.MaxWorkers},
+			Spec: &coordinator.SpecInput{Spec: specJSON, ConfigHash: spec.Hash(), MinWorkers: spec.MinWorkers, MaxWorkers: spec.MaxWorkers,
+				StartWorkers: o.workers},
 			OnMetrics: func(m *controlpb.MetricsReport) { prog.onMetrics(m); obs.onMetrics(m) }, Logger: log.Named("control")},
 	})
 	if err != nil {

@@ -18,5 +18,8 @@
 // Promises: plan generations only increase; a planned worker keeps its
 // position relative to the other survivors; every replica applies the same
 // commands in the same order to reach the same JobState; only the leader
-// answers control calls, followers name the leader.
+// answers control calls, followers name the leader; a job given a start
+// quorum (SpecInput.StartWorkers, the --workers N of one-machine mode) does
+// not run before that many workers are live, so its first steps never run
+// on a smaller ring because one worker registered late.
 package coordinator

@@ -33,6 +33,11 @@ type SpecInput struct {
 	ConfigHash string // ConfigHash(Spec) when empty
 	MinWorkers int
 	MaxWorkers int
+	// StartWorkers, when above 0, is the start quorum imposed the first
+	// time this replica leads (SetSpecCommand.StartWorkers): the job runs
+	// only once that many workers are live. cmd/coordinator sets it to
+	// --workers, the processes it starts itself.
+	StartWorkers int
 }
 
 // ServiceConfig configures the Control service of one replica.
@@ -102,6 +107,9 @@ func NewService(node *Node, cfg ServiceConfig) (*Service, error) {
 		if cfg.Spec.MinWorkers < 1 || (cfg.Spec.MaxWorkers != 0 && cfg.Spec.MaxWorkers < cfg.Spec.MinWorkers) {
 			return nil, fmt.Errorf("%w: workers min %d max %d", ErrInvalid, cfg.Spec.MinWorkers, cfg.Spec.MaxWorkers)
 		}
+		if cfg.Spec.StartWorkers < 0 || (cfg.Spec.MaxWorkers != 0 && cfg.Spec.StartWorkers > cfg.Spec.MaxWorkers) {
+			return nil, fmt.Errorf("%w: start workers %d, max %d", ErrInvalid, cfg.Spec.StartWorkers, cfg.Spec.MaxWorkers)
+		}
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -126,6 +134,7 @@ func (s *Service) leadershipLoop(ctx context.Context) {
 	defer s.wg.Done()
 	var duty *leaderDuty
 	defer func() { duty.stop() }()
+	led := false // this replica led before (its start quorum is imposed)
 	check := time.NewTicker(250 * time.Millisecond)
 	defer check.Stop()
 	for {
@@ -139,7 +148,8 @@ func (s *Service) leadershipLoop(ctx context.Context) {
 		}
 		switch {
 		case lead && duty == nil:
-			duty = s.startDuty(ctx)
+			duty = s.startDuty(ctx, !led)
+			led = true
 			s.log.Info("coordinator leads", zap.String("node", s.node.ID()))
 		case !lead && duty != nil:
 			duty.stop()
@@ -155,12 +165,12 @@ type leaderDuty struct {
 	done   chan struct{}
 }
 
-func (s *Service) startDuty(ctx context.Context) *leaderDuty {
+func (s *Service) startDuty(ctx context.Context, first bool) *leaderDuty {
 	lctx, cancel := context.WithCancel(ctx)
 	d := &leaderDuty{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(d.done)
-		s.leaderDuties(lctx)
+		s.leaderDuties(lctx, first)
 	}()
 	return d
 }
@@ -174,18 +184,23 @@ func (d *leaderDuty) stop() {
 	<-d.done
 }
 
-// leaderDuties imposes the configured spec and follows membership until
-// ctx ends (leadership lost or service closed).
-func (s *Service) leaderDuties(ctx context.Context) {
+// leaderDuties imposes the configured spec (with its start quorum when
+// first is set: this replica's first leadership) and follows membership
+// until ctx ends (leadership lost or service closed).
+func (s *Service) leaderDuties(ctx context.Context, first bool) {
 	if sp := s.cfg.Spec; sp != nil {
 		hash := sp.ConfigHash
 		if hash == "" {
 			hash = ConfigHash(sp.Spec)
 		}
 		st := s.node.State()
-		if st.ConfigHash != hash || st.MinWorkers != sp.MinWorkers || st.MaxWorkers != sp.MaxWorkers || st.Status == StatusFailed {
+		quorum := 0
+		if first && st.Status != StatusDone {
+			quorum = sp.StartWorkers
+		}
+		if st.ConfigHash != hash || st.MinWorkers != sp.MinWorkers || st.MaxWorkers != sp.MaxWorkers || st.Status == StatusFailed || quorum > 0 {
 			_, err := s.node.Apply(ctx, Command{Op: opSetSpec, Spec: &SetSpecCommand{
-				Spec: sp.Spec, ConfigHash: hash, MinWorkers: sp.MinWorkers, MaxWorkers: sp.MaxWorkers}})
+				Spec: sp.Spec, ConfigHash: hash, MinWorkers: sp.MinWorkers, MaxWorkers: sp.MaxWorkers, StartWorkers: quorum}})
 			if err != nil {
 				s.log.Error("apply job spec", zap.Error(err))
 			}

@@ -14,9 +14,9 @@ type Status string
 
 // The job statuses.
 const (
-	StatusWaiting Status = "waiting" // no spec, or never had min workers
+	StatusWaiting Status = "waiting" // no spec, or never had min (or start) workers
 	StatusRunning Status = "running" // the plan has min..max workers
-	StatusPaused  Status = "paused"  // fell below min workers after running
+	StatusPaused  Status = "paused"  // fell below min workers after running, or waits for its start workers again
 	StatusDone    Status = "done"    // rank 0 committed the final step
 	// StatusFailed: a worker reported an error that would repeat under any
 	// plan (bad input); LastFailure says which. Only a new spec (a
@@ -96,6 +96,10 @@ type JobState struct {
 	Leader          LeaderRef      `json:"leader"`
 	LastFailure     *Failure       `json:"last_failure,omitempty"`
 	Ran             bool           `json:"ran"` // was ever running
+	// StartWorkers, while above 0, is the start quorum: the job does not
+	// run until this many workers are live (MinWorkers applies again once
+	// it runs, and StartWorkers is cleared). Set by SetSpecCommand.
+	StartWorkers int `json:"start_workers,omitempty"`
 	// Bench is the benchmark round that runs instead of the job's plan
 	// (nil: none); see BenchCommand.
 	Bench *BenchRound `json:"bench,omitempty"`
@@ -215,6 +219,13 @@ type SetSpecCommand struct {
 	MinWorkers int    `json:"min_workers"` // >= 1
 	MaxWorkers int    `json:"max_workers"` // 0 or >= MinWorkers
 	Replace    bool   `json:"replace,omitempty"`
+	// StartWorkers, when above 0 (at most MaxWorkers), makes the job wait
+	// for that many live workers before it runs (again): the workers a
+	// coordinator starts itself (--workers N) all train from the first
+	// step, whichever of them registered first. The live members recorded
+	// before are forgotten (they may be the processes of an earlier run):
+	// only a membership snapshot applied afterwards counts.
+	StartWorkers int `json:"start_workers,omitempty"`
 }
 
 // UpdateMembersCommand carries a membership snapshot read from etcd at
@@ -295,6 +306,9 @@ func applySetSpec(s *JobState, c *SetSpecCommand) error {
 	if c.MaxWorkers != 0 && c.MaxWorkers < c.MinWorkers {
 		return fmt.Errorf("%w: max workers %d < min workers %d", ErrInvalid, c.MaxWorkers, c.MinWorkers)
 	}
+	if c.StartWorkers < 0 || (c.MaxWorkers != 0 && c.StartWorkers > c.MaxWorkers) {
+		return fmt.Errorf("%w: start workers %d outside [0, max workers %d]", ErrInvalid, c.StartWorkers, c.MaxWorkers)
+	}
 	if s.Status == StatusDone {
 		return ErrJobDone
 	}
@@ -314,6 +328,10 @@ func applySetSpec(s *JobState, c *SetSpecCommand) error {
 	s.Spec = slices.Clone(c.Spec)
 	s.ConfigHash = hash
 	s.MinWorkers, s.MaxWorkers = c.MinWorkers, c.MaxWorkers
+	if c.StartWorkers > 0 {
+		s.StartWorkers = c.StartWorkers
+		s.Live = nil
+	}
 	replan(s, false)
 	return nil
 }
@@ -497,7 +515,9 @@ func applyCheckpoint(s *JobState, c *CheckpointCommand) error {
 // relative order (a worker that re-registered under its id keeps its
 // place); newcomers follow in join order, each placed right after the last
 // planned worker of its host (see placeByHost); at most MaxWorkers are planned,
-// the rest wait as standbys.
+// the rest wait as standbys. The job runs with at least MinWorkers, and
+// before it first runs after a SetSpecCommand with StartWorkers, with at
+// least StartWorkers.
 func replan(s *JobState, force bool) {
 	if s.Status == StatusDone || s.Status == StatusFailed {
 		return
@@ -535,9 +555,10 @@ func replan(s *JobState, force bool) {
 	status := StatusWaiting
 	switch {
 	case len(s.Spec) == 0 && s.ConfigHash == "":
-	case len(next) >= s.MinWorkers:
+	case len(next) >= max(s.MinWorkers, s.StartWorkers):
 		status = StatusRunning
 		s.Ran = true
+		s.StartWorkers = 0
 	case s.Ran:
 		status = StatusPaused
 	}

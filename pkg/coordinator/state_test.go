@@ -334,3 +334,54 @@ type ioNopCloser struct {
 
 func (c ioNopCloser) Read(p []byte) (int, error) { return c.r.Read(p) }
 func (c ioNopCloser) Close() error               { return nil }
+
+// A start quorum (the --workers N that a coordinator starts itself) holds
+// the job until that many workers are live, however they trickle in: a
+// job of two local workers never trains its first steps on one because
+// the other registered later. Once it runs, MinWorkers applies again; a
+// coordinator started again on the same state waits for the quorum anew,
+// and the members recorded by its earlier run do not count.
+func TestStartWorkersHoldTheJobUntilAllJoined(t *testing.T) {
+	clear(joinRev)
+	quorum := func(n int) Command {
+		c := spec(1, 4)
+		c.Spec.StartWorkers = n
+		return c
+	}
+	s := mustApply(t, initialState(), quorum(2))
+	s = mustApply(t, s, members("w1"))
+	if s.Status != StatusWaiting || s.StartWorkers != 2 {
+		t.Fatalf("one of two start workers live: status %s (start workers %d), want waiting", s.Status, s.StartWorkers)
+	}
+	s = mustApply(t, s, members("w1", "w0"))
+	if s.Status != StatusRunning || planIDs(s) != "w1,w0" || s.StartWorkers != 0 {
+		t.Fatalf("both live: status %s plan %s start workers %d, want running w1,w0 0", s.Status, planIDs(s), s.StartWorkers)
+	}
+	s = mustApply(t, s, members("w1"))
+	if s.Status != StatusRunning || planIDs(s) != "w1" {
+		t.Fatalf("after the start, w0 died: status %s plan %s, want running on w1 (min workers 1)", s.Status, planIDs(s))
+	}
+	// The coordinator starts again: Live still lists w1 of the earlier run.
+	s = mustApply(t, s, quorum(2))
+	if s.Status != StatusPaused || len(s.Live) != 0 {
+		t.Fatalf("restarted: status %s live %v, want paused with no live members until a new snapshot", s.Status, s.Live)
+	}
+	s = mustApply(t, s, members("w1"))
+	if s.Status != StatusPaused {
+		t.Fatalf("restarted, one of two live: status %s, want paused", s.Status)
+	}
+	s = mustApply(t, s, members("w1", "w0"))
+	if s.Status != StatusRunning || len(s.Plan) != 2 {
+		t.Fatalf("restarted, both live: status %s plan %s, want running on two", s.Status, planIDs(s))
+	}
+	// Without a quorum (a cluster's coordinator) one worker is enough.
+	clear(joinRev)
+	s = mustApply(t, initialState(), quorum(0))
+	if s = mustApply(t, s, members("a")); s.Status != StatusRunning {
+		t.Fatalf("no start quorum, min workers 1: status %s, want running", s.Status)
+	}
+	// A quorum above MaxWorkers could never be met.
+	if _, err := apply(initialState(), quorum(5)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("start workers 5 of at most 4: %v, want ErrInvalid", err)
+	}
+}
