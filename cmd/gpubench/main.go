@@ -44,6 +44,7 @@ func main() {
 	gemmPlanes := flag.Int("gemm-planes", 0, "bf16: convolutions whose output planes have at most this many pixels run as one cuBLAS GEMM (0: the backend's default, 16; -1: off)")
 	activations := flag.String("activations", "bf16", "bf16 precision: activations kept between layers as bf16 (resident, the default) or fp32 (the slower comparison path)")
 	scratch := flag.Int64("scratch", 0, "cap of one convolution chunk's scratch in bytes (0: the backend's default); a large value means one chunk per convolution")
+	fused := flag.Bool("fused-optimizer", true, "update all parameters with one optimizer kernel call per step, as the job does (false: one per parameter)")
 	graph := flag.Bool("graph", false, "cuda: capture forward, loss and backward as a CUDA graph after the first warm-up step and launch it each step (the optimizer stays eager, as in the job)")
 	flag.Parse()
 	if *activations != "bf16" && *activations != "fp32" {
@@ -54,13 +55,13 @@ func main() {
 	o := gpu.Options{Precision: *prec, LibDir: *libDir, LibPath: libPath, PythonRoots: pythonRoots, ScratchBytes: *scratch, Conv: *conv,
 		ConvSearch: *convSearch, GemmPlanes: *gemmPlanes, FP32Activations: *activations == "fp32",
 		Graphs: *graph, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
-	if err := run(*device, o, *stem, *depth, *batch, *size, *warmup, *steps, *threads, *profile); err != nil {
+	if err := run(*device, o, *stem, *depth, *batch, *size, *warmup, *steps, *threads, *profile, *fused); err != nil {
 		fmt.Fprintln(os.Stderr, "gpubench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, steps, threads, profile int) error {
+func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, steps, threads, profile int, fused bool) error {
 	prec, conv, scratch, graph := o.Precision, o.Conv, o.ScratchBytes, o.Graphs
 	if batch < 1 || steps < 1 || warmup < 0 || size < 8 {
 		return fmt.Errorf("bad sizes: batch %d steps %d warmup %d size %d", batch, steps, warmup, size)
@@ -98,6 +99,11 @@ func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, 
 	opt, err := nn.NewSGD(b, m.Params(), nn.SGDConfig{LR: 0.1, Momentum: 0.9, WeightDecay: 5e-4})
 	if err != nil {
 		return err
+	}
+	if fused {
+		if _, err := opt.Fuse(m.ParamsFlat(), m.GradsFlat()); err != nil {
+			return err
+		}
 	}
 	rng := rand.New(rand.NewSource(1))
 	xs := make([]float32, batch*3*size*size)
@@ -231,11 +237,14 @@ func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, 
 	for i, v := range hl {
 		ls[i] = fmt.Sprintf("%.3f", v)
 	}
-	mode := "eager"
+	mode, optim := "eager", "per-param"
+	if fused {
+		optim = "fused"
+	}
 	if graph {
 		mode = fmt.Sprintf("graph(%d)", graphLaunches)
 	}
-	fmt.Printf("RESULT impl=ringtrain backend=%s precision=%s stem=%s batch=%d img_s=%.1f ms_step=%.2f tflops=%.2f warmup_s=%.2f loss_first=%.4f loss_last=%.4f conv=%s act=%s search=%s scratch=%d step=%s losses=%s\n",
-		b.Name(), prec, stem, batch, ips, 1000*el/float64(steps), ips*gf/1000, warm.Seconds(), l0, l1, conv, act, search, scratch, mode, strings.Join(ls, ","))
+	fmt.Printf("RESULT impl=ringtrain backend=%s precision=%s stem=%s batch=%d img_s=%.1f ms_step=%.2f tflops=%.2f warmup_s=%.2f loss_first=%.4f loss_last=%.4f conv=%s act=%s search=%s scratch=%d step=%s optim=%s losses=%s\n",
+		b.Name(), prec, stem, batch, ips, 1000*el/float64(steps), ips*gf/1000, warm.Seconds(), l0, l1, conv, act, search, scratch, mode, optim, strings.Join(ls, ","))
 	return nil
 }

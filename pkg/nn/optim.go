@@ -107,6 +107,7 @@ type optimBase struct {
 	states []*paramState // parallel to params; nil until the first step
 	lr     float64
 	impl   optimizer
+	runs   []*fusedRun // set by Fuse (optim_fuse.go), ordered by lo
 }
 
 func newOptimBase(algo string, b Backend, params []*Param, lr float64, impl optimizer) (optimBase, error) {
@@ -199,9 +200,19 @@ func (o *optimBase) Step() error {
 		}
 	}
 	required, _ := o.impl.slotNames()
-	for i, p := range o.params {
+	next := 0 // the next fused run (o.runs is ordered and holds no frozen parameter)
+	for i := 0; i < len(o.params); i++ {
+		p := o.params[i]
 		if p.Frozen {
 			continue
+		}
+		if next < len(o.runs) && o.runs[next].lo == i {
+			r := o.runs[next]
+			next++
+			if o.stepRun(r, required) {
+				i = r.hi - 1
+				continue
+			}
 		}
 		st := o.states[i]
 		if st == nil {
@@ -316,18 +327,14 @@ func (o *optimBase) LoadState(st *OptimizerState) error {
 		return errors.Join(errs...)
 	}
 	// Valid: replace the state.
-	for i, ps := range o.states {
-		if ps != nil {
-			for _, t := range ps.slots {
-				o.b.Free(t)
-			}
-		}
+	o.freeState()
+	for i := range o.states {
 		o.states[i] = nil
 		step, ok := st.Steps[o.params[i].Name]
 		if !ok {
 			continue
 		}
-		ps = &paramState{step: step, slots: map[string]*Tensor{}}
+		ps := &paramState{step: step, slots: map[string]*Tensor{}}
 		for slot, h := range slots[i] {
 			t := o.b.New(h.Shape...)
 			o.b.FromHost(t, h.Data)
@@ -335,6 +342,7 @@ func (o *optimBase) LoadState(st *OptimizerState) error {
 		}
 		o.states[i] = ps
 	}
+	o.relayout()
 	return nil
 }
 

@@ -149,8 +149,24 @@ func BuildModel(b nn.Backend, spec job.Spec, classes int) (*nn.Model, error) {
 	return m, nil
 }
 
-// BuildOptimizer creates the spec's optimizer over the model's parameters.
-func BuildOptimizer(b nn.Backend, spec job.Spec, params []*nn.Param) (nn.Optimizer, error) {
+// BuildOptimizer creates the spec's optimizer over the model's parameters,
+// fused over its flat tensors (one kernel call per step for all of them;
+// nn.Fuser).
+func BuildOptimizer(b nn.Backend, spec job.Spec, m *nn.Model) (nn.Optimizer, error) {
+	opt, err := newOptimizer(b, spec, m.Params())
+	if err != nil {
+		return nil, err
+	}
+	if f, ok := opt.(nn.Fuser); ok {
+		if _, err := f.Fuse(m.ParamsFlat(), m.GradsFlat()); err != nil {
+			return nil, fmt.Errorf("worker: %w", err)
+		}
+	}
+	return opt, nil
+}
+
+// newOptimizer creates the spec's optimizer over params.
+func newOptimizer(b nn.Backend, spec job.Spec, params []*nn.Param) (nn.Optimizer, error) {
 	o := spec.Optimizer
 	switch o.Name {
 	case "sgd":

@@ -59,7 +59,7 @@ func (t *Trainer) apply(l *checkpoint.Loaded) error {
 	}
 	if l.Optimizer == nil {
 		// A weights-only checkpoint: start the optimizer afresh.
-		o, err := BuildOptimizer(t.B, t.Spec, t.Model.Params())
+		o, err := BuildOptimizer(t.B, t.Spec, t.Model)
 		if err != nil {
 			return err
 		}

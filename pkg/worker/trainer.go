@@ -94,7 +94,7 @@ func NewTrainer(spec job.Spec, b nn.Backend, train, test data.Dataset) (*Trainer
 	if err != nil {
 		return nil, err
 	}
-	opt, err := BuildOptimizer(b, spec, m.Params())
+	opt, err := BuildOptimizer(b, spec, m)
 	if err != nil {
 		m.Free()
 		return nil, err
