@@ -14,7 +14,7 @@ import (
 type cpuSample struct {
 	at        time.Time
 	procTicks map[int]float64 // utime+stime of each process, clock ticks
-	busy, all float64 // machine: non-idle and total ticks
+	busy, all float64         // machine: non-idle and total ticks
 }
 
 const clkTck = 100 // USER_HZ on Linux

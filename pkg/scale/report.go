@@ -87,9 +87,9 @@ type Result struct {
 	Efficiency  map[int]Ratio `json:"efficiency_rounds,omitempty"`
 	ModelErrors *Ratio        `json:"model_error_rounds,omitempty"`
 	// Cluster is set in cluster mode: the coordinator the sweep ran on.
-	Cluster string `json:"cluster,omitempty"`
-	Predicted  []PredictRow `json:"predicted,omitempty"`
-	Summary    string       `json:"summary"`
+	Cluster   string       `json:"cluster,omitempty"`
+	Predicted []PredictRow `json:"predicted,omitempty"`
+	Summary   string       `json:"summary"`
 }
 
 // Write stores scale.json, scale.csv and scale.png in dir.
