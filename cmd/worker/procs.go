@@ -89,6 +89,9 @@ func (o procsOptions) childArgs(i int) ([]string, error) {
 	if o.cfg.NoDeviceRing {
 		args = append(args, "--gpu-ipc=false")
 	}
+	if o.cfg.NoGPUPrefetch {
+		args = append(args, "--gpu-prefetch=false")
+	}
 	return append(args, o.tls.Args()...), nil
 }
 

@@ -25,6 +25,7 @@ func runCmd() *cobra.Command {
 	var tf tlsconf.Files
 	shm := true
 	gpuIPC := true
+	gpuPrefetch := true
 	procs := 1
 	var cudaLibDir, convSearch string
 	cmd := &cobra.Command{
@@ -47,6 +48,7 @@ func runCmd() *cobra.Command {
 				return fmt.Errorf("--gpu-conv-search %q: want heuristic or measure", convSearch)
 			}
 			cfg.NoDeviceRing = !gpuIPC
+			cfg.NoGPUPrefetch = !gpuPrefetch
 			if procs > 1 {
 				return runProcs(cmd.Context(), procsOptions{cfg: cfg, tls: tf, shm: shm, procs: procs, cudaLibDir: cudaLibDir, convSearch: convSearch})
 			}
@@ -86,6 +88,7 @@ func runCmd() *cobra.Command {
 	f.StringVar(&cfg.SampleLog, "sample-log", os.Getenv("RINGTRAIN_SAMPLE_LOG"), "append the dataset indices of every step to DIR/samples-<id>-<pid>.jsonl (an audit aid; env RINGTRAIN_SAMPLE_LOG)")
 	f.BoolVar(&gpuIPC, "gpu-ipc", true, "GPU: reduce gradients device to device (CUDA IPC) when the ring neighbours are GPU workers on this host (false: through host memory)")
 	f.BoolVar(&cfg.GPUGraphs, "gpu-graphs", os.Getenv("RINGTRAIN_GPU_GRAPHS") == "1", "GPU: launch each step's forward and backward as a captured CUDA graph (not yet verified on a GPU; env RINGTRAIN_GPU_GRAPHS=1)")
+	f.BoolVar(&gpuPrefetch, "gpu-prefetch", os.Getenv("RINGTRAIN_GPU_PREFETCH") != "0", "GPU: upload the next step's input on a copy stream while the step computes (false: each step uploads its own before computing; env RINGTRAIN_GPU_PREFETCH=0)")
 	f.BoolVar(&cfg.GPUOverlap, "gpu-overlap", os.Getenv("RINGTRAIN_GPU_OVERLAP") == "1", "GPU: overlap the gradients' device-to-host copies with backward (env RINGTRAIN_GPU_OVERLAP=1)")
 	f.StringVar(&cudaLibDir, "cuda-lib-dir", "", "GPU: directory searched first for the CUDA libraries (then $RINGTRAIN_CUDA_LIB_DIR, $LD_LIBRARY_PATH, the standard places)")
 	f.StringVar(&convSearch, "gpu-conv-search", "heuristic", "GPU: how cuDNN convolution algorithms are chosen: heuristic (reproducible run to run) | measure (timed once per shape, as torch.backends.cudnn.benchmark); deterministic algorithms only either way")

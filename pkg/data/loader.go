@@ -32,10 +32,15 @@ type LoaderConfig struct {
 	// Workers is the number of goroutines decoding and transforming
 	// samples; 0 means GOMAXPROCS.
 	Workers int
-	// Prefetch is the number of batch buffers in the ring, the one being
-	// used by the caller included; 0 means 3. Memory is bounded by
-	// Prefetch * ceil(GlobalBatch/World) images.
+	// Prefetch is the number of batch buffers in the ring, the ones held
+	// by the caller included; 0 means Hold+2. Memory is bounded by
+	// Prefetch * ceil(GlobalBatch/World) images. At least Hold.
 	Prefetch int
+	// Hold is how many of the latest batches the caller may use at once
+	// (0 means 1): Next recycles the batch it returned Hold calls
+	// earlier. A trainer that takes step s+1's batch while step s still
+	// uses its own holds 2.
+	Hold int
 	// Alloc, if set, provides the ring's image buffers (n float32s each),
 	// e.g. page-locked memory a device copies from without staging;
 	// Release, if set, gets each of them back once Close has stopped the
@@ -45,7 +50,8 @@ type LoaderConfig struct {
 }
 
 // Batch is one rank's data for one step. X and Labels live in the loader's
-// ring and stay valid until the next call to Next or Close.
+// ring and stay valid until Next has been called Hold more times (once,
+// by default), or Close.
 type Batch struct {
 	X      []float32 // N*C*H*W values, contiguous NCHW
 	Labels []int32   // N labels
@@ -76,7 +82,7 @@ type Loader struct {
 	ready chan *slot // buffers in step order; closed after the last step
 	jobs  chan job
 
-	cur      *slot      // held by the caller since the last Next; owned by Next
+	held     []*slot    // returned by the last Hold calls of Next, oldest first; owned by Next
 	waiting  *slot      // taken from ready but not yet done; owned by Next
 	slots    []*slot    // every buffer of the ring, for Release
 	mu       sync.Mutex // guards closed, released and finalErr
@@ -119,8 +125,10 @@ func NewLoader(ctx context.Context, cfg LoaderConfig) (*Loader, error) {
 		return nil, fmt.Errorf("%w: rank %d of world %d", ErrInvalid, cfg.Rank, cfg.World)
 	case cfg.Start.Epoch < 0 || cfg.Start.Cursor < 0 || cfg.Start.Cursor > cfg.Dataset.Len():
 		return nil, fmt.Errorf("%w: start %v", ErrInvalid, cfg.Start)
-	case cfg.Workers < 0 || cfg.Prefetch < 0 || cfg.StopEpoch < 0:
-		return nil, fmt.Errorf("%w: negative workers, prefetch or stop epoch", ErrInvalid)
+	case cfg.Workers < 0 || cfg.Prefetch < 0 || cfg.StopEpoch < 0 || cfg.Hold < 0:
+		return nil, fmt.Errorf("%w: negative workers, prefetch, hold or stop epoch", ErrInvalid)
+	case cfg.Prefetch > 0 && cfg.Prefetch < cfg.Hold:
+		return nil, fmt.Errorf("%w: prefetch %d buffers with %d held by the caller (want at least as many)", ErrInvalid, cfg.Prefetch, cfg.Hold)
 	}
 	shape := cfg.Dataset.Shape()
 	if shape.Len() <= 0 {
@@ -134,8 +142,11 @@ func NewLoader(ctx context.Context, cfg LoaderConfig) (*Loader, error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
+	if cfg.Hold == 0 {
+		cfg.Hold = 1
+	}
 	if cfg.Prefetch == 0 {
-		cfg.Prefetch = 3
+		cfg.Prefetch = cfg.Hold + 2
 	}
 	cfg.Start = cfg.Sampler.Normalize(cfg.Start, cfg.GlobalBatch)
 
@@ -258,8 +269,8 @@ func (l *Loader) fill(j job, scratch []float32, classes int) {
 }
 
 // Next returns the next step's batch for this rank, waiting for it if it
-// is not ready. The previous batch's buffers are recycled, so it must no
-// longer be used. After the last step it returns io.EOF; after Close,
+// is not ready. The buffers of the batch returned Hold calls earlier (the
+// previous one, by default) are recycled, so it must no longer be used. After the last step it returns io.EOF; after Close,
 // ErrClosed; when ctx is cancelled, ctx's error (and a later call resumes
 // waiting for the same batch); when the loader's own context is cancelled,
 // that context's error. Once it has returned any other error it returns
@@ -277,9 +288,9 @@ func (l *Loader) Next(ctx context.Context) (*Batch, error) {
 	if err := l.ctx.Err(); err != nil { // cancelled: prefetched batches are dropped
 		return nil, l.stopErr(err)
 	}
-	if l.cur != nil {
-		l.free <- l.cur // never blocks: free has room for every slot
-		l.cur = nil
+	if len(l.held) == l.cfg.Hold {
+		l.free <- l.held[0] // never blocks: free has room for every slot
+		l.held = append(l.held[:0], l.held[1:]...)
 	}
 	s := l.waiting
 	if s == nil {
@@ -306,7 +317,7 @@ func (l *Loader) Next(ctx context.Context) (*Batch, error) {
 		return nil, l.stopErr(l.ctx.Err())
 	}
 	l.waiting = nil
-	l.cur = s
+	l.held = append(l.held, s)
 	if s.err != nil {
 		return nil, l.stopErr(s.err)
 	}

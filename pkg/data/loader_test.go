@@ -344,6 +344,8 @@ func TestLoaderConfigErrors(t *testing.T) {
 		"world":           func(c *LoaderConfig) { c.World = 0 },
 		"start":           func(c *LoaderConfig) { c.Start.Cursor = 11 },
 		"workers":         func(c *LoaderConfig) { c.Workers = -1 },
+		"hold":            func(c *LoaderConfig) { c.Hold = -1 },
+		"hold > prefetch": func(c *LoaderConfig) { c.Hold, c.Prefetch = 3, 2 },
 		"bad normalising": func(c *LoaderConfig) { c.Transform = Standard{Mean: []float32{1}, Std: []float32{1}} },
 	} {
 		c := good
@@ -490,5 +492,45 @@ func TestLoaderAllocRelease(t *testing.T) {
 	l.Close()
 	if calls != 3 || len(back) != 2 || len(back[0]) != len(given[0]) || &back[0][0] != &given[0][0] || &back[1][0] != &given[1][0] {
 		t.Fatalf("%d Alloc calls, %d buffers back (want 3 and the 2 that were long enough, whole)", calls, len(back))
+	}
+}
+
+// With Hold 2 the batch returned before the latest stays valid (a trainer
+// uploads step s+1's batch while step s still uses its own): its images
+// and labels are unchanged while the loader goes on, with however few
+// buffers, and the batches are those of Hold 1.
+func TestLoaderHoldKeepsTwoBatches(t *testing.T) {
+	noLeaks(t)
+	ds, _ := NewSynthetic(200, 3)
+	sampler, _ := NewSampler(ds.Len(), SamplerConfig{Seed: 4, Shuffle: true})
+	cfg := LoaderConfig{Dataset: ds, Sampler: sampler, Transform: TrainTransform(), Seed: 9, GlobalBatch: 16, World: 1, StopEpoch: 2}
+	want := drain(t, newTestLoader(t, cfg), 1000)
+	for _, prefetch := range []int{2, 0} {
+		cfg.Hold, cfg.Prefetch = 2, prefetch
+		l := newTestLoader(t, cfg)
+		var prev *Batch
+		var prevX []float32
+		var prevLabels []int32
+		n := 0
+		for ; ; n++ {
+			b, err := l.Next(context.Background())
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Millisecond) // the workers may overwrite a recycled buffer meanwhile
+			if prev != nil && (!slices.Equal(prev.X, prevX) || !slices.Equal(prev.Labels, prevLabels)) {
+				t.Fatalf("prefetch %d: batch %d changed after the next Next (Hold 2)", prefetch, n-1)
+			}
+			if n >= len(want) || !slices.Equal(b.Labels, want[n].labels) || !slices.Equal(b.Indices, want[n].shard.Indices) {
+				t.Fatalf("prefetch %d: batch %d differs from Hold 1's", prefetch, n)
+			}
+			prev, prevX, prevLabels = b, slices.Clone(b.X), slices.Clone(b.Labels)
+		}
+		if n != len(want) {
+			t.Fatalf("prefetch %d: %d batches, want %d", prefetch, n, len(want))
+		}
 	}
 }

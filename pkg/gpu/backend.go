@@ -237,6 +237,9 @@ func (b *Backend) Close() error {
 	b.closed = true
 	_ = b.dev.enter()
 	serr := b.dev.sync()
+	if s, ok := b.dev.(streamAPI); ok { // copies still landing in pool blocks
+		serr = firstErr(serr, s.syncCopies())
+	}
 	if acc, ok := b.dev.(convAccel); ok {
 		for _, pl := range b.plans {
 			if pl != nil {

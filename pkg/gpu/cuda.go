@@ -125,6 +125,8 @@ type cudaDevice struct {
 
 	// IPC handles opened in another device's context (ipc.go), by base.
 	foreign map[uint64]ipcForeign
+
+	cs copyStream // the copy stream and its events (copystream_cuda.go)
 }
 
 const maxKernelArgs = 32
@@ -472,6 +474,9 @@ func (d *cudaDevice) close() error {
 		keep(d.sync())
 	}
 	keep(d.ipcCloseForeign())
+	if d.drv != nil {
+		keep(d.closeCopies())
+	}
 	if d.dnnHandle != 0 {
 		keep(d.dnn.check("cudnnDestroy", d.dnn.cudnnDestroy(d.dnnHandle)))
 		d.dnnHandle = 0

@@ -173,7 +173,8 @@ type emuDevice struct {
 	pin    runtime.Pinner
 	gemms  []gemmCall // every GEMM, for tests that inspect them
 	hostCopies
-	ipc emuIPC // its emulated GPU and IPC mappings (ipc_emu_test.go)
+	ipc     emuIPC     // its emulated GPU and IPC mappings (ipc_emu_test.go)
+	streams emuStreams // the copy stream's twin (copystream_emu_test.go)
 }
 
 func newEmuDevice() (*emuDevice, error) {

@@ -83,6 +83,8 @@ func (m *machine) benchRound(ctx context.Context, p *controlpb.Plan) error {
 	if err != nil {
 		return fmt.Errorf("bench trainer: %w", err)
 	}
+	// The job's input path.
+	t.Prefetch = m.t.Prefetch
 	owned := true // freed here until the session owns it
 	defer func() {
 		if owned {
@@ -114,7 +116,7 @@ func (m *machine) benchRound(ctx context.Context, p *controlpb.Plan) error {
 	if s.red, err = t.NewReducer(ring); err != nil {
 		return err
 	}
-	if s.ld, err = t.Loader(rctx, rank, world); err != nil {
+	if s.ld, err = t.Feed(rctx, rank, world); err != nil {
 		return err
 	}
 	s.closers = append(s.closers, func() { s.ld.Close() })
@@ -124,7 +126,7 @@ func (m *machine) benchRound(ctx context.Context, p *controlpb.Plan) error {
 	for step := int64(1); step <= bp.GetSteps(); step++ {
 		fetch := time.Now()
 		b, err := s.ld.Next(rctx)
-		dataWait := time.Since(fetch)
+		dataWait := time.Since(fetch) + s.ld.Waited()
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("bench data ran out at step %d of %d", step, bp.GetSteps())
 		}

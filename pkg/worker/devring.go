@@ -106,8 +106,7 @@ func (t *Trainer) trainStepDevice(ctx context.Context, b *data.Batch, world int)
 	devCounts := t.dev != nil && b.N > 0
 	switch {
 	case devCounts:
-		x := t.input(b)
-		y, err := t.dev.labels(t.B, b)
+		x, y, slot, err := t.stepInput(b, t.graphsWanted(true))
 		if err != nil {
 			return res, fmt.Errorf("worker: step %d: %w", t.Step, err)
 		}
@@ -115,6 +114,7 @@ func (t *Trainer) trainStepDevice(ctx context.Context, b *data.Batch, world int)
 		if err := t.deviceCompute(x, y, b.N, b.GlobalSize, true); err != nil {
 			return res, err
 		}
+		t.afterCompute(ctx, b, slot) // step s+1's input goes up now
 		// The metrics ride with the last bucket: read the counts (and
 		// check the input and logits) first, as the host path does.
 		if err := t.dev.read(); err != nil {
@@ -133,6 +133,7 @@ func (t *Trainer) trainStepDevice(ctx context.Context, b *data.Batch, world int)
 		m.ZeroGrad()
 		if t.dev != nil {
 			t.B.Fill(t.dev.acc, 0)
+			t.afterCompute(ctx, b, -1)
 		}
 	}
 	t.B.FromHost(t.ringMetrics, t.metrics)
@@ -157,6 +158,7 @@ func (t *Trainer) trainStepDevice(ctx context.Context, b *data.Batch, world int)
 		if err := t.dev.read(); err != nil {
 			return res, err
 		}
+		t.pre.stepWaited()
 		if devCounts {
 			if err := t.dev.check(t.Step); err != nil {
 				return res, err

@@ -65,15 +65,21 @@ func (d *devStep) labels(b nn.Backend, bt *data.Batch) (*nn.Tensor, error) {
 	if err := nn.CheckLabels(bt.Labels[:bt.N], bt.N, d.classes); err != nil {
 		return nil, err
 	}
-	if d.y == nil || d.yCap < bt.N {
+	y := d.labelBuf(b, bt.N)
+	d.dc.UploadLabels(y, bt.Labels[:bt.N])
+	return y, nil
+}
+
+// labelBuf returns the device labels buffer viewed as n labels, growing
+// it when needed.
+func (d *devStep) labelBuf(b nn.Backend, n int) *nn.Tensor {
+	if d.y == nil || d.yCap < n {
 		if d.y != nil {
 			b.Free(d.y)
 		}
-		d.y, d.yCap = b.New(bt.N), bt.N
+		d.y, d.yCap = b.New(n), n
 	}
-	y := d.y.View(0, bt.N)
-	d.dc.UploadLabels(y, bt.Labels[:bt.N])
-	return y, nil
+	return d.y.View(0, n)
 }
 
 // read copies the counts to the host (waiting for the work issued so far)

@@ -50,14 +50,21 @@ func (g *graphState) drop() {
 // steps ran as a graph launch.
 func (t *Trainer) GraphStats() (captures, launches int) { return t.graph.captures, t.graph.launches }
 
+// graphsWanted reports whether the device step may run as a graph (its
+// input must then sit in the fixed buffers a graph captures).
+func (t *Trainer) graphsWanted(allowed bool) bool {
+	_, ok := t.B.(nn.GraphCapturer)
+	return t.Graphs && allowed && ok && !t.graph.off && t.Model.Config().Dropout == 0
+}
+
 // deviceCompute issues the device step's compute: as a graph launch when
 // graphs are on and a graph of these shapes is captured (capturing it
 // when the step before ran eagerly with the same shapes), else eagerly.
 // allowed is false when the step's hooks need the host during backward.
 func (t *Trainer) deviceCompute(x, y *nn.Tensor, n, global int, allowed bool) error {
 	gs := &t.graph
-	gc, ok := t.B.(nn.GraphCapturer)
-	if !t.Graphs || !allowed || !ok || gs.off || t.Model.Config().Dropout > 0 {
+	gc, _ := t.B.(nn.GraphCapturer)
+	if !t.graphsWanted(allowed) {
 		gs.drop()
 		return t.forwardBackward(x, y, n, global)
 	}

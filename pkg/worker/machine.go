@@ -13,7 +13,6 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/allreduce"
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
-	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/observe"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
@@ -163,7 +162,7 @@ type session struct {
 	rank, world int
 	ring        *allreduce.Ring
 	red         *allreduce.Reducer
-	ld          *data.Loader
+	ld          *Feed // this rank's batches (Trainer.Feed)
 	// ctx ends the plan's collectives: on a newer plan or when the run ends.
 	ctx     context.Context
 	closers []func() // run in reverse order by close

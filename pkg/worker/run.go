@@ -59,6 +59,11 @@ type Config struct {
 	// gpu.Options.Graphs for it (else the capture fails and the steps run
 	// eagerly, logged once).
 	GPUGraphs bool
+	// NoGPUPrefetch makes each GPU step upload its own input on the
+	// compute stream instead of the next step's input going up on a copy
+	// stream while the step computes (see Trainer.Prefetch; worker run
+	// --gpu-prefetch=false, or RINGTRAIN_GPU_PREFETCH=0).
+	NoGPUPrefetch bool
 	// TLS secures every connection of the worker (control API, ring,
 	// probes, etcd endpoints given as https) with mutual TLS; nil is
 	// plaintext.
@@ -187,6 +192,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	t.Overlap = cfg.GPUOverlap
 	t.DeviceRing = !cfg.NoDeviceRing
 	t.Graphs = cfg.GPUGraphs
+	t.Prefetch = !cfg.NoGPUPrefetch
 	t.Logf = func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) }
 	store, err := checkpoint.NewStore(filepath.Join(spec.OutputDir, "checkpoints"), spec.Checkpoint.Keep)
 	if err != nil {

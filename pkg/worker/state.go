@@ -67,6 +67,7 @@ func (t *Trainer) apply(l *checkpoint.Loaded) error {
 	}
 	t.Step = l.Meta.Step
 	t.Pos = data.Position{Epoch: int(l.Meta.Epoch), Cursor: int(l.Meta.Cursor)}
+	t.restored() // a prefetched batch belongs to the state left behind
 	t.Model.SetDropoutStep(l.Meta.Step)
 	return nil
 }

@@ -91,7 +91,7 @@ func (m *machine) syncing(ctx context.Context) (state, error) {
 			return stateDone, err
 		}
 	}
-	if s.ld, err = m.t.Loader(rctx, rank, world); err != nil {
+	if s.ld, err = m.t.Feed(rctx, rank, world); err != nil {
 		return stateDone, err
 	}
 	s.closers = append(s.closers, func() { s.ld.Close() })

@@ -62,6 +62,12 @@ type Trainer struct {
 	// pins holds the training loaders' page-locked image buffers (nil:
 	// ordinary memory).
 	pins *pinnedPool
+	// Prefetch uploads a device step's next input batch on the copy
+	// stream while the step computes (prefetch.go; batches from Feed).
+	// Off, each step uploads its own input on the compute stream before
+	// its compute. The results are bit-identical.
+	Prefetch bool
+	pre      *prefetch // nil until a Feed with Prefetch on
 	// Graphs captures a device step's compute (forward, loss, counts,
 	// backward) in a graph once shapes and memory are stable and
 	// launches it in later steps (graph.go); off by default.
@@ -144,6 +150,7 @@ func (t *Trainer) Close() {
 		t.ringMetrics = nil
 	}
 	t.graph.drop()
+	t.pre.free(t.B)
 	if t.dev != nil {
 		t.dev.free(t.B)
 	}
@@ -165,13 +172,18 @@ func (t *Trainer) Done() bool {
 
 // Loader returns a loader of this rank's slices from the committed position.
 func (t *Trainer) Loader(ctx context.Context, rank, world int) (*data.Loader, error) {
+	return t.loader(ctx, rank, world, 1)
+}
+
+// loader is Loader with hold batches valid at once (data.LoaderConfig.Hold).
+func (t *Trainer) loader(ctx context.Context, rank, world, hold int) (*data.Loader, error) {
 	var tr data.Transform = data.EvalTransform()
 	if t.Spec.Data.Augment {
 		tr = data.TrainTransform()
 	}
 	cfg := data.LoaderConfig{Dataset: t.Train, Sampler: t.Sampler, Transform: tr,
 		Seed: uint64(t.Spec.Seed), GlobalBatch: t.Spec.GlobalBatch, Rank: rank, World: world,
-		Start: t.Pos, StopEpoch: t.Spec.Epochs}
+		Start: t.Pos, StopEpoch: t.Spec.Epochs, Hold: hold}
 	if t.pins != nil {
 		cfg.Alloc, cfg.Release = t.pins.alloc, t.pins.release
 	}
@@ -345,8 +357,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 			return res, fmt.Errorf("worker: step %d emulated compute: %w", t.Step, err)
 		}
 	case devMetrics:
-		x := t.input(b)
-		y, err := t.dev.labels(t.B, b)
+		x, y, slot, err := t.stepInput(b, t.graphsWanted(!async))
 		if err != nil {
 			return res, fmt.Errorf("worker: step %d: %w", t.Step, err)
 		}
@@ -354,6 +365,8 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		if err := t.deviceCompute(x, y, b.N, b.GlobalSize, !async); err != nil {
 			return res, err
 		}
+		// Step s+1's input goes up while this step computes.
+		t.afterCompute(ctx, b, slot)
 	case b.N > 0:
 		if err := t.hostForwardBackward(b); err != nil {
 			return res, err
@@ -364,6 +377,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		if t.dev != nil {
 			m.ZeroGrad()
 			t.B.Fill(t.dev.acc, 0)
+			t.afterCompute(ctx, b, -1)
 		}
 	}
 	// With the gradients going through the host, the ring needs this
@@ -432,6 +446,7 @@ func (t *Trainer) TrainStep(ctx context.Context, b *data.Batch, red *allreduce.R
 		if err := t.dev.read(); err != nil {
 			return res, err
 		}
+		t.pre.stepWaited()
 		if devMetrics {
 			if err := t.dev.check(t.Step); err != nil {
 				return res, err
@@ -499,16 +514,23 @@ func (t *Trainer) devMetrics(n int) {
 	t.metrics[2] = float32(n)
 }
 
-func (t *Trainer) input(b *data.Batch) *nn.Tensor {
+// inputBuf returns the trainer's input buffer viewed as batch b's
+// (N, C, H, W), growing it when needed.
+func (t *Trainer) inputBuf(b *data.Batch) *nn.Tensor {
 	s := b.Shape
-	if t.x == nil || t.xCap < b.N || t.x.Dim(2) != s.H || t.x.Dim(3) != s.W {
+	if t.x == nil || t.xCap < b.N || t.x.Dim(1) != s.C || t.x.Dim(2) != s.H || t.x.Dim(3) != s.W {
 		if t.x != nil {
 			t.B.Free(t.x)
 		}
 		t.x = t.B.New(b.N, s.C, s.H, s.W)
 		t.xCap = b.N
 	}
-	x := t.x.View(0, b.N, s.C, s.H, s.W)
+	return t.x.View(0, b.N, s.C, s.H, s.W)
+}
+
+func (t *Trainer) input(b *data.Batch) *nn.Tensor {
+	s := b.Shape
+	x := t.inputBuf(b)
 	src := b.X[:b.N*s.Len()]
 	if pu, ok := t.B.(nn.PinnedUploader); ok && t.pins.pinned(src) {
 		// A training loader's page-locked buffer: one asynchronous copy;

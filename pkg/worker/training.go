@@ -27,7 +27,7 @@ func (m *machine) training(ctx context.Context) (state, error) {
 	}
 	fetch := time.Now()
 	b, err := s.ld.Next(s.ctx)
-	dataWait := time.Since(fetch)
+	dataWait := time.Since(fetch) + s.ld.Waited() // Waited: while the step before computed
 	if errors.Is(err, io.EOF) {
 		return stateFinishing, nil
 	}
