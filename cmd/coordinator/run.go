@@ -171,6 +171,14 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	prog.openSteps()
 	obs := newObserver(log, ej, spec, spe, tc)
 	prog.onEpoch, prog.onEvent, obs.lr = obs.onEpoch, obs.board.AddEvent, prog.lr
+	// The start quorum: the job waits for all its local workers, so that
+	// none registering late makes it train its first steps on fewer. A lone
+	// replica imposes it each time it starts; with several, a replica's
+	// first leadership may come in the middle of the job.
+	quorum := o.workers
+	if len(peers) > 1 {
+		quorum = 0
+	}
 	_, statErr := os.Stat(filepath.Join(o.stateDir, "raft", "raft.db"))
 	rejoined := statErr == nil // this replica has raft state from an earlier run
 	co, err := coordinator.Start(coordinator.Config{
@@ -179,7 +187,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 			TLSServer: tc.ServerTLS(), TLSClient: tc.ClientTLS(), Logger: cli.Quiet(log.Named("raft"), env.Log())},
 		Service: coordinator.ServiceConfig{Job: spec.Name, EtcdEndpoints: cl.Endpoints(), Members: ej, MemberTTL: o.memberTTL,
 			Spec: &coordinator.SpecInput{Spec: specJSON, ConfigHash: spec.Hash(), MinWorkers: spec.MinWorkers, MaxWorkers: spec.MaxWorkers,
-				StartWorkers: o.workers},
+				StartWorkers: quorum},
 			OnMetrics: func(m *controlpb.MetricsReport) { prog.onMetrics(m); obs.onMetrics(m) }, Logger: log.Named("control")},
 	})
 	if err != nil {

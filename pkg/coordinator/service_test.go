@@ -449,3 +449,90 @@ func TestShutdownWaitsForOpenCalls(t *testing.T) {
 		t.Fatalf("the cut stream ended with %v, want Unavailable", err)
 	}
 }
+
+// feedMembers is a MembershipSource whose snapshots the test sends.
+type feedMembers chan cluster.MemberSnapshot
+
+var _ MembershipSource = feedMembers(nil)
+
+func (f feedMembers) WatchMembers(ctx context.Context) (<-chan cluster.MemberSnapshot, error) {
+	out := make(chan cluster.MemberSnapshot)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case s := <-f:
+				select {
+				case out <- s:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// A service with a start quorum (the coordinator's --workers N) holds the
+// job until that many workers are live, each time it starts: a
+// coordinator started again on the same raft state does not count the
+// members its earlier run recorded, nor run on the first to come back.
+func TestServiceImposesStartQuorumOnEachStart(t *testing.T) {
+	dir := t.TempDir()
+	feed := make(feedMembers)
+	open := func() (*Node, *Service) {
+		n, err := NewNode(NodeConfig{ID: "solo", Dir: dir, BindAddr: "127.0.0.1:0", Bootstrap: true,
+			HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout, ControlAddr: "127.0.0.1:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := NewService(n, ServiceConfig{Job: "quorum", Members: feed, SettleDelay: 10 * time.Millisecond,
+			Spec: &SpecInput{Spec: []byte(`{"model":"resnet18"}`), MinWorkers: 1, MaxWorkers: 2, StartWorkers: 2}})
+		if err != nil {
+			n.Close()
+			t.Fatal(err)
+		}
+		return n, s
+	}
+	send := func(rev int64, ids ...string) {
+		t.Helper()
+		snap := cluster.MemberSnapshot{Revision: rev}
+		for i, id := range ids {
+			snap.Members = append(snap.Members, cluster.Member{ID: id, Address: "127.0.0.1:1", JoinRevision: rev + int64(i)})
+		}
+		select {
+		case feed <- snap:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the service does not follow membership")
+		}
+	}
+	live := func(n *Node, k int) func() bool { return func() bool { return len(n.State().Live) == k } }
+
+	n, s := open()
+	send(10, "w1")
+	waitFor(t, 5*time.Second, "w1 live", live(n, 1))
+	if st := n.State(); st.Status != StatusWaiting {
+		t.Fatalf("one of two workers live: status %s, want waiting", st.Status)
+	}
+	send(11, "w1", "w0")
+	waitFor(t, 5*time.Second, "running on two", func() bool { st := n.State(); return st.Status == StatusRunning && len(st.Plan) == 2 })
+	s.Close()
+	n.Close()
+
+	n, s = open()
+	defer n.Close()
+	defer s.Close()
+	waitFor(t, 5*time.Second, "the quorum imposed again", func() bool {
+		st := n.State()
+		return st.Status == StatusPaused && st.StartWorkers == 2 && len(st.Live) == 0
+	})
+	send(20, "w0")
+	waitFor(t, 5*time.Second, "w0 live", live(n, 1))
+	if st := n.State(); st.Status != StatusPaused {
+		t.Fatalf("started again, one of two workers back: status %s, want paused", st.Status)
+	}
+	send(21, "w0", "w1")
+	waitFor(t, 5*time.Second, "running on two again", func() bool { st := n.State(); return st.Status == StatusRunning && len(st.Plan) == 2 })
+}
