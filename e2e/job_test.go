@@ -408,7 +408,7 @@ func leaderOf(addrs []string) (string, bool) {
 // those steps (the intermittent "102 tensors differ" of TestMutualTLSJob).
 func TestLateLocalWorkerIsWaitedFor(t *testing.T) {
 	if testing.Short() {
-		t.Skip("two jobs (~15 s)")
+		t.Skip("a job with a worker started 3 s late (~10 s), and the baseline")
 	}
 	args := flags("--workers", "2", "--epochs", "1", "--worker-args", "--shared-memory=false")
 	base := baseline(t, args...)
