@@ -16,6 +16,10 @@
 //   - Retention keeps the newest Keep checkpoints plus the one with the best
 //     accuracy, and never deletes the checkpoint of the protected step (the
 //     job's committed step, see Store.Protect), however old it is.
+//   - A checkpoint never replaces one of the same step written under a newer
+//     plan generation (ErrSuperseded): a late write of an abandoned plan
+//     cannot overwrite the state of the plan that replaced it. Discard
+//     removes a checkpoint whose commit the control plane refused.
 package checkpoint
 
 import (
@@ -42,6 +46,9 @@ var (
 	ErrCorrupt  = manifest.ErrCorrupt
 	ErrNotFound = errors.New("checkpoint: none found")
 	ErrMismatch = errors.New("checkpoint: does not match this job")
+	// ErrSuperseded is returned by Write when a checkpoint of the same step
+	// from a newer plan generation is already there (it is kept).
+	ErrSuperseded = errors.New("checkpoint: a newer plan generation's checkpoint of this step is there")
 )
 
 // File names inside a checkpoint directory.
@@ -277,7 +284,11 @@ func (s *Store) Write(snap *Snapshot) (m Manifest, err error) {
 	if err = syncDir(tmp); err != nil {
 		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
 	}
-	// A checkpoint of the same step (a re-run after a rollback) is replaced.
+	// A checkpoint of the same step (a re-run after a rollback) is replaced,
+	// unless a newer plan generation wrote it.
+	if g, ok := dirGeneration(final); ok && snap.Meta.Generation != 0 && g > snap.Meta.Generation {
+		return m, fmt.Errorf("%w: step %d of generation %d, this one is of generation %d", ErrSuperseded, snap.Meta.Step, g, snap.Meta.Generation)
+	}
 	old := ""
 	if _, statErr := os.Stat(final); statErr == nil {
 		old = final + oldSuffix
@@ -308,6 +319,38 @@ func (s *Store) Write(snap *Snapshot) (m Manifest, err error) {
 	}
 	s.retain()
 	return m, nil
+}
+
+// dirGeneration reads the plan generation of the checkpoint in dir; false
+// when there is none or its meta cannot be read.
+func dirGeneration(dir string) (uint64, bool) {
+	b, err := os.ReadFile(filepath.Join(dir, MetaFile))
+	if err != nil {
+		return 0, false
+	}
+	var m Meta
+	if json.Unmarshal(b, &m) != nil {
+		return 0, false
+	}
+	return m.Generation, true
+}
+
+// Discard removes the checkpoint of step when it was written under plan
+// generation gen (the control plane refused to commit it: a newer plan
+// replaced that one) and is not the protected step's. It reports whether
+// it removed one; a checkpoint of another generation is left alone.
+func (s *Store) Discard(step int64, gen uint64) (bool, error) {
+	dir := s.StepDir(step)
+	if g, ok := dirGeneration(dir); !ok || g != gen || step == s.protectedStep() {
+		return false, nil
+	}
+	if err := s.osRemoveAll(dir); err != nil {
+		return false, fmt.Errorf("checkpoint: discard step %d: %w", step, err)
+	}
+	if err := syncDir(s.Dir); err != nil {
+		return true, fmt.Errorf("checkpoint: discard step %d: %w", step, err)
+	}
+	return true, nil
 }
 
 type countWriter struct {

@@ -79,6 +79,11 @@ func (s *MemStore) Write(snap *Snapshot) (Manifest, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if prev := s.steps[snap.Meta.Step]; prev != nil && snap.Meta.Generation != 0 {
+		if g, ok := prev.generation(); ok && g > snap.Meta.Generation {
+			return Manifest{}, fmt.Errorf("%w: step %d of generation %d, this one is of generation %d", ErrSuperseded, snap.Meta.Step, g, snap.Meta.Generation)
+		}
+	}
 	s.steps[snap.Meta.Step] = c
 	keep := s.Keep
 	if keep < 1 {
@@ -91,6 +96,30 @@ func (s *MemStore) Write(snap *Snapshot) (Manifest, error) {
 		}
 	}
 	return c.manifest, nil
+}
+
+// generation is the plan generation in the checkpoint's meta.
+func (c *memCheckpoint) generation() (uint64, bool) {
+	var m Meta
+	if json.Unmarshal(c.files[MetaFile], &m) != nil {
+		return 0, false
+	}
+	return m.Generation, true
+}
+
+// Discard is Store.Discard.
+func (s *MemStore) Discard(step int64, gen uint64) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.steps[step]
+	if c == nil || step == s.protected {
+		return false, nil
+	}
+	if g, ok := c.generation(); !ok || g != gen {
+		return false, nil
+	}
+	delete(s.steps, step)
+	return true, nil
 }
 
 // Damage flips a byte of the model file of step's checkpoint, as a bad

@@ -396,8 +396,8 @@ func (s *Service) CommitStep(ctx context.Context, r *controlpb.CommitStepRequest
 // RecordCheckpoint stores the newest checkpoint reference.
 func (s *Service) RecordCheckpoint(ctx context.Context, r *controlpb.RecordCheckpointRequest) (*controlpb.RecordCheckpointResponse, error) {
 	c := r.GetCheckpoint()
-	st, err := s.apply(ctx, Command{Op: opRecordCheckpoint, Checkpoint: &CheckpointCommand{WorkerID: r.GetWorkerId(), Ref: CheckpointRef{
-		Step: c.GetStep(), Epoch: c.GetEpoch(), Key: c.GetKey(), Accuracy: c.GetAccuracy(), ConfigHash: c.GetConfigHash()}}})
+	st, err := s.apply(ctx, Command{Op: opRecordCheckpoint, Checkpoint: &CheckpointCommand{WorkerID: r.GetWorkerId(), Generation: r.GetGeneration(),
+		Ref: CheckpointRef{Step: c.GetStep(), Epoch: c.GetEpoch(), Key: c.GetKey(), Accuracy: c.GetAccuracy(), ConfigHash: c.GetConfigHash()}}})
 	if err != nil {
 		return nil, err
 	}

@@ -260,6 +260,9 @@ type CommitCommand struct {
 type CheckpointCommand struct {
 	WorkerID string        `json:"worker_id"`
 	Ref      CheckpointRef `json:"ref"`
+	// Generation is the plan generation that computed the checkpoint's
+	// state (0: unknown, from an older worker; accepted as before).
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 // apply returns the state after cmd. It is a pure function of (s, cmd):
@@ -502,6 +505,13 @@ func applyCheckpoint(s *JobState, c *CheckpointCommand) error {
 	}
 	if r.ConfigHash != "" && s.ConfigHash != "" && r.ConfigHash != s.ConfigHash {
 		return fmt.Errorf("%w: checkpoint of config %.12s, job is %.12s", ErrSpecMismatch, r.ConfigHash, s.ConfigHash)
+	}
+	// The latest checkpoint is one of the current plan, or the committed
+	// state itself (recorded after its commit, the plan may have moved
+	// on); a state of an abandoned plan is not the job's.
+	if g := c.Generation; g != 0 && g != s.Generation && (g != s.Committed.Generation || r.Step != s.Committed.Step) {
+		return fmt.Errorf("%w: checkpoint of step %d from generation %d, current is %d (committed: step %d of generation %d)",
+			ErrStaleGeneration, r.Step, g, s.Generation, s.Committed.Step, s.Committed.Generation)
 	}
 	if s.Checkpoint == nil || r.Step >= s.Checkpoint.Step {
 		s.Checkpoint = &r

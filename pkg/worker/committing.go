@@ -2,12 +2,14 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
@@ -73,6 +75,8 @@ func (m *machine) onCheckpoint(meta checkpoint.Meta, man cluster.Manifest, err e
 		acc = *man.Accuracy
 	}
 	if key != "" {
+		// Under the plan that computed it: the coordinator refuses the
+		// record of an abandoned plan's state (it is not the job's latest).
 		if _, err := m.Control.RecordCheckpoint(ctx, &controlpb.RecordCheckpointRequest{WorkerId: m.ID, Generation: meta.Generation,
 			Checkpoint: &controlpb.CheckpointRef{Step: man.Step, Epoch: man.Epoch, Key: key, Accuracy: acc, ConfigHash: man.ConfigHash}}); err != nil {
 			m.Log.Debug("checkpoint not recorded", zap.Error(err))
@@ -86,6 +90,17 @@ func (m *machine) onCheckpoint(meta checkpoint.Meta, man cluster.Manifest, err e
 		// finds the committed state. Once per checkpoint step.
 		m.Log.Warn("step not committed; the committed step's checkpoint is kept",
 			zap.Int64("step", man.Step), zap.Uint64("generation", meta.Generation), zap.Error(err))
+		if errors.Is(err, control.ErrStaleGeneration) {
+			// A newer plan replaced the one that computed this state: the
+			// checkpoint belongs to an abandoned timeline, and a job
+			// resumed from the newest checkpoint on disk must not pick it.
+			if gone, derr := m.Store.Discard(man.Step, meta.Generation); derr != nil {
+				m.Log.Warn("stale checkpoint not removed", zap.Int64("step", man.Step), zap.Error(derr))
+			} else if gone {
+				m.Log.Info("stale checkpoint removed", zap.Int64("step", man.Step), zap.Uint64("generation", meta.Generation))
+				m.pruneManifests(ctx)
+			}
+		}
 	} else if c := resp.GetCommitted(); c != nil {
 		m.Store.Protect(c.GetStep()) // the coordinator's committed step
 	} else {

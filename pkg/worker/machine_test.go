@@ -642,3 +642,41 @@ func TestMachineRefusedCommitsKeepCommittedCheckpoint(t *testing.T) {
 		t.Errorf("the replacement did not load the committed step %d's checkpoint from the store", committed)
 	}
 }
+
+// TestMachineStaleCommitDiscardsItsCheckpoint: when the control plane
+// refuses a commit as stale (a newer plan replaced the one that computed
+// the state), rank 0 removes that checkpoint, so a job resumed from the
+// newest checkpoint on disk cannot pick a state of an abandoned plan; a
+// commit refused for another reason keeps its checkpoint (see
+// TestMachineRefusedCommitsKeepCommittedCheckpoint). The job then finishes.
+func TestMachineStaleCommitDiscardsItsCheckpoint(t *testing.T) {
+	h := newHarness(t, testJob(t, 6))
+	w0 := h.start("w0")
+	w1 := h.start("w1")
+	h.publish("w0", "w1")
+	h.await("a committed step", committedAtLeast(2))
+	h.ctrl.RefuseCommits(fmt.Errorf("%w: commit for an older plan", control.ErrStaleGeneration))
+	committed := h.ctrl.Snapshot().Committed.Step
+	deadline := time.Now().Add(60 * time.Second)
+	for len(h.logs.FilterMessage("stale checkpoint removed").All()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("rank 0 removed no two refused checkpoints")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.ctrl.RefuseCommits(nil)
+	for _, e := range h.logs.FilterMessage("stale checkpoint removed").All() {
+		step, _ := e.ContextMap()["step"].(int64)
+		if step <= committed {
+			t.Fatalf("removed step %d, not newer than the committed %d", step, committed)
+		}
+		if steps, _ := h.store.Steps(); slices.Contains(steps, step) {
+			// A later write of the same step (after the refusals ended) is
+			// a committed one; before that, the store must not hold it.
+			if s := h.ctrl.Snapshot().Committed.Step; s < step {
+				t.Fatalf("refused step %d still in the store %v (committed %d)", step, steps, s)
+			}
+		}
+	}
+	h.finishes(w0, w1)
+}

@@ -24,6 +24,10 @@ type CheckpointStore interface {
 	// its checkpoint (it is what a worker restarting under the current
 	// plan loads), replacing the step marked before.
 	Protect(step int64)
+	// Discard removes the checkpoint of step if plan generation gen wrote
+	// it and it is not the protected step's (its commit was refused as
+	// stale); it reports whether it did.
+	Discard(step int64, gen uint64) (bool, error)
 }
 
 var (

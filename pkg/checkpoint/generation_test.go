@@ -1,0 +1,89 @@
+package checkpoint
+
+import (
+	"errors"
+	"slices"
+	"testing"
+)
+
+// A checkpoint of a step written under a newer plan generation is never
+// replaced by one of an older generation (a late write of an abandoned
+// plan); the same or a newer generation replaces it. Discard removes only
+// the given generation's checkpoint, and never the protected step's.
+func TestGenerationsAndDiscard(t *testing.T) {
+	m, opt := trained(t, 1)
+	dir, err := NewStore(t.TempDir(), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		store interface {
+			Write(*Snapshot) (Manifest, error)
+			Steps() ([]int64, error)
+			Protect(int64)
+			Discard(int64, uint64) (bool, error)
+			LoadAtMost(string, int64) (*Loaded, []Skipped, error)
+		}
+	}{{"Store", dir}, {"MemStore", NewMemStore(5)}} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := tc.store
+			write := func(step int64, gen uint64) error {
+				t.Helper()
+				s := capture(t, m, opt, step, 0.5)
+				s.Meta.Generation = gen
+				_, err := st.Write(s)
+				return err
+			}
+			genAt := func(step int64) uint64 {
+				t.Helper()
+				l, _, err := st.LoadAtMost("abc", step)
+				if err != nil || l.Meta.Step != step {
+					t.Fatalf("step %d: %v", step, err)
+				}
+				return l.Meta.Generation
+			}
+			if err := write(5, 7); err != nil {
+				t.Fatal(err)
+			}
+			if err := write(5, 6); !errors.Is(err, ErrSuperseded) {
+				t.Fatalf("generation 6 over generation 7's step 5: %v, want ErrSuperseded", err)
+			}
+			if g := genAt(5); g != 7 {
+				t.Fatalf("step 5 holds generation %d after the refused write, want 7", g)
+			}
+			if err := write(5, 0); err != nil {
+				t.Fatalf("generation unknown (0): %v", err)
+			}
+			for _, g := range []uint64{7, 8} {
+				if err := write(5, g); err != nil {
+					t.Fatalf("generation %d over step 5: %v", g, err)
+				}
+				if got := genAt(5); got != g {
+					t.Fatalf("step 5 holds generation %d, want %d", got, g)
+				}
+			}
+
+			// Discard: another generation's checkpoint stays.
+			if gone, err := st.Discard(5, 7); err != nil || gone {
+				t.Fatalf("discard step 5 of generation 7 (it holds 8): %v, %v", gone, err)
+			}
+			if err := write(10, 8); err != nil {
+				t.Fatal(err)
+			}
+			st.Protect(10)
+			if gone, err := st.Discard(10, 8); err != nil || gone {
+				t.Fatalf("discard of the protected step: %v, %v", gone, err)
+			}
+			if gone, err := st.Discard(5, 8); err != nil || !gone {
+				t.Fatalf("discard step 5 of generation 8: %v, %v", gone, err)
+			}
+			if gone, err := st.Discard(99, 8); err != nil || gone {
+				t.Fatalf("discard of a missing step: %v, %v", gone, err)
+			}
+			if steps, _ := st.Steps(); !slices.Equal(steps, []int64{10}) {
+				t.Fatalf("steps %v after the discards, want [10]", steps)
+			}
+		})
+	}
+}
