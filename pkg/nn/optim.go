@@ -46,6 +46,9 @@ type Optimizer interface {
 	LoadState(st *OptimizerState) error
 	// Params is the parameter list the optimizer was built with.
 	Params() []*Param
+	// Reset forgets all state (it is freed on the backend), as if no step
+	// had been taken; hyper-parameters stay as they are.
+	Reset()
 }
 
 // MomentumSetter is implemented by optimizers whose momentum a schedule
@@ -175,6 +178,14 @@ func (o *optimBase) SetLR(lr float64) {
 		lr = 0
 	}
 	o.lr = lr
+}
+
+// Reset implements Optimizer.
+func (o *optimBase) Reset() {
+	o.freeState()
+	for i := range o.states {
+		o.states[i] = nil
+	}
 }
 
 // ZeroGrad implements Optimizer.

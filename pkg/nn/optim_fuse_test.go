@@ -287,3 +287,66 @@ func TestFuseOnlyViews(t *testing.T) {
 		t.Fatalf("reordered parameters: %d runs, %v; want 2 (0-2 and 4-)", runs, err)
 	}
 }
+
+// allocCounter counts the tensors allocated and freed through it.
+type allocCounter struct {
+	Backend
+	news, frees int
+}
+
+func (a *allocCounter) New(shape ...int) *Tensor { a.news++; return a.Backend.New(shape...) }
+func (a *allocCounter) Free(t *Tensor)            { a.frees++; a.Backend.Free(t) }
+
+// TestOptimizerReset: Reset frees every state tensor the optimizer
+// allocated (fused or not) and the next step is a first step again, bit
+// for bit as a fresh optimizer's.
+func TestOptimizerReset(t *testing.T) {
+	for name, newOpt := range fuseOptimizers() {
+		for _, fused := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/fused=%v", name, fused), func(t *testing.T) {
+				b := &allocCounter{Backend: NewCPU(1)}
+				ma, mb := fuseModel(t, b, false), fuseModel(t, NewCPU(1), false)
+				b.news, b.frees = 0, 0
+				oa, err := newOpt(b, ma.Params())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fused {
+					if _, err := oa.(Fuser).Fuse(ma.ParamsFlat(), ma.GradsFlat()); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for s := 0; s < 2; s++ {
+					fuseGrads(ma, s)
+					if err := oa.Step(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				oa.Reset()
+				if b.news == 0 && name != "sgd-plain" {
+					t.Fatal("the optimizer allocated no state")
+				}
+				if b.news != b.frees {
+					t.Fatalf("after Reset: %d state tensors allocated, %d freed", b.news, b.frees)
+				}
+				if st, _ := oa.State(); len(st.Steps) != 0 || len(st.Tensors) != 0 {
+					t.Fatalf("state after Reset: %d steps, %d tensors", len(st.Steps), len(st.Tensors))
+				}
+				copy(mb.ParamsFlat().Data, ma.ParamsFlat().Data)
+				ob, err := newOpt(mb.Backend(), mb.Params())
+				if err != nil {
+					t.Fatal(err)
+				}
+				fuseGrads(ma, 5)
+				fuseGrads(mb, 5)
+				if err := oa.Step(); err != nil {
+					t.Fatal(err)
+				}
+				if err := ob.Step(); err != nil {
+					t.Fatal(err)
+				}
+				requireSameOptim(t, "first step after Reset", mb, ma, ob, oa)
+			})
+		}
+	}
+}

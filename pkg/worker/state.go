@@ -58,11 +58,13 @@ func (t *Trainer) apply(l *checkpoint.Loaded) error {
 		return err
 	}
 	if l.Optimizer == nil {
-		// A weights-only checkpoint: start the optimizer afresh.
+		// A weights-only checkpoint: start the optimizer afresh (the old
+		// one's state is freed: on a GPU it is device memory).
 		o, err := BuildOptimizer(t.B, t.Spec, t.Model)
 		if err != nil {
 			return err
 		}
+		t.Opt.Reset()
 		t.Opt = o
 	}
 	t.Step = l.Meta.Step
