@@ -7,7 +7,11 @@
 #      PREC), eager and with -graph,
 #   3. the job, `coordinator --workers 1 --device cuda --precision PREC`, on
 #      synthetic data, eager and with CUDA graphs (RINGTRAIN_GPU_GRAPHS=1),
-#      whose final weights must be bit-identical,
+#      whose final weights must be bit-identical, and (NOPREFETCH=1, the
+#      default) eager with the input prefetch off (RINGTRAIN_GPU_PREFETCH=0:
+#      each step uploads its own input before computing, instead of the
+#      next step's input going up on a copy stream while it computes),
+#      bit-identical too, skipped when the budget is short,
 #   4. the same job on the real CIFAR-10 archive (augmentation on, the data
 #      loader on this machine's cores) when ARCHIVE or the parts of `make
 #      gpu-tta-parts` under PARTS are here (SHA-256 checked first),
@@ -33,9 +37,10 @@ STEPS=${STEPS:-100}  # job steps per run
 WARM=${WARM:-10}     # job steps left out of the rate
 GB_WARMUP=${GB_WARMUP:-5}
 GB_STEPS=${GB_STEPS:-30}
-TESTS=${TESTS-TestDeviceStep|TestGraph|TestTrainerOverlapped|TestFusedOptimizerOnDevice}
+TESTS=${TESTS-TestDeviceStep|TestGraph|TestTrainerOverlapped|TestFusedOptimizerOnDevice|TestPrefetchMatches|TestPrefetchGraph}
 TEST_TIME=${TEST_TIME:-120}
 SYNTHETIC=${SYNTHETIC:-1} # 0: no job on synthetic data
+NOPREFETCH=${NOPREFETCH:-1} # 1: also the synthetic job with the input prefetch off
 REAL=${REAL:-auto}        # the job on CIFAR-10: auto (when the archive or its parts are here), 1 or 0
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -84,15 +89,15 @@ done
 rate() { python3 scripts/gpu/steps_rate.py --mean "$1" "$BATCH" "$WARM"; }
 
 declare -A job=() jobmean=()
-runjob() { # runjob NAME GRAPHS ARGS...
-  local name=$1 graphs=$2; shift 2
+runjob() { # runjob NAME GRAPHS PREFETCH ARGS...
+  local name=$1 graphs=$2 prefetch=$3; shift 3
   local l
   l=$(left)
   if [ "$l" -lt 45 ]; then echo "skipping job $name: time budget"; status=1; job[$name]=0; return; fi
   local dir="$OUT/job-$name"
   rm -rf "$dir"
-  echo "# job $name (graphs $graphs)"
-  RINGTRAIN_GPU_GRAPHS=$graphs timeout "$((l < 200 ? l : 200))" "$RT/coordinator" --workers 1 --worker-bin "$RT/worker" \
+  echo "# job $name (graphs $graphs, prefetch $prefetch)"
+  RINGTRAIN_GPU_GRAPHS=$graphs RINGTRAIN_GPU_PREFETCH=$prefetch timeout "$((l < 200 ? l : 200))" "$RT/coordinator" --workers 1 --worker-bin "$RT/worker" \
     --device "$DEVICE" --precision "$PREC" --stem "$STEM" --width "$WIDTH" --batch "$BATCH" \
     --checkpoint-every 0 --no-progress --output "$dir" "$@" >"$dir.log" 2>&1
   local rc=$?
@@ -109,13 +114,25 @@ runjob() { # runjob NAME GRAPHS ARGS...
 if [ "$SYNTHETIC" = 1 ]; then
   stage "job on synthetic data, eager and graphs"
   syn=(--dataset synthetic --synthetic-size $((BATCH * STEPS)) --epochs 1)
-  runjob synthetic 0 "${syn[@]}"
-  runjob synthetic-graph 1 "${syn[@]}"
+  runjob synthetic 0 1 "${syn[@]}"
+  runjob synthetic-graph 1 1 "${syn[@]}"
   if [ "${job[synthetic]}" != 0 ] && [ "${job[synthetic-graph]}" != 0 ]; then
     if cmp -s "$OUT/job-synthetic/model.safetensors" "$OUT/job-synthetic-graph/model.safetensors"; then
       echo "synthetic: final weights bit-identical with and without graphs"
     else
       echo "synthetic: final weights DIFFER with and without graphs"; status=1
+    fi
+  fi
+  if [ "$NOPREFETCH" = 1 ] && [ "$(left)" -lt 75 ]; then
+    echo "synthetic: the job without the prefetch skipped (time budget)"
+  elif [ "$NOPREFETCH" = 1 ]; then
+    runjob synthetic-noprefetch 0 0 "${syn[@]}"
+    if [ "${job[synthetic]}" != 0 ] && [ "${job[synthetic-noprefetch]}" != 0 ]; then
+      same=DIFFER
+      cmp -s "$OUT/job-synthetic/model.safetensors" "$OUT/job-synthetic-noprefetch/model.safetensors" && same=bit-identical
+      [ "$same" = bit-identical ] || status=1
+      python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f"synthetic: prefetch {a / b:.2f} x (job {a:.0f} img/s with the input prefetch, {b:.0f} without), final weights {sys.argv[3]}")' \
+        "${job[synthetic]}" "${job[synthetic-noprefetch]}" "$same"
     fi
   fi
 fi
@@ -131,8 +148,8 @@ if [ "$want_real" = 1 ]; then
   if cifar_archive; then
     abs="$(cd "$(dirname "$ARCHIVE")" && pwd)/$(basename "$ARCHIVE")"
     real=(--dataset cifar10 --data-dir "$OUT/cifar-data" --cifar-mirror "$abs" --cifar-mirror-md5 "$ARCHIVE_MD5" --epochs 2 --max-steps "$STEPS")
-    runjob cifar 0 "${real[@]}"
-    runjob cifar-graph 1 "${real[@]}"
+    runjob cifar 0 1 "${real[@]}"
+    runjob cifar-graph 1 1 "${real[@]}"
     [ "${job[cifar]}" != 0 ] && data=cifar
   else
     echo "gpu-job: no real data"; status=1

@@ -32,8 +32,11 @@
 //     and reductions are our own kernels, computed operation by operation
 //     as the CPU backend (bit-identical elementwise results).
 //   - Deterministic: no kernel uses floating-point atomics; every reduction
-//     has a fixed partition and a fixed tree order, and all work runs on one
-//     stream, so the same inputs give bit-identical outputs on every call.
+//     has a fixed partition and a fixed tree order, and all compute runs on
+//     one stream, so the same inputs give bit-identical outputs on every
+//     call. A second stream only copies (nn.CopyStream, copystream.go:
+//     uploads from page-locked memory ordered against the compute stream
+//     by fences only, which the caller places).
 //   - Precision "fp32" (default; cuBLAS and cuDNN in plain fp32, no TF32),
 //     "tf32" (TF32 tensor-core math for GEMMs and convolutions), or "bf16"
 //     (convolution operands rounded to bf16 with fp32 accumulation; with

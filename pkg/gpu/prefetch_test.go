@@ -57,6 +57,7 @@ type feedRun struct {
 	params             []float32
 	stats              worker.PrefetchStats
 	captures, launches int
+	allocs             []int // the pool's driver allocations after each step
 }
 
 // step trains the feed's next batch and records it in r; at an epoch's
@@ -75,6 +76,9 @@ func (r *feedRun) step(t *testing.T, tr *worker.Trainer, f *worker.Feed, red *al
 	}
 	r.res = append(r.res, res)
 	r.idx = append(r.idx, slices.Clone(b.Indices))
+	if gb, ok := tr.B.(*Backend); ok {
+		r.allocs = append(r.allocs, gb.PoolStats().DriverAllocs)
+	}
 	if tr.Pos.Epoch > epoch {
 		ev, err := tr.Evaluate(ctx, nil, 0, 1, allreduce.Tag{})
 		if err != nil {
@@ -153,7 +157,8 @@ func twoEpochs() job.Spec {
 // prefetch, the losses, correct counts, evaluations (after each epoch)
 // and final parameters are bit-identical to each step uploading its own
 // input, over 11 steps with a short last batch and an epoch boundary;
-// every batch after the first went up during the step before it.
+// every batch after the first went up during the step before it, and the
+// steady-state steps make no driver allocations.
 func TestPrefetchMatchesInStepUpload(t *testing.T) {
 	const steps = 11
 	spec := twoEpochs()
@@ -168,6 +173,11 @@ func TestPrefetchMatchesInStepUpload(t *testing.T) {
 	// before theirs (the 12th is dropped by Close, after these counts).
 	if on.stats.Uploads != steps+1 || on.stats.Ahead != steps || on.stats.Dropped != 0 {
 		t.Errorf("%+v: want %d uploads, %d of them ahead, none dropped", on.stats, steps+1, steps)
+	}
+	// Both slots exist after step 0 (its own and the next batch's): no
+	// driver allocation until the epoch's end (step 7, then evaluation).
+	if on.allocs[6] != on.allocs[0] || off.allocs[6] != off.allocs[0] {
+		t.Errorf("driver allocations after steps 0-6: %v with the prefetch, %v without; want none after step 0", on.allocs[:7], off.allocs[:7])
 	}
 	if len(off.evals) != 1 {
 		t.Fatalf("%d evaluations, want 1 (the first epoch's end)", len(off.evals))

@@ -65,7 +65,12 @@
 //     once, after its optimizer update is queued; a NaN/Inf in its input,
 //     logits, loss or gradients fails that step with nn.ErrNonFinite
 //     before it is committed (the device's parameters may already hold
-//     its update), which stops the job (devstep.go).
+//     its update), which stops the job (devstep.go). With
+//     Trainer.Prefetch and nn.CopyStream, step s+1's input is uploaded on a
+//     copy stream while step s computes (prefetch.go): the same batches in
+//     the same order and bit-identical results; a batch prefetched for a
+//     step that never runs (a failed step, a new plan, a rollback) is
+//     dropped and never trained or counted.
 //   - A broken ring, a lost lease or a coordinator leader change is not
 //     fatal: the worker reports, registers again or reconnects, and follows
 //     the next plan. Only an error no plan fixes (a bad spec, a diverged

@@ -97,6 +97,9 @@ func (t *Trainer) prefetching() *prefetch {
 		p.slots[k].ready, p.slots[k].free = cs.NewFence(), cs.NewFence()
 	}
 	t.pre = p
+	if t.Logf != nil {
+		t.Logf("worker: each step's input uploads on a copy stream while the step before computes (--gpu-prefetch)")
+	}
 	return p
 }
 
