@@ -274,6 +274,9 @@ func (p *prefetch) free(b nn.Backend) {
 		return
 	}
 	_ = p.drop()
+	if f := p.feed; f != nil { // its Close only closes the loader now
+		f.stale, p.feed = true, nil
+	}
 	for k := range p.slots {
 		s := &p.slots[k]
 		p.cs.ComputeAfter(s.ready) // later users of the blocks come after the copies
