@@ -295,7 +295,7 @@ type allocCounter struct {
 }
 
 func (a *allocCounter) New(shape ...int) *Tensor { a.news++; return a.Backend.New(shape...) }
-func (a *allocCounter) Free(t *Tensor)            { a.frees++; a.Backend.Free(t) }
+func (a *allocCounter) Free(t *Tensor)           { a.frees++; a.Backend.Free(t) }
 
 // TestOptimizerReset: Reset frees every state tensor the optimizer
 // allocated (fused or not) and the next step is a first step again, bit
