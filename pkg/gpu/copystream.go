@@ -19,7 +19,8 @@ import (
 // A deviceAPI without it (the recording fake) gets the fallback: copies
 // on the one stream, fences that order nothing (one stream is in order).
 type streamAPI interface {
-	// newEvent creates an event (done until first recorded).
+	// newEvent creates an event (done until first recorded), and the
+	// copy stream with the first one.
 	newEvent() (int, error)
 	// recordEvent records ev on the copy stream (onCopy) or the compute
 	// stream.
@@ -53,18 +54,24 @@ func (b *Backend) streamOp(op string) (streamAPI, bool) {
 	return s, ok
 }
 
-// NewFence implements nn.CopyStream.
-func (b *Backend) NewFence() nn.Fence {
+// NewFence implements nn.CopyStream. A device without a copy stream
+// (the recording fake) gives fences that order nothing (its one stream
+// is in order); a failure to make the copy stream or the event is
+// returned, not sticky.
+func (b *Backend) NewFence() (nn.Fence, error) {
 	defer b.end()
 	s, ok := b.streamOp("NewFence")
-	if !ok {
-		return noFence
+	switch {
+	case b.err != nil || b.cap.on:
+		return noFence, firstErr(b.err, b.cap.err)
+	case !ok:
+		return noFence, nil
 	}
 	ev, err := s.newEvent()
-	if !b.ok(err) {
-		return noFence
+	if err != nil {
+		return noFence, fmt.Errorf("gpu: no copy stream: %w", err)
 	}
-	return nn.Fence(ev)
+	return nn.Fence(ev), nil
 }
 
 // fenceOp runs one fence op; noFence is a no-op (one stream, or the

@@ -29,16 +29,22 @@ var (
 	waitEventErr  error
 )
 
-func (d *cudaDevice) streamWaitEvent(s, ev uintptr) error {
+// waitEventFunc resolves cuStreamWaitEvent (once per process).
+func (d *cudaDevice) waitEventFunc() (func(s, ev uintptr, flags uint32) int32, error) {
 	waitEventOnce.Do(func() {
 		if err := d.drv.lib.symAny(&waitEventFn, "cuStreamWaitEvent"); err != nil {
 			waitEventErr = fmt.Errorf("%w: CUDA driver without cuStreamWaitEvent: %w", ErrCUDA, err)
 		}
 	})
-	if waitEventErr != nil {
-		return waitEventErr
+	return waitEventFn, waitEventErr
+}
+
+func (d *cudaDevice) streamWaitEvent(s, ev uintptr) error {
+	f, err := d.waitEventFunc()
+	if err != nil {
+		return err
 	}
-	return d.drv.check("cuStreamWaitEvent", waitEventFn(s, ev, 0))
+	return d.drv.check("cuStreamWaitEvent", f(s, ev, 0))
 }
 
 // copies returns the copy stream, creating it on first use.
@@ -70,6 +76,13 @@ func (d *cudaDevice) on(onCopy bool) (uintptr, error) {
 }
 
 func (d *cudaDevice) newEvent() (int, error) {
+	// What the copy stream needs, checked before it is used.
+	if _, err := d.copies(); err != nil {
+		return -1, err
+	}
+	if _, err := d.waitEventFunc(); err != nil {
+		return -1, err
+	}
 	var ev uintptr
 	if err := d.drv.check("cuEventCreate", d.drv.cuEventCreate(&ev, cuEventDisableTiming)); err != nil {
 		return -1, err

@@ -23,6 +23,7 @@ type emuStreams struct {
 	ran      int       // copies run so far
 	waits    int       // compute-stream waits for the copy stream
 	copyWait int       // copy-stream waits for compute
+	noStream bool      // newEvent fails (a driver that cannot make the copy stream)
 }
 
 type emuCopy struct {
@@ -35,6 +36,9 @@ type emuCopy struct {
 var _ streamAPI = (*emuDevice)(nil)
 
 func (d *emuDevice) newEvent() (int, error) {
+	if d.streams.noStream {
+		return -1, fmt.Errorf("%w: emu: no copy stream", ErrCUDA)
+	}
 	d.streams.events = append(d.streams.events, 0)
 	return len(d.streams.events) - 1, nil
 }

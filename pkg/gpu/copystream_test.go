@@ -21,7 +21,14 @@ func TestCopyStreamOrdersByFences(t *testing.T) {
 		t.Fatal(err)
 	}
 	copy(src, []float32{1, 2, 3, 4})
-	ready, free := cs.NewFence(), cs.NewFence()
+	ready, err := cs.NewFence()
+	if err != nil {
+		t.Fatal(err)
+	}
+	free, err := cs.NewFence()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cs.RecordCompute(free)
 	cs.CopyAfter(free)
 	cs.CopyPinned(x, src)
@@ -70,7 +77,10 @@ func TestCopyStreamFallsBackToOneStream(t *testing.T) {
 	b := newBackend(Options{Precision: PrecisionFP32}, f, 4)
 	defer b.Close()
 	x := b.New(4)
-	fe := b.NewFence()
+	fe, err := b.NewFence()
+	if err != nil {
+		t.Fatal(err)
+	}
 	b.CopyAfter(fe)
 	b.CopyPinned(x, []float32{1, 2, 3, 4})
 	b.RecordCopies(fe)

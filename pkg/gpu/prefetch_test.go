@@ -530,3 +530,31 @@ func TestPrefetchBadInputFailsItsStep(t *testing.T) {
 		}
 	}
 }
+
+// A device that cannot make the copy stream turns the prefetch off for
+// the trainer, logged once, without a sticky error: the steps upload
+// their own input, with the same results.
+func TestPrefetchWithoutCopyStreamFallsBack(t *testing.T) {
+	const steps = 3
+	spec := tinySpec()
+	off := trainFeed(t, freshDevice(t, PrecisionFP32), spec, steps, nil)
+	dev, err := openEmuGraph(PrecisionFP32)
+	if errors.Is(err, errNoCompiler) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	dev.dev.(*emuGraphDevice).streams.noStream = true
+	var logs []string
+	on := trainFeed(t, dev, spec, steps, func(w *worker.Trainer) {
+		w.Prefetch = true
+		w.Logf = func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) }
+	})
+	if len(logs) != 1 || !strings.Contains(logs[0], "input prefetch off") || on.stats != (worker.PrefetchStats{}) || dev.Err() != nil {
+		t.Fatalf("logs %q, %+v, sticky %v; want one line saying the prefetch is off, no uploads, no error", logs, on.stats, dev.Err())
+	}
+	t.Log(logs[0])
+	sameRun(t, "no copy stream", off, on)
+}

@@ -19,8 +19,10 @@ type Fence int
 type CopyStream interface {
 	// NewFence returns a fence, valid until the backend is closed; it
 	// is done until it is first recorded. Fences are driver objects:
-	// make them once, not per step.
-	NewFence() Fence
+	// make them once, not per step. It fails, without a sticky error,
+	// when the device cannot give a copy stream (the caller then uploads
+	// on the compute stream).
+	NewFence() (Fence, error)
 	// CopyAfter makes the copies queued after it wait until f is done.
 	CopyAfter(f Fence)
 	// CopyPinned queues a copy of src (page-locked memory from

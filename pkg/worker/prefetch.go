@@ -94,7 +94,17 @@ func (t *Trainer) prefetching() *prefetch {
 	}
 	p := &prefetch{cs: cs}
 	for k := range p.slots {
-		p.slots[k].ready, p.slots[k].free = cs.NewFence(), cs.NewFence()
+		var err1, err2 error
+		p.slots[k].ready, err1 = cs.NewFence()
+		p.slots[k].free, err2 = cs.NewFence()
+		if err := errors.Join(err1, err2); err != nil {
+			// No copy stream: each step uploads its own input.
+			t.Prefetch = false
+			if t.Logf != nil {
+				t.Logf("worker: input prefetch off, each step uploads its own input: %v", err)
+			}
+			return nil
+		}
 	}
 	t.pre = p
 	if t.Logf != nil {
