@@ -59,7 +59,7 @@ for st in "$@"; do
   case $st in
   job)
     run job "$w/gpu-job.log" '^(gpu-job:|job |synthetic:|gpubench graph|--- FAIL|gpu tests)' \
-      env OUT="$w" REAL=0 BUDGET="${JOB_BUDGET:-240}" ./scripts/gpu-job.sh ;;
+      env OUT="$w" REAL=0 BUDGET="${JOB_BUDGET:-280}" ./scripts/gpu-job.sh ;;
   ipc)
     run ipc "$w/gpu-ipc.log" '^(gpu-ipc|ipcbench exit|the device job)' \
       env OUT="$w" BUDGET="${IPC_BUDGET:-200}" ./scripts/gpu-ipc.sh ;;
