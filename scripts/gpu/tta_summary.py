@@ -16,6 +16,7 @@ Exits 1 when ours or every peer is missing.
     python3 scripts/gpu/tta_summary.py OURS_RESULT TORCH_LOG...
 """
 import math
+import os
 import re
 import sys
 
@@ -43,6 +44,8 @@ def main(argv):
     ours, oep = read(argv[1])
     peers = []
     for p in argv[2:]:
+        if not os.path.exists(p):  # an unmatched glob: no torch run
+            continue
         res, ep = read(p)
         if res is not None:
             peers.append((res, ep))
