@@ -111,18 +111,23 @@ runjob() { # runjob NAME GRAPHS PREFETCH ARGS...
   echo "job $name: ${job[$name]} img/s (median step), ${jobmean[$name]} img/s (mean over steps $WARM-$STEPS)"
 }
 
+# samegraph NAME: the job NAME's final weights with and without graphs must
+# be the same bits.
+samegraph() {
+  [ "${job[$1]}" != 0 ] && [ "${job[$1-graph]}" != 0 ] || return 0
+  if cmp -s "$OUT/job-$1/model.safetensors" "$OUT/job-$1-graph/model.safetensors"; then
+    echo "$1: final weights bit-identical with and without graphs"
+  else
+    echo "$1: final weights DIFFER with and without graphs"; status=1
+  fi
+}
+
 if [ "$SYNTHETIC" = 1 ]; then
   stage "job on synthetic data, eager and graphs"
   syn=(--dataset synthetic --synthetic-size $((BATCH * STEPS)) --epochs 1)
   runjob synthetic 0 1 "${syn[@]}"
   runjob synthetic-graph 1 1 "${syn[@]}"
-  if [ "${job[synthetic]}" != 0 ] && [ "${job[synthetic-graph]}" != 0 ]; then
-    if cmp -s "$OUT/job-synthetic/model.safetensors" "$OUT/job-synthetic-graph/model.safetensors"; then
-      echo "synthetic: final weights bit-identical with and without graphs"
-    else
-      echo "synthetic: final weights DIFFER with and without graphs"; status=1
-    fi
-  fi
+  samegraph synthetic
   if [ "$NOPREFETCH" = 1 ] && [ "$(left)" -lt 75 ]; then
     echo "synthetic: the job without the prefetch skipped (time budget)"
   elif [ "$NOPREFETCH" = 1 ]; then
@@ -150,6 +155,7 @@ if [ "$want_real" = 1 ]; then
     real=(--dataset cifar10 --data-dir "$OUT/cifar-data" --cifar-mirror "$abs" --cifar-mirror-md5 "$ARCHIVE_MD5" --epochs 2 --max-steps "$STEPS")
     runjob cifar 0 1 "${real[@]}"
     runjob cifar-graph 1 1 "${real[@]}"
+    samegraph cifar
     [ "${job[cifar]}" != 0 ] && data=cifar
   else
     echo "gpu-job: no real data"; status=1

@@ -78,7 +78,7 @@ for st in "$@"; do
   tta)
     run tta "$w/gpu-tta.log" '^(gpu-tta|torch |RESULT|both reached)' env OUT="$w" BIN="$D" ./scripts/gpu-tta.sh ;;
   job-real)
-    run job-real "$w/gpu-job.log" '^(gpu-job:|job |gpubench graph)' \
+    run job-real "$w/gpu-job.log" '^(gpu-job:|job |gpubench graph|cifar:)' \
       env OUT="$w" SYNTHETIC=0 REAL=1 TESTS= BUDGET="${JOB_BUDGET:-160}" ./scripts/gpu-job.sh ;;
   *)
     echo "gpu-round: unknown stage $st"; status=2 ;;
