@@ -156,6 +156,9 @@ type Backend struct {
 	closed bool
 
 	cap    captureState // the graph capture in progress (graph.go)
+	// spareFences are fences given back by ReleaseFence, handed out again
+	// by NewFence before it makes a new event (copystream.go).
+	spareFences []nn.Fence
 	blasWS uint64       // cuBLAS's workspace block with Options.Graphs
 	// graphsOff is why Options.Graphs was turned off at Open.
 	graphsOff error

@@ -67,11 +67,27 @@ func (b *Backend) NewFence() (nn.Fence, error) {
 	case !ok:
 		return noFence, nil
 	}
+	if n := len(b.spareFences); n > 0 {
+		// A released fence is done: as good as a new one.
+		f := b.spareFences[n-1]
+		b.spareFences = b.spareFences[:n-1]
+		return f, nil
+	}
 	ev, err := s.newEvent()
 	if err != nil {
 		return noFence, fmt.Errorf("gpu: no copy stream: %w", err)
 	}
 	return nn.Fence(ev), nil
+}
+
+// ReleaseFence implements nn.CopyStream: f's event is kept for the next
+// NewFence (a trainer made per benchmark round would otherwise make new
+// events every round, held until the backend closes).
+func (b *Backend) ReleaseFence(f nn.Fence) {
+	if f == noFence || f < 0 || b.closed {
+		return
+	}
+	b.spareFences = append(b.spareFences, f)
 }
 
 // fenceOp runs one fence op; noFence is a no-op (one stream, or the

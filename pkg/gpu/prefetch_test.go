@@ -558,3 +558,51 @@ func TestPrefetchWithoutCopyStreamFallsBack(t *testing.T) {
 	t.Log(logs[0])
 	sameRun(t, "no copy stream", off, on)
 }
+
+// Trainers made one after another on one backend (a worker's benchmark
+// rounds) reuse the prefetch's fences: the device's events stay at the
+// first trainer's four, and each trainer still prefetches. A closed trainer
+// leaves no device memory behind.
+func TestPrefetchFencesReused(t *testing.T) {
+	dev, err := openEmuGraph(PrecisionFP32)
+	if errors.Is(err, errNoCompiler) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	spec := tinySpec()
+	ctx := context.Background()
+	var live uint64 // device memory in use after the first trainer closed
+	for round := 0; round < 3; round++ {
+		tr, red := testTrainer(t, dev, spec, func(w *worker.Trainer) { w.Prefetch = true })
+		f, err := tr.Feed(ctx, 0, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r feedRun
+		for range 3 {
+			r.step(t, tr, f, red)
+		}
+		if st := tr.PrefetchStats(); st.Ahead == 0 {
+			t.Fatalf("round %d: no batch uploaded ahead: %+v", round, st)
+		}
+		f.Close()
+		tr.Close()
+		if n := len(dev.dev.(*emuGraphDevice).streams.events); n != 4 {
+			t.Fatalf("round %d: the device holds %d events, want the first trainer's 4", round, n)
+		}
+		// Nothing of a closed trainer stays allocated (model, optimizer
+		// state, input slots, the step's buffers): what is left is the
+		// backend's own scratch, the same after every round.
+		if l := dev.PoolStats().LiveBytes; round == 0 {
+			live = l
+		} else if l != live {
+			t.Fatalf("round %d: %d bytes of device memory in use after the trainer closed, %d after the first", round, l, live)
+		}
+	}
+	if err := dev.Err(); err != nil {
+		t.Fatal(err)
+	}
+}

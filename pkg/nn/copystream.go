@@ -17,12 +17,16 @@ type Fence int
 // the compute stream still reads. Neither is detected by the backend.
 // Errors are the backend's sticky errors (Sync, SyncFence report them).
 type CopyStream interface {
-	// NewFence returns a fence, valid until the backend is closed; it
-	// is done until it is first recorded. Fences are driver objects:
+	// NewFence returns a fence, valid until the backend is closed (or
+	// released); it is done until it is first recorded. Fences are driver objects:
 	// make them once, not per step. It fails, without a sticky error,
 	// when the device cannot give a copy stream (the caller then uploads
 	// on the compute stream).
 	NewFence() (Fence, error)
+	// ReleaseFence gives f back for a later NewFence (which returns it
+	// instead of making another driver object). f must be done (SyncFence)
+	// and not be used again by the caller.
+	ReleaseFence(f Fence)
 	// CopyAfter makes the copies queued after it wait until f is done.
 	CopyAfter(f Fence)
 	// CopyPinned queues a copy of src (page-locked memory from

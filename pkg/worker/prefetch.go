@@ -98,6 +98,16 @@ func (t *Trainer) prefetching() *prefetch {
 		p.slots[k].ready, err1 = cs.NewFence()
 		p.slots[k].free, err2 = cs.NewFence()
 		if err := errors.Join(err1, err2); err != nil {
+			// Fences made before the failure go back (nothing recorded
+			// them: they are done).
+			for j := 0; j <= k; j++ {
+				if j < k || err1 == nil {
+					cs.ReleaseFence(p.slots[j].ready)
+				}
+				if j < k || err2 == nil {
+					cs.ReleaseFence(p.slots[j].free)
+				}
+			}
 			// No copy stream: each step uploads its own input.
 			t.Prefetch = false
 			if t.Logf != nil {
@@ -297,6 +307,13 @@ func (p *prefetch) free(b nn.Backend) {
 			b.Free(s.y)
 		}
 		s.x, s.y, s.xLen, s.yLen = nil, nil, 0, 0
+		// The fences go back for the next trainer on this backend, once
+		// done (the step that read the slot, its copies).
+		_ = p.cs.SyncFence(s.free)
+		_ = p.cs.SyncFence(s.ready)
+		p.cs.ReleaseFence(s.ready)
+		p.cs.ReleaseFence(s.free)
+		s.ready, s.free = -1, -1 // released once, even if free runs again
 	}
 }
 

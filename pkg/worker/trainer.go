@@ -142,7 +142,7 @@ func NewSampler(spec job.Spec, n int) (*data.Sampler, error) {
 	return data.NewSampler(n, data.SamplerConfig{Seed: uint64(spec.Seed), Shuffle: spec.Data.Shuffle, DropLast: spec.Data.DropLast})
 }
 
-// Close frees the model and the device step's buffers.
+// Close frees the model, the optimizer's state and the device step's buffers.
 func (t *Trainer) Close() {
 	t.DetachDeviceRing()
 	if t.ringMetrics != nil {
@@ -159,6 +159,9 @@ func (t *Trainer) Close() {
 		t.x = nil
 	}
 	t.CE.Release()
+	if t.Opt != nil {
+		t.Opt.Reset() // its state (momentum buffers, ...) lives on the backend too
+	}
 	t.Model.Free()
 }
 
