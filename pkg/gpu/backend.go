@@ -155,11 +155,11 @@ type Backend struct {
 	err    error // sticky: the first error; every op is a no-op after it
 	closed bool
 
-	cap    captureState // the graph capture in progress (graph.go)
+	cap captureState // the graph capture in progress (graph.go)
 	// spareFences are fences given back by ReleaseFence, handed out again
 	// by NewFence before it makes a new event (copystream.go).
 	spareFences []nn.Fence
-	blasWS uint64       // cuBLAS's workspace block with Options.Graphs
+	blasWS      uint64 // cuBLAS's workspace block with Options.Graphs
 	// graphsOff is why Options.Graphs was turned off at Open.
 	graphsOff error
 
