@@ -23,7 +23,7 @@ vet:
 # Static checks .ci/run makes before the tests: go.mod/go.sum are tidy
 # and staticcheck finds nothing.
 lint: tidy-check
-	@out=$$(gofmt -l cmd pkg internal e2e deploy proto); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l cmd pkg internal e2e deploy proto scripts); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 tidy-check:
