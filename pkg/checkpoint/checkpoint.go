@@ -16,10 +16,8 @@
 //   - Retention keeps the newest Keep checkpoints plus the one with the best
 //     accuracy, and never deletes the checkpoint of the protected step (the
 //     job's committed step, see Store.Protect), however old it is.
-//   - A checkpoint never replaces one of the same step written under a newer
-//     plan generation (ErrSuperseded): a late write of an abandoned plan
-//     cannot overwrite the state of the plan that replaced it. Discard
-//     removes a checkpoint whose commit the control plane refused.
+//   - Discard removes a checkpoint whose commit the control plane refused
+//     as stale (a state of an abandoned plan), when it is that plan's.
 package checkpoint
 
 import (
@@ -46,9 +44,6 @@ var (
 	ErrCorrupt  = manifest.ErrCorrupt
 	ErrNotFound = errors.New("checkpoint: none found")
 	ErrMismatch = errors.New("checkpoint: does not match this job")
-	// ErrSuperseded is returned by Write when a checkpoint of the same step
-	// from a newer plan generation is already there (it is kept).
-	ErrSuperseded = errors.New("checkpoint: a newer plan generation's checkpoint of this step is there")
 )
 
 // File names inside a checkpoint directory.
@@ -284,11 +279,9 @@ func (s *Store) Write(snap *Snapshot) (m Manifest, err error) {
 	if err = syncDir(tmp); err != nil {
 		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
 	}
-	// A checkpoint of the same step (a re-run after a rollback) is replaced,
-	// unless a newer plan generation wrote it.
-	if g, ok := dirGeneration(final); ok && snap.Meta.Generation != 0 && g > snap.Meta.Generation {
-		return m, fmt.Errorf("%w: step %d of generation %d, this one is of generation %d", ErrSuperseded, snap.Meta.Step, g, snap.Meta.Generation)
-	}
+	// A checkpoint of the same step (a re-run after a rollback) is replaced.
+	// Generations are not compared: they count from 1 again when a job is
+	// started on a new state directory over an old output directory.
 	old := ""
 	if _, statErr := os.Stat(final); statErr == nil {
 		old = final + oldSuffix

@@ -79,11 +79,6 @@ func (s *MemStore) Write(snap *Snapshot) (Manifest, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if prev := s.steps[snap.Meta.Step]; prev != nil && snap.Meta.Generation != 0 {
-		if g, ok := prev.generation(); ok && g > snap.Meta.Generation {
-			return Manifest{}, fmt.Errorf("%w: step %d of generation %d, this one is of generation %d", ErrSuperseded, snap.Meta.Step, g, snap.Meta.Generation)
-		}
-	}
 	s.steps[snap.Meta.Step] = c
 	keep := s.Keep
 	if keep < 1 {
