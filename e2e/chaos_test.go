@@ -29,9 +29,13 @@ func TestChaos(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(seed), 0x5eed))
 	out := filepath.Join(t.TempDir(), "out")
 	samples := t.TempDir()
-	const n = 4096
+	// The job must outlast the kills (up to about 95 s) on an idle machine:
+	// 40 epochs ended after 13 kills there (about 50 s), while a loaded
+	// 2-core machine took 141 s for them. 100 epochs leave a margin on the
+	// idle machine and stay well inside mustFinish's bound on a loaded one.
+	const n, epochs = 4096, 100
 	co := start(t, t.TempDir(), "coordinator", []string{"RINGTRAIN_SAMPLE_LOG=" + samples}, jobArgs(out, "--workers", "4",
-		"--min-workers", "2", "--epochs", "40", "--synthetic-size", strconv.Itoa(n), "--deadline", "2", "--member-ttl", "5s")...)
+		"--min-workers", "2", "--epochs", strconv.Itoa(epochs), "--synthetic-size", strconv.Itoa(n), "--deadline", "2", "--member-ttl", "5s")...)
 	waitFor(t, time.Minute, "training", func() bool { return countSteps(out) >= 5 })
 
 	type event struct {
@@ -86,7 +90,7 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := worker.AuditSamples(recs, n, 40)
+	a := worker.AuditSamples(recs, n, epochs)
 	fmt.Printf("chaos: kills %d, detect median %.2fs, recover median %.2fs, lost %d, duplicated %d\n",
 		len(events), median(detect), median(recover), a.Lost, a.Duplicated)
 	t.Logf("audit %+v; detections %d, recoveries %d", a, len(detect), len(recover))
