@@ -247,3 +247,44 @@ func piecesLen(pieces [][]byte) int {
 	}
 	return n
 }
+
+// The Device kernels' arithmetic on host slices, defined once: the host
+// ring's small path sums with SumRanks64, and the CPU twins of a Device
+// (MemDevice, ipcbench's file device) run these for RingAdd, RingDiv and
+// RingSum64, so that a twin computes exactly what the ring promises.
+
+// AddDiv sets a[i] = a[i] + b[i] (float32), then a[i] / div when div != 0
+// (Device.RingAdd).
+func AddDiv(a, b []float32, div float32) {
+	for i := range a {
+		v := a[i] + b[i]
+		if div != 0 {
+			v /= div
+		}
+		a[i] = v
+	}
+}
+
+// DivInto sets a[i] = b[i] / div (Device.RingDiv).
+func DivInto(a, b []float32, div float32) {
+	for i := range a {
+		a[i] = b[i] / div
+	}
+}
+
+// SumRanks64 sets out[i] = float32(sum over k < w of float64(all[k*l+i])),
+// divided by w when mean, summed in k order, where l = len(out)
+// (Device.RingSum64; the host ring's small path).
+func SumRanks64(out, all []float32, w int, mean bool) {
+	l := len(out)
+	for i := range out {
+		s := 0.0
+		for k := 0; k < w; k++ {
+			s += float64(all[k*l+i])
+		}
+		if mean {
+			s /= float64(w)
+		}
+		out[i] = float32(s)
+	}
+}

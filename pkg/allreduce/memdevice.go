@@ -226,13 +226,7 @@ func (d *MemDevice) RingAdd(dst, src uint64, n int, div float32) {
 	if a == nil || b == nil {
 		return
 	}
-	for i := range a {
-		v := a[i] + b[i]
-		if div != 0 {
-			v /= div
-		}
-		a[i] = v
-	}
+	AddDiv(a, b, div)
 }
 
 func (d *MemDevice) RingCopy(dst, src uint64, n int) {
@@ -271,9 +265,7 @@ func (d *MemDevice) RingDiv(dst, src uint64, n int, div float32) {
 	if a == nil || b == nil {
 		return
 	}
-	for i := range a {
-		a[i] = b[i] / div
-	}
+	DivInto(a, b, div)
 }
 
 func (d *MemDevice) RingSum64(dst, all uint64, l, w int, mean bool) {
@@ -287,16 +279,7 @@ func (d *MemDevice) RingSum64(dst, all uint64, l, w int, mean bool) {
 	if out == nil || in == nil {
 		return
 	}
-	for i := range out {
-		s := 0.0
-		for k := 0; k < w; k++ {
-			s += float64(in[k*l+i])
-		}
-		if mean {
-			s /= float64(w)
-		}
-		out[i] = float32(s)
-	}
+	SumRanks64(out, in, w, mean)
 }
 
 func (d *MemDevice) RingSync() error {

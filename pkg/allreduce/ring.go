@@ -754,16 +754,7 @@ func (r *Ring) smallPath(op *Op) schedule {
 			}
 			ready <- struct{}{}
 		}
-		for i := range data {
-			s := 0.0
-			for k := 0; k < n; k++ {
-				s += float64(all[k*l+i])
-			}
-			if op.red == Mean {
-				s /= float64(n)
-			}
-			data[i] = float32(s)
-		}
+		SumRanks64(data, all, n, op.red == Mean)
 		return nil
 	}
 	return schedule{send: send, recv: recv}

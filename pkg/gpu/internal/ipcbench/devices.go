@@ -233,13 +233,7 @@ func (d *fileDev) RingAdd(dst, src uint64, n int, div float32) {
 	if a == nil || b == nil {
 		return
 	}
-	for i := range a {
-		v := a[i] + b[i]
-		if div != 0 {
-			v /= div
-		}
-		a[i] = v
-	}
+	allreduce.AddDiv(a, b, div)
 }
 
 func (d *fileDev) RingCopy(dst, src uint64, n int) {
@@ -268,9 +262,7 @@ func (d *fileDev) RingDiv(dst, src uint64, n int, div float32) {
 	if a == nil || b == nil {
 		return
 	}
-	for i := range a {
-		a[i] = b[i] / div
-	}
+	allreduce.DivInto(a, b, div)
 }
 
 func (d *fileDev) RingSum64(dst, all uint64, l, w int, mean bool) {
@@ -281,16 +273,7 @@ func (d *fileDev) RingSum64(dst, all uint64, l, w int, mean bool) {
 	if out == nil || in == nil {
 		return
 	}
-	for i := range out {
-		s := 0.0
-		for k := 0; k < w; k++ {
-			s += float64(in[k*l+i])
-		}
-		if mean {
-			s /= float64(w)
-		}
-		out[i] = float32(s)
-	}
+	allreduce.SumRanks64(out, in, w, mean)
 }
 
 func (d *fileDev) RingSync() error {
