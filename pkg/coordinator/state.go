@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/control"
 )
 
 // Status is the job's lifecycle status.
@@ -509,9 +510,9 @@ func applyCheckpoint(s *JobState, c *CheckpointCommand) error {
 	// The latest checkpoint is one of the current plan, or the committed
 	// state itself (recorded after its commit, the plan may have moved
 	// on); a state of an abandoned plan is not the job's.
-	if g := c.Generation; g != 0 && g != s.Generation && (g != s.Committed.Generation || r.Step != s.Committed.Step) {
+	if !control.CheckpointOfJob(c.Generation, r.Step, s.Generation, s.Committed.Generation, s.Committed.Step) {
 		return fmt.Errorf("%w: checkpoint of step %d from generation %d, current is %d (committed: step %d of generation %d)",
-			ErrStaleGeneration, r.Step, g, s.Generation, s.Committed.Step, s.Committed.Generation)
+			ErrStaleGeneration, r.Step, c.Generation, s.Generation, s.Committed.Step, s.Committed.Generation)
 	}
 	if s.Checkpoint == nil || r.Step >= s.Checkpoint.Step {
 		s.Checkpoint = &r

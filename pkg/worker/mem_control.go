@@ -243,10 +243,7 @@ func (c *MemControlPlane) RecordCheckpoint(_ context.Context, r *controlpb.Recor
 	if err := c.unreachableLocked(); err != nil {
 		return nil, err
 	}
-	// The coordinator's rule: a state of the current plan, or the
-	// committed state itself.
-	if g, step := r.GetGeneration(), r.GetCheckpoint().GetStep(); g != 0 && g != c.s.Generation &&
-		(g != c.s.Committed.Generation || step != c.s.Committed.Step) {
+	if g, step := r.GetGeneration(), r.GetCheckpoint().GetStep(); !control.CheckpointOfJob(g, step, c.s.Generation, c.s.Committed.Generation, c.s.Committed.Step) {
 		return nil, fmt.Errorf("%w: checkpoint of step %d from generation %d, current is %d", control.ErrStaleGeneration, step, g, c.s.Generation)
 	}
 	c.s.Checkpoints = append(c.s.Checkpoints, r.GetCheckpoint())
