@@ -50,8 +50,10 @@ else
   echo "round-pack: no archive at $ARCHIVE: the calls carry no data (the real-data stages will say so)"
 fi
 echo "round-pack: tree $tree bytes, room per call $room bytes; carry, one call each, back to back:"
-compgen -G "$D/part-*" >/dev/null || echo "  $D/bins.tar.xz (no data)"
-for p in "$D"/part-*; do
+shopt -s nullglob
+parts=("$D"/part-*)
+[ ${#parts[@]} -gt 0 ] || echo "  $D/bins.tar.xz$([ -f "$D/gloo.py" ] && echo " $D/gloo.py") (no data)"
+for p in "${parts[@]}"; do
   if [ "$p" = "$D/part-00" ]; then
     c=("$D/bins.tar.xz" "$p"); [ -f "$D/gloo.py" ] && c+=("$D/gloo.py")
   else
