@@ -111,15 +111,22 @@ runjob() { # runjob NAME GRAPHS PREFETCH ARGS...
   echo "job $name: ${job[$name]} img/s (median step), ${jobmean[$name]} img/s (mean over steps $WARM-$STEPS)"
 }
 
+# sameweights A B: "bit-identical" when jobs A and B ended with the same
+# final weights, else "DIFFER" (and the run's status fails).
+sameweights() {
+  if cmp -s "$OUT/job-$1/model.safetensors" "$OUT/job-$2/model.safetensors"; then
+    same=bit-identical
+  else
+    same=DIFFER status=1
+  fi
+}
+
 # samegraph NAME: the job NAME's final weights with and without graphs must
 # be the same bits.
 samegraph() {
   [ "${job[$1]}" != 0 ] && [ "${job[$1-graph]}" != 0 ] || return 0
-  if cmp -s "$OUT/job-$1/model.safetensors" "$OUT/job-$1-graph/model.safetensors"; then
-    echo "$1: final weights bit-identical with and without graphs"
-  else
-    echo "$1: final weights DIFFER with and without graphs"; status=1
-  fi
+  sameweights "$1" "$1-graph"
+  echo "$1: final weights $same with and without graphs"
 }
 
 if [ "$SYNTHETIC" = 1 ]; then
@@ -133,9 +140,7 @@ if [ "$SYNTHETIC" = 1 ]; then
   elif [ "$NOPREFETCH" = 1 ]; then
     runjob synthetic-noprefetch 0 0 "${syn[@]}"
     if [ "${job[synthetic]}" != 0 ] && [ "${job[synthetic-noprefetch]}" != 0 ]; then
-      same=DIFFER
-      cmp -s "$OUT/job-synthetic/model.safetensors" "$OUT/job-synthetic-noprefetch/model.safetensors" && same=bit-identical
-      [ "$same" = bit-identical ] || status=1
+      sameweights synthetic synthetic-noprefetch
       python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f"synthetic: prefetch {a / b:.2f} x (job {a:.0f} img/s with the input prefetch, {b:.0f} without), final weights {sys.argv[3]}")' \
         "${job[synthetic]}" "${job[synthetic-noprefetch]}" "$same"
     fi
