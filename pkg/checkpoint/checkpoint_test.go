@@ -363,18 +363,7 @@ func TestCleanOrphans(t *testing.T) {
 // goes at the next write.
 func TestRetentionKeepsProtectedStep(t *testing.T) {
 	m, opt := trained(t, 1)
-	dir, err := NewStore(t.TempDir(), 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name  string
-		store interface {
-			Write(*Snapshot) (Manifest, error)
-			Steps() ([]int64, error)
-			Protect(int64)
-		}
-	}{{"Store", dir}, {"MemStore", NewMemStore(2)}} {
+	for _, tc := range bothStores(t, 2) {
 		t.Run(tc.name, func(t *testing.T) {
 			st := tc.store
 			write := func(step int64) {

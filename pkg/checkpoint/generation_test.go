@@ -5,25 +5,39 @@ import (
 	"testing"
 )
 
+// store is what Store and MemStore share.
+type store interface {
+	Write(*Snapshot) (Manifest, error)
+	Steps() ([]int64, error)
+	Protect(int64)
+	Discard(int64, uint64) (bool, error)
+	LoadAtMost(string, int64) (*Loaded, []Skipped, error)
+}
+
+var _, _ store = (*Store)(nil), (*MemStore)(nil)
+
+// bothStores is a directory Store and a MemStore, each keeping keep.
+func bothStores(t *testing.T, keep int) []struct {
+	name  string
+	store store
+} {
+	t.Helper()
+	dir, err := NewStore(t.TempDir(), keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []struct {
+		name  string
+		store store
+	}{{"Store", dir}, {"MemStore", NewMemStore(keep)}}
+}
+
 // A checkpoint of a step is replaced by a later write of the same step,
 // whatever the generations. Discard removes only the given generation's
 // checkpoint, and never the protected step's.
 func TestGenerationsAndDiscard(t *testing.T) {
 	m, opt := trained(t, 1)
-	dir, err := NewStore(t.TempDir(), 5)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name  string
-		store interface {
-			Write(*Snapshot) (Manifest, error)
-			Steps() ([]int64, error)
-			Protect(int64)
-			Discard(int64, uint64) (bool, error)
-			LoadAtMost(string, int64) (*Loaded, []Skipped, error)
-		}
-	}{{"Store", dir}, {"MemStore", NewMemStore(5)}} {
+	for _, tc := range bothStores(t, 5) {
 		t.Run(tc.name, func(t *testing.T) {
 			st := tc.store
 			write := func(step int64, gen uint64) error {
