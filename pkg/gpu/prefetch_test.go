@@ -226,14 +226,7 @@ func (n *noComputeWait) ComputeAfter(f nn.Fence) {
 func TestPrefetchMissingWaitIsCaught(t *testing.T) {
 	const steps = 4
 	spec := tinySpec()
-	dev, err := openEmuGraph(PrecisionFP32)
-	if errors.Is(err, errNoCompiler) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close() })
+	dev, emu := emuGraphOrSkip(t)
 	good := trainFeed(t, freshDevice(t, PrecisionFP32), spec, steps, func(w *worker.Trainer) { w.Prefetch = true })
 	bad := &noComputeWait{Backend: dev, armed: true}
 	tr, red := testTrainer(t, bad, spec, func(w *worker.Trainer) { w.Prefetch = true })
@@ -248,7 +241,7 @@ func TestPrefetchMissingWaitIsCaught(t *testing.T) {
 	// The copies never waited for would read page-locked buffers the
 	// loader has recycled and is refilling (a data race, part of what the
 	// missing wait breaks): drop them before Close.
-	dev.dev.(*emuGraphDevice).streams.pending = nil
+	emu.streams.pending = nil
 	bad.armed = false
 	f.Close()
 	differ := 0
@@ -538,15 +531,8 @@ func TestPrefetchWithoutCopyStreamFallsBack(t *testing.T) {
 	const steps = 3
 	spec := tinySpec()
 	off := trainFeed(t, freshDevice(t, PrecisionFP32), spec, steps, nil)
-	dev, err := openEmuGraph(PrecisionFP32)
-	if errors.Is(err, errNoCompiler) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close() })
-	dev.dev.(*emuGraphDevice).streams.noStream = true
+	dev, emu := emuGraphOrSkip(t)
+	emu.streams.noStream = true
 	var logs []string
 	on := trainFeed(t, dev, spec, steps, func(w *worker.Trainer) {
 		w.Prefetch = true
@@ -564,14 +550,7 @@ func TestPrefetchWithoutCopyStreamFallsBack(t *testing.T) {
 // first trainer's four, and each trainer still prefetches. A closed trainer
 // leaves no device memory behind.
 func TestPrefetchFencesReused(t *testing.T) {
-	dev, err := openEmuGraph(PrecisionFP32)
-	if errors.Is(err, errNoCompiler) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close() })
+	dev, emu := emuGraphOrSkip(t)
 	spec := tinySpec()
 	ctx := context.Background()
 	var live uint64 // device memory in use after the first trainer closed
@@ -590,7 +569,7 @@ func TestPrefetchFencesReused(t *testing.T) {
 		}
 		f.Close()
 		tr.Close()
-		if n := len(dev.dev.(*emuGraphDevice).streams.events); n != 4 {
+		if n := len(emu.streams.events); n != 4 {
 			t.Fatalf("round %d: the device holds %d events, want the first trainer's 4", round, n)
 		}
 		// Nothing of a closed trainer stays allocated (model, optimizer
