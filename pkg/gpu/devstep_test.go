@@ -33,6 +33,23 @@ func freshDevice(t *testing.T, prec string) *Backend {
 	return b
 }
 
+// soloReducer is tr's reducer over a one-rank in-memory ring (closed when
+// the test ends): a single worker's steps.
+func soloReducer(t *testing.T, tr *worker.Trainer) *allreduce.Reducer {
+	t.Helper()
+	net := allreduce.NewInmemNetwork()
+	ring, err := allreduce.Open(context.Background(), net.Transport("a"), allreduce.DefaultConfig("j", 1, 0, 1), []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ring.Close() })
+	red, err := tr.NewReducer(ring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return red
+}
+
 // tinySpec is a small ResNet on synthetic data for trainer tests.
 func tinySpec() job.Spec {
 	spec := job.Default()
@@ -68,16 +85,7 @@ func trainSteps(t *testing.T, b nn.Backend, spec job.Spec, steps int, configure 
 	if configure != nil {
 		configure(tr)
 	}
-	net := allreduce.NewInmemNetwork()
-	ring, err := allreduce.Open(ctx, net.Transport("a"), allreduce.DefaultConfig("j", 1, 0, 1), []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ring.Close()
-	red, err := tr.NewReducer(ring)
-	if err != nil {
-		t.Fatal(err)
-	}
+	red := soloReducer(t, tr)
 	ld, err := tr.Loader(ctx, 0, 1)
 	if err != nil {
 		t.Fatal(err)

@@ -38,17 +38,7 @@ func testTrainer(t *testing.T, b nn.Backend, spec job.Spec, configure func(*work
 	if configure != nil {
 		configure(tr)
 	}
-	net := allreduce.NewInmemNetwork()
-	ring, err := allreduce.Open(ctx, net.Transport("a"), allreduce.DefaultConfig("j", 1, 0, 1), []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ring.Close() })
-	red, err := tr.NewReducer(ring)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tr, red
+	return tr, soloReducer(t, tr)
 }
 
 // feedRun is what trainFeed saw.
@@ -485,16 +475,7 @@ func TestPrefetchBadInputFailsItsStep(t *testing.T) {
 			}
 			defer tr.Close()
 			tr.Prefetch = prefetch
-			net := allreduce.NewInmemNetwork()
-			ring, err := allreduce.Open(ctx, net.Transport("a"), allreduce.DefaultConfig("j", 1, 0, 1), []string{"a"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ring.Close()
-			red, err := tr.NewReducer(ring)
-			if err != nil {
-				t.Fatal(err)
-			}
+			red := soloReducer(t, tr)
 			f, err := tr.Feed(ctx, 0, 1)
 			if err != nil {
 				t.Fatal(err)
