@@ -37,6 +37,8 @@ const emuShim = `
 #include <math.h>
 #include <string.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <ucontext.h>
 struct emu_dim3 { unsigned x, y, z; };
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
@@ -45,7 +47,108 @@ static emu_dim3 blockIdx, threadIdx, blockDim, gridDim;
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
-static inline void __syncthreads() {}
+// Threads of a block that uses shared memory run as fibers: __syncthreads
+// switches back to the block's scheduler, which runs every fiber up to its
+// next barrier (or its end) in thread order, then the next phase. Kernel
+// locals live on each fiber's stack; __shared__ arrays are statics, one
+// copy for the (serially run) blocks. On x86-64 a fiber switch is the few
+// instructions below (glibc's swapcontext makes a system call per switch,
+// which made the tests ~15x slower); elsewhere ucontext.
+static unsigned emu_nfib, emu_cur, emu_fibcap;
+static unsigned char* emu_fin;
+static char* emu_stacks;
+static void (*emu_body)();
+static const size_t emu_stack = 64 * 1024;
+#if defined(__x86_64__)
+extern "C" __attribute__((visibility("hidden"))) void emu_switch(void** save, void* to);
+asm(".text\n.p2align 4\n.globl emu_switch\n.hidden emu_switch\n.type emu_switch,@function\nemu_switch:\n"
+    "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+    "  movq %rsp, (%rdi)\n  movq %rsi, %rsp\n"
+    "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n  ret\n"
+    ".size emu_switch,.-emu_switch\n");
+static void* emu_main_sp;
+static void** emu_sp;
+static inline void emu_yield() { emu_switch(&emu_sp[emu_cur], emu_main_sp); }
+static void emu_entry() {
+  emu_body();
+  emu_fin[emu_cur] = 1;
+  emu_yield();  // never resumed
+  __builtin_unreachable();
+}
+static int emu_fibers_alloc(unsigned n) {
+  emu_sp = (void**)calloc(n, sizeof(void*));
+  return emu_sp != 0;
+}
+static void emu_fibers_free() { free(emu_sp); }
+static void emu_fiber_init(unsigned i) {
+  // The first switch pops six registers and returns into emu_entry with
+  // the stack as a call would leave it (rsp = 8 mod 16).
+  // Stack tops are staggered by 64 bytes per fiber: tops a power of two
+  // apart would all fall in the same cache sets.
+  void** sp = (void**)(emu_stacks + (size_t)(i + 1) * emu_stack - (i % 64) * 64) - 8;
+  for (int k = 0; k < 6; k++) sp[k] = 0;
+  sp[6] = (void*)emu_entry;
+  sp[7] = 0;
+  emu_sp[i] = sp;
+}
+static inline void emu_resume(unsigned i) { emu_switch(&emu_main_sp, emu_sp[i]); }
+#else
+static ucontext_t emu_main;
+static ucontext_t* emu_ctx;
+static inline void emu_yield() { swapcontext(&emu_ctx[emu_cur], &emu_main); }
+static void emu_entry() {
+  emu_body();
+  emu_fin[emu_cur] = 1;  // returns to uc_link, the scheduler
+}
+static int emu_fibers_alloc(unsigned n) {
+  emu_ctx = (ucontext_t*)calloc(n, sizeof(ucontext_t));
+  return emu_ctx != 0;
+}
+static void emu_fibers_free() { free(emu_ctx); }
+static void emu_fiber_init(unsigned i) {
+  getcontext(&emu_ctx[i]);
+  emu_ctx[i].uc_stack.ss_sp = emu_stacks + (size_t)i * emu_stack;
+  emu_ctx[i].uc_stack.ss_size = emu_stack;
+  emu_ctx[i].uc_link = &emu_main;
+  makecontext(&emu_ctx[i], emu_entry, 0);
+}
+static inline void emu_resume(unsigned i) { swapcontext(&emu_main, &emu_ctx[i]); }
+#endif
+static inline void __syncthreads() {
+  if (emu_nfib > 1) emu_yield();
+}
+// emu_block runs one block of n threads as fibers; 0 when out of memory.
+static int emu_block(void (*body)(), unsigned n) {
+  if (n > emu_fibcap) {
+    emu_fibers_free();
+    free(emu_stacks);
+    free(emu_fin);
+    int ok = emu_fibers_alloc(n);
+    emu_stacks = (char*)aligned_alloc(64, n * emu_stack);
+    emu_fin = (unsigned char*)calloc(n, 1);
+    emu_fibcap = ok && emu_stacks && emu_fin ? n : 0;
+    if (emu_fibcap == 0) return 0;
+  }
+  emu_body = body;
+  emu_nfib = n;
+  for (unsigned i = 0; i < n; i++) {
+    emu_fiber_init(i);
+    emu_fin[i] = 0;
+  }
+  for (unsigned live = n; live > 0;) {
+    for (unsigned i = 0; i < n; i++) {
+      if (emu_fin[i]) continue;
+      emu_cur = i;
+      threadIdx.x = i % blockDim.x;
+      threadIdx.y = i / blockDim.x % blockDim.y;
+      threadIdx.z = i / (blockDim.x * blockDim.y);
+      emu_resume(i);
+      if (emu_fin[i]) live--;
+    }
+  }
+  emu_nfib = 0;
+  return 1;
+}
 static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
@@ -83,27 +186,43 @@ func emuLaunchers(src string) (string, map[string]bool) {
 				continue
 			}
 			pm := emuParam.FindStringSubmatch(p)
-			args = append(args, fmt.Sprintf("*(%s*)a[%d]", pm[1], j))
+			args = append(args, fmt.Sprintf("*(%s*)A_%s[%d]", pm[1], name, j))
 		}
-		fmt.Fprintf(&b, `extern "C" void L_%s(void** a, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz) {
+		fmt.Fprintf(&b, `static void** A_%[1]s;
+static void B_%[1]s() { %[1]s(%[2]s); }
+extern "C" int L_%[1]s(void** a, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz) {
+  A_%[1]s = a;
   gridDim.x = gx; gridDim.y = gy; gridDim.z = gz; blockDim.x = bx; blockDim.y = by; blockDim.z = bz;
+  unsigned n = bx * by * bz;
   for (unsigned z = 0; z < gz; z++) for (unsigned y = 0; y < gy; y++) for (unsigned x = 0; x < gx; x++) {
     blockIdx.x = x; blockIdx.y = y; blockIdx.z = z;
+    if (%[3]d && n > 1) {
+      if (!emu_block(B_%[1]s, n)) return 0;
+      continue;
+    }
     for (unsigned tz = 0; tz < bz; tz++) for (unsigned ty = 0; ty < by; ty++) for (unsigned tx = 0; tx < bx; tx++) {
       threadIdx.x = tx; threadIdx.y = ty; threadIdx.z = tz;
-      %s(%s);
+      B_%[1]s();
     }
   }
+  return 1;
 }
-`, name, name, strings.Join(args, ", "))
+`, name, strings.Join(args, ", "), b2i(shared[name]))
 	}
 	return b.String(), shared
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 type emuLib struct {
 	handle uintptr
 	shared map[string]bool
-	fns    map[string]func(a uintptr, gx, gy, gz, bx, by, bz uint32)
+	fns    map[string]func(a uintptr, gx, gy, gz, bx, by, bz uint32) int32
 }
 
 // errNoCompiler: the emulator cannot be built here (the tests skip).
@@ -156,9 +275,9 @@ func buildEmu() (*emuLib, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening the kernel emulator: %w", err)
 	}
-	l := &emuLib{handle: h, shared: shared, fns: map[string]func(a uintptr, gx, gy, gz, bx, by, bz uint32){}}
+	l := &emuLib{handle: h, shared: shared, fns: map[string]func(a uintptr, gx, gy, gz, bx, by, bz uint32) int32{}}
 	for name := range shared {
-		var f func(a uintptr, gx, gy, gz, bx, by, bz uint32)
+		var f func(a uintptr, gx, gy, gz, bx, by, bz uint32) int32
 		purego.RegisterLibFunc(&f, h, "L_"+name)
 		l.fns[name] = f
 	}
@@ -225,12 +344,11 @@ func (d *emuDevice) launch(name string, grid, block dim3, args []karg) error {
 	if err := d.ipcReachableArgs(name, args); err != nil {
 		return err
 	}
-	if d.lib.shared[name] {
-		block = dim3{1, 1, 1}
-	}
 	emuLaunchMu.Lock() // the library's blockIdx etc. are globals shared by every device
 	defer emuLaunchMu.Unlock()
-	f(uintptr(unsafe.Pointer(&d.args.ptrs[0])), grid[0], grid[1], grid[2], block[0], block[1], block[2])
+	if f(uintptr(unsafe.Pointer(&d.args.ptrs[0])), grid[0], grid[1], grid[2], block[0], block[1], block[2]) == 0 {
+		return fmt.Errorf("%w: emu: no memory for the %d fibers of a %s block", ErrCUDA, block[0]*block[1]*block[2], name)
+	}
 	return nil
 }
 

@@ -28,6 +28,54 @@ __device__ __forceinline__ uint4 pack8(const float* f) {
   return v;
 }
 
+__device__ __forceinline__ uint4 u4(u32 x, u32 y, u32 z, u32 w) {
+  uint4 v;
+  v.x = x;
+  v.y = y;
+  v.z = z;
+  v.w = w;
+  return v;
+}
+
+// relu_mask8 keeps each bf16 of a where the matching bf16 of y is > 0
+// (sign clear, not zero, not NaN) and makes it +0 elsewhere.
+__device__ __forceinline__ uint4 relu_mask8(uint4 va, uint4 vy) {
+  u32 wa[4] = {va.x, va.y, va.z, va.w};
+  u32 wy[4] = {vy.x, vy.y, vy.z, vy.w};
+  for (int h = 0; h < 4; h++) {
+    u32 r = 0;
+    for (int s = 0; s < 2; s++) {
+      u32 yb = (wy[h] >> (16 * s)) & 0xffffu;
+      bool pos = (yb & 0x8000u) == 0u && yb != 0u && (yb & 0x7fffu) <= 0x7f80u;
+      if (pos) r |= wa[h] & (0xffffu << (16 * s));
+    }
+    wa[h] = r;
+  }
+  return u4(wa[0], wa[1], wa[2], wa[3]);
+}
+
+// nhwc_acc adds one row's eight channels to the running sums (see
+// k_nhwc_partial's modes; vb is not read in mode 0).
+__device__ __forceinline__ void nhwc_acc(int mode, uint4 va, uint4 vb, const float* mu, double* s0, double* s1) {
+  float fa[8];
+  unpack8(va, fa);
+  if (mode == 0) {
+    for (int k = 0; k < 8; k++) {
+      double v = (double)fa[k];
+      s0[k] += v;
+      s1[k] += v * v;
+    }
+  } else {
+    float fb[8];
+    unpack8(vb, fb);
+    for (int k = 0; k < 8; k++) {
+      double v = (double)fa[k];
+      s0[k] += v;
+      s1[k] += v * ((double)fb[k] - (double)mu[k]);
+    }
+  }
+}
+
 // Per-channel sums over the M rows of a resident tensor, cut into
 // `splits` fixed contiguous row chunks (grid (splits), any block size).
 // A block's threads take channel groups of 8 (g = t % G, G = C/8) and row
@@ -38,7 +86,11 @@ __device__ __forceinline__ uint4 pack8(const float* f) {
 // mode 1: s0 = sum a, s1 = sum a*(b - mean)   (BN backward; a = dy, b = x)
 // mode 2: as mode 1 after the ReLU mask: a = a where y > 0 else +0, written
 //         back to a (ReLU backward fused into BN backward statistics).
+// A thread loads NHWC_ROWS rows before it adds any of them (in row order,
+// so the sums are those of the one-row loop): one 16-byte load in flight
+// per thread left the memory system mostly idle.
 #define NHWC_MAXT 256
+#define NHWC_ROWS 4
 extern "C" __global__ void k_nhwc_partial(int mode, bf16* a, const bf16* b, const bf16* y, const float* mean,
                                           u32 M, u32 C, u32 splits, double* part) {
   __shared__ double sh[NHWC_MAXT * 16];
@@ -61,46 +113,32 @@ extern "C" __global__ void k_nhwc_partial(int mode, bf16* a, const bf16* b, cons
       mu[k] = mode == 0 ? 0.f : mean[g * 8 + k];
     }
     if (lane < L) {
-      for (u32 m = lo + lane; m < hi; m += L) {
+      u32 m = lo + lane;
+      for (; m + (NHWC_ROWS - 1) * L < hi; m += NHWC_ROWS * L) {
+        uint4 va[NHWC_ROWS], vb[NHWC_ROWS], vy[NHWC_ROWS];
+        for (int r = 0; r < NHWC_ROWS; r++) {
+          u64 off = (u64)(m + r * L) * C + g * 8;
+          va[r] = *(const uint4*)(a + off);
+          vb[r] = mode == 0 ? u4(0, 0, 0, 0) : *(const uint4*)(b + off);
+          vy[r] = mode == 2 ? *(const uint4*)(y + off) : u4(0, 0, 0, 0);
+        }
+        for (int r = 0; r < NHWC_ROWS; r++) {
+          if (mode == 2) {
+            va[r] = relu_mask8(va[r], vy[r]);
+            *(uint4*)(a + (u64)(m + r * L) * C + g * 8) = va[r];
+          }
+          nhwc_acc(mode, va[r], vb[r], mu, s0, s1);
+        }
+      }
+      for (; m < hi; m += L) {
         u64 off = (u64)m * C + g * 8;
         uint4 va = *(const uint4*)(a + off);
-        float fa[8];
+        uint4 vb = mode == 0 ? u4(0, 0, 0, 0) : *(const uint4*)(b + off);
         if (mode == 2) {
-          uint4 vy = *(const uint4*)(y + off);
-          // mask each bf16 of a by its y > 0 (sign clear, not zero, not NaN)
-          u32 wa[4] = {va.x, va.y, va.z, va.w};
-          u32 wy[4] = {vy.x, vy.y, vy.z, vy.w};
-          for (int h = 0; h < 4; h++) {
-            u32 r = 0;
-            for (int s = 0; s < 2; s++) {
-              u32 yb = (wy[h] >> (16 * s)) & 0xffffu;
-              bool pos = (yb & 0x8000u) == 0u && yb != 0u && (yb & 0x7fffu) <= 0x7f80u;
-              if (pos) r |= wa[h] & (0xffffu << (16 * s));
-            }
-            wa[h] = r;
-          }
-          va.x = wa[0];
-          va.y = wa[1];
-          va.z = wa[2];
-          va.w = wa[3];
+          va = relu_mask8(va, *(const uint4*)(y + off));
           *(uint4*)(a + off) = va;
         }
-        unpack8(va, fa);
-        if (mode == 0) {
-          for (int k = 0; k < 8; k++) {
-            double v = (double)fa[k];
-            s0[k] += v;
-            s1[k] += v * v;
-          }
-        } else {
-          float fb[8];
-          unpack8(*(const uint4*)(b + off), fb);
-          for (int k = 0; k < 8; k++) {
-            double v = (double)fa[k];
-            s0[k] += v;
-            s1[k] += v * ((double)fb[k] - (double)mu[k]);
-          }
-        }
+        nhwc_acc(mode, va, vb, mu, s0, s1);
       }
     }
     if (L == 1) {
