@@ -140,7 +140,7 @@ for cfg in $PROFILE; do
   [ "$(left)" -lt 30 ] && { echo "skipping profile $cfg: time budget"; continue; }
   f="$OUT/profile-$(echo "$cfg" | tr -c 'A-Za-z0-9_.\n-' '_').log"
   bench "$cfg" -warmup 2 -steps 2 -profile 2 >"$f" 2>&1 || echo "profile $cfg failed"
-  grep -E '^(# profile|PROFILE)' "$f" | head -n 30
+  grep -E '^(# profile|PROFILE)' "$f" | head -n 40
 done
 
 stage "table"

@@ -89,7 +89,11 @@ func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, 
 	} else {
 		prec = "fp32"
 	}
-	prof := newProfiler(b) // off (a pass-through) until the profiled steps
+	actBytes := 4
+	if act == "bf16-nhwc" {
+		actBytes = 2
+	}
+	prof := newProfiler(b, actBytes) // off (a pass-through) until the profiled steps
 	m, err := nn.NewResNet(prof, nn.ResNetConfig{Depth: depth, Stem: stem, Classes: 10, Seed: 1})
 	if err != nil {
 		return err
@@ -226,6 +230,7 @@ func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, 
 			}
 		}
 		prof.on = false
+		prof.reference(os.Stdout, 32<<20)
 		prof.report(os.Stdout, profile)
 	}
 	hl := make([]float32, warmup+steps+profile)
