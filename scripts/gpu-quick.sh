@@ -139,8 +139,9 @@ stage "per-op breakdown: $PROFILE"
 for cfg in $PROFILE; do
   [ "$(left)" -lt 30 ] && { echo "skipping profile $cfg: time budget"; continue; }
   f="$OUT/profile-$(echo "$cfg" | tr -c 'A-Za-z0-9_.\n-' '_').log"
-  bench "$cfg" -warmup 2 -steps 2 -profile 2 >"$f" 2>&1 || echo "profile $cfg failed"
+  bench "$cfg" -warmup 2 -steps 2 -profile 2 -kernels >"$f" 2>&1 || echo "profile $cfg failed"
   grep -E '^(# profile|PROFILE)' "$f" | head -n 40
+  grep -E '^KERNEL (k_nhwc_partial|k_nhwc_bn_|k_chan_finish_wide|k_bf16_)' "$f"
 done
 
 stage "table"

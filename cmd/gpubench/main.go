@@ -45,6 +45,7 @@ func main() {
 	activations := flag.String("activations", "bf16", "bf16 precision: activations kept between layers as bf16 (resident, the default) or fp32 (the slower comparison path)")
 	scratch := flag.Int64("scratch", 0, "cap of one convolution chunk's scratch in bytes (0: the backend's default); a large value means one chunk per convolution")
 	fused := flag.Bool("fused-optimizer", true, "update all parameters with one optimizer kernel call per step, as the job does (false: one per parameter)")
+	kernels := flag.Bool("kernels", false, "cuda: print each kernel's resources (registers, local and shared memory, blocks per SM at 256 threads) as KERNEL lines")
 	graph := flag.Bool("graph", false, "cuda: capture forward, loss and backward as a CUDA graph after the first warm-up step and launch it each step (the optimizer stays eager, as in the job)")
 	flag.Parse()
 	if *activations != "bf16" && *activations != "fp32" {
@@ -55,13 +56,13 @@ func main() {
 	o := gpu.Options{Precision: *prec, LibDir: *libDir, LibPath: libPath, PythonRoots: pythonRoots, ScratchBytes: *scratch, Conv: *conv,
 		ConvSearch: *convSearch, GemmPlanes: *gemmPlanes, FP32Activations: *activations == "fp32",
 		Graphs: *graph, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
-	if err := run(*device, o, *stem, *depth, *batch, *size, *warmup, *steps, *threads, *profile, *fused); err != nil {
+	if err := run(*device, o, *stem, *depth, *batch, *size, *warmup, *steps, *threads, *profile, *fused, *kernels); err != nil {
 		fmt.Fprintln(os.Stderr, "gpubench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, steps, threads, profile int, fused bool) error {
+func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, steps, threads, profile int, fused, kernels bool) error {
 	prec, conv, scratch, graph := o.Precision, o.Conv, o.ScratchBytes, o.Graphs
 	if batch < 1 || steps < 1 || warmup < 0 || size < 8 {
 		return fmt.Errorf("bad sizes: batch %d steps %d warmup %d size %d", batch, steps, warmup, size)
@@ -81,6 +82,15 @@ func run(device string, o gpu.Options, stem string, depth, batch, size, warmup, 
 		i := g.Info()
 		fmt.Printf("# device %s (%s, %d SMs), driver %d, NVRTC %s, cuBLAS %d, cuDNN %d, kernels %s, open %.2fs\n",
 			i.Name, i.Arch, i.SMs, i.DriverVersion, i.NVRTCVersion, i.CUBLASVersion, i.CUDNNVersion, i.KernelImage, time.Since(t0).Seconds())
+		if kernels {
+			ks, err := g.KernelResources(0)
+			if err != nil {
+				return err
+			}
+			for _, k := range ks {
+				fmt.Printf("KERNEL %s\n", k)
+			}
+		}
 		if i.CUDNNVersion == 0 {
 			conv = "im2col"
 		} else if conv == "auto" {
