@@ -17,6 +17,11 @@
 #   tta       time to 92% against PyTorch (scripts/gpu-tta.sh)
 #   job-real  gpubench and the job on CIFAR-10, eager and with graphs
 #             (scripts/gpu-job.sh)
+#   ncu       Nsight Compute on the BN and elementwise kernels of two
+#             gpubench steps (cifar/512/bf16; --clock-control none): one
+#             line per kernel (scripts/gpu/ncu_summary.py), the CSV in WORK
+#   sanitize  compute-sanitizer memcheck and racecheck over the kernel-level
+#             GPU tests (SAN_TESTS)
 # Each stage's own files go under WORK (a folder on the machine, kept between
 # calls); its main log and the summary lines come back in $OUT (a device
 # call returns at most 8 files), and the summary lines end the output.
@@ -30,7 +35,7 @@ ROUNDS=${ROUNDS:-3}
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
 [ -f "$D/bins.tar.xz" ] || { echo "gpu-round: no $D/bins.tar.xz: carry it (make gpu-roundbin)"; exit 2; }
-[ $# -gt 0 ] || { echo "usage: gpu-round.sh STAGE... (job ipc pairs arbench data tta job-real)"; exit 2; }
+[ $# -gt 0 ] || { echo "usage: gpu-round.sh STAGE... (job ipc pairs arbench data tta job-real ncu sanitize)"; exit 2; }
 . scripts/gpu/python.sh
 . scripts/gpu/bins.sh
 . scripts/gpu/archive.sh
@@ -80,6 +85,37 @@ for st in "$@"; do
   job-real)
     run job-real "$w/gpu-job.log" '^(gpu-job:|job |gpubench graph|cifar:)' \
       env OUT="$w" SYNTHETIC=0 REAL=1 TESTS= BUDGET="${JOB_BUDGET:-160}" ./scripts/gpu-job.sh ;;
+  ncu)
+    run ncu "$w/ncu.log" '^ncu: ' bash -c '
+      unpack_bins "$1" gpubench >/dev/null || exit 2
+      mkdir -p "$2"
+      NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+      [ -n "$NCU" ] || { echo "ncu: not found" | tee "$2/ncu.log"; exit 2; }
+      timeout "${NCU_TIME:-150}" "$NCU" --clock-control none --target-processes all \
+        --kernel-name "regex:${NCU_KERNELS:-k_nhwc_partial|k_nhwc_bn_apply|k_nhwc_bn_backward|k_chan_finish_wide|k_bf16_add|k_bf16_relu_bwd}" \
+        --launch-count "${NCU_COUNT:-300}" --section SpeedOfLight --section Occupancy --section LaunchStats --csv --page details \
+        "$RT/gpubench" -device cuda -stem cifar -batch 512 -precision bf16 -warmup 1 -steps 1 >"$2/ncu.csv" 2>"$2/ncu.err"
+      rc=$?
+      { tail -n 5 "$2/ncu.err"; "$3" scripts/gpu/ncu_summary.py "$2/ncu.csv"; } | tee "$2/ncu.log"
+      exit $rc' _ "$D" "$w" "$PY" ;;
+  sanitize)
+    run sanitize "$w/sanitize.log" '^(=+ (ERROR|RACECHECK) SUMMARY|--- FAIL|sanitize:)' bash -c '
+      unpack_bins "$1" gpu.test >/dev/null || exit 2
+      mkdir -p "$2"
+      CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -n 1)
+      [ -n "$CS" ] || { echo "sanitize: compute-sanitizer not found" | tee "$2/sanitize.log"; exit 2; }
+      (rc=0
+      for tool in memcheck racecheck; do
+        echo "sanitize: $tool"
+        (cd pkg/gpu && RINGTRAIN_REQUIRE_GPU=1 timeout "${SAN_TIME:-100}" "$CS" --tool "$tool" --error-exitcode 9 \
+          "$RT/gpu.test" -test.count=1 -test.v -test.run "${SAN_TESTS:-TestNHWCStatsBits|TestGPUResidentOps|TestRingKernels}") 2>&1 |
+          grep -E -- "^=+ |--- (PASS|FAIL)|^(ok|FAIL|PASS)" | head -n 40
+        r=${PIPESTATUS[0]}
+        echo "sanitize: $tool exit status $r"
+        [ "$r" -eq 0 ] || rc=1
+      done
+      exit $rc) 2>&1 | tee "$2/sanitize.log"
+      exit "${PIPESTATUS[0]}"' _ "$D" "$w" ;;
   *)
     echo "gpu-round: unknown stage $st"; status=2 ;;
   esac

@@ -146,3 +146,46 @@ func TestArchiveParts(t *testing.T) {
 		t.Fatalf("joined archive: %d bytes, %v", len(got), err)
 	}
 }
+
+// The Nsight Compute summary: one line per kernel, launches averaged,
+// durations in microseconds whatever ncu's unit, the byte/second row of
+// "Memory Throughput" ignored; a file without kernel rows is reported.
+func TestNCUSummary(t *testing.T) {
+	py, dir := python(t), t.TempDir()
+	head := `"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"` + "\n"
+	row := func(id, kernel, metric, unit, value string) string {
+		return fmt.Sprintf(`"%s","1","gpubench","h","%s(int, bf16 *)","1","13","(256, 1, 1)","(528, 1, 1)","0","9.0","S","%s","%s","%s"`+"\n",
+			id, kernel, metric, unit, value)
+	}
+	csv := "==PROF== Connected to process 1\n" + head +
+		row("0", "k_nhwc_partial", "Duration", "usecond", "40.00") +
+		row("0", "k_nhwc_partial", "DRAM Throughput", "%", "30.5") +
+		row("0", "k_nhwc_partial", "Memory Throughput", "%", "31.5") +
+		row("0", "k_nhwc_partial", "Memory Throughput", "byte/second", "1,000,000,000,000") +
+		row("0", "k_nhwc_partial", "Achieved Occupancy", "%", "20") +
+		row("0", "k_nhwc_partial", "Registers Per Thread", "register/thread", "96") +
+		row("1", "k_nhwc_partial", "Duration", "msecond", "0.02") +
+		row("1", "k_nhwc_partial", "DRAM Throughput", "%", "40.5") +
+		row("1", "k_nhwc_partial", "Memory Throughput", "%", "41.5") +
+		row("2", "k_nhwc_bn_apply", "Duration", "nsecond", "5,000") +
+		row("2", "k_nhwc_bn_apply", "DRAM Throughput", "%", "80")
+	out, err := run(t, py, "ncu_summary.py", write(t, dir, "ncu.csv", csv))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want a header and two kernels:\n%s", out)
+	}
+	// k_nhwc_partial: 2 launches, mean 30 us, DRAM 35.5%, memory 36.5% (not 1e12).
+	if f := strings.Fields(lines[1]); f[1] != "k_nhwc_partial" || f[2] != "2" || f[3] != "30.0" || f[4] != "35.5" || f[5] != "36.5" || f[6] != "20.0" || f[8] != "96" {
+		t.Errorf("partial line %q", lines[1])
+	}
+	if f := strings.Fields(lines[2]); f[1] != "k_nhwc_bn_apply" || f[2] != "1" || f[3] != "5.0" || f[4] != "80.0" {
+		t.Errorf("apply line %q", lines[2])
+	}
+	out, err = run(t, py, "ncu_summary.py", write(t, dir, "empty.csv", "==PROF== Disconnected\n"))
+	if err != nil || !strings.Contains(out, "ncu: no kernel rows") {
+		t.Errorf("empty file: %v %q", err, out)
+	}
+}
