@@ -116,6 +116,29 @@ func trainSteps(t *testing.T, b nn.Backend, spec job.Spec, steps int, configure 
 	return out
 }
 
+// sameSteps fails unless a and b gave the same losses, counts, evaluation
+// and parameters, bit for bit.
+func sameSteps(t *testing.T, what string, a, b stepRun) {
+	t.Helper()
+	if a.err != nil || b.err != nil || len(a.res) != len(b.res) {
+		t.Fatalf("%s: %d steps (%v) against %d (%v)", what, len(b.res), b.err, len(a.res), a.err)
+	}
+	for s := range a.res {
+		x, y := a.res[s], b.res[s]
+		if math.Float64bits(x.Loss) != math.Float64bits(y.Loss) || x.Correct != y.Correct || x.N != y.N || x.LocalN != y.LocalN {
+			t.Errorf("%s: step %d (%d samples): loss %v correct %d, against %v %d", what, s, y.LocalN, y.Loss, y.Correct, x.Loss, x.Correct)
+		}
+	}
+	if a.eval != b.eval {
+		t.Errorf("%s: evaluation %+v, against %+v", what, b.eval, a.eval)
+	}
+	for i := range a.params {
+		if math.Float32bits(a.params[i]) != math.Float32bits(b.params[i]) {
+			t.Fatalf("%s: parameter %d: %v, against %v", what, i, b.params[i], a.params[i])
+		}
+	}
+}
+
 // syncOnly hides the device backend's optional capabilities
 // (nn.DeviceCounter, nn.AsyncCopier): the trainer then takes the path it
 // took before the device step (host checks, loss and logits read back,
@@ -139,20 +162,7 @@ func TestDeviceStepMatchesSyncPath(t *testing.T) {
 		// Every step's input from the loader's page-locked buffers.
 		t.Fatalf("%d pinned uploads in %d steps", d.pinnedUploads, steps)
 	}
-	for s := range old.res {
-		o, c := old.res[s], cur.res[s]
-		if o.Loss != c.Loss || o.Correct != c.Correct || o.N != c.N {
-			t.Errorf("step %d: sync path loss %v correct %d/%d, device step %v %d/%d", s, o.Loss, o.Correct, o.N, c.Loss, c.Correct, c.N)
-		}
-	}
-	if old.eval != cur.eval {
-		t.Errorf("evaluation: sync path %+v, device step %+v", old.eval, cur.eval)
-	}
-	for i := range old.params {
-		if math.Float32bits(old.params[i]) != math.Float32bits(cur.params[i]) {
-			t.Fatalf("parameter %d: sync path %v, device step %v", i, old.params[i], cur.params[i])
-		}
-	}
+	sameSteps(t, "device step against the sync path", old, cur)
 }
 
 // The job's device step (counts on the device, one read per step) and
@@ -259,20 +269,7 @@ func TestGraphStepMatchesEager(t *testing.T) {
 	if captures != 2 || launches != 8 {
 		t.Fatalf("%d captures and %d launches, want 2 and 8", captures, launches)
 	}
-	for s := range eager.res {
-		e, g := eager.res[s], graph.res[s]
-		if math.Float64bits(e.Loss) != math.Float64bits(g.Loss) || e.Correct != g.Correct || e.LocalN != g.LocalN {
-			t.Errorf("step %d (%d samples): eager loss %v correct %d, graph %v %d", s, e.LocalN, e.Loss, e.Correct, g.Loss, g.Correct)
-		}
-	}
-	if eager.eval != graph.eval {
-		t.Errorf("evaluation: eager %+v, graph %+v", eager.eval, graph.eval)
-	}
-	for i := range eager.params {
-		if math.Float32bits(eager.params[i]) != math.Float32bits(graph.params[i]) {
-			t.Fatalf("parameter %d: eager %v, graph %v", i, eager.params[i], graph.params[i])
-		}
-	}
+	sameSteps(t, "graph step against the eager step", eager, graph)
 }
 
 // hostInStep makes every step's forward read the device (CountNonFinite

@@ -55,6 +55,8 @@ static emu_dim3 blockIdx, threadIdx, blockDim, gridDim;
 // instructions below (glibc's swapcontext makes a system call per switch,
 // which made the tests ~15x slower); elsewhere ucontext.
 static unsigned emu_nfib, emu_cur, emu_fibcap;
+static int emu_reverse;  // run each phase's threads last to first (emu_order)
+extern "C" void emu_order(int reverse) { emu_reverse = reverse; }
 static unsigned char* emu_fin;
 static char* emu_stacks;
 static void (*emu_body)();
@@ -136,7 +138,8 @@ static int emu_block(void (*body)(), unsigned n) {
     emu_fin[i] = 0;
   }
   for (unsigned live = n; live > 0;) {
-    for (unsigned i = 0; i < n; i++) {
+    for (unsigned k = 0; k < n; k++) {
+      unsigned i = emu_reverse ? n - 1 - k : k;
       if (emu_fin[i]) continue;
       emu_cur = i;
       threadIdx.x = i % blockDim.x;
@@ -223,6 +226,7 @@ type emuLib struct {
 	handle uintptr
 	shared map[string]bool
 	fns    map[string]func(a uintptr, gx, gy, gz, bx, by, bz uint32) int32
+	order  func(reverse int32) // emu_order
 }
 
 // errNoCompiler: the emulator cannot be built here (the tests skip).
@@ -276,6 +280,7 @@ func buildEmu() (*emuLib, error) {
 		return nil, fmt.Errorf("opening the kernel emulator: %w", err)
 	}
 	l := &emuLib{handle: h, shared: shared, fns: map[string]func(a uintptr, gx, gy, gz, bx, by, bz uint32) int32{}}
+	purego.RegisterLibFunc(&l.order, h, "emu_order")
 	for name := range shared {
 		var f func(a uintptr, gx, gy, gz, bx, by, bz uint32) int32
 		purego.RegisterLibFunc(&f, h, "L_"+name)
