@@ -42,6 +42,7 @@ func (m *machine) finishing(ctx context.Context) (state, error) {
 	}
 	m.Log.Info("saved model", zap.String("path", path), zap.Int64("step", m.t.Step))
 	m.flushReports(m.Timing.FlushTimeout)
+	pause := m.Timing.WatchRetry
 	for {
 		cctx, cancel := context.WithTimeout(ctx, m.Timing.CallTimeout)
 		_, err := m.Control.CommitStep(cctx, &controlpb.CommitStepRequest{WorkerId: m.ID, Generation: p.GetGeneration(),
@@ -52,8 +53,14 @@ func (m *machine) finishing(ctx context.Context) (state, error) {
 			return stateDone, nil
 		case ctx.Err() != nil:
 			return stateDone, nil
-		case errors.Is(err, control.ErrUnreachable):
-			m.Log.Warn("final commit: coordinator unreachable; retrying", zap.Error(err))
+		case errors.Is(err, control.ErrUnreachable), errors.Is(err, control.ErrNotLeader):
+			// No leader for now (an election, a replica down): the job is
+			// not over until the done commit lands, and no new plan will
+			// come to wait for. Retry, with a growing pause so that a
+			// call that fails at once does not spin.
+			m.Log.Warn("final commit: no coordinator leader; retrying", zap.Duration("pause", pause), zap.Error(err))
+			sleepCtx(ctx, pause)
+			pause = min(2*pause, 20*m.Timing.WatchRetry)
 			continue
 		default:
 			// A newer plan (a failure at the very end): follow it.

@@ -500,6 +500,11 @@ func TestMachineStalledPeer(t *testing.T) {
 	h.await("failure naming w2", func(s MemControlState) bool {
 		return slices.ContainsFunc(s.Failures, func(f *controlpb.FailureReport) bool { return f.GetSuspectId() == "w2" })
 	})
+	// The survivors must not finish the job before w2 notices it was left
+	// out (on an idle machine they trained the rest of it in ~100 ms, the
+	// ExcludedGrace): the coordinator refuses commits, as one without a
+	// raft leader does, until w2 has registered again.
+	h.ctrl.RefuseCommits(fmt.Errorf("%w: raft group has no leader", control.ErrNotLeader))
 	h.publish("w0", "w1")
 	st.setStalled(false) // it wakes up: left out of a plan that has room
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -507,11 +512,43 @@ func TestMachineStalledPeer(t *testing.T) {
 	if err := h.members.Await(ctx, func(m *MemMembership) bool { return m.Registrations("w2") >= 2 }); err != nil {
 		t.Errorf("the excluded worker did not register again: %v", err)
 	}
+	if s := h.ctrl.Snapshot().State; s != controlpb.JobState_JOB_STATE_RUNNING {
+		t.Errorf("job state %v while commits were refused", s)
+	}
+	h.ctrl.RefuseCommits(nil)
 	h.finishes(w0, w1)
 	w2.cancel()
 	if err := w2.wait(t); err != nil {
 		t.Errorf("stalled worker: %v", err)
 	}
+}
+
+// TestMachineFinalCommitWaitsForLeader: the coordinator has no leader
+// when rank 0 declares the job done (its done commit is refused with
+// ErrNotLeader, as a replica without a leader answers). Rank 0 retries,
+// with pauses, instead of waiting for a plan that will never come; once a
+// leader is back the job ends.
+func TestMachineFinalCommitWaitsForLeader(t *testing.T) {
+	h := newHarness(t, testJob(t, 2))
+	w0, w1 := h.start("w0"), h.start("w1")
+	h.publish("w0", "w1")
+	h.await("a committed step", committedAtLeast(2))
+	h.ctrl.RefuseCommits(fmt.Errorf("%w: raft group has no leader", control.ErrNotLeader))
+	deadline := time.Now().Add(60 * time.Second)
+	for h.logged("w0", "final commit: no coordinator leader; retrying") < 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("rank 0 did not retry its refused final commit")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := h.ctrl.Snapshot().State; s != controlpb.JobState_JOB_STATE_RUNNING {
+		t.Fatalf("job state %v while commits are refused", s)
+	}
+	if n := h.logged("w0", "final commit refused; waiting for the next plan"); n != 0 {
+		t.Fatalf("rank 0 went waiting for a plan %d times", n)
+	}
+	h.ctrl.RefuseCommits(nil)
+	h.finishes(w0, w1)
 }
 
 // TestMachineLeaderChange: the coordinator fails over twice during the
