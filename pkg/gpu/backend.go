@@ -226,6 +226,20 @@ func (b *Backend) ConvSearch() string { return b.opts.ConvSearch }
 // PoolStats reports the memory pool's counters.
 func (b *Backend) PoolStats() PoolStats { return b.pool.stats }
 
+var _ nn.DeviceMemoryReporter = (*Backend)(nil)
+
+// DeviceName implements nn.DeviceMemoryReporter: the GPU's name.
+func (b *Backend) DeviceName() string { return b.info.Name }
+
+// DeviceMemory implements nn.DeviceMemoryReporter from the pool's counts
+// (every device allocation the backend makes goes through the pool; the
+// libraries' own, such as cuBLAS's default workspace, are not counted) and the
+// device's total memory.
+func (b *Backend) DeviceMemory() nn.DeviceMemory {
+	s := b.pool.stats
+	return nn.DeviceMemory{Live: s.LiveBytes, Cached: s.CachedBytes, Peak: s.PeakBytes, Total: b.info.TotalMemory}
+}
+
 // Err returns the sticky error without synchronising.
 func (b *Backend) Err() error { return b.err }
 

@@ -114,3 +114,32 @@ func TestPoolOOMReleasesCacheAndRetries(t *testing.T) {
 		t.Fatalf("real OOM: err = %v", err)
 	}
 }
+
+// DeviceMemory follows the pool: a new tensor is live, a freed one cached
+// for reuse, the peak covers both, and a GPU knows its total.
+func TestDeviceMemory(t *testing.T) {
+	b := freshDevice(t, PrecisionFP32)
+	if b.DeviceName() == "" {
+		t.Error("no device name")
+	}
+	m0 := b.DeviceMemory()
+	x := b.New(1 << 20)
+	m1 := b.DeviceMemory()
+	if m1.Live < m0.Live+4<<20 {
+		t.Errorf("live %d after a 4 MiB tensor, %d before", m1.Live, m0.Live)
+	}
+	b.Free(x)
+	m2 := b.DeviceMemory()
+	if m2.Live >= m1.Live || m2.Cached < m1.Cached+4<<20 {
+		t.Errorf("after the free: live %d cached %d, before it live %d cached %d", m2.Live, m2.Cached, m1.Live, m1.Cached)
+	}
+	if m2.Peak < m1.Live+m1.Cached {
+		t.Errorf("peak %d below live+cached %d", m2.Peak, m1.Live+m1.Cached)
+	}
+	if b.info.Arch != "host" && m2.Total == 0 {
+		t.Error("a GPU without its total memory")
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}

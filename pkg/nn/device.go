@@ -121,3 +121,20 @@ type PinnedUploader interface {
 	// copy).
 	FromHostPinned(dst *Tensor, src []float32)
 }
+
+// DeviceMemory is what a device backend holds of its device's memory, in
+// bytes.
+type DeviceMemory struct {
+	Live   uint64 // in tensors and scratch handed out
+	Cached uint64 // allocated from the driver and kept for reuse
+	Peak   uint64 // the most of Live+Cached so far
+	Total  uint64 // the device's memory (0 when unknown)
+}
+
+// DeviceMemoryReporter is an optional capability of device backends: their
+// device's name and memory use, read between ops from the goroutine that
+// issues them.
+type DeviceMemoryReporter interface {
+	DeviceName() string
+	DeviceMemory() DeviceMemory
+}

@@ -100,6 +100,8 @@ type WorkerMetrics struct {
 	world        prometheus.Gauge
 	state        *prometheus.GaugeVec
 	lastStepUnix prometheus.Gauge
+	devInfo      *prometheus.GaugeVec
+	devMem       *prometheus.GaugeVec
 
 	mu       sync.Mutex // guards lastStep, lastGen, curState
 	lastStep time.Time
@@ -161,6 +163,14 @@ func NewWorkerMetrics() *WorkerMetrics {
 		Help: "1 for the state this worker is in (joining, syncing, training, stalled, gone), 0 for the others."}, []string{"state"})
 	f(m.state)
 	m.lastStepUnix = g("ringtrain_worker_last_step_timestamp_seconds", "Unix time of this worker's last completed step.")
+	m.devInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ringtrain_worker_device_info",
+		Help: "1, labelled with the backend this worker trains on (cpu, cuda), its device's name and the precision."},
+		[]string{"backend", "name", "precision"})
+	f(m.devInfo)
+	m.devMem = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ringtrain_worker_device_memory_bytes",
+		Help: "Device memory of a GPU worker: live (in tensors and scratch), cached (kept for reuse), peak (most of live+cached so far), total (the device's)."},
+		[]string{"kind"})
+	f(m.devMem)
 	m.rank.Set(-1)
 	m.SetState(StateJoining)
 	for _, p := range []string{PhaseStep, PhaseData, PhaseCompute, PhaseExposed, PhaseOptimizer} {
@@ -276,6 +286,25 @@ func (m *WorkerMetrics) CheckpointWritten(d time.Duration, bytes int64) {
 	}
 	m.ckptSeconds.Observe(d.Seconds())
 	m.ckptBytes.Add(float64(bytes))
+}
+
+// SetDevice labels ringtrain_worker_device_info with the worker's
+// backend, device name and precision.
+func (m *WorkerMetrics) SetDevice(backend, name, precision string) {
+	if m != nil {
+		m.devInfo.Reset()
+		m.devInfo.WithLabelValues(backend, name, precision).Set(1)
+	}
+}
+
+// SetDeviceMemory records a GPU worker's device memory (bytes).
+func (m *WorkerMetrics) SetDeviceMemory(live, cached, peak, total uint64) {
+	if m != nil {
+		m.devMem.WithLabelValues("live").Set(float64(live))
+		m.devMem.WithLabelValues("cached").Set(float64(cached))
+		m.devMem.WithLabelValues("peak").Set(float64(peak))
+		m.devMem.WithLabelValues("total").Set(float64(total))
+	}
 }
 
 // SetLoaderQueue records how many batches the data loader has ready.

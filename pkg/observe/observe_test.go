@@ -108,6 +108,9 @@ func TestMetricNames(t *testing.T) {
 	w.CheckpointWritten(time.Second, 1000)
 	w.SetLoaderQueue(3)
 	w.SetPlan(2, 1, 2)
+	w.SetDevice("cuda", "an old GPU", "fp32")
+	w.SetDevice("cuda", "NVIDIA H100 80GB HBM3", "bf16") // replaces the labels
+	w.SetDeviceMemory(3<<30, 1<<30, 5<<30, 80<<30)
 	c := NewCoordinatorMetrics()
 	c.ObserveStep(s, 0)
 	c.RingRebuilds.WithLabelValues(ReasonFailure).Inc()
@@ -139,6 +142,17 @@ func TestMetricNames(t *testing.T) {
 	} {
 		if got := value(t, want.g, want.name); got != want.val {
 			t.Errorf("%s = %v, want %v", want.name, got, want.val)
+		}
+	}
+	if n, _ := testutil.GatherAndCount(w.Registry, "ringtrain_worker_device_info"); n != 1 {
+		t.Errorf("ringtrain_worker_device_info has %d series, want 1", n)
+	}
+	if got := testutil.ToFloat64(w.devInfo.WithLabelValues("cuda", "NVIDIA H100 80GB HBM3", "bf16")); got != 1 {
+		t.Errorf("device_info = %v", got)
+	}
+	for kind, want := range map[string]float64{"live": 3 << 30, "cached": 1 << 30, "peak": 5 << 30, "total": 80 << 30} {
+		if got := testutil.ToFloat64(w.devMem.WithLabelValues(kind)); got != want {
+			t.Errorf("device_memory_bytes{kind=%s} = %v, want %v", kind, got, want)
 		}
 	}
 	if n, _ := testutil.GatherAndCount(w.Registry, "ringtrain_worker_step_seconds"); n != 5 {

@@ -14,6 +14,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/checkpoint"
 	"github.com/ringtrain/ringtrain/pkg/cluster"
 	"github.com/ringtrain/ringtrain/pkg/job"
+	"github.com/ringtrain/ringtrain/pkg/nn"
 	"github.com/ringtrain/ringtrain/pkg/observe"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
@@ -186,6 +187,17 @@ func newMachine(d deps) *machine {
 	}
 	if d.Metrics == nil {
 		d.Metrics = observe.NewWorkerMetrics()
+	}
+	if d.Trainer != nil {
+		name := "host CPU"
+		if r, ok := d.Trainer.B.(nn.DeviceMemoryReporter); ok {
+			name = r.DeviceName()
+		}
+		precision := d.Spec.Precision
+		if d.Trainer.B.Name() == "cpu" || precision == "" {
+			precision = "fp32" // the CPU backend computes in float32
+		}
+		d.Metrics.SetDevice(d.Trainer.B.Name(), name, precision)
 	}
 	if d.ReportSpool == "" {
 		d.ReportSpool = filepath.Join(os.TempDir(), fmt.Sprintf("ringtrain-reports-%s-%d.bin", d.ID, os.Getpid()))

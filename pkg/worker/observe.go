@@ -6,6 +6,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringtrain/ringtrain/pkg/control"
+	"github.com/ringtrain/ringtrain/pkg/nn"
 	"github.com/ringtrain/ringtrain/pkg/observe"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 )
@@ -51,6 +52,11 @@ func (m *machine) observeStep(res StepResult, gen uint64, epoch, world int, ips 
 	ph := res.Phases
 	ph.DataWait = dataWait
 	m.Metrics.SetLoaderQueue(queued)
+	if r, ok := m.t.B.(nn.DeviceMemoryReporter); ok {
+		// Between steps, on the goroutine that issues the backend's ops.
+		mem := r.DeviceMemory()
+		m.Metrics.SetDeviceMemory(mem.Live, mem.Cached, mem.Peak, mem.Total)
+	}
 	m.Metrics.ObserveStep(observe.StepSample{Step: m.t.Step, Epoch: epoch, Generation: gen, World: world,
 		Loss: res.Loss, Accuracy: float64(res.Correct) / float64(max(res.N, 1)), Images: res.LocalN, Duration: ph.Total(),
 		Data: ph.DataWait, Compute: ph.Compute, Exposed: ph.Exposed, Optimizer: ph.Optimizer,
