@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -42,7 +43,7 @@ func (m *machine) finishing(ctx context.Context) (state, error) {
 	}
 	m.Log.Info("saved model", zap.String("path", path), zap.Int64("step", m.t.Step))
 	m.flushReports(m.Timing.FlushTimeout)
-	pause := m.Timing.WatchRetry
+	pause := max(m.Timing.WatchRetry, time.Millisecond)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, m.Timing.CallTimeout)
 		_, err := m.Control.CommitStep(cctx, &controlpb.CommitStepRequest{WorkerId: m.ID, Generation: p.GetGeneration(),
@@ -60,7 +61,7 @@ func (m *machine) finishing(ctx context.Context) (state, error) {
 			// call that fails at once does not spin.
 			m.Log.Warn("final commit: no coordinator leader; retrying", zap.Duration("pause", pause), zap.Error(err))
 			sleepCtx(ctx, pause)
-			pause = min(2*pause, 20*m.Timing.WatchRetry)
+			pause = min(2*pause, max(20*m.Timing.WatchRetry, time.Millisecond))
 			continue
 		default:
 			// A newer plan (a failure at the very end): follow it.
