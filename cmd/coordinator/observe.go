@@ -186,6 +186,17 @@ func sample(m *controlpb.MetricsReport, world int) observe.StepSample {
 	return s
 }
 
+// trainRow copies a train report's figures into its worker's row.
+func trainRow(w *observe.WorkerView, m *controlpb.MetricsReport) {
+	w.Step, w.ImagesPerSec = m.GetStep(), m.GetImagesPerSec()
+	w.DeviceMemGiB, w.DeviceTotalGiB = float64(m.GetDeviceMemoryBytes())/(1<<30), float64(m.GetDeviceMemoryTotalBytes())/(1<<30)
+	if p := m.GetPhases(); p != nil {
+		w.StepMS, w.DataMS, w.ComputeMS = 1e3*p.GetStepSeconds(), 1e3*p.GetDataWaitSeconds(), 1e3*p.GetComputeSeconds()
+		w.ExposedMS, w.OptimizerMS = 1e3*p.GetExposedAllreduceSeconds(), 1e3*p.GetOptimizerSeconds()
+		w.BusbwGBs, w.Hidden = p.GetBusbwBytesPerSecond()/1e9, p.GetHiddenFraction()
+	}
+}
+
 // onMetrics takes every report the leader receives.
 func (o *observer) onMetrics(m *controlpb.MetricsReport) {
 	co := o.coPtr.Load()
@@ -222,12 +233,7 @@ func (o *observer) onMetrics(m *controlpb.MetricsReport) {
 		if m.GetPhase() != "train" {
 			return
 		}
-		w.Step, w.ImagesPerSec = m.GetStep(), m.GetImagesPerSec()
-		if p := m.GetPhases(); p != nil {
-			w.StepMS, w.DataMS, w.ComputeMS = 1e3*p.GetStepSeconds(), 1e3*p.GetDataWaitSeconds(), 1e3*p.GetComputeSeconds()
-			w.ExposedMS, w.OptimizerMS = 1e3*p.GetExposedAllreduceSeconds(), 1e3*p.GetOptimizerSeconds()
-			w.BusbwGBs, w.Hidden = p.GetBusbwBytesPerSecond()/1e9, p.GetHiddenFraction()
-		}
+		trainRow(w, m)
 		if current && st.Status == coordinator.StatusRunning {
 			w.State = observe.StateTraining
 		}

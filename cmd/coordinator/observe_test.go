@@ -11,6 +11,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/coordinator"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/observe"
+	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
 
 func planOf(ids ...string) []coordinator.Worker {
@@ -93,5 +94,23 @@ func TestStalledWorker(t *testing.T) {
 		if got := testutil.ToFloat64(o.m.Members.WithLabelValues(state)); got != want {
 			t.Errorf("members{state=%s} = %v, want %v", state, got, want)
 		}
+	}
+}
+
+// A train report fills its worker's row: step, images/s, the step's
+// phases in milliseconds and a GPU worker's device memory in GiB.
+func TestTrainRow(t *testing.T) {
+	var w observe.WorkerView
+	trainRow(&w, &controlpb.MetricsReport{Step: 7, ImagesPerSec: 5000, DeviceMemoryBytes: 3 << 29, DeviceMemoryTotalBytes: 80 << 30,
+		Phases: &controlpb.StepPhases{StepSeconds: 0.1, DataWaitSeconds: 0.001, ComputeSeconds: 0.08, ExposedAllreduceSeconds: 0.01,
+			OptimizerSeconds: 0.009, BusbwBytesPerSecond: 2e9, HiddenFraction: 0.5}})
+	want := observe.WorkerView{Step: 7, ImagesPerSec: 5000, DeviceMemGiB: 1.5, DeviceTotalGiB: 80, StepMS: 100, DataMS: 1, ComputeMS: 80,
+		ExposedMS: 10, OptimizerMS: 9, BusbwGBs: 2, Hidden: 0.5}
+	if w != want {
+		t.Fatalf("row %+v\nwant %+v", w, want)
+	}
+	trainRow(&w, &controlpb.MetricsReport{Step: 8}) // a CPU worker's report, no phases
+	if w.DeviceMemGiB != 0 || w.DeviceTotalGiB != 0 || w.Step != 8 {
+		t.Fatalf("row after a CPU report %+v", w)
 	}
 }

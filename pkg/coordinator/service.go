@@ -360,7 +360,8 @@ func cloneMetrics(m *controlpb.MetricsReport) *controlpb.MetricsReport {
 		WorkerId: m.GetWorkerId(), Generation: m.GetGeneration(), Rank: m.GetRank(), Step: m.GetStep(),
 		Epoch: m.GetEpoch(), Loss: m.GetLoss(), Accuracy: m.GetAccuracy(), ImagesPerSec: m.GetImagesPerSec(),
 		Phase: m.GetPhase(), Samples: m.GetSamples(), UnixNano: m.GetUnixNano(),
-		Phases: proto.Clone(m.GetPhases()).(*controlpb.StepPhases),
+		Phases:            proto.Clone(m.GetPhases()).(*controlpb.StepPhases),
+		DeviceMemoryBytes: m.GetDeviceMemoryBytes(), DeviceMemoryTotalBytes: m.GetDeviceMemoryTotalBytes(),
 	}
 }
 

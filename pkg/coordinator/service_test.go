@@ -161,7 +161,8 @@ func TestControlServiceOverGRPCWithEtcdMembership(t *testing.T) {
 		t.Fatalf("commit: %v %v", cr, err)
 	}
 	if err := cl.ReportMetrics(ctx, &controlpb.MetricsReport{WorkerId: "w0", Generation: gen, Step: 3, Loss: 2.1, ImagesPerSec: 100, Phase: "train",
-		Phases: &controlpb.StepPhases{StepSeconds: 0.25, ExposedAllreduceSeconds: 0.05, AllreduceBytes: 1 << 20, World: 2}}); err != nil {
+		Phases:            &controlpb.StepPhases{StepSeconds: 0.25, ExposedAllreduceSeconds: 0.05, AllreduceBytes: 1 << 20, World: 2},
+		DeviceMemoryBytes: 3 << 30, DeviceMemoryTotalBytes: 80 << 30}); err != nil {
 		t.Fatal(err)
 	}
 	if err := cl.ReportMetrics(ctx, &controlpb.MetricsReport{WorkerId: "w1", Generation: gen, Rank: 1, Step: 3, Loss: 2.2, ImagesPerSec: 50, Phase: "train"}); err != nil {
@@ -182,6 +183,9 @@ func TestControlServiceOverGRPCWithEtcdMembership(t *testing.T) {
 		if ph := m.GetPhases(); m.GetWorkerId() == "w0" && (ph.GetStepSeconds() != 0.25 || ph.GetExposedAllreduceSeconds() != 0.05 ||
 			ph.GetAllreduceBytes() != 1<<20 || ph.GetWorld() != 2) {
 			t.Fatalf("step phases not kept: %v", m)
+		}
+		if m.GetWorkerId() == "w0" && (m.GetDeviceMemoryBytes() != 3<<30 || m.GetDeviceMemoryTotalBytes() != 80<<30) {
+			t.Fatalf("device memory not kept: %v", m)
 		}
 	}
 

@@ -48,19 +48,26 @@ func (e errNotPlanned) Error() string { return string(e) }
 
 // observeStep records a finished step in the worker's metrics: the same
 // measurements as the step report's phases (res.Phases, dataWait).
-func (m *machine) observeStep(res StepResult, gen uint64, epoch, world int, ips float64, queued int, dataWait time.Duration) {
+func (m *machine) observeStep(res StepResult, gen uint64, epoch, world int, ips float64, queued int, dataWait time.Duration, mem nn.DeviceMemory) {
 	ph := res.Phases
 	ph.DataWait = dataWait
 	m.Metrics.SetLoaderQueue(queued)
-	if r, ok := m.t.B.(nn.DeviceMemoryReporter); ok {
-		// Between steps, on the goroutine that issues the backend's ops.
-		mem := r.DeviceMemory()
+	if mem != (nn.DeviceMemory{}) {
 		m.Metrics.SetDeviceMemory(mem.Live, mem.Cached, mem.Peak, mem.Total)
 	}
 	m.Metrics.ObserveStep(observe.StepSample{Step: m.t.Step, Epoch: epoch, Generation: gen, World: world,
 		Loss: res.Loss, Accuracy: float64(res.Correct) / float64(max(res.N, 1)), Images: res.LocalN, Duration: ph.Total(),
 		Data: ph.DataWait, Compute: ph.Compute, Exposed: ph.Exposed, Optimizer: ph.Optimizer,
 		AllReduceBytes: res.Comm.Bytes, Comm: res.Comm.Comm, Hidden: res.Comm.Hidden, ImagesPerSec: ips, Time: time.Now()})
+}
+
+// deviceMemory is a device backend's memory (zero for the CPU), read
+// between steps on the goroutine that issues the backend's ops.
+func (m *machine) deviceMemory() nn.DeviceMemory {
+	if r, ok := m.t.B.(nn.DeviceMemoryReporter); ok {
+		return r.DeviceMemory()
+	}
+	return nn.DeviceMemory{}
 }
 
 // checkpointSubmitted and checkpointDone time rank 0's checkpoint writes.

@@ -52,7 +52,7 @@ func TestWorkerDeviceMetrics(t *testing.T) {
 			t.Errorf("%s: %v", tc.name, err)
 		}
 		for range 2 {
-			m.observeStep(StepResult{Loss: 1, N: 8, LocalN: 8}, 1, 0, 1, 100, 0, 0)
+			m.observeStep(StepResult{Loss: 1, N: 8, LocalN: 8}, 1, 0, 1, 100, 0, 0, m.deviceMemory())
 		}
 		n, err := testutil.GatherAndCount(met.Registry, "ringtrain_worker_device_memory_bytes")
 		if err != nil {

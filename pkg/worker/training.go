@@ -52,10 +52,12 @@ func (m *machine) training(ctx context.Context) (state, error) {
 	s.images += res.LocalN
 	now := time.Now()
 	ips := float64(s.images) / now.Sub(s.since).Seconds()
+	mem := m.deviceMemory()
 	m.report(&controlpb.MetricsReport{WorkerId: m.ID, Generation: p.GetGeneration(), Rank: int32(s.rank),
 		Step: m.t.Step, Epoch: int64(epoch), Loss: res.Loss, Accuracy: float64(res.Correct) / float64(max(res.N, 1)),
-		ImagesPerSec: ips, Phase: "train", Samples: int64(res.N), Phases: stepPhases(res, dataWait, s.world, m.t.Spec.EmulateCompute != nil)})
-	m.observeStep(res, p.GetGeneration(), epoch, s.world, ips, s.ld.Ready(), dataWait)
+		ImagesPerSec: ips, Phase: "train", Samples: int64(res.N), Phases: stepPhases(res, dataWait, s.world, m.t.Spec.EmulateCompute != nil),
+		DeviceMemoryBytes: mem.Live + mem.Cached, DeviceMemoryTotalBytes: mem.Total})
+	m.observeStep(res, p.GetGeneration(), epoch, s.world, ips, s.ld.Ready(), dataWait, mem)
 	if now.Sub(s.since) > 5*time.Second {
 		s.images, s.since = 0, now
 	}

@@ -888,9 +888,14 @@ type MetricsReport struct {
 	UnixNano     int64                  `protobuf:"varint,11,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"` // set by the coordinator on receipt
 	// Where this worker's step went (train reports; absent on eval reports
 	// and from workers that predate it).
-	Phases        *StepPhases `protobuf:"bytes,12,opt,name=phases,proto3" json:"phases,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Phases *StepPhases `protobuf:"bytes,12,opt,name=phases,proto3" json:"phases,omitempty"`
+	// A GPU worker's device memory on train reports: what its backend holds
+	// (tensors, scratch and blocks kept for reuse) and the device's total,
+	// in bytes; 0 for a CPU worker.
+	DeviceMemoryBytes      uint64 `protobuf:"varint,13,opt,name=device_memory_bytes,json=deviceMemoryBytes,proto3" json:"device_memory_bytes,omitempty"`
+	DeviceMemoryTotalBytes uint64 `protobuf:"varint,14,opt,name=device_memory_total_bytes,json=deviceMemoryTotalBytes,proto3" json:"device_memory_total_bytes,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *MetricsReport) Reset() {
@@ -1005,6 +1010,20 @@ func (x *MetricsReport) GetPhases() *StepPhases {
 		return x.Phases
 	}
 	return nil
+}
+
+func (x *MetricsReport) GetDeviceMemoryBytes() uint64 {
+	if x != nil {
+		return x.DeviceMemoryBytes
+	}
+	return 0
+}
+
+func (x *MetricsReport) GetDeviceMemoryTotalBytes() uint64 {
+	if x != nil {
+		return x.DeviceMemoryTotalBytes
+	}
+	return 0
 }
 
 // StepPhases is one training step on one worker, measured by the worker.
@@ -1891,7 +1910,7 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\x05bench\x18\v \x01(\v2\x1f.ringtrain.control.v1.BenchPlanR\x05bench\"Z\n" +
 	"\x10WatchPlanRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12)\n" +
-	"\x10after_generation\x18\x02 \x01(\x04R\x0fafterGeneration\"\xe7\x02\n" +
+	"\x10after_generation\x18\x02 \x01(\x04R\x0fafterGeneration\"\xd2\x03\n" +
 	"\rMetricsReport\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1e\n" +
 	"\n" +
@@ -1907,7 +1926,9 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\asamples\x18\n" +
 	" \x01(\x03R\asamples\x12\x1b\n" +
 	"\tunix_nano\x18\v \x01(\x03R\bunixNano\x128\n" +
-	"\x06phases\x18\f \x01(\v2 .ringtrain.control.v1.StepPhasesR\x06phases\"\xa0\x04\n" +
+	"\x06phases\x18\f \x01(\v2 .ringtrain.control.v1.StepPhasesR\x06phases\x12.\n" +
+	"\x13device_memory_bytes\x18\r \x01(\x04R\x11deviceMemoryBytes\x129\n" +
+	"\x19device_memory_total_bytes\x18\x0e \x01(\x04R\x16deviceMemoryTotalBytes\"\xa0\x04\n" +
 	"\n" +
 	"StepPhases\x12!\n" +
 	"\fstep_seconds\x18\x01 \x01(\x01R\vstepSeconds\x12*\n" +

@@ -14,6 +14,8 @@
   const fmt = (v, d) => (v === undefined || v === null || isNaN(v) ? "-" : Number(v).toFixed(d));
   const pct = (v) => fmt(100 * v, 1) + "%";
   const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+  // A GPU worker's device memory held by its backend, of the device's total.
+  const devMem = (w) => (w.device_total_gib > 0 ? ` <small class="devmem">${fmt(w.device_mem_gib, 1)} / ${fmt(w.device_total_gib, 0)} GiB</small>` : "");
   const ago = (t) => {
     const ms = Date.now() - Date.parse(t);
     if (!t || t.startsWith("0001") || isNaN(ms)) return "-";
@@ -121,7 +123,7 @@
     $("files").innerHTML = (j.files || []).map((f) => `<li><a href="${esc(q(f.url))}">${esc(f.name)}</a> <small>${size(f.size)}</small></li>`).join("") || "<li>none yet</li>";
     if (j.spec) $("spec").textContent = JSON.stringify(j.spec, null, 2);
     $("worker-rows").innerHTML = (s.workers || []).map((w) =>
-      `<tr data-worker="${esc(w.id)}" class="row-${esc(w.state)}"><td>${esc(w.id)}</td><td>${esc(w.host)}</td><td>${esc(w.device)}</td><td>${w.rank}</td>` +
+      `<tr data-worker="${esc(w.id)}" class="row-${esc(w.state)}"><td>${esc(w.id)}</td><td>${esc(w.host)}</td><td>${esc(w.device)}${devMem(w)}</td><td>${w.rank}</td>` +
       `<td class="state st-${esc(w.state)}">${esc(w.state)}</td><td>${fmt(w.images_per_sec, 0)}</td><td>${fmt(w.step_ms, 1)}</td>` +
       `<td>${fmt(w.data_ms, 1)}</td><td>${fmt(w.compute_ms, 1)}</td><td>${fmt(w.exposed_ms, 1)}</td><td>${fmt(w.optimizer_ms, 1)}</td>` +
       `<td>${ago(w.last_seen)}</td></tr>`).join("");
