@@ -14,7 +14,7 @@ test-observe:
 		{ command -v apt-get >/dev/null && apt-get install -y -qq chromium prometheus >/dev/null; } || \
 		echo "test-observe: chromium or prometheus missing; their tests will skip"
 	@log=$$(mktemp); RINGTRAIN_OBSERVE_SCREENSHOT=$(OBSERVE_SCREENSHOT) \
-		$(GO) test -tags observe -count=1 -timeout 10m -v -run 'TestDashboardInBrowser|TestPrometheusScrapesJob' ./e2e/ > $$log 2>&1; \
+		$(GO) test -tags observe -count=1 -timeout 10m -v -run 'TestDashboardInBrowser|TestPrometheusScrapesJob|TestDashboardShowsDeviceMemory' ./e2e/ ./pkg/observe/ > $$log 2>&1; \
 		rc=$$?; grep -E '^(=== RUN|--- |PASS|FAIL|ok)|^    ' $$log; rm -f $$log; exit $$rc
 
 # What the dashboard and the metrics cost the step: the same 2-worker job
