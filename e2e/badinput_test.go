@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringtrain/ringtrain/pkg/cluster"
+	"github.com/ringtrain/ringtrain/pkg/gpu"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 )
 
@@ -256,6 +257,23 @@ func TestBadInput(t *testing.T) {
 			if wo.code != 65 {
 				t.Errorf("%s: worker exit %d, want 65 (input error)\n%s", c.name, wo.code, tail(wo.all, 2000))
 			}
+		}
+	})
+
+	// A GPU job on a machine without one: the local workers cannot open
+	// the device, which a restart would not change; the job stops at the
+	// first worker's exit (status 65) with the driver search in the
+	// message, instead of restarting each worker --restart-limit times.
+	t.Run("no GPU", func(t *testing.T) {
+		if b, err := gpu.Open(gpu.Options{}); err == nil {
+			b.Close()
+			t.Skip("this machine has a GPU")
+		}
+		o := coord(t, syn("--device", "cuda", "--precision", "bf16")...)
+		requireClearFailure(t, "--device cuda without a GPU", o, "coordinator:",
+			"exited because its input is bad", "gpu: --device cuda")
+		if n := strings.Count(o.all, `"msg":"worker exited"`); n > 2 {
+			t.Errorf("%d worker exits for 2 workers: restarted", n)
 		}
 	})
 

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ringtrain/ringtrain/internal/cli"
+	"github.com/ringtrain/ringtrain/pkg/gpu"
 	"github.com/ringtrain/ringtrain/pkg/worker"
 )
 
@@ -46,8 +47,9 @@ func main() {
 		}
 		fmt.Fprintln(os.Stderr, msg)
 		pprof.StopCPUProfile()
-		if worker.IsInputError(err) {
-			// Bad input: a supervisor must not restart this worker.
+		if worker.IsInputError(err) || gpu.Unavailable(err) {
+			// Bad input, or no GPU here as the job asks: a supervisor
+			// must not restart this worker (the error would repeat).
 			os.Exit(cli.ExitInputError)
 		}
 		os.Exit(1)

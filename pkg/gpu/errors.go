@@ -28,6 +28,14 @@ var (
 	ErrClosed = errors.New("gpu: backend closed")
 )
 
+// Unavailable reports whether err says that this machine cannot give a
+// backend the GPU it was asked for: no CUDA library, no device, or
+// options the device refuses. A restart on the same machine meets the
+// same error, so a supervisor should not restart for it.
+func Unavailable(err error) bool {
+	return errors.Is(err, ErrLibraryNotFound) || errors.Is(err, ErrNoDevice) || errors.Is(err, ErrOptions)
+}
+
 // cudaError is a failed driver call: its name, code and the driver's text.
 type cudaError struct {
 	call string

@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -38,5 +39,24 @@ func TestSelectBackend(t *testing.T) {
 	}
 	if _, err := SelectBackend("auto", 2, Options{Precision: "fp8"}, nil); !errors.Is(err, ErrOptions) {
 		t.Fatalf("bad options must not fall back silently: err = %v", err)
+	}
+}
+
+// Unavailable: the errors a restart on the same machine meets again.
+func TestUnavailable(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("gpu: --device cuda: %w: CUDA driver not loadable", ErrLibraryNotFound), true},
+		{fmt.Errorf("x: %w", ErrNoDevice), true},
+		{fmt.Errorf("x: %w: precision fp16", ErrOptions), true},
+		{&cudaError{call: "cuMemAlloc", code: 2, text: "out of memory"}, false},
+		{fmt.Errorf("x: %w", ErrNVRTC), false},
+		{nil, false},
+	} {
+		if got := Unavailable(c.err); got != c.want {
+			t.Errorf("Unavailable(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }
