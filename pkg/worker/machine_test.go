@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,7 +62,8 @@ type harness struct {
 	members *MemMembership
 	net     *allreduce.InmemNetwork
 	store   *checkpoint.MemStore
-	disk    *checkpoint.Store // when set, the workers' store instead of store
+	disk    *checkpoint.Store          // when set, the workers' store instead of store
+	backend func(id string) nn.Backend // when set, each worker's backend (else the CPU's)
 	logs    *observer.ObservedLogs
 	log     *zap.Logger
 
@@ -124,7 +126,11 @@ func (h *harness) start(id string) *testWorker {
 		addr = w.addr + "'"
 	}
 	h.mu.Unlock()
-	tr, err := NewTrainer(h.spec, nn.NewCPU(1), h.train, h.test)
+	var b nn.Backend = nn.NewCPU(1)
+	if h.backend != nil {
+		b = h.backend(id)
+	}
+	tr, err := NewTrainer(h.spec, b, h.train, h.test)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -716,4 +722,42 @@ func TestMachineStaleCommitDiscardsItsCheckpoint(t *testing.T) {
 		}
 	}
 	h.finishes(w0, w1)
+}
+
+// brokenBackend is the CPU backend whose Sync fails for good once broken,
+// as a GPU backend's does after a sticky error (out of memory, an illegal
+// address): every later step fails the same way in this process.
+type brokenBackend struct {
+	nn.Backend
+	broken atomic.Bool
+}
+
+func (b *brokenBackend) Sync() error {
+	if b.broken.Load() {
+		return errors.New("gpu: CUDA driver error: cuMemAlloc(536870912) failed with CUresult 2 (CUDA_ERROR_OUT_OF_MEMORY: out of memory)")
+	}
+	return b.Backend.Sync()
+}
+
+// TestMachineBrokenBackendExits: a worker whose backend has failed for
+// good (a sticky device error) stops with that error after a bounded
+// number of attempts, so that its process ends and a supervisor starts a
+// fresh one (a new device context), instead of failing step after step
+// under plan after plan.
+func TestMachineBrokenBackendExits(t *testing.T) {
+	h := newHarness(t, testJob(t, 6))
+	var bb *brokenBackend
+	h.backend = func(id string) nn.Backend {
+		bb = &brokenBackend{Backend: nn.NewCPU(1)}
+		return bb
+	}
+	w0 := h.start("w0")
+	h.publish("w0")
+	h.await("a committed step", committedAtLeast(2))
+	bb.broken.Store(true)
+	err := w0.wait(t)
+	if !errors.Is(err, ErrBackendFailed) || !strings.Contains(err.Error(), "CUDA_ERROR_OUT_OF_MEMORY") {
+		t.Fatalf("worker ended with %v, want the backend's error", err)
+	}
+	t.Logf("worker: %v; %d failures reported", err, len(h.ctrl.Snapshot().Failures))
 }

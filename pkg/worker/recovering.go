@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,10 +22,19 @@ type ringError struct {
 func (e *ringError) Error() string { return e.err.Error() }
 func (e *ringError) Unwrap() error { return e.err }
 
+// ErrBackendFailed: the compute backend itself failed for good (a GPU's
+// sticky error: out of memory, an illegal address, a lost device), so
+// every later op of this process would fail too. The worker stops with
+// it; a supervisor (the coordinator's --workers mode, Kubernetes) starts
+// a fresh process, within its restart limit.
+var ErrBackendFailed = errors.New("worker: the compute backend failed; this process cannot go on")
+
 // ringFailed classifies an error of a step under the current plan: a
 // cancelled run is a clean stop, a newer plan means waiting, an input
 // error (a diverged model, a bad label: see IsInputError) stops the job
-// (no plan fixes that), anything else is a broken ring (recovering).
+// (no plan fixes that), a backend that no longer works stops this worker
+// (ErrBackendFailed: no plan fixes that either, a new process may),
+// anything else is a broken ring (recovering).
 func (m *machine) ringFailed(ctx context.Context, err error) (state, error) {
 	if ctx.Err() != nil {
 		return stateDone, nil
@@ -34,6 +44,12 @@ func (m *machine) ringFailed(ctx context.Context, err error) (state, error) {
 	}
 	if IsInputError(err) {
 		return stateDone, err // diverged, a bad label ...: no plan fixes that
+	}
+	// On the goroutine that ran the step: the backend reports its sticky
+	// error (the CPU backend has none).
+	if berr := m.t.B.Sync(); berr != nil {
+		m.Log.Error("compute backend failed; stopping this worker", zap.Error(berr), zap.NamedError("step_error", err))
+		return stateDone, fmt.Errorf("%w: %w", ErrBackendFailed, berr)
 	}
 	m.failure = &ringError{err: err}
 	return stateRecovering, nil
