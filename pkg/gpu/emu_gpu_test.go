@@ -150,19 +150,13 @@ func emuOps(t *testing.T, b *Backend, seed int64) map[string][]float32 {
 // emuWithSMs opens the emulator as a device of sms multiprocessors.
 func emuWithSMs(t *testing.T, sms int) *Backend {
 	t.Helper()
-	d, err := newEmuDevice()
+	e, err := openEmuSMs(PrecisionBF16, sms)
 	if errors.Is(err, errNoCompiler) {
 		t.Skip(err)
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := Options{Precision: PrecisionBF16}
-	if err := o.validate(); err != nil {
-		t.Fatal(err)
-	}
-	e := newBackend(o, d, sms)
-	e.info = DeviceInfo{Name: "emulator", Arch: "host", SMs: sms, KernelImage: "host"}
 	t.Cleanup(func() { e.Close() })
 	return e
 }

@@ -504,7 +504,11 @@ func (d *emuDevice) downloadAsync(dst unsafe.Pointer, src uint64, n uint64) (int
 }
 
 // openEmu returns a Backend over the emulator with the given precision.
-func openEmu(prec string) (*Backend, error) {
+func openEmu(prec string) (*Backend, error) { return openEmuSMs(prec, 4) }
+
+// openEmuSMs opens the emulator as a device of sms multiprocessors (the
+// reductions' chunk counts depend on it).
+func openEmuSMs(prec string, sms int) (*Backend, error) {
 	d, err := newEmuDevice()
 	if err != nil {
 		return nil, err
@@ -513,8 +517,8 @@ func openEmu(prec string) (*Backend, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	b := newBackend(o, d, 4)
-	b.info = DeviceInfo{Name: "emulator (host C++ build of the kernels)", Arch: "host", SMs: 4, KernelImage: "host"}
+	b := newBackend(o, d, sms)
+	b.info = DeviceInfo{Name: "emulator (host C++ build of the kernels)", Arch: "host", SMs: sms, KernelImage: "host"}
 	return b, nil
 }
 
