@@ -186,10 +186,16 @@ func sample(m *controlpb.MetricsReport, world int) observe.StepSample {
 	return s
 }
 
+// deviceMemGiB is a train report's device memory held and the device's
+// total, GiB (0 and 0 from a CPU worker).
+func deviceMemGiB(m *controlpb.MetricsReport) (held, total float64) {
+	return float64(m.GetDeviceMemoryBytes()) / (1 << 30), float64(m.GetDeviceMemoryTotalBytes()) / (1 << 30)
+}
+
 // trainRow copies a train report's figures into its worker's row.
 func trainRow(w *observe.WorkerView, m *controlpb.MetricsReport) {
 	w.Step, w.ImagesPerSec = m.GetStep(), m.GetImagesPerSec()
-	w.DeviceMemGiB, w.DeviceTotalGiB = float64(m.GetDeviceMemoryBytes())/(1<<30), float64(m.GetDeviceMemoryTotalBytes())/(1<<30)
+	w.DeviceMemGiB, w.DeviceTotalGiB = deviceMemGiB(m)
 	if p := m.GetPhases(); p != nil {
 		w.StepMS, w.DataMS, w.ComputeMS = 1e3*p.GetStepSeconds(), 1e3*p.GetDataWaitSeconds(), 1e3*p.GetComputeSeconds()
 		w.ExposedMS, w.OptimizerMS = 1e3*p.GetExposedAllreduceSeconds(), 1e3*p.GetOptimizerSeconds()

@@ -172,9 +172,11 @@ func printStatus(w io.Writer, js *controlpb.JobStatus, now time.Time) error {
 			}
 		}
 		device := r.device
-		if m := r.m; m != nil && m.GetDeviceMemoryTotalBytes() > 0 {
-			// A GPU worker: the memory its backend holds, of the device's.
-			device += fmt.Sprintf(" %.1f/%.0fGiB", float64(m.GetDeviceMemoryBytes())/(1<<30), float64(m.GetDeviceMemoryTotalBytes())/(1<<30))
+		if r.m != nil {
+			if held, total := deviceMemGiB(r.m); total > 0 {
+				// A GPU worker: the memory its backend holds, of the device's.
+				device += fmt.Sprintf(" %.1f/%.0fGiB", held, total)
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.id, r.host, device, r.rank, r.state, step, ips,
 			ph[0], ph[1], ph[2], ph[3], ph[4], last)
