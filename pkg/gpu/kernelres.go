@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"sort"
@@ -36,14 +37,15 @@ type kernelReporter interface {
 
 // KernelResources reports every kernel of the module, by name, with the
 // occupancy of blocks of block threads (the backend's usual 256 when
-// block is 0). Only a CUDA device has the report.
+// block is 0). Only a CUDA device has the report (elsewhere
+// errors.ErrUnsupported).
 func (b *Backend) KernelResources(block int) ([]KernelResources, error) {
 	if block <= 0 {
 		block = blockSize
 	}
 	r, ok := b.dev.(kernelReporter)
 	if !ok {
-		return nil, fmt.Errorf("%w: this device has no kernel resource report", ErrDevice)
+		return nil, fmt.Errorf("gpu: this device has no kernel resource report: %w", errors.ErrUnsupported)
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

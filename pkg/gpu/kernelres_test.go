@@ -15,7 +15,7 @@ var hotKernels = []string{"k_nhwc_partial", "k_nhwc_bn_apply", "k_nhwc_bn_backwa
 // resource report, fits at least one block of 256 threads per
 // multiprocessor where it may have that many, and the hot kernels keep
 // their arrays in registers (no local memory). Elsewhere the report is
-// refused with ErrDevice.
+// refused with errors.ErrUnsupported.
 func TestKernelResources(t *testing.T) {
 	names := kernelSignatures(kernelSource())
 	for _, n := range hotKernels {
@@ -26,8 +26,8 @@ func TestKernelResources(t *testing.T) {
 	b := openGPU(t, PrecisionBF16)
 	ks, err := b.KernelResources(0)
 	if b.info.Arch == "host" {
-		if !errors.Is(err, ErrDevice) {
-			t.Fatalf("the emulator's report: %v, want ErrDevice", err)
+		if !errors.Is(err, errors.ErrUnsupported) {
+			t.Fatalf("the emulator's report: %v, want errors.ErrUnsupported", err)
 		}
 		t.Skip("the resource report needs a CUDA device")
 	}

@@ -740,10 +740,10 @@ func (b *brokenBackend) Sync() error {
 }
 
 // TestMachineBrokenBackendExits: a worker whose backend has failed for
-// good (a sticky device error) stops with that error after a bounded
-// number of attempts, so that its process ends and a supervisor starts a
-// fresh one (a new device context), instead of failing step after step
-// under plan after plan.
+// good (a sticky device error) stops with that error at the first failed
+// step, so that its process ends and a supervisor starts a fresh one (a
+// new device context), instead of failing step after step under plan
+// after plan.
 func TestMachineBrokenBackendExits(t *testing.T) {
 	h := newHarness(t, testJob(t, 6))
 	var bb *brokenBackend
