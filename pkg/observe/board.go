@@ -71,18 +71,18 @@ type WorkerView struct {
 	Step         int64   `json:"step"`
 	ImagesPerSec float64 `json:"images_per_sec"`
 	// The last step's time and its parts, milliseconds (0: not measured).
-	StepMS      float64 `json:"step_ms"`
-	DataMS      float64 `json:"data_ms"`
-	ComputeMS   float64 `json:"compute_ms"`
-	ExposedMS   float64 `json:"exposed_ms"`
-	OptimizerMS float64 `json:"optimizer_ms"`
-	BusbwGBs    float64 `json:"busbw_gbs"` // GB/s
+	StepMS      float64   `json:"step_ms"`
+	DataMS      float64   `json:"data_ms"`
+	ComputeMS   float64   `json:"compute_ms"`
+	ExposedMS   float64   `json:"exposed_ms"`
+	OptimizerMS float64   `json:"optimizer_ms"`
+	BusbwGBs    float64   `json:"busbw_gbs"` // GB/s
+	Hidden      float64   `json:"hidden"`    // 0..1
+	LastSeen    time.Time `json:"last_seen"` // last report received
 	// A GPU worker's device memory held by its backend and the device's
 	// total, GiB (0: a CPU worker, or not reported).
-	DeviceMemGiB   float64   `json:"device_mem_gib"`
-	DeviceTotalGiB float64   `json:"device_total_gib"`
-	Hidden         float64   `json:"hidden"`    // 0..1
-	LastSeen       time.Time `json:"last_seen"` // last report received
+	DeviceMemGiB   float64 `json:"device_mem_gib"`
+	DeviceTotalGiB float64 `json:"device_total_gib"`
 }
 
 // LinkView is one link of the ring, from a rank to the next.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -43,7 +42,7 @@ func (m *machine) finishing(ctx context.Context) (state, error) {
 	}
 	m.Log.Info("saved model", zap.String("path", path), zap.Int64("step", m.t.Step))
 	m.flushReports(m.Timing.FlushTimeout)
-	pause := max(m.Timing.WatchRetry, time.Millisecond)
+	pause := m.firstPause()
 	for {
 		cctx, cancel := context.WithTimeout(ctx, m.Timing.CallTimeout)
 		_, err := m.Control.CommitStep(cctx, &controlpb.CommitStepRequest{WorkerId: m.ID, Generation: p.GetGeneration(),
@@ -61,7 +60,7 @@ func (m *machine) finishing(ctx context.Context) (state, error) {
 			// call that fails at once does not spin.
 			m.Log.Warn("final commit: no coordinator leader; retrying", zap.Duration("pause", pause), zap.Error(err))
 			sleepCtx(ctx, pause)
-			pause = min(2*pause, max(20*m.Timing.WatchRetry, time.Millisecond))
+			pause = m.nextPause(pause)
 			continue
 		default:
 			// A newer plan (a failure at the very end): follow it.

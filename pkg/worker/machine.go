@@ -56,7 +56,8 @@ type Timing struct {
 	// RegisterRetry is the pause between registration attempts.
 	RegisterRetry time.Duration
 	// WatchRetry is the first pause before a plan watch that ended is
-	// opened again (doubling up to 20 times it).
+	// opened again, or a refused final commit is sent again (doubling up
+	// to 20 times it).
 	WatchRetry time.Duration
 	// RingSlack is added to the spec's collective deadline to bound the
 	// opening of a ring.

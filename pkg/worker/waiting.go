@@ -80,12 +80,12 @@ func (m *machine) nextPlan(ctx context.Context, after uint64) (*controlpb.Plan, 
 // ctx lives: a plan stream that ends (coordinator restarted, leader
 // failover, network trouble) is opened again.
 func (m *machine) watchPlans(ctx context.Context) {
-	pause := m.Timing.WatchRetry
+	pause := m.firstPause()
 	for ctx.Err() == nil {
 		after := m.plans.generation()
 		err := m.Control.WatchPlan(ctx, m.ID, after, func(p *controlpb.Plan) error {
 			m.plans.set(p)
-			pause = m.Timing.WatchRetry
+			pause = m.firstPause()
 			return nil
 		})
 		if ctx.Err() != nil {
@@ -93,9 +93,16 @@ func (m *machine) watchPlans(ctx context.Context) {
 		}
 		m.Log.Warn("plan watch ended; reconnecting", zap.Error(err))
 		sleepCtx(ctx, pause)
-		pause = min(2*pause, 20*m.Timing.WatchRetry)
+		pause = m.nextPause(pause)
 	}
 }
+
+// firstPause and nextPause pace a control-plane call that is retried
+// until the coordinator answers: Timing.WatchRetry (at least 1 ms, so
+// that a call failing at once never spins), doubling up to 20 times it.
+func (m *machine) firstPause() time.Duration { return max(m.Timing.WatchRetry, time.Millisecond) }
+
+func (m *machine) nextPause(p time.Duration) time.Duration { return min(2*p, 20*m.firstPause()) }
 
 // cancelOnNewPlan cancels (via cancel) when a plan newer than gen
 // arrives; the returned function stops watching.
