@@ -52,7 +52,15 @@ func (h *hostCopies) waitDownload(t int) error {
 
 func emuOrSkip(t *testing.T) *Backend {
 	t.Helper()
-	b, err := openEmu(PrecisionFP32)
+	return emuSMsOrSkip(t, PrecisionFP32, 4)
+}
+
+// emuSMsOrSkip opens the emulator as a device of sms multiprocessors in
+// precision prec, closed when the test ends; without a C++ compiler the
+// test skips.
+func emuSMsOrSkip(t *testing.T, prec string, sms int) *Backend {
+	t.Helper()
+	b, err := openEmuSMs(prec, sms)
 	if errors.Is(err, errNoCompiler) {
 		t.Skip(err)
 	}

@@ -1,7 +1,6 @@
 package gpu
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"math/rand"
@@ -147,20 +146,6 @@ func emuOps(t *testing.T, b *Backend, seed int64) map[string][]float32 {
 	return out
 }
 
-// emuWithSMs opens the emulator as a device of sms multiprocessors.
-func emuWithSMs(t *testing.T, sms int) *Backend {
-	t.Helper()
-	e, err := openEmuSMs(PrecisionBF16, sms)
-	if errors.Is(err, errNoCompiler) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	return e
-}
-
 // opsDiffer lists the outputs of emuOps whose bits differ between want
 // and got, with a count and the first difference; the loss and its
 // gradient (expf, logf) may differ by 1e-6 relative.
@@ -205,7 +190,7 @@ func TestEmulatorMatchesGPU(t *testing.T) {
 		t.Skipf("needs a CUDA GPU: %v", err)
 	}
 	defer g.Close()
-	e := emuWithSMs(t, g.info.SMs)
+	e := emuSMsOrSkip(t, PrecisionBF16, g.info.SMs)
 	want, got := emuOps(t, e, 5), emuOps(t, g, 5)
 	for name, d := range opsDiffer(want, got) {
 		t.Errorf("%s: GPU against the emulator: %s", name, d)
@@ -218,7 +203,7 @@ func TestEmulatorMatchesGPU(t *testing.T) {
 // reductions) gives other bits in the statistics, and the same bits in
 // every elementwise output.
 func TestEmuOpsSeeThePartition(t *testing.T) {
-	a, b := emuOps(t, emuWithSMs(t, 4), 5), emuOps(t, emuWithSMs(t, 132), 5)
+	a, b := emuOps(t, emuSMsOrSkip(t, PrecisionBF16, 4), 5), emuOps(t, emuSMsOrSkip(t, PrecisionBF16, 132), 5)
 	diff := opsDiffer(a, b)
 	for _, name := range []string{"bf16 BatchNormStats sum", "bf16 BatchNormBackwardStats sumDy", "fp32 BatchNormBackwardStats sumDy"} {
 		if _, ok := diff[name]; !ok {
