@@ -225,19 +225,25 @@ func TestBadInput(t *testing.T) {
 	// Inputs only a worker sees: a worker on another machine (here: another
 	// working directory, the folder given relative) whose copy of the
 	// folder is damaged, or has a class more than the model's ("Why" 1, 8).
+	// Once the input is fixed, the same coordinator and worker commands
+	// run the job (a job failed in an earlier run is retried, not
+	// reported failed again).
 	t.Run("worker-side", func(t *testing.T) {
 		for _, c := range []struct {
 			name   string
 			damage func(root string)
 			want   []string
+			fix    func(root string) // nil: not retried
 		}{
 			{"truncated image", func(root string) {
 				good := pngFile(16, 16)
 				os.WriteFile(filepath.Join(root, "c1", "7.png"), good[:len(good)-20], 0o644)
-			}, []string{"job stopped: worker w0", "corrupt data file", "7.png"}},
+			}, []string{"job stopped: worker w0", "corrupt data file", "7.png"}, func(root string) {
+				os.WriteFile(filepath.Join(root, "c1", "7.png"), pngFile(16, 16), 0o644)
+			}},
 			{"bad label", func(root string) {
 				imageFolder(t, root, 3, 8) // a third class: labels 2 for a 2-class model
-			}, []string{"job stopped: worker w0", "nn: bad label"}},
+			}, []string{"job stopped: worker w0", "nn: bad label"}, nil},
 		} {
 			cdir, wdir := filepath.Join(dir, "coord-"+c.name), filepath.Join(dir, "worker-"+c.name)
 			imageFolder(t, filepath.Join(cdir, "imgs"), 2, 8)
@@ -245,17 +251,28 @@ func TestBadInput(t *testing.T) {
 			c.damage(filepath.Join(wdir, "imgs"))
 			port := freePorts(t, 1)[0]
 			addr := fmt.Sprintf("127.0.0.1:%d", port)
-			co := make(chan outcome, 1)
-			go func() {
-				co <- runBin(t, cdir, "coordinator", badInputLimit, "--listen", addr, "--dataset", "folder", "--folder", "imgs",
-					"--classes", "2", "--image-size", "16", "--batch", "4", "--epochs", "2", "--width", "0.125", "--no-progress",
-					"--output", filepath.Join(cdir, "out"), "--shuffle=false")
-			}()
-			wo := runBin(t, wdir, "worker", badInputLimit, "run", "--coordinator", addr, "--id", "w0", "--threads", "1")
-			o := <-co
+			run := func() (co, wo outcome) {
+				ch := make(chan outcome, 1)
+				go func() {
+					ch <- runBin(t, cdir, "coordinator", badInputLimit, "--listen", addr, "--dataset", "folder", "--folder", "imgs",
+						"--classes", "2", "--image-size", "16", "--batch", "4", "--epochs", "2", "--width", "0.125", "--no-progress",
+						"--output", filepath.Join(cdir, "out"), "--shuffle=false")
+				}()
+				wo = runBin(t, wdir, "worker", badInputLimit, "run", "--coordinator", addr, "--id", "w0", "--threads", "1")
+				return <-ch, wo
+			}
+			o, wo := run()
 			requireClearFailure(t, c.name+" (coordinator)", o, "coordinator:", c.want...)
 			if wo.code != 65 {
 				t.Errorf("%s: worker exit %d, want 65 (input error)\n%s", c.name, wo.code, tail(wo.all, 2000))
+			}
+			if c.fix == nil {
+				continue
+			}
+			c.fix(filepath.Join(wdir, "imgs"))
+			o, wo = run()
+			if o.code != 0 || wo.code != 0 || !strings.Contains(o.all, "done: 8 steps") {
+				t.Errorf("%s fixed: coordinator exit %d, worker exit %d, want a finished job:\n%s", c.name, o.code, wo.code, tail(o.all, 3000))
 			}
 		}
 	})

@@ -137,6 +137,15 @@ func TestWholeJobKillResumeBitIdentical(t *testing.T) {
 	base := baseline(t, args...)
 	out := filepath.Join(t.TempDir(), "out")
 	killJobMidRun(t, args, out)
+	// Other settings are refused before any worker starts, with what
+	// differs; the job is left as it was (the resume below is still
+	// bit-identical).
+	o := runBin(t, t.TempDir(), "coordinator", time.Minute, append(args, "--output", out, "--lr", "0.05", "--epochs", "3")...)
+	requireClearFailure(t, "other settings", o, "coordinator:", "has committed step", "epochs 2 -> 3", "optimizer.lr 0.1 -> 0.05",
+		"run again with its settings")
+	if strings.Contains(o.all, "started worker") {
+		t.Errorf("workers were started for refused settings:\n%s", tail(o.all, 2000))
+	}
 	co := start(t, t.TempDir(), "coordinator", nil, append(args, "--output", out)...)
 	mustFinish(t, co, 2*time.Minute)
 	if len(logLines(t, co.logPath, "resuming job")) == 0 || len(logLines(t, co.logPath, "resuming the job's record")) == 0 {

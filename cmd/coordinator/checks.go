@@ -101,6 +101,35 @@ func absPath(p string) string {
 	return p
 }
 
+// specRefused turns the job's refusal of this run's spec (see
+// coordinator.Service.SpecImposed) into the error the user reads: which
+// settings differ from the job's and what to do. A job that is done
+// refuses any other spec; that is no error (the run reports the job
+// done, and says that nothing was trained).
+func specRefused(err error, st coordinator.JobState, spec job.Spec) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, coordinator.ErrJobDone):
+		fmt.Fprintf(os.Stderr, "the job in %s had finished (step %d) before this run, with other settings: nothing was trained; "+
+			"to train again, start a new job with another --output\n", spec.OutputDir, st.Committed.Step)
+		return nil
+	case !errors.Is(err, coordinator.ErrSpecMismatch):
+		return err
+	}
+	var changed []string
+	if was, uerr := job.Unmarshal(st.Spec); uerr == nil {
+		changed = spec.HashDiff(&was)
+	}
+	what := "other settings"
+	if len(changed) > 0 {
+		what = "other settings (job's -> this run's): " + strings.Join(changed, ", ")
+	}
+	return fmt.Errorf("the job in %s has committed step %d with %s. "+
+		"To continue it, run again with its settings; to start a new job, use another --output",
+		spec.OutputDir, st.Committed.Step, what)
+}
+
 // jobFailed is the error of a job a worker stopped with an input error:
 // the reported cause, and, for a local worker, the last lines of its log.
 func jobFailed(st coordinator.JobState, procs *supervisor.Supervisor) error {

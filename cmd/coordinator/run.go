@@ -214,6 +214,20 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	imposed := co.Service().SpecImposed()
+	if rejoined && len(peers) <= 1 {
+		// A job of an earlier run may refuse these settings: say so
+		// before any worker starts (a new job cannot refuse them).
+		select {
+		case err := <-imposed:
+			imposed = nil
+			if err := specRefused(err, co.Node().State(), spec); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("stopped before the job started: %w", ctx.Err())
+		}
+	}
 	var procs *supervisor.Supervisor
 	if o.workers > 0 {
 		threads := spec.Threads
@@ -230,7 +244,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	}
 
 	start := time.Now()
-	err = waitDone(ctx, co, procs)
+	err = waitDone(ctx, co, procs, imposed, spec)
 	if ferr := prog.finish(); ferr != nil {
 		log.Error("history not written", zap.Error(ferr))
 	}
@@ -283,25 +297,32 @@ func shutdown(ctx context.Context, log *zap.Logger, co *coordinator.Coordinator,
 	}
 }
 
-// waitDone returns when the job state is done or failed, ctx ends, the
-// local workers' supervisor stops the job, or every local worker process
-// has exited.
-func waitDone(ctx context.Context, co *coordinator.Coordinator, procs *supervisor.Supervisor) error {
+// waitDone returns when the job state is done or failed in this run, ctx
+// ends, the job refuses this replica's spec (imposed, see specRefused),
+// the local workers' supervisor stops the job, or every local worker
+// process has exited. A failure of an earlier run (restored from the raft
+// log) is not the end: the leader retries the job with its spec.
+func waitDone(ctx context.Context, co *coordinator.Coordinator, procs *supervisor.Supervisor, imposed <-chan error, spec job.Spec) error {
 	var exited, failed <-chan struct{}
 	if procs != nil {
 		exited, failed = procs.AllExited(), procs.Failed()
 	}
 	for {
 		st, changed := co.Node().Watch()
-		switch st.Status {
-		case coordinator.StatusDone:
+		switch {
+		case st.Status == coordinator.StatusDone:
 			return nil
-		case coordinator.StatusFailed:
+		case st.Status == coordinator.StatusFailed && !co.Node().StaleFailure(st):
 			return jobFailed(st, procs)
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("stopped before the job finished (step %d): %w", st.Committed.Step, ctx.Err())
+		case err := <-imposed:
+			imposed = nil
+			if err := specRefused(err, co.Node().State(), spec); err != nil {
+				return err
+			}
 		case <-failed:
 			if s := co.Node().State(); s.Status == coordinator.StatusFailed {
 				return jobFailed(s, procs) // the reported cause, not a worker that exited because of it

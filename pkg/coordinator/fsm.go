@@ -50,6 +50,9 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	if err != nil {
 		return applyResult{state: f.state.Clone(), err: err}
 	}
+	if next.Status == StatusFailed && f.state.Status != StatusFailed {
+		next.FailedIndex = l.Index
+	}
 	f.state = next
 	f.notifyLocked()
 	return applyResult{state: next.Clone()}

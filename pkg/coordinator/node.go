@@ -82,8 +82,11 @@ type Node struct {
 	notify   chan bool
 	leaderCh chan bool   // latest leadership value, capacity 1
 	ready    atomic.Bool // leader and its FSM has applied every earlier entry
-	done     chan struct{}
-	wg       sync.WaitGroup
+	// startIndex is the last raft index this node had stored when it
+	// was opened: entries up to it are an earlier run's.
+	startIndex uint64
+	done       chan struct{}
+	wg         sync.WaitGroup
 
 	mu     sync.Mutex // guards closed, leading and leadChanged
 	closed bool
@@ -189,6 +192,9 @@ func NewNode(cfg NodeConfig) (n *Node, err error) {
 			}
 		}
 	}
+	if n.startIndex, err = storedIndex(n.store, snaps); err != nil {
+		return nil, err
+	}
 	n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, n.trans)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: start raft: %w", err)
@@ -196,6 +202,22 @@ func NewNode(cfg NodeConfig) (n *Node, err error) {
 	n.wg.Add(1)
 	go n.watchLeadership()
 	return n, nil
+}
+
+// storedIndex is the last raft index held by logs or snaps.
+func storedIndex(logs raft.LogStore, snaps raft.SnapshotStore) (uint64, error) {
+	last, err := logs.LastIndex()
+	if err != nil {
+		return 0, fmt.Errorf("coordinator: read raft log: %w", err)
+	}
+	metas, err := snaps.List()
+	if err != nil {
+		return 0, fmt.Errorf("coordinator: list raft snapshots: %w", err)
+	}
+	for _, m := range metas {
+		last = max(last, m.Index)
+	}
+	return last, nil
 }
 
 func validateNodeConfig(cfg *NodeConfig) error {
@@ -313,6 +335,19 @@ func (n *Node) announce() {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// StartIndex is the last raft index this node had stored when it was
+// opened (0 for a new one): entries up to it were written by an earlier
+// run, before this process started.
+func (n *Node) StartIndex() uint64 { return n.startIndex }
+
+// StaleFailure reports whether st (a state of this node) is failed by an
+// earlier run: the failure's entry was stored before this process opened
+// the node. Such a job is retried when a replica with a spec leads (see
+// ServiceConfig.Spec); a failure of this run is final.
+func (n *Node) StaleFailure(st JobState) bool {
+	return st.Status == StatusFailed && st.FailedIndex <= n.startIndex
 }
 
 // ID returns the node's raft id.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -78,6 +79,9 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	imposed   chan error  // the first final imposition's outcome, see SpecImposed
+	delivered atomic.Bool // imposed has been sent to
+
 	mu      sync.Mutex // guards metrics and subs
 	metrics map[string]*controlpb.MetricsReport
 	subs    map[*metricsSub]bool // WatchMetrics streams
@@ -116,7 +120,8 @@ func NewService(node *Node, cfg ServiceConfig) (*Service, error) {
 		log = zap.NewNop()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{node: node, cfg: cfg, log: log, cancel: cancel, metrics: map[string]*controlpb.MetricsReport{}, subs: map[*metricsSub]bool{}}
+	s := &Service{node: node, cfg: cfg, log: log, cancel: cancel, imposed: make(chan error, 1),
+		metrics: map[string]*controlpb.MetricsReport{}, subs: map[*metricsSub]bool{}}
 	s.wg.Add(1)
 	go s.leadershipLoop(ctx)
 	return s, nil
@@ -184,26 +189,23 @@ func (d *leaderDuty) stop() {
 	<-d.done
 }
 
+// SpecImposed delivers, once, the outcome of imposing ServiceConfig.Spec
+// when this replica first leads (a lost leadership or a timeout does not
+// count; the next leadership tries again): nil when the spec is in force (applied,
+// or the job's already), or why the job refused it (ErrSpecMismatch: steps
+// are committed under another spec; ErrJobDone). It has one reader; with
+// no Spec, or before this replica leads, nothing is delivered.
+func (s *Service) SpecImposed() <-chan error { return s.imposed }
+
 // leaderDuties imposes the configured spec (with its start quorum when
 // first is set: this replica's first leadership) and follows membership
 // until ctx ends (leadership lost or service closed).
 func (s *Service) leaderDuties(ctx context.Context, first bool) {
 	if sp := s.cfg.Spec; sp != nil {
-		hash := sp.ConfigHash
-		if hash == "" {
-			hash = ConfigHash(sp.Spec)
-		}
-		st := s.node.State()
-		quorum := 0
-		if first && st.Status != StatusDone {
-			quorum = sp.StartWorkers
-		}
-		if st.ConfigHash != hash || st.MinWorkers != sp.MinWorkers || st.MaxWorkers != sp.MaxWorkers || st.Status == StatusFailed || quorum > 0 {
-			_, err := s.node.Apply(ctx, Command{Op: opSetSpec, Spec: &SetSpecCommand{
-				Spec: sp.Spec, ConfigHash: hash, MinWorkers: sp.MinWorkers, MaxWorkers: sp.MaxWorkers, StartWorkers: quorum}})
-			if err != nil {
-				s.log.Error("apply job spec", zap.Error(err))
-			}
+		err := s.impose(ctx, sp, first)
+		final := err == nil || errors.Is(err, ErrSpecMismatch) || errors.Is(err, ErrJobDone)
+		if final && s.delivered.CompareAndSwap(false, true) {
+			s.imposed <- err
 		}
 	}
 	if s.cfg.Members == nil {
@@ -220,6 +222,32 @@ func (s *Service) leaderDuties(ctx context.Context, first bool) {
 		s.followMembers(ctx, ch)
 		sleepCtx(ctx, 100*time.Millisecond)
 	}
+}
+
+// impose applies sp unless the job already has it (with its start quorum
+// when first is set) and returns the job's refusal, if any.
+func (s *Service) impose(ctx context.Context, sp *SpecInput, first bool) error {
+	hash := sp.ConfigHash
+	if hash == "" {
+		hash = ConfigHash(sp.Spec)
+	}
+	st := s.node.State()
+	quorum := 0
+	if first && st.Status != StatusDone {
+		quorum = sp.StartWorkers
+	}
+	if st.ConfigHash == hash && st.MinWorkers == sp.MinWorkers && st.MaxWorkers == sp.MaxWorkers && st.Status != StatusFailed && quorum == 0 {
+		return nil
+	}
+	_, err := s.node.Apply(ctx, Command{Op: opSetSpec, Spec: &SetSpecCommand{
+		Spec: sp.Spec, ConfigHash: hash, MinWorkers: sp.MinWorkers, MaxWorkers: sp.MaxWorkers, StartWorkers: quorum}})
+	switch {
+	case errors.Is(err, ErrJobDone):
+		s.log.Info("the job is done; this replica's spec is not applied", zap.Error(err))
+	case err != nil && ctx.Err() == nil:
+		s.log.Error("apply job spec", zap.Error(err))
+	}
+	return err
 }
 
 // followMembers applies membership snapshots, waiting SettleDelay after

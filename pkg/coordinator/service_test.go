@@ -540,3 +540,82 @@ func TestServiceImposesStartQuorumOnEachStart(t *testing.T) {
 	send(21, "w0", "w1")
 	waitFor(t, 5*time.Second, "running on two again", func() bool { st := n.State(); return st.Status == StatusRunning && len(st.Plan) == 2 })
 }
+
+// A replica started again on the raft state of an earlier run: that run's
+// failure is stale (the spec it imposes retries the job), a failure of
+// this run is not; and a spec the job cannot take (steps committed under
+// another) is refused through SpecImposed, leaving the job as it was.
+func TestServiceRestartOverFailedOrOtherJob(t *testing.T) {
+	dir := t.TempDir()
+	open := func(spec string) (*Node, *Service) {
+		t.Helper()
+		n, err := NewNode(NodeConfig{ID: "solo", Dir: dir, BindAddr: "127.0.0.1:0", Bootstrap: true,
+			HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout, ControlAddr: "127.0.0.1:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := NewService(n, ServiceConfig{Job: "again", Spec: &SpecInput{Spec: []byte(spec), MinWorkers: 1}})
+		if err != nil {
+			n.Close()
+			t.Fatal(err)
+		}
+		return n, s
+	}
+	imposed := func(s *Service) error {
+		t.Helper()
+		select {
+		case err := <-s.SpecImposed():
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatal("the spec's outcome was never delivered")
+			return nil
+		}
+	}
+	ctx := ctxT(t, 30*time.Second)
+
+	n, s := open(`{"a":1}`)
+	if err := imposed(s); err != nil {
+		t.Fatalf("a new job refused its spec: %v", err)
+	}
+	st, err := n.Apply(ctx, Command{Op: opReportFailure, Failure: &FailureCommand{WorkerID: "w0", Reason: "bad input", Fatal: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status != StatusFailed || st.FailedIndex == 0 || n.StaleFailure(st) {
+		t.Fatalf("this run's failure: status %s, index %d, stale %v", st.Status, st.FailedIndex, n.StaleFailure(st))
+	}
+	failed := st
+	s.Close()
+	n.Close()
+
+	n, s = open(`{"a":1}`)
+	if !n.StaleFailure(failed) || n.StartIndex() < failed.FailedIndex {
+		t.Fatalf("the earlier run's failure (index %d) is not stale after a restart at index %d", failed.FailedIndex, n.StartIndex())
+	}
+	if err := imposed(s); err != nil {
+		t.Fatalf("the same spec over a failed job: %v", err)
+	}
+	if st := n.State(); st.Status == StatusFailed {
+		t.Fatalf("the failed job was not retried: %+v", st)
+	}
+	// Steps committed under this spec: another one is refused.
+	if _, err := n.Apply(ctx, Command{Op: opUpdateMembers, Members: &UpdateMembersCommand{Members: []Worker{{ID: "w0", JoinRevision: 5}}, Revision: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	gen := n.State().Generation
+	if _, err := n.Apply(ctx, Command{Op: opCommitStep, Commit: &CommitCommand{WorkerID: "w0", Generation: gen, Step: 7}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	n.Close()
+
+	n, s = open(`{"a":2}`)
+	defer n.Close()
+	defer s.Close()
+	if err := imposed(s); !errors.Is(err, ErrSpecMismatch) {
+		t.Fatalf("another spec over committed steps: %v, want ErrSpecMismatch", err)
+	}
+	if st := n.State(); string(st.Spec) != `{"a":1}` || st.Committed.Step != 7 {
+		t.Fatalf("the refused spec changed the job: spec %s, step %d", st.Spec, st.Committed.Step)
+	}
+}

@@ -96,7 +96,13 @@ type JobState struct {
 	Checkpoint      *CheckpointRef `json:"checkpoint,omitempty"`
 	Leader          LeaderRef      `json:"leader"`
 	LastFailure     *Failure       `json:"last_failure,omitempty"`
-	Ran             bool           `json:"ran"` // was ever running
+	// FailedIndex is the raft index of the entry that made Status
+	// StatusFailed (set by the FSM; 0 when unknown). A replica started
+	// again compares it with the last index it had stored (Node.StartIndex)
+	// to tell a failure of an earlier run, which its spec retries, from
+	// one of this run.
+	FailedIndex uint64 `json:"failed_index,omitempty"`
+	Ran         bool   `json:"ran"` // was ever running
 	// StartWorkers, while above 0, is the start quorum: the job does not
 	// run until this many workers are live (MinWorkers applies again once
 	// it runs, and StartWorkers is cleared). Set by SetSpecCommand.

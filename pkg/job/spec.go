@@ -401,14 +401,64 @@ func (s *Spec) Validate() error {
 // worker counts, output paths or deadlines): a checkpoint is resumed only
 // into a job with the same hash.
 func (s *Spec) Hash() string {
+	h := sha256.Sum256(s.hashed())
+	return hex.EncodeToString(h[:])
+}
+
+// hashed is the JSON that Hash digests: s without the fields that do not
+// change the computation.
+func (s *Spec) hashed() []byte {
 	c := *s
 	c.Name, c.OutputDir, c.MinWorkers, c.MaxWorkers = "", "", 0, 0
 	c.Device, c.Precision, c.Threads, c.DeadlineSec, c.BucketMB = "", "", 0, 0, 0
 	c.Checkpoint = Checkpoint{}
 	c.Data.Dir, c.Data.Mirror, c.Data.MirrorMD5 = "", "", ""
 	b, _ := json.Marshal(c) // a struct of plain fields always marshals
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
+	return b
+}
+
+// HashDiff lists the settings that make was's Hash differ from s's, one
+// "key was -> now" line each, keys as in a YAML job file (e.g.
+// "optimizer.lr 0.1 -> 0.01"), sorted. It is empty when the hashes are
+// equal.
+func (s *Spec) HashDiff(was *Spec) []string {
+	var a, b map[string]any
+	// Both decode: they are the JSON of a struct of plain fields.
+	_ = json.Unmarshal(was.hashed(), &a)
+	_ = json.Unmarshal(s.hashed(), &b)
+	var out []string
+	diffJSON("", a, b, &out)
+	sort.Strings(out)
+	return out
+}
+
+// diffJSON appends a line for every leaf of the decoded JSON values a and
+// b that differs, under the dotted key prefix.
+func diffJSON(prefix string, a, b any, out *[]string) {
+	ma, okA := a.(map[string]any)
+	mb, okB := b.(map[string]any)
+	if okA && okB {
+		keys := map[string]bool{}
+		for k := range ma {
+			keys[k] = true
+		}
+		for k := range mb {
+			keys[k] = true
+		}
+		for k := range keys {
+			key := k
+			if prefix != "" {
+				key = prefix + "." + k
+			}
+			diffJSON(key, ma[k], mb[k], out)
+		}
+		return
+	}
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	if string(ja) != string(jb) {
+		*out = append(*out, fmt.Sprintf("%s %s -> %s", prefix, ja, jb))
+	}
 }
 
 // Marshal encodes the spec as JSON (the form replicated through raft).

@@ -2,8 +2,10 @@ package job
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -81,6 +83,26 @@ func TestHashIgnoresPlacementButNotMath(t *testing.T) {
 	c, err := Unmarshal(m)
 	if err != nil || c.Hash() != a.Hash() {
 		t.Fatalf("round trip: %v", err)
+	}
+}
+
+func TestHashDiffNamesTheChangedSettings(t *testing.T) {
+	a, b := Default(), Default()
+	if d := b.HashDiff(&a); len(d) != 0 {
+		t.Fatalf("equal specs: %q", d)
+	}
+	b.OutputDir, b.MaxWorkers, b.Device = "elsewhere", 7, "cuda" // not in the hash
+	b.Optimizer.LR, b.Epochs, b.Model.Stem = 0.01, a.Epochs+3, "cifar"
+	want := []string{
+		fmt.Sprintf("epochs %d -> %d", a.Epochs, b.Epochs),
+		fmt.Sprintf("model.stem %q -> \"cifar\"", a.Model.Stem),
+		fmt.Sprintf("optimizer.lr %v -> 0.01", a.Optimizer.LR),
+	}
+	if d := b.HashDiff(&a); !slices.Equal(d, want) {
+		t.Fatalf("diff %q, want %q", d, want)
+	}
+	if a.Hash() == b.Hash() {
+		t.Fatal("the listed settings did not change the hash")
 	}
 }
 

@@ -761,3 +761,46 @@ func TestMachineBrokenBackendExits(t *testing.T) {
 	}
 	t.Logf("worker: %v; %d failures reported", err, len(h.ctrl.Snapshot().Failures))
 }
+
+// TestMachineRefusesOtherJobsCheckpoints: a job starting (step 0, resume
+// on) over a checkpoint directory that holds only another job's
+// checkpoints (its state directory gone, other settings) stops with an
+// input error instead of starting afresh, which would let retention delete
+// them; without resuming it trains.
+func TestMachineRefusesOtherJobsCheckpoints(t *testing.T) {
+	dir := t.TempDir()
+	disk, err := checkpoint.NewStore(dir, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := newHarness(t, testJob(t, 1))
+	first.disk = disk
+	w0 := first.start("w0")
+	first.publish("w0")
+	first.finishes(w0)
+	before, err := disk.Steps()
+	if err != nil || len(before) == 0 {
+		t.Fatalf("the first job left no checkpoints: %v %v", before, err)
+	}
+
+	spec := testJob(t, 3)
+	spec.Optimizer.LR /= 2
+	h := newHarness(t, spec)
+	h.disk = disk
+	w := h.start("w0")
+	h.publish("w0")
+	err = w.wait(t)
+	if !errors.Is(err, checkpoint.ErrMismatch) || !IsInputError(err) || !strings.Contains(err.Error(), "other settings") {
+		t.Fatalf("worker ended with %v, want an input error naming the other job's checkpoints", err)
+	}
+	if after, _ := disk.Steps(); !slices.Equal(after, before) {
+		t.Fatalf("the other job's checkpoints changed: %v, were %v", after, before)
+	}
+
+	spec.Checkpoint.Resume = false
+	h = newHarness(t, spec)
+	h.disk = disk
+	w = h.start("w0")
+	h.publish("w0")
+	h.finishes(w)
+}

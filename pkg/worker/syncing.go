@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -175,6 +176,15 @@ func (m *machine) resumeFromStore() error {
 		m.Log.Warn("checkpoint unusable; falling back to an older one", zap.Int64("step", s.Step), zap.Error(s.Err))
 	}
 	if err != nil {
+		// None of this job. Another job's would be deleted by this one's
+		// retention (and their steps overwritten): refuse.
+		for _, s := range skipped {
+			if errors.Is(s.Err, checkpoint.ErrMismatch) {
+				return fmt.Errorf("worker: the checkpoints in %s are of a job with other settings (newest: step %d: %w); "+
+					"nothing was changed there. Continue that job with its settings, start this one with another --output, "+
+					"or without resuming (--resume=false, which lets retention delete them)", m.Spec.OutputDir, s.Step, s.Err)
+			}
+		}
 		return nil // none: a fresh start
 	}
 	m.Log.Info("resuming from checkpoint", zap.Int64("step", l.Meta.Step), zap.Int64("epoch", l.Meta.Epoch),
