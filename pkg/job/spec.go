@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"reflect"
 	"sort"
 	"strings"
 	"unicode"
@@ -184,9 +185,57 @@ func (s *Spec) LoadYAML(path string) error {
 		if key := nonFiniteKey(b); key != "" {
 			return fmt.Errorf("%w: %s: %s is not a finite number", ErrInvalid, path, key)
 		}
+		if msg := typeMismatch(b); msg != "" {
+			return fmt.Errorf("%w: %s: %s", ErrInvalid, path, msg)
+		}
 		return fmt.Errorf("%w: %s: %v", ErrInvalid, path, err)
 	}
 	return nil
+}
+
+// typeMismatch says which key of the YAML document b holds a value of the
+// wrong kind, in YAML's words ("epochs must be a whole number, not a
+// list"), or "" (the YAML library reports it as a JSON decoding error of
+// a Go struct field).
+func typeMismatch(b []byte) string {
+	j, err := yaml.YAMLToJSON(b)
+	if err != nil {
+		return ""
+	}
+	var te *json.UnmarshalTypeError
+	if !errors.As(json.Unmarshal(j, &Spec{}), &te) || te.Field == "" {
+		return ""
+	}
+	want := "a " + te.Type.Kind().String()
+	switch te.Type.Kind() {
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		want = "a whole number"
+	case reflect.Float64, reflect.Float32:
+		want = "a number"
+	case reflect.Bool:
+		want = "true or false"
+	case reflect.Slice:
+		want = "a list"
+	case reflect.Struct, reflect.Map, reflect.Pointer:
+		want = "a mapping (key: value lines)"
+	}
+	got, num, _ := strings.Cut(te.Value, " ")
+	switch got {
+	case "array":
+		got = "a list"
+	case "object":
+		got = "a mapping"
+	case "bool":
+		got = "true/false"
+	case "number":
+		got = "a number"
+		if num != "" {
+			got = "the number " + num
+		}
+	default:
+		got = "a " + got
+	}
+	return fmt.Sprintf("%s must be %s, not %s", te.Field, want, strings.TrimSpace(got))
 }
 
 // nonFiniteKey returns the dotted key of the first NaN or infinite number

@@ -106,6 +106,25 @@ func TestHashDiffNamesTheChangedSettings(t *testing.T) {
 	}
 }
 
+func TestYAMLWrongKindSaysWhere(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ doc, want string }{
+		{"epochs: [1, 2]\n", "epochs must be a whole number, not a list"},
+		{"epochs: 2.5\n", "epochs must be a whole number, not the number 2.5"},
+		{"optimizer: {lr: fast}\n", "optimizer.lr must be a number, not a string"},
+		{"optimizer: 0.1\n", "optimizer must be a mapping (key: value lines), not a number"},
+		{"data: {augment: {a: 1}}\n", "data.augment must be true or false, not a mapping"},
+	} {
+		p := filepath.Join(dir, "job.yaml")
+		os.WriteFile(p, []byte(c.doc), 0o644)
+		s := Default()
+		err := s.LoadYAML(p)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), p+": "+c.want) {
+			t.Errorf("%q: %v, want %q", c.doc, err, c.want)
+		}
+	}
+}
+
 func TestFlagsOverrideYAML(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "job.yaml")
