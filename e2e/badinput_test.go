@@ -144,6 +144,7 @@ func TestBadInput(t *testing.T) {
 			{[]string{"--workers", "100000"}, "--workers 100000"},
 			{[]string{"--batch", "512"}, "global_batch (--batch) 512 is larger than the training set (256 samples)"},
 			{[]string{"--classes", "5"}, "model.classes (--classes) 5 is fewer than the 10 classes"},
+			{[]string{"--synthetic-size", "257"}, "the short last step of each epoch (1 of 257 images) leaves one of them a single image"},
 			{[]string{"--raft-peers", "c0=127.0.0.1:1,c1=127.0.0.1:2", "--workers", "0"}, "needs a shared etcd (--etcd-endpoints)"},
 		} {
 			o := coord(t, syn(c.args...)...)

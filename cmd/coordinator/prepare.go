@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 
 	"github.com/ringtrain/ringtrain/pkg/job"
@@ -33,7 +34,7 @@ func trainSize(ctx context.Context, spec job.Spec, o options) (int, error) {
 		return 0, err
 	}
 	var out, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "prepare")
+	cmd := exec.CommandContext(ctx, bin, "prepare", "--world", strconv.Itoa(o.workers))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(b), &out, &stderr
 	if err := cmd.Run(); err != nil {
 		msg := strings.TrimSpace(stderr.String())

@@ -15,7 +15,8 @@ import (
 )
 
 func prepareCmd() *cobra.Command {
-	return &cobra.Command{
+	var world int
+	cmd := &cobra.Command{
 		Use:   "prepare < SPEC.json",
 		Short: "Fetch and check a job's data before training (the coordinator's --workers N runs it once)",
 		Long: `Reads a job spec (JSON, as the coordinator replicates it) on standard input,
@@ -32,7 +33,7 @@ image of a folder, initial weights) and prints the training set's size as JSON:
 			if err != nil {
 				return err
 			}
-			p, err := worker.Prepare(cmd.Context(), spec)
+			p, err := worker.Prepare(cmd.Context(), spec, world)
 			if errors.Is(err, data.ErrUnavailable) {
 				return fmt.Errorf("%w\n(a local copy of the archive: --cifar-mirror /path/to/cifar-10-binary.tar.gz; or train offline on procedurally drawn images: --dataset synthetic)", err)
 			}
@@ -42,4 +43,6 @@ image of a folder, initial weights) and prints the training set's size as JSON:
 			return json.NewEncoder(os.Stdout).Encode(p)
 		},
 	}
+	cmd.Flags().IntVar(&world, "world", 0, "the number of workers that will train: also check that every worker's part of a step can be trained")
+	return cmd
 }

@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
@@ -26,8 +28,10 @@ const folderDecodeBytes = 64 << 20
 // every image of a folder, and the initial weights (applied to the model
 // on the CPU, exactly as every worker will). The coordinator's --workers N
 // runs it once, through 'worker prepare', so that N workers do not
-// download at once and a bad input stops the job with one message.
-func Prepare(ctx context.Context, spec job.Spec) (Prepared, error) {
+// download at once and a bad input stops the job with one message. With
+// world > 0 (the number of workers that will train), it also checks that
+// the batches split among them can be trained (checkShares).
+func Prepare(ctx context.Context, spec job.Spec, world int) (Prepared, error) {
 	train, _, err := OpenDatasets(ctx, spec)
 	if err != nil {
 		return Prepared{}, err
@@ -40,6 +44,11 @@ func Prepare(ctx context.Context, spec job.Spec) (Prepared, error) {
 	}
 	if n := train.Len(); spec.GlobalBatch > n {
 		return p, fmt.Errorf("%w: global_batch (--batch) %d is larger than the training set (%d samples)", job.ErrInvalid, spec.GlobalBatch, n)
+	}
+	if world > 0 {
+		if err := checkShares(spec, train.Len(), p.Shape, world); err != nil {
+			return p, err
+		}
 	}
 	if spec.Data.Dataset == "folder" {
 		// Every image file under the folder (train/, val/ or classes):
@@ -60,4 +69,48 @@ func Prepare(ctx context.Context, spec job.Spec) (Prepared, error) {
 		m.Free()
 	}
 	return p, nil
+}
+
+// checkShares refuses a job in which a worker's part of a step would be a
+// single image while the model's batch norm sees 1x1 feature maps (a
+// ResNet's imagenet stem on 32x32 images): batch norm cannot train on one
+// value per channel (nor can PyTorch's), and the job would stop at that
+// step, at the end of the first epoch for a short last step. n images,
+// the global batch split among world workers as the sampler splits it
+// (data.ShardRange), the short last step unless drop_last.
+func checkShares(spec job.Spec, n int, shape data.Shape, world int) error {
+	depth, err := nn.ModelDepth(spec.Model.Arch)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrSpec, err)
+	}
+	info, err := nn.SummarizeConfig(nn.ResNetConfig{Depth: depth, Stem: spec.Model.Stem, Width: spec.Model.Width, Classes: 10},
+		shape.C, shape.H, shape.W)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrSpec, err)
+	}
+	if !slices.ContainsFunc(info.Rows, func(r nn.SummaryRow) bool {
+		return strings.HasPrefix(r.Layer, "BatchNorm2d") && len(r.Output) == 4 && r.Output[2]*r.Output[3] == 1
+	}) {
+		return nil
+	}
+	b := spec.GlobalBatch
+	type step struct {
+		size int
+		what string
+	}
+	steps := []step{{b, fmt.Sprintf("every step (%d images)", b)}}
+	if last := n % b; last > 0 && !spec.Data.DropLast {
+		steps = append(steps, step{last, fmt.Sprintf("the short last step of each epoch (%d of %d images)", last, n)})
+	}
+	for _, st := range steps {
+		for r := range world {
+			if lo, hi := data.ShardRange(st.size, r, world); hi-lo == 1 {
+				return fmt.Errorf("%w: split among %d workers, %s leaves one of them a single image, "+
+					"and batch norm cannot train on one value per channel (the model's deepest feature maps are 1x1 at %dx%d); "+
+					"use data.drop_last (--drop-last), a global batch that leaves every worker 0 or at least 2 images, "+
+					"or the cifar stem (--stem cifar)", job.ErrInvalid, world, st.what, shape.H, shape.W)
+			}
+		}
+	}
+	return nil
 }
