@@ -24,6 +24,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
+	"github.com/ringtrain/ringtrain/pkg/worker"
 )
 
 // cifar10Names are CIFAR-10's classes in label order, used when the data
@@ -250,12 +251,11 @@ func (f *inferFlags) classNames(s job.Spec) ([]string, string, error) {
 		if s.Data.Folder == "" {
 			return nil, "", errors.New("--dataset folder needs --folder (its class directories name the classes) or --classes-file")
 		}
-		for _, root := range []string{filepath.Join(s.Data.Folder, "train"), s.Data.Folder} {
-			if f, err := data.NewImageFolder(root, 1); err == nil {
-				return f.Classes(), "the image folder " + root, nil
-			}
+		names, dir, err := worker.FolderClasses(s.Data.Folder)
+		if err != nil {
+			return nil, "", fmt.Errorf("--folder %s names no classes: %w (or give --classes-file)", s.Data.Folder, err)
 		}
-		return nil, "", fmt.Errorf("--folder %s has no class directories with images", s.Data.Folder)
+		return names, "the image folder " + dir, nil
 	default:
 		meta := filepath.Join(s.Data.Dir, "cifar-10-batches-bin", data.CIFARMetaFile)
 		if b, err := os.ReadFile(meta); err == nil {

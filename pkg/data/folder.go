@@ -89,7 +89,7 @@ func NewImageFolder(root string, size int) (*ImageFolder, error) {
 			return nil, fmt.Errorf("data: image folder: %w", err)
 		}
 		if len(f.files) == before {
-			return nil, fmt.Errorf("%w: image folder class %q (%s) has no .png or .jpg files",
+			return nil, fmt.Errorf("%w: image folder class %q (%s) has no .png, .jpg or .jpeg files: add its images or remove the directory",
 				ErrInvalid, e.Name(), filepath.Join(root, e.Name()))
 		}
 	}

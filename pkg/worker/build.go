@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/job"
@@ -70,21 +72,97 @@ func hasScheme(s string) bool {
 	return false
 }
 
-// openFolder uses root/train and root/val (or root/test) when they exist;
-// otherwise every tenth image of root is held out for evaluation.
+// openFolder opens an image folder in one of two layouts:
+//
+//   - root/train/<class> with root/val/<class> (or root/test/<class>): the
+//     split the user made. Evaluation labels follow the train classes by
+//     name, so val may lack a class but may not have one train lacks.
+//     Without val/ or test/, every tenth training image is held out.
+//   - root/<class>: every tenth image is held out for evaluation.
+//
+// The split layout is recognised by root/train holding a directory; a
+// problem in train/, val/ or test/ is an error, never a silent fall-back to
+// treating "train" and "val" as two classes.
 func openFolder(root string, size int) (data.Dataset, data.Dataset, error) {
-	tr, errTrain := data.NewImageFolder(filepath.Join(root, "train"), size)
-	if errTrain == nil {
-		for _, name := range []string{"val", "test"} {
-			if te, err := data.NewImageFolder(filepath.Join(root, name), size); err == nil {
-				return tr, te, nil
-			}
-		}
-	}
-	all, err := data.NewImageFolder(root, size)
+	trainDir, testDir, err := folderLayout(root)
 	if err != nil {
 		return nil, nil, err
 	}
+	if trainDir == root {
+		all, err := data.NewImageFolder(root, size)
+		if err != nil {
+			return nil, nil, err
+		}
+		tr, te := holdOut(all)
+		return tr, te, nil
+	}
+	tr, err := data.NewImageFolder(trainDir, size)
+	if err != nil {
+		return nil, nil, fmt.Errorf("worker: image folder %s has a train/ directory, so it is read as train/<class> and val/<class>: %w", root, err)
+	}
+	if testDir == "" {
+		a, b := holdOut(tr)
+		return a, b, nil
+	}
+	te, err := data.NewImageFolder(testDir, size)
+	if err != nil {
+		return nil, nil, fmt.Errorf("worker: image folder %s has a train/ directory, so it is read as train/<class> and %s/<class>: %w", root, filepath.Base(testDir), err)
+	}
+	rl, err := relabelByName(te, tr.Classes(), testDir, trainDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return tr, rl, nil
+}
+
+// folderLayout returns the directories openFolder reads: trainDir is root
+// itself for the root/<class> layout, root/train for the split layout,
+// where testDir is root/val or root/test ("" when neither exists).
+func folderLayout(root string) (trainDir, testDir string, err error) {
+	trainDir = filepath.Join(root, "train")
+	entries, err := os.ReadDir(trainDir)
+	split := false
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") && isDir(filepath.Join(trainDir, e.Name())) {
+			split = true
+			break
+		}
+	}
+	if err != nil || !split {
+		return root, "", nil
+	}
+	for _, name := range []string{"val", "test"} {
+		if dir := filepath.Join(root, name); isDir(dir) {
+			return trainDir, dir, nil
+		}
+	}
+	return trainDir, "", nil
+}
+
+// isDir reports whether path is a directory (following symbolic links).
+func isDir(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.IsDir()
+}
+
+// FolderClasses returns the class names a --dataset folder job trains on
+// (the class directories of root/train in the split layout, of root
+// otherwise) and the directory they were read from.
+func FolderClasses(root string) ([]string, string, error) {
+	trainDir, _, err := folderLayout(root)
+	if err != nil {
+		return nil, "", err
+	}
+	f, err := data.NewImageFolder(trainDir, 1)
+	if err != nil {
+		return nil, "", err
+	}
+	return f.Classes(), trainDir, nil
+}
+
+// holdOut splits a folder: every tenth image for evaluation (all of them
+// when there are fewer than ten), the others for training.
+func holdOut(all data.Dataset) (data.Dataset, data.Dataset) {
 	var trIdx, teIdx []int
 	for i := 0; i < all.Len(); i++ {
 		if i%10 == 9 {
@@ -96,7 +174,43 @@ func openFolder(root string, size int) (data.Dataset, data.Dataset, error) {
 	if len(teIdx) == 0 {
 		teIdx = trIdx
 	}
-	return &subset{all, trIdx}, &subset{all, teIdx}, nil
+	return &subset{all, trIdx}, &subset{all, teIdx}
+}
+
+// relabeled is an evaluation folder whose labels are the training
+// folder's for the same class names.
+type relabeled struct {
+	data.Dataset
+	classes []string
+	label   []int // the folder's label -> the training label
+}
+
+func (r *relabeled) Classes() []string { return append([]string(nil), r.classes...) }
+func (r *relabeled) Get(i int, dst []float32) (int, error) {
+	l, err := r.Dataset.Get(i, dst)
+	if err != nil {
+		return 0, err
+	}
+	return r.label[l], nil
+}
+
+// relabelByName maps te's labels to those of the classes named trainClasses;
+// a class of te that is not among them is an error.
+func relabelByName(te data.Dataset, trainClasses []string, testDir, trainDir string) (data.Dataset, error) {
+	index := map[string]int{}
+	for i, c := range trainClasses {
+		index[c] = i
+	}
+	r := &relabeled{Dataset: te, classes: trainClasses}
+	for _, c := range te.Classes() {
+		l, ok := index[c]
+		if !ok {
+			return nil, fmt.Errorf("%w: image folder: class %q of %s is not a class of %s (%s): give both the same class directories",
+				data.ErrInvalid, c, testDir, trainDir, strings.Join(trainClasses, ", "))
+		}
+		r.label = append(r.label, l)
+	}
+	return r, nil
 }
 
 type subset struct {
