@@ -7,7 +7,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -267,7 +266,8 @@ func (f *inferFlags) classNames(s job.Spec) ([]string, string, error) {
 }
 
 // imageFiles expands the arguments (files, or folders searched
-// recursively for .png/.jpg/.jpeg) into a sorted, de-duplicated list.
+// recursively for .png/.jpg/.jpeg as an image folder is: hidden names
+// skipped, symbolic links followed) into a de-duplicated list.
 func imageFiles(args []string) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
@@ -286,18 +286,9 @@ func imageFiles(args []string) ([]string, error) {
 			add(a)
 			continue
 		}
-		var found []string
-		err = filepath.WalkDir(a, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if d.Type().IsRegular() && data.IsImageFile(d.Name()) && !strings.HasPrefix(d.Name(), ".") {
-				found = append(found, p)
-			}
-			return nil
-		})
+		found, err := data.ImageFiles(a) // its errors name the file
 		if err != nil {
-			return nil, fmt.Errorf("image folder %s: %w", a, err)
+			return nil, err
 		}
 		if len(found) == 0 {
 			return nil, fmt.Errorf("image folder %s holds no .png, .jpg or .jpeg files", a)

@@ -1,6 +1,7 @@
 package data
 
 import (
+	"errors"
 	"fmt"
 	"image"
 	"image/color"
@@ -51,8 +52,11 @@ func IsImageFile(name string) bool {
 }
 
 // NewImageFolder scans root. Hidden files and directories (names starting
-// with ".") are ignored, and so are files of other types. A root without
-// class directories, or a class directory without images, is an error.
+// with ".") are ignored, and so are files of other types. Symbolic links
+// are followed, to class directories, subdirectories and files alike; a
+// broken one (where a class directory or an image would be) is an error. A
+// root without class directories, or a class directory without images, is
+// an error.
 func NewImageFolder(root string, size int) (*ImageFolder, error) {
 	if size <= 0 {
 		return nil, fmt.Errorf("%w: image size %d", ErrInvalid, size)
@@ -61,44 +65,116 @@ func NewImageFolder(root string, size int) (*ImageFolder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data: image folder: %w", err)
 	}
+	rootInfo, err := os.Stat(root)
+	if err != nil {
+		return nil, fmt.Errorf("data: image folder: %w", err)
+	}
 	f := &ImageFolder{root: root, size: size, budget: newPixelBudget(DefaultDecodeBudget)}
 	for _, e := range entries {
-		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		info, err := entryInfo(dir, e)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("%w: image folder: %s is a broken symbolic link: fix or remove it", ErrInvalid, dir)
+			}
+			return nil, fmt.Errorf("data: image folder: %w", err)
+		}
+		if !info.IsDir() {
 			continue
 		}
 		label := len(f.classes)
 		f.classes = append(f.classes, e.Name())
 		before := len(f.files)
-		err := filepath.WalkDir(filepath.Join(root, e.Name()), func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if strings.HasPrefix(d.Name(), ".") && p != filepath.Join(root, e.Name()) {
-				if d.IsDir() {
-					return filepath.SkipDir
-				}
-				return nil
-			}
-			if d.Type().IsRegular() && IsImageFile(d.Name()) {
-				f.files = append(f.files, p)
-				f.labels = append(f.labels, label)
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("data: image folder: %w", err)
+		if err := walkImages(dir, []os.FileInfo{rootInfo, info}, &f.files); err != nil {
+			return nil, err
 		}
 		if len(f.files) == before {
 			return nil, fmt.Errorf("%w: image folder class %q (%s) has no .png, .jpg or .jpeg files: add its images or remove the directory",
-				ErrInvalid, e.Name(), filepath.Join(root, e.Name()))
+				ErrInvalid, e.Name(), dir)
+		}
+		for range len(f.files) - before {
+			f.labels = append(f.labels, label)
 		}
 	}
 	if len(f.classes) == 0 {
 		return nil, fmt.Errorf("%w: image folder %s has no class directories (expected %s/<class>/<image>.jpg)", ErrInvalid, root, root)
 	}
-	// os.ReadDir and WalkDir return names in sorted order, so labels and
-	// files are deterministic.
+	// os.ReadDir returns names in sorted order, so labels and files are
+	// deterministic.
 	return f, nil
+}
+
+// ImageFiles returns the image files (.png, .jpg, .jpeg) under dir, at any
+// depth, in the order ImageFolder lists them: hidden files and directories
+// are skipped and symbolic links followed (a broken link named like an
+// image is an error, and so is a link cycle).
+func ImageFiles(dir string) ([]string, error) {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("data: image folder: %w", err)
+	}
+	var out []string
+	if err := walkImages(dir, []os.FileInfo{info}, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// entryInfo is the FileInfo of a directory entry, following a symbolic link.
+func entryInfo(path string, e fs.DirEntry) (os.FileInfo, error) {
+	if e.Type()&fs.ModeSymlink != 0 {
+		return os.Stat(path)
+	}
+	return e.Info()
+}
+
+// walkImages appends the image files under dir to out, depth first in
+// name order. ancestors are the directories above (dir included), to
+// detect a link that leads back into one of them.
+func walkImages(dir string, ancestors []os.FileInfo, out *[]string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("data: image folder: %w", err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if e.Type()&fs.ModeSymlink == 0 && !e.IsDir() {
+			if e.Type().IsRegular() && IsImageFile(e.Name()) {
+				*out = append(*out, p)
+			}
+			continue
+		}
+		info, err := entryInfo(p, e)
+		if err != nil {
+			if e.Type()&fs.ModeSymlink != 0 && errors.Is(err, fs.ErrNotExist) {
+				if IsImageFile(e.Name()) {
+					return fmt.Errorf("%w: image folder: %s is a broken symbolic link: fix or remove it", ErrInvalid, p)
+				}
+				continue // a broken link to something that is not an image
+			}
+			return fmt.Errorf("data: image folder: %w", err)
+		}
+		switch {
+		case info.IsDir():
+			for _, a := range ancestors {
+				if os.SameFile(a, info) {
+					return fmt.Errorf("%w: image folder: %s links back to %s (a cycle): remove the link", ErrInvalid, p, a.Name())
+				}
+			}
+			if err := walkImages(p, append(ancestors[:len(ancestors):len(ancestors)], info), out); err != nil {
+				return err
+			}
+		case info.Mode().IsRegular() && IsImageFile(e.Name()):
+			*out = append(*out, p)
+		}
+	}
+	return nil
 }
 
 // Len is the number of images.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"image"
 	"image/color"
@@ -205,5 +206,65 @@ func TestImageFolderErrors(t *testing.T) {
 				t.Fatalf("%s: %v, want ErrCorrupt naming the file", f.Path(i), err)
 			}
 		}
+	}
+}
+
+// TestImageFolderFollowsSymlinks: a class directory, a subdirectory or an
+// image that is a symbolic link is read like the real thing (it was
+// silently left out: a linked class vanished from the model); a broken
+// link where an image or a class would be, and a link cycle, are errors
+// naming it.
+func TestImageFolderFollowsSymlinks(t *testing.T) {
+	store := t.TempDir() // the real files, outside the folder
+	saveImage(t, filepath.Join(store, "bees", "b1.png"), filled(8, 8, color.White))
+	saveImage(t, filepath.Join(store, "more", "b2.png"), filled(8, 8, color.White))
+	saveImage(t, filepath.Join(store, "a2.png"), filled(8, 8, color.Black))
+	root := t.TempDir()
+	saveImage(t, filepath.Join(root, "ants", "a1.png"), filled(8, 8, color.Black))
+	link := func(target, name string) {
+		t.Helper()
+		if err := os.Symlink(target, name); err != nil {
+			t.Skipf("no symbolic links here: %v", err)
+		}
+	}
+	link(filepath.Join(store, "a2.png"), filepath.Join(root, "ants", "a2.png"))
+	link(filepath.Join(store, "bees"), filepath.Join(root, "bees"))
+	link(filepath.Join(store, "more"), filepath.Join(store, "bees", "more"))
+	link(filepath.Join(store, "missing.txt"), filepath.Join(root, "ants", "notes.txt")) // broken, not an image: ignored
+
+	f, err := NewImageFolder(root, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for i := range f.Len() {
+		rel, _ := filepath.Rel(root, f.Path(i))
+		got = append(got, fmt.Sprintf("%s:%d", rel, f.Label(i)))
+	}
+	want := []string{"ants/a1.png:0", "ants/a2.png:0", "bees/b1.png:1", "bees/more/b2.png:1"}
+	if !slices.Equal(f.Classes(), []string{"ants", "bees"}) || !slices.Equal(got, want) {
+		t.Fatalf("classes %v, files %v; want [ants bees], %v", f.Classes(), got, want)
+	}
+	files, err := ImageFiles(filepath.Join(root, "bees"))
+	if err != nil || len(files) != 2 {
+		t.Fatalf("ImageFiles: %v, %v; want the 2 images behind the links", files, err)
+	}
+
+	broken := filepath.Join(root, "ants", "gone.jpg")
+	link(filepath.Join(store, "gone.jpg"), broken)
+	if _, err := NewImageFolder(root, 8); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), broken+" is a broken symbolic link") {
+		t.Fatalf("broken image link: %v", err)
+	}
+	os.Remove(broken)
+	brokenClass := filepath.Join(root, "cats")
+	link(filepath.Join(store, "cats"), brokenClass)
+	if _, err := NewImageFolder(root, 8); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), brokenClass+" is a broken symbolic link") {
+		t.Fatalf("broken class link: %v", err)
+	}
+	os.Remove(brokenClass)
+	cycle := filepath.Join(store, "more", "again")
+	link(filepath.Join(store, "bees"), cycle)
+	if _, err := NewImageFolder(root, 8); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "cycle") {
+		t.Fatalf("link cycle: %v", err)
 	}
 }
