@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ringtrain/ringtrain/cmd/internal/env"
 	"github.com/ringtrain/ringtrain/internal/backend"
@@ -160,7 +161,14 @@ func (f *inferFlags) open(cmd *cobra.Command, tool string) (*loaded, error) {
 		return nil, fmt.Errorf("%s: --weights %s does not hold a ResNet: %v", tool, s.Transfer.Weights, err)
 	}
 	// Flags the user gave win over the file (a mismatch is reported below).
-	given := func(name string) bool { return cmd.Flags().Changed(name) || f.config != "" }
+	// A --config file overrides the file only where its model section
+	// names the key: an absent key is the job default, not the user's word.
+	inConfig, err := configModelKeys(f.config)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", tool, err)
+	}
+	yamlKey := map[string]string{"model": "arch", "stem": "stem", "width": "width", "classes": "classes"}
+	given := func(name string) bool { return cmd.Flags().Changed(name) || inConfig[yamlKey[name]] }
 	want := arch
 	if given("model") {
 		if want.Depth, err = nn.ModelDepth(s.Model.Arch); err != nil {
@@ -187,7 +195,7 @@ func (f *inferFlags) open(cmd *cobra.Command, tool string) (*loaded, error) {
 	}
 	if err := nn.ApplyWeights(st, b, m.Params(), m.Buffers(), nn.LoadOptions{}); err != nil {
 		m.Free()
-		return nil, weightsMismatch(tool, s.Transfer.Weights, want, arch, err)
+		return nil, weightsMismatch(tool, s.Transfer.Weights, want, arch, f.config, err)
 	}
 	m.SetTrain(false)
 	l := &loaded{model: m, backend: b, arch: want, spec: s, size: 32}
@@ -208,8 +216,31 @@ func (f *inferFlags) open(cmd *cobra.Command, tool string) (*loaded, error) {
 	return l, nil
 }
 
+// configModelKeys returns the keys the model section of a YAML job file
+// sets (none without a file).
+func configModelKeys(path string) (map[string]bool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--config: %w", err)
+	}
+	var doc struct {
+		Model map[string]any `json:"model"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("--config %s: %w", path, err)
+	}
+	keys := map[string]bool{}
+	for k := range doc.Model {
+		keys[k] = true
+	}
+	return keys, nil
+}
+
 // weightsMismatch turns ApplyWeights' list of problems into one message.
-func weightsMismatch(tool, path string, want, have archInfo, err error) error {
+func weightsMismatch(tool, path string, want, have archInfo, config string, err error) error {
 	var n int
 	first := err.Error()
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -221,6 +252,9 @@ func weightsMismatch(tool, path string, want, have archInfo, err error) error {
 	hint := ""
 	if want != have {
 		hint = fmt.Sprintf("; the file holds %s, the flags ask for %s (drop --model/--stem/--width/--classes to use the file's)", have, want)
+		if config != "" {
+			hint = fmt.Sprintf("; the file holds %s, the flags and --config %s ask for %s (drop --model/--stem/--width/--classes and the config's model keys to use the file's)", have, config, want)
+		}
 	}
 	if n > 1 {
 		return fmt.Errorf("%s: --weights %s does not fit the model: %d problems, first: %s%s", tool, path, n, first, hint)

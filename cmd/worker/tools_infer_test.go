@@ -505,3 +505,38 @@ func TestOutputNames(t *testing.T) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
+
+// TestInferenceConfigKeepsFileArchitecture: a --config job file overrides
+// the weights file's architecture only with the model keys it sets; one
+// without a model section (or with some keys) no longer forces the job
+// defaults (ResNet-18, imagenet stem, width 1) on a width-0.125 cifar-stem
+// file, which failed with "the flags ask for" flags never given.
+func TestInferenceConfigKeepsFileArchitecture(t *testing.T) {
+	dir := t.TempDir()
+	weights := tinyWeights(t)
+	img := filepath.Join(dir, "img.png")
+	writePNG(t, img, make([]float32, 3*32*32), 32, 32)
+	config := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	base := []string{"--weights", weights, "--device", "cpu", "--threads", "1"}
+	for _, text := range []string{"data: {dataset: synthetic}\n", "model: {arch: resnet18}\ndata: {dataset: synthetic}\n"} {
+		cfg := config("job.yaml", text)
+		out, err := runWorker(t, append([]string{"predict", "--config", cfg, "--top", "1", img}, base...)...)
+		if err != nil || !strings.Contains(out, "resnet18 (cifar stem, width 0.125, 10 classes)") || !strings.Contains(out, "the synthetic dataset") {
+			t.Fatalf("config %q: %v\n%s", text, err, out)
+		}
+	}
+	cfg := config("wide.yaml", "model: {width: 0.25}\n")
+	_, err := runWorker(t, append([]string{"predict", "--config", cfg, img}, base...)...)
+	if err == nil || !strings.Contains(err.Error(), "--config "+cfg+" ask for resnet18 (cifar stem, width 0.25, 10 classes)") {
+		t.Fatalf("config with another width: %v", err)
+	}
+	if out, err := runWorker(t, append([]string{"export", "--config", cfg, "--width", "0.125", "--out", filepath.Join(dir, "m.onnx")}, base...)...); err != nil {
+		t.Fatalf("a flag over the config: %v\n%s", err, out)
+	}
+}
