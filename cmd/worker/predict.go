@@ -42,7 +42,8 @@ file (--model/--stem/--width override it); class names come from the dataset
 (--dataset, --data-dir, --folder) or --classes-file. Every image is resized and
 centre-cropped the way the model was trained (its shorter side to the input size,
 32 for CIFAR-10, --image-size for an image folder) and normalised with the
-evaluation transform.`,
+evaluation transform. An image that cannot be read is reported and skipped;
+the command then fails (exit status 65) after classifying the others.`,
 		Example: `  worker predict --weights runs/ringtrain/model.safetensors cat.png dog.jpg
   worker predict --weights model.safetensors --dataset folder --folder flowers --image-size 64 --top 3 photos/
   worker predict --weights model.safetensors --json test-images/ > predictions.json`,
@@ -65,16 +66,29 @@ evaluation transform.`,
 				fmt.Fprintf(out, "predict: %s from %s; class names from %s\n", l.arch, l.spec.Transfer.Weights, l.namesOf)
 				fmt.Fprintf(out, "predict: each image: %s\n", transformNote(l.size))
 			}
-			preds, err := predictFiles(l, files, min(topK, len(l.names)))
+			// Results are written as they come, and an unreadable image is
+			// reported and skipped: one bad file among thousands neither
+			// withholds the others' results nor goes unnoticed (the exit
+			// status says it).
+			w := &predictWriter{out: out, json: asJSON}
+			var bad []error
+			skip := func(err error) {
+				bad = append(bad, err)
+				fmt.Fprintf(cmd.ErrOrStderr(), "predict: skipped: %v\n", err)
+			}
+			err = predictFiles(l, files, min(topK, len(l.names)), w.write, skip)
+			if werr := w.close(); err == nil {
+				err = werr
+			}
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(preds)
+			if len(bad) == 1 && len(files) == 1 {
+				return fmt.Errorf("predict: %w", bad[0])
 			}
-			printPredictions(out, preds)
+			if len(bad) > 0 {
+				return fmt.Errorf("predict: %d of %d images could not be read (their results are missing above); first: %w", len(bad), len(files), bad[0])
+			}
 			return nil
 		},
 	}
@@ -84,9 +98,9 @@ evaluation transform.`,
 	return cmd
 }
 
-// predictFiles runs the model on files in batches.
-func predictFiles(l *loaded, files []string, k int) ([]prediction, error) {
-	var preds []prediction
+// predictFiles runs the model on files in batches and hands each result to
+// emit, in order; a file that cannot be read goes to skip instead.
+func predictFiles(l *loaded, files []string, k int, emit func(prediction) error, skip func(error)) error {
 	n := 3 * l.size * l.size
 	for lo := 0; lo < len(files); lo += predictBatch {
 		batch := files[lo:min(lo+predictBatch, len(files))]
@@ -95,16 +109,20 @@ func predictFiles(l *loaded, files []string, k int) ([]prediction, error) {
 		for _, p := range batch {
 			in, err := readInput(p, l.size)
 			if err != nil {
-				return nil, fmt.Errorf("predict: %w", err)
+				skip(err)
+				continue
 			}
 			ins = append(ins, in)
 			xs = append(xs, in.x...)
 		}
-		logits, err := runLogits(l.model, xs, len(batch), l.size)
-		if err != nil {
-			return nil, fmt.Errorf("predict: %w", err)
+		if len(ins) == 0 {
+			continue
 		}
-		classes := len(logits) / len(batch)
+		logits, err := runLogits(l.model, xs, len(ins), l.size)
+		if err != nil {
+			return fmt.Errorf("predict: %w", err)
+		}
+		classes := len(logits) / len(ins)
 		for i, in := range ins {
 			row := logits[i*classes : (i+1)*classes]
 			prob := softmax(row)
@@ -117,10 +135,51 @@ func predictFiles(l *loaded, files []string, k int) ([]prediction, error) {
 			for _, c := range order[:k] {
 				p.Top = append(p.Top, ranked{Class: c, Name: l.names[c], Prob: prob[c], Logit: row[c]})
 			}
-			preds = append(preds, p)
+			if err := emit(p); err != nil {
+				return fmt.Errorf("predict: %w", err)
+			}
 		}
 	}
-	return preds, nil
+	return nil
+}
+
+// predictWriter prints predictions as they come: table blocks, or the
+// elements of one JSON array (indented as encoding/json would the whole).
+type predictWriter struct {
+	out  io.Writer
+	json bool
+	n    int
+}
+
+func (w *predictWriter) write(p prediction) error {
+	if !w.json {
+		printPredictions(w.out, []prediction{p})
+		return nil
+	}
+	b, err := json.MarshalIndent(p, "  ", "  ")
+	if err != nil {
+		return err
+	}
+	sep := ",\n  "
+	if w.n == 0 {
+		sep = "[\n  "
+	}
+	w.n++
+	_, err = fmt.Fprintf(w.out, "%s%s", sep, b)
+	return err
+}
+
+// close ends the JSON array (an empty one when nothing was written).
+func (w *predictWriter) close() error {
+	if !w.json {
+		return nil
+	}
+	end := "\n]\n"
+	if w.n == 0 {
+		end = "[]\n"
+	}
+	_, err := io.WriteString(w.out, end)
+	return err
 }
 
 // runLogits returns the logits of n images of side size (host, n x classes).

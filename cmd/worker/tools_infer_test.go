@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/ringtrain/ringtrain/pkg/data"
 	"github.com/ringtrain/ringtrain/pkg/nn"
+	"github.com/ringtrain/ringtrain/pkg/worker"
 )
 
 // runWorker runs worker subcommands in-process and returns their output.
@@ -538,5 +540,64 @@ func TestInferenceConfigKeepsFileArchitecture(t *testing.T) {
 	}
 	if out, err := runWorker(t, append([]string{"export", "--config", cfg, "--width", "0.125", "--out", filepath.Join(dir, "m.onnx")}, base...)...); err != nil {
 		t.Fatalf("a flag over the config: %v\n%s", err, out)
+	}
+}
+
+// TestPredictSkipsUnreadableImages: an unreadable image among others is
+// reported on stderr and skipped; the others' results are still printed
+// (a valid JSON array, in order) and the command fails at the end, naming
+// it, with the bad-input exit status. Before, the first bad file discarded
+// every result already computed.
+func TestPredictSkipsUnreadableImages(t *testing.T) {
+	dir := t.TempDir()
+	weights := tinyWeights(t)
+	px := make([]float32, 3*32*32)
+	for i := range px {
+		px[i] = float32(i%11) / 11
+	}
+	for _, name := range []string{"a.png", "c.png", "d.png"} {
+		writePNG(t, filepath.Join(dir, "in", name), px, 32, 32)
+	}
+	broken := filepath.Join(dir, "in", "b.png")
+	if err := os.WriteFile(broken, []byte("\x89PNG\r\n\x1a\ntruncated"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, asJSON := range []bool{true, false} {
+		root := &cobra.Command{Use: "worker", SilenceUsage: true, SilenceErrors: true}
+		root.AddCommand(predictCmd())
+		var out, errOut bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&errOut)
+		args := []string{"predict", "--weights", weights, "--device", "cpu", "--threads", "1", "--top", "1", filepath.Join(dir, "in")}
+		if asJSON {
+			args = append(args, "--json")
+		}
+		root.SetArgs(args)
+		err := root.ExecuteContext(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "1 of 4 images could not be read") || !strings.Contains(err.Error(), broken) || !worker.IsInputError(err) {
+			t.Fatalf("json %v: error %v, want 1 of 4 unreadable, naming %s, an input error", asJSON, err, broken)
+		}
+		if !strings.Contains(errOut.String(), "predict: skipped: cannot read image "+broken) {
+			t.Fatalf("json %v: stderr does not report the skipped file:\n%s", asJSON, errOut.String())
+		}
+		if !asJSON {
+			for _, name := range []string{"a.png", "c.png", "d.png"} {
+				if !strings.Contains(out.String(), filepath.Join(dir, "in", name)+"  (32x32)") {
+					t.Fatalf("table lacks %s:\n%s", name, out.String())
+				}
+			}
+			continue
+		}
+		var preds []prediction
+		if err := json.Unmarshal(out.Bytes(), &preds); err != nil {
+			t.Fatalf("--json output is not JSON: %v\n%s", err, out.String())
+		}
+		var got []string
+		for _, p := range preds {
+			got = append(got, filepath.Base(p.File))
+		}
+		if !slices.Equal(got, []string{"a.png", "c.png", "d.png"}) || len(preds[0].Top) != 1 {
+			t.Fatalf("records for %v, want a.png c.png d.png with one class each", got)
+		}
 	}
 }
