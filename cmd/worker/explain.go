@@ -87,6 +87,19 @@ func runExplain(cmd *cobra.Command, f *inferFlags, o *explainOpts, args []string
 	if o.baseline != "mean" && o.baseline != "blur" {
 		return fmt.Errorf("explain: --baseline %q: want mean or blur", o.baseline)
 	}
+	// The library reads 0 as its default; here a value the user typed is
+	// taken at its word, so 0 is refused like any other impossible value.
+	if doShap {
+		if o.grid < 1 {
+			return fmt.Errorf("explain: --grid %d: want at least 1 (patches per side)", o.grid)
+		}
+		if o.samples < 2 {
+			return fmt.Errorf("explain: --samples %d: want at least 2 permutations (for a standard error)", o.samples)
+		}
+		if o.sigma < 0 || math.IsNaN(o.sigma) || math.IsInf(o.sigma, 0) {
+			return fmt.Errorf("explain: --blur-sigma %g: want 0 (half a patch) or a positive number of pixels", o.sigma)
+		}
+	}
 	files, err := imageFiles(args)
 	if err != nil {
 		return fmt.Errorf("explain: %w", err)
@@ -96,6 +109,9 @@ func runExplain(cmd *cobra.Command, f *inferFlags, o *explainOpts, args []string
 		return err
 	}
 	defer l.model.Free()
+	if doShap && o.grid > l.size {
+		return fmt.Errorf("explain: --grid %d: the %dx%d input has fewer pixels per side; want at most %d", o.grid, l.size, l.size, l.size)
+	}
 	class := -1
 	if o.class != "" {
 		if class, err = parseClass(o.class, l.names); err != nil {

@@ -601,3 +601,35 @@ func TestPredictSkipsUnreadableImages(t *testing.T) {
 		}
 	}
 }
+
+// TestExplainRefusesImpossibleShapleyFlags: --samples 0, --grid 0 and a
+// negative --blur-sigma were silently replaced by the defaults (64
+// permutations, a 4x4 grid, half a patch); now they, and a grid finer than
+// the input, are refused before any image is read or file written.
+func TestExplainRefusesImpossibleShapleyFlags(t *testing.T) {
+	dir := t.TempDir()
+	weights := tinyWeights(t)
+	img := filepath.Join(dir, "img.png")
+	writePNG(t, img, make([]float32, 3*32*32), 32, 32)
+	cases := []struct {
+		flags []string
+		want  string
+	}{
+		{[]string{"--samples", "0"}, "--samples 0: want at least 2"},
+		{[]string{"--grid", "0"}, "--grid 0: want at least 1"},
+		{[]string{"--baseline", "blur", "--blur-sigma", "-1"}, "--blur-sigma -1"},
+		{[]string{"--grid", "33"}, "--grid 33: the 32x32 input"},
+	}
+	for _, c := range cases {
+		out := filepath.Join(dir, "out")
+		args := append([]string{"explain", "--weights", weights, "--device", "cpu", "--threads", "1", "--method", "shapley", "--out", out, img}, c.flags...)
+		_, err := runWorker(t, args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: error %v, want one saying %q", c.flags, err, c.want)
+		}
+		if _, serr := os.Stat(out); serr == nil {
+			t.Errorf("%v: %s was written", c.flags, out)
+			os.RemoveAll(out)
+		}
+	}
+}
