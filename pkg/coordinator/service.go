@@ -190,8 +190,8 @@ func (d *leaderDuty) stop() {
 }
 
 // SpecImposed delivers, once, the outcome of imposing ServiceConfig.Spec
-// when this replica first leads (a lost leadership or a timeout does not
-// count; the next leadership tries again): nil when the spec is in force (applied,
+// when this replica first leads (a failure to replicate is retried while
+// it leads; after a lost leadership, the next one tries again): nil when the spec is in force (applied,
 // or the job's already), or why the job refused it (ErrSpecMismatch: steps
 // are committed under another spec; ErrJobDone). It has one reader; with
 // no Spec, or before this replica leads, nothing is delivered.
@@ -202,10 +202,20 @@ func (s *Service) SpecImposed() <-chan error { return s.imposed }
 // until ctx ends (leadership lost or service closed).
 func (s *Service) leaderDuties(ctx context.Context, first bool) {
 	if sp := s.cfg.Spec; sp != nil {
-		err := s.impose(ctx, sp, first)
-		final := err == nil || errors.Is(err, ErrSpecMismatch) || errors.Is(err, ErrJobDone)
-		if final && s.delivered.CompareAndSwap(false, true) {
-			s.imposed <- err
+		// The job's answer is final; a failure to replicate (a slow
+		// disk, a lost leadership) is retried while this replica leads.
+		for {
+			err := s.impose(ctx, sp, first)
+			if err == nil || errors.Is(err, ErrSpecMismatch) || errors.Is(err, ErrJobDone) || errors.Is(err, ErrInvalid) {
+				if s.delivered.CompareAndSwap(false, true) {
+					s.imposed <- err
+				}
+				break
+			}
+			if ctx.Err() != nil || errors.Is(err, ErrClosed) {
+				return
+			}
+			sleepCtx(ctx, time.Second)
 		}
 	}
 	if s.cfg.Members == nil {
