@@ -108,7 +108,13 @@ func printStatus(w io.Writer, js *controlpb.JobStatus, now time.Time) error {
 			spec.GlobalBatch, spec.Optimizer.Name, spec.Optimizer.LR, spec.OutputDir)
 	}
 	if c := p.GetLatestCheckpoint(); c != nil {
-		fmt.Fprintf(w, "latest checkpoint: step %d (accuracy %.2f%%)\n", c.GetStep(), 100*c.GetAccuracy())
+		// Only an epoch-end checkpoint was evaluated; the reference of
+		// one in the middle of an epoch has no accuracy (zero).
+		if acc := c.GetAccuracy(); acc > 0 {
+			fmt.Fprintf(w, "latest checkpoint: step %d (accuracy %.2f%%)\n", c.GetStep(), 100*acc)
+		} else {
+			fmt.Fprintf(w, "latest checkpoint: step %d\n", c.GetStep())
+		}
 	}
 
 	// The workers: planned ones in rank order, then the other live ones.

@@ -27,12 +27,20 @@ func (m *machine) committing(context.Context) (state, error) {
 // commitLocal snapshots the state under the current plan and session.
 func (m *machine) commitLocal() error {
 	start := time.Now()
-	s, err := m.t.Snapshot(m.sess.world, m.lastAcc)
+	// The test accuracy and loss belong to the weights evaluated, at an
+	// epoch end: a checkpoint of a later step (in the next epoch) holds
+	// weights trained past them, and labelled with them it would compete
+	// as the best (retention) for an accuracy it never had.
+	acc, loss := m.lastAcc, m.lastLoss
+	if m.lastEvalStep != m.t.Step {
+		acc, loss = nil, nil
+	}
+	s, err := m.t.Snapshot(m.sess.world, acc)
 	if err != nil {
 		return err
 	}
 	s.Meta.Generation = m.plan.GetGeneration()
-	s.Meta.Loss = m.lastLoss // the validation loss beside the accuracy, for the history
+	s.Meta.Loss = loss // the validation loss beside the accuracy, for the history
 	m.remember(s)
 	if m.sess.rank == 0 && m.writer != nil {
 		// Backpressure: the previous checkpoint must be durable and

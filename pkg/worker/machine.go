@@ -142,9 +142,12 @@ type machine struct {
 	failure error           // why the last plan's ring failed (recovering)
 	sess    *session        // the open ring of plan, nil outside it
 	writer  *checkpoint.Writer
-	lastAcc *float64
-	// lastLoss is the validation loss of lastAcc's evaluation.
-	lastLoss *float64
+	// lastAcc and lastLoss are the test accuracy and loss of the last
+	// evaluation, of the weights of step lastEvalStep: only that step's
+	// checkpoint carries them (a later one holds other weights).
+	lastAcc      *float64
+	lastLoss     *float64
+	lastEvalStep int64
 	// partial is set when a step failed half-way: the trainer's state is
 	// then not exactly the state of its step.
 	partial bool

@@ -68,7 +68,7 @@ func (m *machine) training(ctx context.Context) (state, error) {
 			return m.ringFailed(ctx, err)
 		}
 		acc, loss := ev.Accuracy, ev.Loss
-		m.lastAcc, m.lastLoss = &acc, &loss
+		m.lastAcc, m.lastLoss, m.lastEvalStep = &acc, &loss, m.t.Step
 		m.Metrics.ObserveEval(ev.Loss, ev.Accuracy)
 		m.report(&controlpb.MetricsReport{WorkerId: m.ID, Generation: p.GetGeneration(), Rank: int32(s.rank),
 			Step: m.t.Step, Epoch: int64(epoch), Loss: ev.Loss, Accuracy: ev.Accuracy, Phase: "eval", Samples: int64(ev.N)})
