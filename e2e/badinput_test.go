@@ -295,6 +295,24 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 
+	// An output directory that refuses the final model (here a directory
+	// in its way; a full disk alike): the job stops with the cause at
+	// once, instead of every worker training again from the newest
+	// checkpoint to fail the same way until --restart-limit.
+	t.Run("unwritable final model", func(t *testing.T) {
+		out := filepath.Join(dir, "final")
+		if err := os.MkdirAll(filepath.Join(out, "model.safetensors", "in-the-way"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		o := coord(t, "--workers", "2", "--dataset", "synthetic", "--synthetic-size", "256", "--epochs", "1",
+			"--batch", "32", "--width", "0.125", "--threads", "1", "--no-progress", "--output", out)
+		requireClearFailure(t, "unwritable final model", o, "coordinator:", "job stopped: worker",
+			"the final model "+filepath.Join(out, "model.safetensors"), "start the coordinator again")
+		if n := strings.Count(o.all, `"msg":"worker exited"`); n > 2 {
+			t.Errorf("%d worker exits for 2 workers: restarted", n)
+		}
+	})
+
 	// Every checkpoint damaged ("Why" 1 and 5): the job stops at once with
 	// a message saying so, instead of a restart loop.
 	t.Run("damaged checkpoints", func(t *testing.T) {

@@ -20,17 +20,24 @@ import (
 // repeat.
 var ErrJobFailed = errors.New("worker: job stopped by the coordinator")
 
+// ErrOutput reports that the job's final output (the model) cannot be
+// written: a full disk, a read-only or broken output directory. Retrying
+// means training again from the newest checkpoint to fail the same way,
+// so it stops the job like an input error.
+var ErrOutput = errors.New("worker: the job's output cannot be written")
+
 // IsInputError reports whether err comes from the job's input (its spec,
 // data, initial weights, labels, checkpoints) or from training diverging:
 // errors that would come back after a restart or under any other plan,
-// so that retrying is pointless. A lost peer, a broken connection or a
-// crash are not input errors.
+// so that retrying is pointless; and an output directory that refuses the
+// final model (ErrOutput). A lost peer, a broken connection or a crash
+// are not input errors.
 func IsInputError(err error) bool {
 	if err == nil {
 		return false
 	}
 	for _, target := range []error{
-		ErrSpec, ErrJobFailed, job.ErrInvalid,
+		ErrSpec, ErrJobFailed, ErrOutput, job.ErrInvalid,
 		data.ErrInvalid, data.ErrCorrupt, data.ErrUnavailable, data.ErrChecksum, data.ErrUnsafeArchive,
 		nn.ErrLabel, nn.ErrNonFinite, nn.ErrConfig, nn.ErrShape, nn.ErrSafetensors, nn.ErrSTNotFound,
 		nn.ErrSTWrongDType, nn.ErrMissingKey, nn.ErrUnexpectedKey, nn.ErrBatchNorm,

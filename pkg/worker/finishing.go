@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 
 	"go.uber.org/zap"
@@ -38,7 +39,11 @@ func (m *machine) finishing(ctx context.Context) (state, error) {
 	path := filepath.Join(m.Spec.OutputDir, ModelFile)
 	if err := nn.SaveWeights(path, m.t.B, m.t.Model.Params(), m.t.Model.Buffers(), map[string]string{
 		"format": "pt", "arch": m.Spec.Model.Arch, "stem": m.Spec.Model.Stem}); err != nil {
-		return stateDone, err
+		// A restart would train again from the newest checkpoint and
+		// fail here the same way: stop the job with the cause (ErrOutput
+		// is fatal) rather than crash into a restart loop.
+		return stateDone, fmt.Errorf("%w: the final model %s: %w (free space or fix the output directory, then start the coordinator again: the job resumes from its newest checkpoint and writes the model)",
+			ErrOutput, path, err)
 	}
 	m.Log.Info("saved model", zap.String("path", path), zap.Int64("step", m.t.Step))
 	m.flushReports(m.Timing.FlushTimeout)
