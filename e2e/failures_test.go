@@ -308,6 +308,43 @@ func TestFailingCheckpointWriteKeepsTraining(t *testing.T) {
 	}
 }
 
+// TestCheckpointsListingWhileJobRuns: 'coordinator checkpoints' answers
+// while the job runs (the checkpoints directory is all it reads), and
+// each checkpoint listed verifies. Before 2026-12-06 it opened the job's
+// embedded etcd, whose files the running coordinator holds: it waited
+// until the job ended, and did not stop on Ctrl-C meanwhile.
+func TestCheckpointsListingWhileJobRuns(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out")
+	co := start(t, t.TempDir(), "coordinator", nil, jobArgs(out, "--workers", "2", "--epochs", "100")...)
+	store := &checkpoint.Store{Dir: filepath.Join(out, "checkpoints")}
+	waitFor(t, time.Minute, "a checkpoint past step 0", func() bool {
+		s, _ := store.Steps()
+		return len(s) > 0 && s[0] > 0
+	})
+	o := runBin(t, t.TempDir(), "coordinator", 20*time.Second, "checkpoints", "--output", out)
+	select {
+	case <-co.done:
+		t.Fatalf("the job ended before the listing did: the test proves nothing\n%s", tail(co.log(), 2000))
+	default:
+	}
+	if o.code != 0 {
+		t.Fatalf("checkpoints: exit %d\n%s", o.code, o.all)
+	}
+	rows := 0
+	for _, l := range strings.Split(strings.TrimSpace(o.all), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] != "STEP" {
+			rows++
+			if !strings.HasSuffix(l, "yes") {
+				t.Errorf("checkpoint of a running job not verified: %q", l)
+			}
+		}
+	}
+	if rows == 0 {
+		t.Fatalf("no checkpoint listed:\n%s", o.all)
+	}
+	t.Logf("listed %d checkpoints of the running job in %s", rows, o.took.Round(time.Millisecond))
+}
+
 // readOnly returns functions that make dir unwritable and writable again:
 // chmod for ordinary users, the immutable attribute for root (whom
 // permissions do not stop).

@@ -130,7 +130,7 @@ func TestEndToEndOutputsAndEvaluate(t *testing.T) {
 	}
 	t.Logf("validation accuracy %.2f%% = evaluate %s%% on %s samples", 100*last.ValAcc, m[3], m[1])
 
-	// coordinator checkpoints: opens the job's embedded etcd from its state.
+	// coordinator checkpoints: lists and verifies <output>/checkpoints.
 	cp := start(t, t.TempDir(), "coordinator", nil, "checkpoints", "--output", out)
 	mustFinish(t, cp, time.Minute)
 	lines := strings.Split(strings.TrimSpace(cp.log()), "\n")

@@ -29,7 +29,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -378,27 +377,7 @@ type Info struct {
 }
 
 // Steps lists the steps that have a checkpoint directory, newest first.
-func (s *Store) Steps() ([]int64, error) {
-	ents, err := os.ReadDir(s.Dir)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("checkpoint: %w", err)
-	}
-	var steps []int64
-	for _, e := range ents {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), dirPrefix) {
-			continue
-		}
-		n, err := strconv.ParseInt(strings.TrimPrefix(e.Name(), dirPrefix), 10, 64)
-		if err == nil && n >= 0 {
-			steps = append(steps, n)
-		}
-	}
-	sort.Slice(steps, func(i, j int) bool { return steps[i] > steps[j] })
-	return steps, nil
-}
+func (s *Store) Steps() ([]int64, error) { return manifest.Steps(s.Dir) }
 
 // List returns every checkpoint, newest first, each verified.
 func (s *Store) List() ([]Info, error) {

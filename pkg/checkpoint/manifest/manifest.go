@@ -15,6 +15,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -73,6 +75,30 @@ const DirPrefix = "ckpt-"
 // Dir is the directory of step's checkpoint under root.
 func Dir(root string, step int64) string {
 	return filepath.Join(root, fmt.Sprintf("%s%010d", DirPrefix, step))
+}
+
+// Steps lists the steps that have a checkpoint directory under root,
+// newest first; none when root does not exist.
+func Steps(root string) ([]int64, error) {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	var steps []int64
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), DirPrefix) {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimPrefix(e.Name(), DirPrefix), 10, 64)
+		if err == nil && n >= 0 {
+			steps = append(steps, n)
+		}
+	}
+	sort.Slice(steps, func(i, j int) bool { return steps[i] > steps[j] })
+	return steps, nil
 }
 
 // File is one file of a checkpoint.
