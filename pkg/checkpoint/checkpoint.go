@@ -224,6 +224,11 @@ func (s *Store) Write(snap *Snapshot) (m Manifest, err error) {
 			}
 		}
 	}()
+	// MkdirTemp makes it 0700; the checkpoint is an output like the final
+	// model (0644, see atomicfile): others on a shared volume read it.
+	if err = os.Chmod(tmp, 0o755); err != nil {
+		return m, fmt.Errorf("checkpoint: step %d: %w", snap.Meta.Step, err)
+	}
 	var files []ManifestFile
 	put := func(name string, write func(io.Writer) error) error {
 		f, err := os.OpenFile(filepath.Join(tmp, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)

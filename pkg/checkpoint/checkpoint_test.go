@@ -529,3 +529,40 @@ func TestWriteRollbackRemoveFailsCleanOrphansRemoves(t *testing.T) {
 		t.Fatalf("leftovers after CleanOrphans: %v", l)
 	}
 }
+
+// TestCheckpointDirectoryIsReadable: a checkpoint directory gets the mode
+// of the job's other outputs (0755; its files 0644), so that another user
+// of a shared volume can list, verify and load it. Before 2026-12-06 it
+// kept the 0700 of its temporary directory: 'coordinator checkpoints' run
+// by another user said every checkpoint was corrupt (permission denied),
+// and nobody else could load one in PyTorch.
+func TestCheckpointDirectoryIsReadable(t *testing.T) {
+	m, opt := trained(t, 1)
+	st, err := NewStore(t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write(capture(t, m, opt, 10, 0.5)); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(st.StepDir(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode().Perm(); got != 0o755 {
+		t.Errorf("checkpoint directory mode %v, want -rwxr-xr-x", got)
+	}
+	ents, err := os.ReadDir(st.StepDir(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o044 != 0o044 {
+			t.Errorf("%s mode %v: not readable by group and others", e.Name(), fi.Mode().Perm())
+		}
+	}
+}
