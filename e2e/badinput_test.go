@@ -313,6 +313,30 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 
+	// The record cannot be written at the end (a plot's name taken by a
+	// directory, as a full disk would refuse it): the job is done, but the
+	// exit says the record is missing; started again once fixed, the
+	// coordinator writes it.
+	t.Run("unwritable record", func(t *testing.T) {
+		out := filepath.Join(dir, "record")
+		plot := filepath.Join(out, "accuracy.png")
+		if err := os.MkdirAll(plot, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"--workers", "2", "--dataset", "synthetic", "--synthetic-size", "256", "--epochs", "1",
+			"--batch", "32", "--width", "0.125", "--threads", "1", "--no-progress", "--output", out}
+		o := coord(t, args...)
+		requireClearFailure(t, "unwritable record", o, "coordinator:", "the job is done, but its record", "accuracy.png",
+			"start the coordinator again")
+		os.Remove(plot)
+		if o := coord(t, args...); o.code != 0 {
+			t.Fatalf("started again: exit %d\n%s", o.code, tail(o.all, 2000))
+		}
+		if st, err := os.Stat(plot); err != nil || !st.Mode().IsRegular() {
+			t.Fatalf("the plot was not written when started again: %v", err)
+		}
+	})
+
 	// Every checkpoint damaged ("Why" 1 and 5): the job stops at once with
 	// a message saying so, instead of a restart loop.
 	t.Run("damaged checkpoints", func(t *testing.T) {

@@ -245,7 +245,8 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 
 	start := time.Now()
 	err = waitDone(ctx, co, procs, imposed, spec)
-	if ferr := prog.finish(); ferr != nil {
+	ferr := prog.finish()
+	if ferr != nil {
 		log.Error("history not written", zap.Error(ferr))
 	}
 	if err != nil {
@@ -264,6 +265,10 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 			e.Epoch, e.TrainLoss, 100*e.TrainAcc, e.ValLoss, 100*e.ValAcc)
 	}
 	shutdown(ctx, log, co, len(peers) > 1)
+	if ferr != nil {
+		return fmt.Errorf("the job is done, but its record (history, plots) could not be written to %s: %w "+
+			"(free space or fix the directory, then start the coordinator again with the same --output: it writes the record)", spec.OutputDir, ferr)
+	}
 	return nil
 }
 
