@@ -303,6 +303,12 @@ func TestFailingCheckpointWriteKeepsTraining(t *testing.T) {
 	if n := len(logLines(t, filepath.Join(out, "logs", "*.log"), "checkpoint write failed; training goes on, the previous checkpoint stays the newest")); n == 0 {
 		t.Fatal("no log line about the failed write")
 	}
+	// The user is told on the coordinator's terminal, not only in a
+	// worker's log: an event per failed write and a warning at the end.
+	if log := co.log(); !strings.Contains(log, "not written by w") || !strings.Contains(log, "training goes on, a failure would take the job back to step") ||
+		!strings.Contains(log, "checkpoint write(s) failed during the job (see the log); the newest is step") {
+		t.Fatalf("the coordinator did not report the failed writes:\n%s", tail(log, 3000))
+	}
 	if _, err := os.Stat(filepath.Join(out, "model.safetensors")); err != nil {
 		t.Fatalf("training did not finish: %v", err)
 	}

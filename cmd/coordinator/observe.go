@@ -63,11 +63,12 @@ type observer struct {
 	stalled time.Duration // a planned worker silent this long is "stalled"
 	lr      func(step int64) float64
 
-	mu       sync.Mutex // guards seen, lastStep, ips
-	seen     map[string]workerSeen
-	lastStep int64
-	ips      map[string]float64 // latest train images/s per worker, by id
-	ipsGen   map[string]uint64  // the generation of that report
+	mu         sync.Mutex // guards seen, lastStep, ips, ipsGen, ckptFailed
+	seen       map[string]workerSeen
+	lastStep   int64
+	ips        map[string]float64 // latest train images/s per worker, by id
+	ipsGen     map[string]uint64  // the generation of that report
+	ckptFailed int                // checkpoint writes reported failed
 
 	etcdMu sync.Mutex // guards etcdErr
 	etcdOK error
@@ -245,6 +246,8 @@ func (o *observer) onMetrics(m *controlpb.MetricsReport) {
 		}
 	})
 	switch m.GetPhase() {
+	case "checkpoint":
+		o.onCheckpointFailed(m, st)
 	case "train":
 		s := sample(m, world)
 		o.m.ObserveStep(s, int(m.GetRank()))
@@ -449,6 +452,27 @@ func (o *observer) onCheckpoint(ref coordinator.CheckpointRef, recorded time.Tim
 	}
 	o.event("checkpoint", fmt.Sprintf("checkpoint step %d (%s): %.1f MB, written in %s, %s (SHA-256 in its manifest)",
 		m.Step, where, float64(size)/1e6, write.Round(time.Millisecond), verified))
+}
+
+// onCheckpointFailed reports a checkpoint that rank 0 could not write:
+// training goes on, but until a write succeeds a failure takes the job back
+// to the committed step, the newest checkpoint.
+func (o *observer) onCheckpointFailed(m *controlpb.MetricsReport, st coordinator.JobState) {
+	o.m.CkptFailures.Inc()
+	o.mu.Lock()
+	o.ckptFailed++
+	o.mu.Unlock()
+	text := fmt.Sprintf("checkpoint of step %d not written by %s: %s; training goes on, a failure would take the job back to step %d (the newest checkpoint)",
+		m.GetStep(), m.GetWorkerId(), m.GetError(), st.Committed.Step)
+	o.board.AddEvent("checkpoint", text)
+	o.log.Warn(text, zap.String("event", "checkpoint"))
+}
+
+// checkpointFailures is the number of checkpoint writes reported failed.
+func (o *observer) checkpointFailures() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.ckptFailed
 }
 
 // setRing updates the ring view and the workers' rows from the plan.

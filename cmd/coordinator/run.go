@@ -264,6 +264,13 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		fmt.Fprintf(os.Stderr, "final: epoch %d, train loss %.4f, train acc %.2f%%, test loss %.4f, test acc %.2f%%\n",
 			e.Epoch, e.TrainLoss, 100*e.TrainAcc, e.ValLoss, 100*e.ValAcc)
 	}
+	if n := obs.checkpointFailures(); n > 0 {
+		newest := "none was written"
+		if st.Checkpoint != nil {
+			newest = fmt.Sprintf("the newest is step %d", st.Checkpoint.Step)
+		}
+		fmt.Fprintf(os.Stderr, "warning: %d checkpoint write(s) failed during the job (see the log); %s\n", n, newest)
+	}
 	shutdown(ctx, log, co, len(peers) > 1)
 	if ferr != nil {
 		return fmt.Errorf("the job is done, but its record (history, plots) could not be written to %s: %w "+

@@ -382,7 +382,7 @@ func (s *Service) ReportMetrics(ctx context.Context, m *controlpb.MetricsReport)
 	c := cloneMetrics(m)
 	c.UnixNano = time.Now().UnixNano()
 	s.mu.Lock()
-	if c.Phase != "bench" { // the job's latest figures, not a bench round's
+	if c.Phase != "bench" && c.Phase != "checkpoint" { // the job's latest figures, not a bench round's nor an error
 		s.metrics[c.WorkerId] = c
 	}
 	s.publishLocked(c)
@@ -400,6 +400,7 @@ func cloneMetrics(m *controlpb.MetricsReport) *controlpb.MetricsReport {
 		Phase: m.GetPhase(), Samples: m.GetSamples(), UnixNano: m.GetUnixNano(),
 		Phases:            proto.Clone(m.GetPhases()).(*controlpb.StepPhases),
 		DeviceMemoryBytes: m.GetDeviceMemoryBytes(), DeviceMemoryTotalBytes: m.GetDeviceMemoryTotalBytes(),
+		Error: m.GetError(),
 	}
 }
 

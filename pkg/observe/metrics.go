@@ -356,6 +356,7 @@ type CoordinatorMetrics struct {
 	Failures      prometheus.Counter
 	Rollbacks     prometheus.Counter
 	Checkpoints   prometheus.Counter
+	CkptFailures  prometheus.Counter
 	CkptBytes     prometheus.Gauge
 	CkptSeconds   prometheus.Histogram
 	Members       *prometheus.GaugeVec
@@ -405,6 +406,7 @@ func NewCoordinatorMetrics() *CoordinatorMetrics {
 	m.Failures = c("ringtrain_failures_total", "Failures noticed: ring failures reported by workers that produced a new plan.")
 	m.Rollbacks = c("ringtrain_rollbacks_total", "Rollbacks of the job to its committed step.")
 	m.Checkpoints = c("ringtrain_checkpoints_total", "Checkpoints recorded.")
+	m.CkptFailures = c("ringtrain_checkpoint_write_failures_total", "Checkpoint writes that failed (reported by rank 0; training goes on).")
 	m.CkptBytes = g("ringtrain_checkpoint_size_bytes", "Size of the newest checkpoint.")
 	m.CkptSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ringtrain_checkpoint_write_seconds",
 		Help: "Time from the start of a checkpoint's write until it was recorded.", Buckets: stepBuckets})

@@ -69,6 +69,10 @@ func (m *machine) onCheckpoint(meta checkpoint.Meta, man cluster.Manifest, err e
 	if err != nil {
 		m.Log.Error("checkpoint write failed; training goes on, the previous checkpoint stays the newest",
 			zap.Int64("step", meta.Step), zap.Error(err))
+		// The coordinator tells the user (a job whose checkpoints all
+		// fail trains on, but a failure would take it back to the start).
+		m.report(&controlpb.MetricsReport{WorkerId: m.ID, Generation: meta.Generation, Step: meta.Step, Epoch: meta.Epoch,
+			Phase: "checkpoint", Error: err.Error()})
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.Timing.CallTimeout)

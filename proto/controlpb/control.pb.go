@@ -883,7 +883,7 @@ type MetricsReport struct {
 	Loss         float64                `protobuf:"fixed64,6,opt,name=loss,proto3" json:"loss,omitempty"`
 	Accuracy     float64                `protobuf:"fixed64,7,opt,name=accuracy,proto3" json:"accuracy,omitempty"`
 	ImagesPerSec float64                `protobuf:"fixed64,8,opt,name=images_per_sec,json=imagesPerSec,proto3" json:"images_per_sec,omitempty"`
-	Phase        string                 `protobuf:"bytes,9,opt,name=phase,proto3" json:"phase,omitempty"`                         // "train" or "eval"
+	Phase        string                 `protobuf:"bytes,9,opt,name=phase,proto3" json:"phase,omitempty"`                         // "train", "eval", "bench" or "checkpoint"
 	Samples      int64                  `protobuf:"varint,10,opt,name=samples,proto3" json:"samples,omitempty"`                   // samples behind loss/accuracy
 	UnixNano     int64                  `protobuf:"varint,11,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"` // set by the coordinator on receipt
 	// Where this worker's step went (train reports; absent on eval reports
@@ -894,8 +894,11 @@ type MetricsReport struct {
 	// in bytes; 0 for a CPU worker.
 	DeviceMemoryBytes      uint64 `protobuf:"varint,13,opt,name=device_memory_bytes,json=deviceMemoryBytes,proto3" json:"device_memory_bytes,omitempty"`
 	DeviceMemoryTotalBytes uint64 `protobuf:"varint,14,opt,name=device_memory_total_bytes,json=deviceMemoryTotalBytes,proto3" json:"device_memory_total_bytes,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// A "checkpoint" phase report (rank 0, when writing the checkpoint of
+	// step failed; training goes on): why.
+	Error         string `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetricsReport) Reset() {
@@ -1024,6 +1027,13 @@ func (x *MetricsReport) GetDeviceMemoryTotalBytes() uint64 {
 		return x.DeviceMemoryTotalBytes
 	}
 	return 0
+}
+
+func (x *MetricsReport) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
 }
 
 // StepPhases is one training step on one worker, measured by the worker.
@@ -1910,7 +1920,7 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\x05bench\x18\v \x01(\v2\x1f.ringtrain.control.v1.BenchPlanR\x05bench\"Z\n" +
 	"\x10WatchPlanRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12)\n" +
-	"\x10after_generation\x18\x02 \x01(\x04R\x0fafterGeneration\"\xd2\x03\n" +
+	"\x10after_generation\x18\x02 \x01(\x04R\x0fafterGeneration\"\xe8\x03\n" +
 	"\rMetricsReport\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1e\n" +
 	"\n" +
@@ -1928,7 +1938,8 @@ const file_controlpb_control_proto_rawDesc = "" +
 	"\tunix_nano\x18\v \x01(\x03R\bunixNano\x128\n" +
 	"\x06phases\x18\f \x01(\v2 .ringtrain.control.v1.StepPhasesR\x06phases\x12.\n" +
 	"\x13device_memory_bytes\x18\r \x01(\x04R\x11deviceMemoryBytes\x129\n" +
-	"\x19device_memory_total_bytes\x18\x0e \x01(\x04R\x16deviceMemoryTotalBytes\"\xa0\x04\n" +
+	"\x19device_memory_total_bytes\x18\x0e \x01(\x04R\x16deviceMemoryTotalBytes\x12\x14\n" +
+	"\x05error\x18\x0f \x01(\tR\x05error\"\xa0\x04\n" +
 	"\n" +
 	"StepPhases\x12!\n" +
 	"\fstep_seconds\x18\x01 \x01(\x01R\vstepSeconds\x12*\n" +
