@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringtrain/ringtrain/pkg/coordinator"
 	"github.com/ringtrain/ringtrain/pkg/job"
 )
 
@@ -93,5 +95,24 @@ func TestClaimOutput(t *testing.T) {
 	}
 	if err := claimOutput(state, b, false); err != nil {
 		t.Fatalf("after the move, the new output is the job's: %v", err)
+	}
+}
+
+// A run stopped early says how, where the job is and how it goes on.
+func TestStoppedEarlySaysHowToResume(t *testing.T) {
+	ran := coordinator.JobState{Ran: true, Committed: coordinator.Committed{Step: 850}}
+	for _, c := range []struct {
+		st   coordinator.JobState
+		why  error
+		want string
+	}{
+		{ran, context.Canceled, "interrupted at committed step 850: the same command with the same --output resumes from there"},
+		{ran, context.DeadlineExceeded, "--timeout reached at committed step 850"},
+		{coordinator.JobState{}, context.Canceled, "interrupted before the job started"},
+	} {
+		err := stoppedEarly(c.st, c.why)
+		if !errors.Is(err, c.why) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.why, err, c.want)
+		}
 	}
 }

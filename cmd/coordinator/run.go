@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -225,7 +226,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 				return err
 			}
 		case <-ctx.Done():
-			return fmt.Errorf("stopped before the job started: %w", ctx.Err())
+			return stoppedEarly(co.Node().State(), ctx.Err())
 		}
 	}
 	var procs *supervisor.Supervisor
@@ -329,7 +330,7 @@ func waitDone(ctx context.Context, co *coordinator.Coordinator, procs *superviso
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("stopped before the job finished (step %d): %w", st.Committed.Step, ctx.Err())
+			return stoppedEarly(co.Node().State(), ctx.Err())
 		case err := <-imposed:
 			imposed = nil
 			if err := specRefused(err, co.Node().State(), spec); err != nil {
@@ -351,6 +352,19 @@ func waitDone(ctx context.Context, co *coordinator.Coordinator, procs *superviso
 		case <-changed:
 		}
 	}
+}
+
+// stoppedEarly is the error of a run stopped (a signal, --timeout) before
+// its job ended: where the job is, and how it goes on.
+func stoppedEarly(st coordinator.JobState, why error) error {
+	how := "interrupted"
+	if errors.Is(why, context.DeadlineExceeded) {
+		how = "--timeout reached"
+	}
+	if !st.Ran {
+		return fmt.Errorf("%s before the job started: %w", how, why)
+	}
+	return fmt.Errorf("%s at committed step %d: the same command with the same --output resumes from there (%w)", how, st.Committed.Step, why)
 }
 
 func parsePeers(list []string) ([]coordinator.Peer, error) {
