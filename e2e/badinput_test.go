@@ -223,6 +223,20 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 
+	// The same job started twice (the same --output): the second refuses
+	// at once, naming the first, instead of waiting on its file locks.
+	t.Run("output in use", func(t *testing.T) {
+		out := filepath.Join(dir, "twice")
+		args := []string{"--workers", "1", "--dataset", "synthetic", "--synthetic-size", "256", "--epochs", "1000",
+			"--batch", "32", "--width", "0.125", "--threads", "1", "--no-progress", "--output", out}
+		first := start(t, dir, "coordinator", nil, args...)
+		defer first.killGroup()
+		waitFor(t, time.Minute, "the first job training", func() bool { return countSteps(out) > 0 })
+		o := coord(t, args...)
+		requireClearFailure(t, "output in use", o, "coordinator:", "is in use by another coordinator (pid "+fmt.Sprint(first.cmd.Process.Pid)+")",
+			"another --output")
+	})
+
 	// Inputs only a worker sees: a worker on another machine (here: another
 	// working directory, the folder given relative) whose copy of the
 	// folder is damaged, or has a class more than the model's ("Why" 1, 8).

@@ -126,6 +126,11 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 	if err := os.MkdirAll(o.stateDir, 0o755); err != nil {
 		return err
 	}
+	release, err := lockState(o.stateDir)
+	if err != nil {
+		return err
+	}
+	defer release()
 	if err := claimOutput(o.stateDir, spec.OutputDir, o.moveOutput); err != nil {
 		return err
 	}
