@@ -24,8 +24,8 @@ connection, so that every process of a job can present the same files:
 The certificate carries --server-name (default "ringtrain") as a DNS name;
 peers are verified against it. In Kubernetes:
   kubectl create secret generic ringtrain-tls --from-file=DIR/ca.crt --from-file=DIR/tls.crt --from-file=DIR/tls.key
-and install the chart with --set tls.secret=ringtrain-tls. Keep ca.key away from
-the job: it only serves to sign more certificates.`,
+and install the chart with --set tls.enabled=true,tls.secretName=ringtrain-tls.
+Keep ca.key away from the job: it only serves to sign more certificates.`,
 		Example: `  coordinator certs --dir tls/
   coordinator certs --dir tls/ --host coordinator.example.org --valid 2160h`,
 		Args: cobra.NoArgs,

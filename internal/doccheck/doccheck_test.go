@@ -10,6 +10,8 @@ import (
 	"testing"
 	"unicode"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/ringtrain/ringtrain/pkg/job"
 )
 
@@ -283,5 +285,80 @@ func TestDocJobFiles(t *testing.T) {
 		if err := s.Validate(); err != nil {
 			t.Errorf("%s: %v", f.where, err)
 		}
+	}
+}
+
+// helmSet matches the argument of a `--set` of helm (quoted or not).
+var helmSet = regexp.MustCompile(`--set[ =]'?([^\s']+)`)
+
+// setKeys returns the value paths a `--set A=1,B.C=2` argument names.
+func setKeys(arg string) []string {
+	var keys []string
+	depth, start := 0, 0
+	for i := 0; i <= len(arg); i++ {
+		if i < len(arg) {
+			switch arg[i] {
+			case '{', '[':
+				depth++
+				continue
+			case '}', ']':
+				depth--
+				continue
+			}
+			if arg[i] != ',' || depth > 0 {
+				continue
+			}
+		}
+		if k, _, ok := strings.Cut(arg[start:i], "="); ok && k != "" {
+			keys = append(keys, k)
+		}
+		start = i + 1
+	}
+	return keys
+}
+
+// TestDocHelmSetKeys checks that every `--set KEY=VALUE` of the chart the
+// documentation shows names a key of deploy/helm/ringtrain/values.yaml
+// (helm accepts unknown keys silently, so a misspelt one is ignored).
+func TestDocHelmSetKeys(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(root, "deploy", "helm", "ringtrain", "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(b, &values); err != nil {
+		t.Fatal(err)
+	}
+	has := func(path string) bool {
+		var cur any = values
+		for _, part := range strings.Split(path, ".") {
+			m, ok := cur.(map[string]any)
+			if !ok {
+				return false
+			}
+			if cur, ok = m[part]; !ok {
+				return false
+			}
+		}
+		return true
+	}
+	var bad []string
+	n := 0
+	for _, rel := range docs(t) {
+		doc := read(t, rel)
+		for _, m := range helmSet.FindAllStringSubmatchIndex(doc, -1) {
+			for _, k := range setKeys(doc[m[2]:m[3]]) {
+				n++
+				if !has(k) {
+					bad = append(bad, fmt.Sprintf("%s:%d: --set %s", rel, lineOf(doc, m[0]), k))
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no --set in the documentation: is the pattern right?")
+	}
+	if len(bad) > 0 {
+		t.Errorf("--set keys that deploy/helm/ringtrain/values.yaml does not have:\n  %s", strings.Join(bad, "\n  "))
 	}
 }
