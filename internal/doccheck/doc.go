@@ -1,4 +1,7 @@
 // Package doccheck has no code: its tests keep the user documentation
 // (README.md, BENCHMARKS.md, docs/*.md) and examples/*.yaml true to the
-// repository (links and anchors, make targets, YAML job files).
+// repository: relative links and #anchors resolve, every `make TARGET`
+// shown is a target, every YAML job file shown loads as --config loads it,
+// every chart `--set KEY=` names a key of the chart's values.yaml, and
+// every repository path named in a code span exists.
 package doccheck

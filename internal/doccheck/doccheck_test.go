@@ -362,3 +362,48 @@ func TestDocHelmSetKeys(t *testing.T) {
 		t.Errorf("--set keys that deploy/helm/ringtrain/values.yaml does not have:\n  %s", strings.Join(bad, "\n  "))
 	}
 }
+
+// repoPath matches a code span that is a path in the repository (the top
+// directories that hold sources, scripts and documentation), with an
+// optional Go symbol (`pkg/worker.Run`) or test (`e2e/TestChaos`).
+var repoPath = regexp.MustCompile(`^(?:\./)?((?:cmd|pkg|internal|scripts|deploy|docs|examples|mk|e2e|proto)/[A-Za-z0-9_./-]*?)(?:\.([A-Z]\w*))?/?$`)
+
+// TestDocRepoPaths checks that every repository path the documentation
+// names in a code span (`pkg/gpu/graph.go`, `scripts/gpu-check.sh`) exists;
+// a span ending in an exported name (`pkg/worker.Run`, `e2e/TestChaos`)
+// needs its package directory.
+func TestDocRepoPaths(t *testing.T) {
+	var missing []string
+	n := 0
+	for _, rel := range docs(t) {
+		prose, _ := split(read(t, rel))
+		for _, m := range codeSpan.FindAllStringIndex(prose, -1) {
+			span := prose[m[0]+1 : m[1]-1]
+			if strings.Contains(span, "...") {
+				continue
+			}
+			p := repoPath.FindStringSubmatch(span)
+			if p == nil {
+				continue
+			}
+			n++
+			path := p[1]
+			if _, err := os.Stat(filepath.Join(root, path)); err == nil {
+				continue
+			}
+			// e2e/TestChaos: a test or symbol in the package directory.
+			if dir, base := filepath.Split(path); base != "" && unicode.IsUpper([]rune(base)[0]) {
+				if _, err := os.Stat(filepath.Join(root, dir)); err == nil {
+					continue
+				}
+			}
+			missing = append(missing, fmt.Sprintf("%s:%d: %s", rel, lineOf(prose, m[0]), span))
+		}
+	}
+	if n < 20 {
+		t.Fatalf("only %d repository paths found in the documentation: is the pattern right?", n)
+	}
+	if len(missing) > 0 {
+		t.Errorf("the documentation names paths the repository does not have:\n  %s", strings.Join(missing, "\n  "))
+	}
+}
