@@ -395,8 +395,11 @@ func (o *observer) onPlan(prev, st coordinator.JobState) {
 	default:
 		why = fmt.Sprintf("status %s, %d..%d workers", st.Status, st.MinWorkers, st.MaxWorkers)
 	}
-	if st.StartWorkers > 0 && st.Status != coordinator.StatusRunning {
+	switch {
+	case st.StartWorkers > 0 && st.Status != coordinator.StatusRunning:
 		why += fmt.Sprintf("; the job starts once %d workers are live", st.StartWorkers)
+	case (st.Status == coordinator.StatusWaiting || st.Status == coordinator.StatusPaused) && len(st.Live) < st.MinWorkers:
+		why += fmt.Sprintf("; %d of the %d workers it needs are live (--min-workers)", len(st.Live), st.MinWorkers)
 	}
 	o.m.RingRebuilds.WithLabelValues(reason).Inc()
 	if reason == observe.ReasonDone {

@@ -71,6 +71,24 @@ func TestPlanReasons(t *testing.T) {
 	}
 }
 
+// A job waiting for --min-workers says how many are live of how many it
+// needs; one waiting for its start quorum says that instead.
+func TestPlanSaysWhatTheJobWaitsFor(t *testing.T) {
+	o := newObserver(zap.NewNop(), nil, job.Default(), 10, nil)
+	s0 := coordinator.JobState{Generation: 0, Status: coordinator.StatusWaiting, MinWorkers: 2}
+	s1 := s0
+	s1.Generation, s1.Plan, s1.Live = 1, planOf("wa"), planOf("wa")
+	o.onPlan(s0, s1)
+	s2 := s1
+	s2.Generation, s2.Plan, s2.Live, s2.StartWorkers = 2, planOf("wa", "wb"), planOf("wa", "wb"), 3
+	o.onPlan(s1, s2)
+	ev := o.board.Snapshot(0).Events
+	if len(ev) != 2 || !strings.Contains(ev[0].Text, "1 of the 2 workers it needs are live (--min-workers)") ||
+		!strings.Contains(ev[1].Text, "the job starts once 3 workers are live") {
+		t.Fatalf("events %+v", ev)
+	}
+}
+
 // TestStalledWorker: a planned worker silent for longer than the job's
 // deadline shows as stalled, and the member counts follow.
 func TestStalledWorker(t *testing.T) {
