@@ -75,6 +75,12 @@ func start(t *testing.T, dir, name string, env []string, args ...string) *proc {
 
 func startBin(t *testing.T, dir, label, path string, env []string, args ...string) *proc {
 	t.Helper()
+	return startIn(t, dir, "", label, path, env, args...)
+}
+
+// startIn is startBin with the working directory cwd ("": this one).
+func startIn(t *testing.T, dir, cwd, label, path string, env []string, args ...string) *proc {
+	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +89,7 @@ func startBin(t *testing.T, dir, label, path string, env []string, args ...strin
 		t.Fatal(err)
 	}
 	cmd := exec.Command(path, args...)
+	cmd.Dir = cwd
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(append(os.Environ(), "RINGTRAIN_LOG=json"), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

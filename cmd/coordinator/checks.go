@@ -46,6 +46,9 @@ func checkOptions(spec job.Spec, o *options) error {
 	if len(o.raftPeers) > 1 && len(o.etcdEndpoints) == 0 {
 		bad("--raft-peers with %d replicas needs a shared etcd (--etcd-endpoints): each replica would otherwise start its own embedded etcd, see other workers, and after a failover the new leader would have none", len(o.raftPeers))
 	}
+	if o.linger && o.workers > 0 {
+		bad("--linger is for a coordinator whose workers run elsewhere (Kubernetes pods); with --workers the run ends with the job")
+	}
 	if o.timeout < 0 {
 		bad("--timeout %s is negative", o.timeout)
 	}

@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -19,7 +20,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		var shown errShown
+		if !errors.As(err, &shown) {
+			fmt.Fprintln(os.Stderr, "coordinator:", err)
+		}
 		os.Exit(1)
 	}
 }

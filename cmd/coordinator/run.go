@@ -43,6 +43,7 @@ type options struct {
 	restartLimit   int
 	restartBackoff time.Duration
 	moveOutput     bool
+	linger         bool
 	workerArgs     []string
 	tls            tlsconf.Files
 	http           httpOptions
@@ -58,7 +59,12 @@ func rootCmd() *cobra.Command {
 one machine: an embedded etcd, a one-voter raft, and N local worker processes.
 Without it, it waits for workers started elsewhere with 'worker run --coordinator ADDR'.
 Every job flag also has a YAML key (shown in brackets); --config reads a YAML job
-file and flags given on the command line override it.`,
+file and flags given on the command line override it.
+With --linger (what the Helm chart passes) a coordinator whose job has ended
+(done, stopped by a worker's input error, or this replica's settings refused)
+stays up, serving its dashboard, /metrics, /healthz, /readyz and the control
+API, until SIGTERM, instead of exiting: Kubernetes restarts a StatefulSet's
+pods whenever they exit.`,
 		Example: `  # the tutorial on one machine: ResNet-18 on CIFAR-10 (downloaded if missing), 2 workers
   coordinator --workers 2
   # offline demo on procedurally drawn images
@@ -97,6 +103,7 @@ file and flags given on the command line override it.`,
 	f.BoolVar(&o.restart, "restart-workers", true, "with --workers: restart a local worker process that dies (a replacement with the same id)")
 	f.IntVar(&o.restartLimit, "restart-limit", 5, "with --workers: stop the job after a local worker crashed this many times in a row without the job committing a step in between")
 	f.DurationVar(&o.restartBackoff, "restart-backoff", time.Second, "with --workers: delay before restarting a worker that crashed again without progress; doubles each time, at most 30s")
+	f.BoolVar(&o.linger, "linger", false, "when the job has ended (done, stopped by an input error, or these settings refused) print the usual summary or error, then stay up, serving the dashboard, /metrics, /healthz, /readyz and the control API, until SIGTERM (exit status as without it); for Kubernetes StatefulSets, which restart a pod that exits; not with --workers")
 	f.BoolVar(&o.moveOutput, "move-output", false, "continue a job whose saved state names another output directory in --output (e.g. a copied output directory)")
 	f.StringSliceVar(&o.workerArgs, "worker-args", nil, "with --workers: extra arguments for every local 'worker run'")
 	o.tls.Bind(f)
@@ -228,7 +235,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		case err := <-imposed:
 			imposed = nil
 			if err := specRefused(err, co.Node().State(), spec); err != nil {
-				return err
+				return ended(ctx, log, co, obs, o, err)
 			}
 		case <-ctx.Done():
 			return stoppedEarly(co.Node().State(), ctx.Err())
@@ -256,7 +263,7 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		log.Error("history not written", zap.Error(ferr))
 	}
 	if err != nil {
-		return err
+		return ended(ctx, log, co, obs, o, err)
 	}
 	if procs != nil {
 		procs.Wait(30 * time.Second)
@@ -277,12 +284,84 @@ func run(ctx context.Context, spec job.Spec, o options) error {
 		}
 		fmt.Fprintf(os.Stderr, "warning: %d checkpoint write(s) failed during the job (see the log); %s\n", n, newest)
 	}
-	shutdown(ctx, log, co, len(peers) > 1)
+	var recErr error
 	if ferr != nil {
-		return fmt.Errorf("the job is done, but its record (history, plots) could not be written to %s: %w "+
+		recErr = fmt.Errorf("the job is done, but its record (history, plots) could not be written to %s: %w "+
 			"(free space or fix the directory, then start the coordinator again with the same --output: it writes the record)", spec.OutputDir, ferr)
 	}
+	if o.linger {
+		if recErr != nil {
+			fmt.Fprintln(os.Stderr, "coordinator:", recErr)
+		}
+		return ended(ctx, log, co, obs, o, nil)
+	}
+	shutdown(ctx, log, co, len(peers) > 1)
+	return recErr
+}
+
+// errShown wraps an error whose message was printed when the job ended
+// (coordinator --linger): main exits 1 without printing it again.
+type errShown struct{ error }
+
+func (e errShown) Unwrap() error { return e.error }
+
+// ended is the end of a run whose job has ended: end is nil when it is
+// done (the summary printed), else why it stopped or refused this
+// replica's settings. Without --linger, or when ctx has ended (SIGTERM
+// before the end: not an end), it returns end. With --linger it prints
+// the error, then lingers until ctx ends (see linger).
+func ended(ctx context.Context, log *zap.Logger, co *coordinator.Coordinator, obs *observer, o options, end error) error {
+	if !o.linger || ctx.Err() != nil {
+		return end
+	}
+	if end != nil {
+		fmt.Fprintln(os.Stderr, "coordinator:", end)
+	}
+	if err := linger(ctx, log, co, obs, end); err != nil {
+		return err
+	}
+	if end != nil {
+		return errShown{end}
+	}
 	return nil
+}
+
+// linger keeps a coordinator whose job has ended up until ctx ends
+// (SIGTERM): the HTTP server (dashboard, /metrics, /healthz, /readyz: ready
+// while this replica knows a leader and etcd answers) and the Control
+// service (workers that join learn that the job is done or failed;
+// 'coordinator status') go on, and nothing else runs but what waits for
+// an event (raft, the observer's 1 s refresh, the 2 s etcd probe). This
+// replica no longer imposes its spec when it leads: a failover must not
+// retry a failed job with the input it failed on. When another replica
+// retries it (one started again, e.g. by a helm upgrade that fixed the
+// input), this one returns an error to exit and be started again, to
+// follow the retried job afresh.
+func linger(ctx context.Context, log *zap.Logger, co *coordinator.Coordinator, obs *observer, end error) error {
+	co.Service().StopImposing()
+	st := co.Node().State()
+	what := "done"
+	switch {
+	case errors.Is(end, supervisor.ErrStopped):
+		what = "stopped"
+	case end != nil:
+		what = "refused these settings"
+	}
+	obs.event("linger", fmt.Sprintf("the job has ended (%s); lingering until stopped (SIGTERM): the dashboard, /metrics, /healthz, /readyz and the control API stay up (--linger)", what),
+		zap.String("status", string(st.Status)), zap.Int64("committed_step", st.Committed.Step))
+	failed := st.Status == coordinator.StatusFailed
+	for {
+		st, changed := co.Node().Watch()
+		if failed && st.Status != coordinator.StatusFailed {
+			return fmt.Errorf("the job this replica saw stopped was retried (now %s, generation %d): exiting, to follow it from a fresh start", st.Status, st.Generation)
+		}
+		select {
+		case <-ctx.Done():
+			log.Info("stopped while lingering", zap.String("status", string(st.Status)))
+			return nil
+		case <-changed:
+		}
+	}
 }
 
 // shutdownGrace bounds how long a finished job's coordinator waits for

@@ -47,7 +47,7 @@ func main() {
 		}
 		fmt.Fprintln(os.Stderr, msg)
 		pprof.StopCPUProfile()
-		if worker.IsInputError(err) || gpu.Unavailable(err) {
+		if inputError(err) {
 			// Bad input, or no GPU here as the job asks: a supervisor
 			// must not restart this worker (the error would repeat).
 			os.Exit(cli.ExitInputError)
@@ -55,3 +55,8 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// inputError reports whether err would repeat after a restart: bad input,
+// or no GPU here as the job asks (exit status 65; worker run --linger
+// idles on it).
+func inputError(err error) bool { return worker.IsInputError(err) || gpu.Unavailable(err) }

@@ -77,6 +77,9 @@ func (o procsOptions) childArgs(i int) ([]string, error) {
 	if o.cfg.SampleLog != "" {
 		args = append(args, "--sample-log", o.cfg.SampleLog)
 	}
+	if o.cfg.Linger {
+		args = append(args, "--linger")
+	}
 	if o.cfg.GPUOverlap {
 		args = append(args, "--gpu-overlap")
 	}

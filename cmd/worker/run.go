@@ -47,6 +47,7 @@ func runCmd() *cobra.Command {
 			if convSearch != gpu.ConvSearchHeuristic && convSearch != gpu.ConvSearchMeasure {
 				return fmt.Errorf("--gpu-conv-search %q: want heuristic or measure", convSearch)
 			}
+			cfg.Permanent = inputError
 			cfg.NoDeviceRing = !gpuIPC
 			cfg.NoGPUPrefetch = !gpuPrefetch
 			if procs > 1 {
@@ -93,6 +94,7 @@ func runCmd() *cobra.Command {
 	f.StringVar(&cudaLibDir, "cuda-lib-dir", "", "GPU: directory searched first for the CUDA libraries (then $RINGTRAIN_CUDA_LIB_DIR, $LD_LIBRARY_PATH, the standard places)")
 	f.StringVar(&convSearch, "gpu-conv-search", "heuristic", "GPU: how cuDNN convolution algorithms are chosen: heuristic (reproducible run to run) | measure (timed once per shape, as torch.backends.cudnn.benchmark); deterministic algorithms only either way")
 	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 0, "give up when the coordinator or etcd does not answer within this (default 15s)")
+	f.BoolVar(&cfg.Linger, "linger", false, "when the job has ended (done, stopped by the coordinator, or this worker's input is bad) stay up, idle, serving /healthz (/readyz: not ready), until SIGTERM instead of exiting; a failed job the coordinator retries is joined again (for Kubernetes StatefulSets, which restart a pod that exits; crashes and lost coordinators still exit)")
 	return cmd
 }
 

@@ -81,6 +81,7 @@ type Service struct {
 
 	imposed   chan error  // the first final imposition's outcome, see SpecImposed
 	delivered atomic.Bool // imposed has been sent to
+	retired   atomic.Bool // the spec is no longer imposed, see StopImposing
 
 	mu      sync.Mutex // guards metrics and subs
 	metrics map[string]*controlpb.MetricsReport
@@ -197,11 +198,17 @@ func (d *leaderDuty) stop() {
 // no Spec, or before this replica leads, nothing is delivered.
 func (s *Service) SpecImposed() <-chan error { return s.imposed }
 
+// StopImposing keeps this replica from imposing ServiceConfig.Spec when
+// it next leads: a replica whose run has ended and that lingers (coordinator
+// --linger) must not retry a job it saw fail, with the input it failed
+// on, when a failover makes it leader; a replica started again does.
+func (s *Service) StopImposing() { s.retired.Store(true) }
+
 // leaderDuties imposes the configured spec (with its start quorum when
 // first is set: this replica's first leadership) and follows membership
 // until ctx ends (leadership lost or service closed).
 func (s *Service) leaderDuties(ctx context.Context, first bool) {
-	if sp := s.cfg.Spec; sp != nil {
+	if sp := s.cfg.Spec; sp != nil && !s.retired.Load() {
 		// The job's answer is final; a failure to replicate (a slow
 		// disk, a lost leadership) is retried while this replica leads.
 		for {
@@ -216,6 +223,9 @@ func (s *Service) leaderDuties(ctx context.Context, first bool) {
 				return
 			}
 			sleepCtx(ctx, time.Second)
+			if s.retired.Load() {
+				break
+			}
 		}
 	}
 	if s.cfg.Members == nil {

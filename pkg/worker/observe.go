@@ -8,21 +8,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/pkg/nn"
 	"github.com/ringtrain/ringtrain/pkg/observe"
-	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 )
-
-// serveHTTP starts the worker's /metrics, /healthz and /readyz on addr
-// (HTTPS with tc's certificate when set; token, when set, guards
-// /metrics); the returned function stops it.
-func (m *machine) serveHTTP(addr, token string, tc *tlsconf.Config) (func(), error) {
-	srv, err := observe.Start(observe.Options{Addr: addr, TLS: tc.ServerTLS(), Token: token,
-		Registry: m.Metrics.Registry, Health: &observe.Health{Ready: m.ready}})
-	if err != nil {
-		return nil, err
-	}
-	m.Log.Info("http", zap.String("url", srv.URL()), zap.String("metrics", srv.URL()+"/metrics"))
-	return func() { srv.Close() }, nil
-}
 
 // readyWindow is how long a worker stays ready after its last step (an
 // epoch's evaluation or a checkpoint capture pauses stepping).

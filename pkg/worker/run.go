@@ -19,6 +19,7 @@ import (
 	"github.com/ringtrain/ringtrain/pkg/control"
 	"github.com/ringtrain/ringtrain/pkg/job"
 	"github.com/ringtrain/ringtrain/pkg/nn"
+	"github.com/ringtrain/ringtrain/pkg/observe"
 	"github.com/ringtrain/ringtrain/pkg/tlsconf"
 	"github.com/ringtrain/ringtrain/proto/controlpb"
 )
@@ -84,6 +85,18 @@ type Config struct {
 	// precision); required.
 	OpenBackend func(device string, threads int, precision string) (nn.Backend, error)
 	Log         *zap.Logger
+	// Linger keeps Run from returning when the job has ended: done,
+	// stopped by the coordinator (ErrJobFailed) or stopped by this
+	// worker's own input error (Permanent). Run then idles, still serving
+	// /healthz (and /readyz, not ready), until ctx ends, and returns what
+	// it would have returned at once; a failed job that the coordinator
+	// retries is joined again. For pods of a StatefulSet, which are
+	// restarted whenever they exit (worker run --linger, see linger.go).
+	Linger bool
+	// Permanent tells the errors that would come back after a restart
+	// (default IsInputError); with Linger, Run idles on them instead of
+	// returning.
+	Permanent func(error) bool
 }
 
 // ErrUnreachable is returned when the coordinator or etcd cannot be reached.
@@ -92,8 +105,9 @@ var ErrUnreachable = errors.New("worker: cannot reach the control plane")
 // Run joins the job and trains until it is done, ctx is cancelled, or an
 // unrecoverable error occurs. A broken ring, a lost etcd lease or a
 // coordinator failover are not fatal: the worker reports, re-registers or
-// reconnects and goes on with the next plan.
-func Run(ctx context.Context, cfg Config) (err error) {
+// reconnects and goes on with the next plan. With cfg.Linger it does not
+// return when the job has ended before ctx ends (see linger.go).
+func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Log
 	if log == nil {
 		log = zap.NewNop()
@@ -108,10 +122,44 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.JoinTimeout <= 0 {
 		cfg.JoinTimeout = 15 * time.Second
 	}
+	if cfg.Permanent == nil {
+		cfg.Permanent = IsInputError
+	}
 	if cfg.OpenBackend == nil {
 		return fmt.Errorf("%w: worker config without OpenBackend", ErrSpec)
 	}
 	log = log.With(zap.String("worker", cfg.ID))
+	// The HTTP endpoints live as long as the process: /healthz answers
+	// while the worker loads its data and while it lingers.
+	metrics := observe.NewWorkerMetrics()
+	var hs healthState
+	if cfg.HTTPAddr != "" {
+		srv, err := observe.Start(observe.Options{Addr: cfg.HTTPAddr, TLS: cfg.TLS.ServerTLS(), Token: cfg.HTTPToken,
+			Registry: metrics.Registry, Health: &observe.Health{Ready: hs.ready}})
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		log.Info("http", zap.String("url", srv.URL()), zap.String("metrics", srv.URL()+"/metrics"))
+	}
+	for {
+		hs.set(func() error { return errNotPlanned("joining the job") })
+		err := runOnce(ctx, cfg, log, metrics, &hs)
+		if !cfg.Linger || ctx.Err() != nil {
+			return err
+		}
+		if !lingers(err, cfg.Permanent) {
+			return err
+		}
+		if !linger(ctx, cfg, log, err, &hs) {
+			return err
+		}
+	}
+}
+
+// runOnce is one membership of the job: join, load, train until the job
+// ends, ctx ends or an error.
+func runOnce(ctx context.Context, cfg Config, log *zap.Logger, metrics *observe.WorkerMetrics, hs *healthState) (err error) {
 
 	// The ring endpoint first: its address is part of the registration.
 	tr, err := allreduce.NewGRPCTransport(allreduce.GRPCConfig{
@@ -150,6 +198,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		return fmt.Errorf("%w: coordinator %v did not answer within %s (is it running, is the address right, and do both sides use the same --tls-* settings?): %w",
 			ErrUnreachable, cfg.Coordinators, cfg.JoinTimeout, err)
+	}
+	// A job that is done needs no data (a failed one may be retried by a
+	// leader just elected: the plans say).
+	if jr.GetPlan().GetState() == controlpb.JobState_JOB_STATE_DONE {
+		log.Info("job done")
+		return nil
 	}
 	spec, err := job.Unmarshal(jr.GetSpec())
 	if err != nil {
@@ -208,6 +262,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		// process it replaces: it retries until that lease has expired.
 		Patience: cfg.JoinTimeout + ttl,
 		Timing:   DefaultTiming(),
+		Metrics:  metrics,
 	}
 	d.Probe = func(ctx context.Context, addr string) error { return probe(ctx, addr, cfg.TLS) }
 	if cfg.SampleLog != "" {
@@ -219,13 +274,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		d.Samples = sl
 	}
 	m := newMachine(d)
-	if cfg.HTTPAddr != "" {
-		stop, err := m.serveHTTP(cfg.HTTPAddr, cfg.HTTPToken, cfg.TLS)
-		if err != nil {
-			return err
-		}
-		defer stop()
-	}
+	hs.set(m.ready)
 	return m.run(ctx)
 }
 
