@@ -27,6 +27,8 @@ func TestCheckOptions(t *testing.T) {
 		{func(o *options) { o.memberTTL = 0 }, "--member-ttl 0s must be within [1s, 1h0m0s]"},
 		{func(o *options) { o.restartBackoff = -1 }, "--restart-backoff -1ns is negative"},
 		{func(o *options) { o.restartLimit = -1 }, "--restart-limit -1 is negative"},
+		{func(o *options) { o.linger = true }, "--linger is for a coordinator whose workers run elsewhere"},
+		{func(o *options) { o.workers, o.linger = 0, true }, ""},
 		{func(o *options) {}, ""},
 		{func(o *options) {
 			o.raftPeers = []string{"a=x:1", "b=y:1"}

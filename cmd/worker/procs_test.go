@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -145,5 +146,24 @@ func TestProcsCancelled(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("runProcs still running 30 s after cancel")
+	}
+}
+
+// The options of every child: --linger (the chart's) among them.
+func TestChildArgs(t *testing.T) {
+	o := procsOptions{cfg: worker.Config{ID: "w", ListenAddr: "10.0.0.1:7080", HTTPAddr: ":9090", Coordinators: []string{"c0:7070", "c1:7070"}, Linger: true}, procs: 2}
+	args, err := o.childArgs(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(args, " ")
+	for _, want := range []string{"--id w-1", "--listen 10.0.0.1:7081", "--http :9091", "--coordinator c0:7070,c1:7070", "--linger"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("child 1: %s lacks %q", got, want)
+		}
+	}
+	o.cfg.Linger = false
+	if args, _ := o.childArgs(0); slices.Contains(args, "--linger") {
+		t.Errorf("--linger passed on without it: %v", args)
 	}
 }

@@ -619,3 +619,52 @@ func TestServiceRestartOverFailedOrOtherJob(t *testing.T) {
 		t.Fatalf("the refused spec changed the job: spec %s, step %d", st.Spec, st.Committed.Step)
 	}
 }
+
+// A replica that stopped imposing its spec (coordinator --linger, after
+// the job ended) does not retry a failed job when it leads; the same
+// replica started again does.
+func TestServiceStopImposingKeepsFailure(t *testing.T) {
+	dir := t.TempDir()
+	open := func(retired bool) (*Node, *Service) {
+		t.Helper()
+		n, err := NewNode(NodeConfig{ID: "solo", Dir: dir, BindAddr: "127.0.0.1:0", Bootstrap: true,
+			HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout, ControlAddr: "127.0.0.1:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := NewService(n, ServiceConfig{Job: "linger", Spec: &SpecInput{Spec: []byte(`{"a":1}`), MinWorkers: 1}})
+		if err != nil {
+			n.Close()
+			t.Fatal(err)
+		}
+		if retired {
+			// Before the first election: a restarted one-voter raft waits
+			// out its election timeout first.
+			s.StopImposing()
+		}
+		return n, s
+	}
+	ctx := ctxT(t, 30*time.Second)
+	n, s := open(false)
+	waitFor(t, 10*time.Second, "the spec imposed", func() bool { return len(n.State().Spec) > 0 })
+	if _, err := n.Apply(ctx, Command{Op: opReportFailure, Failure: &FailureCommand{WorkerID: "w0", Reason: "bad input", Fatal: true}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	n.Close()
+
+	n, s = open(true)
+	waitFor(t, 10*time.Second, "leadership", n.IsLeader)
+	// Imposing would follow the election at once; give it a moment.
+	time.Sleep(500 * time.Millisecond)
+	if st := n.State(); st.Status != StatusFailed {
+		t.Fatalf("a replica that stopped imposing retried the failed job: status %s", st.Status)
+	}
+	s.Close()
+	n.Close()
+
+	n, s = open(false)
+	defer n.Close()
+	defer s.Close()
+	waitFor(t, 10*time.Second, "the failed job retried", func() bool { return n.State().Status != StatusFailed })
+}
