@@ -81,22 +81,112 @@ func jobSpec(t *testing.T, m *cluster.Manifests) (size, epochs int) {
 	return 0, 0
 }
 
-// waitDone waits until a coordinator exits with status 0 (the job is
-// done), then stops the controller (Kubernetes would restart the pods of
-// the StatefulSet; they find the job done and exit again).
-func waitDone(t *testing.T, c *cluster.Cluster, coordSet string, d time.Duration) bool {
+// The lines a coordinator and a worker log when the job is done and they
+// linger (the chart passes --linger).
+const (
+	coordLingers  = "the job has ended (done); lingering until stopped"
+	workerLingers = "the job is done; lingering until stopped"
+)
+
+// waitDone waits until every coordinator and worker pod says the job is
+// done and lingers (the chart's --linger: a pod that exited would be
+// restarted, forever). Then it checks for lingerWindow that no pod exits
+// or restarts and that the coordinators stay ready; then it deletes a
+// coordinator and a worker pod (SIGTERM, as kubectl delete pod): each
+// exits 0, is re-created by the StatefulSet controller, and lingers again
+// instead of training or exiting. At the end it stops the controller.
+func waitDone(t *testing.T, c *cluster.Cluster, coordSet, workerSet string, d time.Duration) bool {
 	t.Helper()
-	ok := waitFor(t, d, "the job to finish (a coordinator exiting 0)", func() bool {
-		for _, e := range c.Exited(0) {
-			if strings.HasPrefix(e.Pod, coordSet+"-") {
-				return true
+	defer c.Freeze()
+	lingering := func(pod string) bool {
+		want := workerLingers
+		if strings.HasPrefix(pod, coordSet+"-") {
+			want = coordLingers
+		}
+		return strings.Contains(c.Log(context.Background(), pod), want)
+	}
+	var ours []string
+	for _, p := range c.Pods() {
+		if strings.HasPrefix(p, coordSet+"-") || strings.HasPrefix(p, workerSet+"-") {
+			ours = append(ours, p)
+		}
+	}
+	if !waitFor(t, d, "the job to finish (every coordinator and worker pod lingering)", func() bool {
+		for _, p := range ours {
+			if !lingering(p) {
+				return false
 			}
 		}
+		return true
+	}) {
 		return false
-	})
-	c.Freeze()
+	}
+	at := time.Now()
+	time.Sleep(lingerWindow) // an observation window: nothing may happen in it
+	ok := true
+	for _, ev := range c.Events() {
+		if ev.At.After(at) && (ev.What == "exited" || ev.What == "restarted") {
+			t.Errorf("LINGER: %s %s %s after the job was done", ev.Pod, ev.What, ev.Note)
+			ok = false
+		}
+	}
+	var ready, unready []string
+	for _, p := range ours {
+		if c.Ready(p) {
+			ready = append(ready, p)
+		} else {
+			unready = append(unready, p)
+			if strings.HasPrefix(p, coordSet+"-") {
+				t.Errorf("LINGER: coordinator %s not ready while lingering", p)
+				ok = false
+			}
+		}
+	}
+	t.Logf("LINGER: job done; %d pods up %.0f s later with no exit or restart; ready: %v; not ready: %v",
+		len(ours), time.Since(at).Seconds(), ready, unready)
+
+	// kubectl delete pod: SIGTERM, exit 0, re-created, lingers again.
+	for _, pod := range []string{coordSet + "-0", workerSet + "-0"} {
+		want := workerLingers
+		if strings.HasPrefix(pod, coordSet+"-") {
+			want = coordLingers
+		}
+		before := strings.Count(c.Log(context.Background(), pod), want)
+		sent := time.Now()
+		if err := c.Signal(context.Background(), pod, "TERM"); err != nil {
+			t.Error(err)
+			ok = false
+			continue
+		}
+		var exit string
+		if !waitFor(t, time.Minute, pod+" exiting after SIGTERM, re-created, lingering again", func() bool {
+			for _, ev := range c.Events() {
+				if ev.Pod == pod && ev.What == "exited" && ev.At.After(sent) {
+					exit = ev.Note
+				}
+			}
+			return exit != "" && strings.Count(c.Log(context.Background(), pod), want) > before
+		}) {
+			ok = false
+			continue
+		}
+		if !strings.HasSuffix(exit, "exit code 0") {
+			t.Errorf("LINGER: %s after SIGTERM: %s, want exit code 0", pod, exit)
+			ok = false
+		}
+		if log := c.Log(context.Background(), pod); strings.Contains(log[strings.Index(log, want):], `"msg":"training"`) {
+			t.Errorf("LINGER: %s trained after its restart on a done job", pod)
+			ok = false
+		}
+		t.Logf("LINGER: %s SIGTERMed: %s; re-created, lingering again after %.1f s", pod, exit, time.Since(sent).Seconds())
+	}
 	return ok
 }
+
+// lingerWindow is how long the pods of a done job are watched for exits
+// and restarts (a pod that exited at the end would be restarted within a
+// second here).
+const lingerWindow = 15 * time.Second
 
 func trainWithDrills(t *testing.T, e *env, sum *summary) {
 	c, m := e.install(t, "testdata/values.yaml", "rt-e2e", 71)
@@ -194,7 +284,7 @@ func trainWithDrills(t *testing.T, e *env, sum *summary) {
 	scale(4)
 	scale(2)
 
-	if !waitDone(t, c, coordSet, 20*time.Minute) {
+	if !waitDone(t, c, coordSet, workerSet, 20*time.Minute) {
 		t.FailNow()
 	}
 	names := map[string]bool{}
@@ -510,5 +600,5 @@ func nodes(t *testing.T, e *env) {
 		t.Errorf("ring of 2 pods x 2 processes: %d shared-memory and %d TCP links, want 2 and 2", shm, tcp)
 	}
 	t.Logf("RING: 2 pods x 2 processes: %d links through shared memory (within a pod), %d over TCP (between pods)", shm, tcp)
-	waitDone(t, c, coordSet, 5*time.Minute)
+	waitDone(t, c, coordSet, workerSet, 5*time.Minute)
 }

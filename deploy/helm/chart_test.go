@@ -375,6 +375,24 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
+// linger (the default) passes --linger to the coordinators and the
+// workers: a StatefulSet would restart a pod whose job has ended.
+func TestLinger(t *testing.T) {
+	c := loadChart(t)
+	for _, tc := range []struct {
+		values string
+		want   bool
+	}{{"", true}, {"worker: {procsPerPod: 2}\ncoordinator: {replicas: 3}\netcd: {endpoints: [http://e:2379]}", true}, {"linger: false", false}} {
+		r := mustRender(t, c, tc.values)
+		for _, set := range []string{"rt-ringtrain-coordinator", "rt-ringtrain-worker"} {
+			args := r.sts(t, set).Spec.Template.Spec.Containers[0].Args
+			if got := slices.Contains(args, "--linger"); got != tc.want {
+				t.Errorf("values %q: %s has --linger %v, want %v: %q", tc.values, set, got, tc.want, args)
+			}
+		}
+	}
+}
+
 func TestThreeCoordinatorsGPUWorkersExternalEtcd(t *testing.T) {
 	r := mustRender(t, loadChart(t), `
 coordinator: {replicas: 3}
