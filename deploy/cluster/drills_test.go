@@ -91,11 +91,13 @@ const (
 // waitDone waits until every coordinator and worker pod says the job is
 // done and lingers (the chart's --linger: a pod that exited would be
 // restarted, forever). Then it checks for lingerWindow that no pod exits
-// or restarts and that the coordinators stay ready; then it deletes a
-// coordinator and a worker pod (SIGTERM, as kubectl delete pod): each
-// exits 0, is re-created by the StatefulSet controller, and lingers again
-// instead of training or exiting. At the end it stops the controller.
-func waitDone(t *testing.T, c *cluster.Cluster, coordSet, workerSet string, d time.Duration) bool {
+// or restarts and that the coordinators stay ready; then, with
+// deletePods, it deletes a coordinator and a worker pod (SIGTERM, as
+// kubectl delete pod): each exits 0, is re-created by the StatefulSet
+// controller, and lingers again instead of training or exiting (not where
+// the coordinator's state is an emptyDir: the job goes with the pod). At
+// the end it stops the controller.
+func waitDone(t *testing.T, c *cluster.Cluster, coordSet, workerSet string, d time.Duration, deletePods bool) bool {
 	t.Helper()
 	defer c.Freeze()
 	lingering := func(pod string) bool {
@@ -144,6 +146,9 @@ func waitDone(t *testing.T, c *cluster.Cluster, coordSet, workerSet string, d ti
 	}
 	t.Logf("LINGER: job done; %d pods up %.0f s later with no exit or restart; ready: %v; not ready: %v",
 		len(ours), time.Since(at).Seconds(), ready, unready)
+	if !deletePods {
+		return ok
+	}
 
 	// kubectl delete pod: SIGTERM, exit 0, re-created, lingers again.
 	for _, pod := range []string{coordSet + "-0", workerSet + "-0"} {
@@ -284,7 +289,7 @@ func trainWithDrills(t *testing.T, e *env, sum *summary) {
 	scale(4)
 	scale(2)
 
-	if !waitDone(t, c, coordSet, workerSet, 20*time.Minute) {
+	if !waitDone(t, c, coordSet, workerSet, 20*time.Minute, true) {
 		t.FailNow()
 	}
 	names := map[string]bool{}
@@ -600,5 +605,5 @@ func nodes(t *testing.T, e *env) {
 		t.Errorf("ring of 2 pods x 2 processes: %d shared-memory and %d TCP links, want 2 and 2", shm, tcp)
 	}
 	t.Logf("RING: 2 pods x 2 processes: %d links through shared memory (within a pod), %d over TCP (between pods)", shm, tcp)
-	waitDone(t, c, coordSet, workerSet, 5*time.Minute)
+	waitDone(t, c, coordSet, workerSet, 5*time.Minute, false)
 }
