@@ -101,8 +101,12 @@ func printStatus(w io.Writer, js *controlpb.JobStatus, now time.Time) error {
 	if total > 0 {
 		totalS = fmt.Sprint(total)
 	}
+	shown := epoch + 1 // the epoch in progress, 1-based
+	if spec.Epochs > 0 && shown > int64(spec.Epochs) {
+		shown = int64(spec.Epochs) // the last one is done: its end is epoch Epochs, cursor 0
+	}
 	fmt.Fprintf(w, "epoch %d/%d, step %d/%s (committed %d), %.0f images/s, ETA %s\n",
-		epoch+1, spec.Epochs, step, totalS, p.GetCommitted().GetStep(), js.GetImagesPerSec(), eta)
+		shown, spec.Epochs, step, totalS, p.GetCommitted().GetStep(), js.GetImagesPerSec(), eta)
 	if spec.Model.Arch != "" {
 		fmt.Fprintf(w, "model %s/%s on %s, batch %d, %s lr %g, output %s\n", spec.Model.Arch, spec.Model.Stem, spec.Data.Dataset,
 			spec.GlobalBatch, spec.Optimizer.Name, spec.Optimizer.LR, spec.OutputDir)

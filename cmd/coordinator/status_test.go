@@ -52,3 +52,23 @@ func TestPrintStatus(t *testing.T) {
 		}
 	}
 }
+
+// A finished job shows its last epoch, not the one after it (the
+// committed epoch counts the epochs completed).
+func TestPrintStatusDoneJob(t *testing.T) {
+	spec := job.Default()
+	spec.Data.Dataset, spec.Data.SyntheticSize, spec.GlobalBatch, spec.Epochs = "synthetic", 1000, 100, 1
+	b, err := spec.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := &controlpb.JobStatus{Job: "cifar", Spec: b,
+		Plan: &controlpb.Plan{Generation: 2, State: controlpb.JobState_JOB_STATE_DONE, Committed: &controlpb.Committed{Step: 10, Epoch: 1}}}
+	var out bytes.Buffer
+	if err := printStatus(&out, js, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`epoch 1/1, step 10/10 \(committed 10\)`).MatchString(out.String()) {
+		t.Fatalf("status of a done one-epoch job:\n%s", out.String())
+	}
+}
