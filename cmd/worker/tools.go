@@ -31,6 +31,9 @@ func summaryCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if w := spec.Model.Width; !(w > 0 && w <= job.MaxWidth) {
+				return fmt.Errorf("summary: --width %g must be in (0, %d] (1: the paper's channel counts)", w, job.MaxWidth)
+			}
 			classes := spec.Model.Classes
 			if classes == 0 {
 				classes = 10

@@ -31,7 +31,7 @@ import (
 func runWorker(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "worker", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(evaluateCmd(), predictCmd(), explainCmd(), exportCmd())
+	root.AddCommand(summaryCmd(), evaluateCmd(), predictCmd(), explainCmd(), exportCmd())
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
@@ -631,5 +631,18 @@ func TestExplainRefusesImpossibleShapleyFlags(t *testing.T) {
 			t.Errorf("%v: %s was written", c.flags, out)
 			os.RemoveAll(out)
 		}
+	}
+}
+
+// summary refuses a width it would otherwise read as the default (0) or
+// the model cannot have.
+func TestSummaryRefusesBadWidth(t *testing.T) {
+	for _, w := range []string{"0", "-1", "9", "NaN"} {
+		if _, err := runWorker(t, "summary", "--width", w); err == nil || !strings.Contains(err.Error(), "--width") {
+			t.Errorf("--width %s: %v", w, err)
+		}
+	}
+	if out, err := runWorker(t, "summary", "--width", "0.5"); err != nil || !strings.Contains(out, "Total params") {
+		t.Errorf("--width 0.5: %v\n%s", err, out)
 	}
 }

@@ -305,6 +305,7 @@ func clip(v string) string {
 // below what would exhaust a machine's memory or overflow a duration.
 const (
 	MaxNameLen        = 128
+	MaxWidth          = 8 // model.width, the channel multiplier
 	MaxClasses        = 100_000
 	MaxImageSize      = 1024         // data.image_size (pixels per side)
 	MaxSyntheticSize  = 10_000_000   // data.synthetic_size
@@ -361,8 +362,8 @@ func (s *Spec) Validate() error {
 	}
 	add(oneOf("model.arch", s.Model.Arch, "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"))
 	add(oneOf("model.stem", s.Model.Stem, "imagenet", "cifar"))
-	if s.Model.Width <= 0 || s.Model.Width > 8 {
-		bad("model.width (--width) %g must be in (0, 8]", s.Model.Width)
+	if !(s.Model.Width > 0 && s.Model.Width <= MaxWidth) {
+		bad("model.width (--width) %g must be in (0, %d]", s.Model.Width, MaxWidth)
 	}
 	if s.Model.Classes < 0 || s.Model.Classes > MaxClasses {
 		bad("model.classes (--classes) %d must be in [0, %d] (0: the dataset's)", s.Model.Classes, MaxClasses)
