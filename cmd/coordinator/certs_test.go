@@ -1,12 +1,11 @@
 package main
 
 import (
-	"os"
 	"regexp"
 	"strings"
 	"testing"
 
-	"sigs.k8s.io/yaml"
+	"github.com/ringtrain/ringtrain/internal/doccheck"
 )
 
 // TestHelpHelmSetKeysExist checks every `--set KEY=VALUE` the commands'
@@ -14,26 +13,9 @@ import (
 // silently, so a misspelt one (the certs help said tls.secret for
 // tls.secretName) installs a chart without TLS.
 func TestHelpHelmSetKeysExist(t *testing.T) {
-	b, err := os.ReadFile("../../deploy/helm/ringtrain/values.yaml")
+	has, err := doccheck.HelmValues("../../deploy/helm/ringtrain/values.yaml")
 	if err != nil {
 		t.Fatal(err)
-	}
-	var values map[string]any
-	if err := yaml.Unmarshal(b, &values); err != nil {
-		t.Fatal(err)
-	}
-	has := func(path string) bool {
-		var cur any = values
-		for _, part := range strings.Split(path, ".") {
-			m, ok := cur.(map[string]any)
-			if !ok {
-				return false
-			}
-			if cur, ok = m[part]; !ok {
-				return false
-			}
-		}
-		return true
 	}
 	set := regexp.MustCompile(`--set[ =]'?([^\s'{]+)`)
 	root := rootCmd()

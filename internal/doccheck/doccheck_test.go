@@ -10,8 +10,6 @@ import (
 	"testing"
 	"unicode"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/ringtrain/ringtrain/pkg/job"
 )
 
@@ -321,26 +319,9 @@ func setKeys(arg string) []string {
 // documentation shows names a key of deploy/helm/ringtrain/values.yaml
 // (helm accepts unknown keys silently, so a misspelt one is ignored).
 func TestDocHelmSetKeys(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join(root, "deploy", "helm", "ringtrain", "values.yaml"))
+	has, err := HelmValues(filepath.Join(root, "deploy", "helm", "ringtrain", "values.yaml"))
 	if err != nil {
 		t.Fatal(err)
-	}
-	var values map[string]any
-	if err := yaml.Unmarshal(b, &values); err != nil {
-		t.Fatal(err)
-	}
-	has := func(path string) bool {
-		var cur any = values
-		for _, part := range strings.Split(path, ".") {
-			m, ok := cur.(map[string]any)
-			if !ok {
-				return false
-			}
-			if cur, ok = m[part]; !ok {
-				return false
-			}
-		}
-		return true
 	}
 	var bad []string
 	n := 0
