@@ -479,6 +479,23 @@ func (f feedMembers) WatchMembers(ctx context.Context) (<-chan cluster.MemberSna
 	return out, nil
 }
 
+// openSolo opens a one-voter node on the raft state in dir and its
+// service; the caller closes both.
+func openSolo(t *testing.T, dir string, cfg ServiceConfig) (*Node, *Service) {
+	t.Helper()
+	n, err := NewNode(NodeConfig{ID: "solo", Dir: dir, BindAddr: "127.0.0.1:0", Bootstrap: true,
+		HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout, ControlAddr: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewService(n, cfg)
+	if err != nil {
+		n.Close()
+		t.Fatal(err)
+	}
+	return n, s
+}
+
 // A service with a start quorum (the coordinator's --workers N) holds the
 // job until that many workers are live, each time it starts: a
 // coordinator started again on the same raft state does not count the
@@ -487,18 +504,8 @@ func TestServiceImposesStartQuorumOnEachStart(t *testing.T) {
 	dir := t.TempDir()
 	feed := make(feedMembers)
 	open := func() (*Node, *Service) {
-		n, err := NewNode(NodeConfig{ID: "solo", Dir: dir, BindAddr: "127.0.0.1:0", Bootstrap: true,
-			HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout, ControlAddr: "127.0.0.1:1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := NewService(n, ServiceConfig{Job: "quorum", Members: feed, SettleDelay: 10 * time.Millisecond,
+		return openSolo(t, dir, ServiceConfig{Job: "quorum", Members: feed, SettleDelay: 10 * time.Millisecond,
 			Spec: &SpecInput{Spec: []byte(`{"model":"resnet18"}`), MinWorkers: 1, MaxWorkers: 2, StartWorkers: 2}})
-		if err != nil {
-			n.Close()
-			t.Fatal(err)
-		}
-		return n, s
 	}
 	send := func(rev int64, ids ...string) {
 		t.Helper()
@@ -549,17 +556,7 @@ func TestServiceRestartOverFailedOrOtherJob(t *testing.T) {
 	dir := t.TempDir()
 	open := func(spec string) (*Node, *Service) {
 		t.Helper()
-		n, err := NewNode(NodeConfig{ID: "solo", Dir: dir, BindAddr: "127.0.0.1:0", Bootstrap: true,
-			HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout, ControlAddr: "127.0.0.1:1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := NewService(n, ServiceConfig{Job: "again", Spec: &SpecInput{Spec: []byte(spec), MinWorkers: 1}})
-		if err != nil {
-			n.Close()
-			t.Fatal(err)
-		}
-		return n, s
+		return openSolo(t, dir, ServiceConfig{Job: "again", Spec: &SpecInput{Spec: []byte(spec), MinWorkers: 1}})
 	}
 	imposed := func(s *Service) error {
 		t.Helper()
@@ -627,16 +624,7 @@ func TestServiceStopImposingKeepsFailure(t *testing.T) {
 	dir := t.TempDir()
 	open := func(retired bool) (*Node, *Service) {
 		t.Helper()
-		n, err := NewNode(NodeConfig{ID: "solo", Dir: dir, BindAddr: "127.0.0.1:0", Bootstrap: true,
-			HeartbeatTimeout: testTimeout, ElectionTimeout: testTimeout, ControlAddr: "127.0.0.1:1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := NewService(n, ServiceConfig{Job: "linger", Spec: &SpecInput{Spec: []byte(`{"a":1}`), MinWorkers: 1}})
-		if err != nil {
-			n.Close()
-			t.Fatal(err)
-		}
+		n, s := openSolo(t, dir, ServiceConfig{Job: "linger", Spec: &SpecInput{Spec: []byte(`{"a":1}`), MinWorkers: 1}})
 		if retired {
 			// Before the first election: a restarted one-voter raft waits
 			// out its election timeout first.
