@@ -671,9 +671,16 @@ func TestMachineRefusedCommitsKeepCommittedCheckpoint(t *testing.T) {
 	if warned == 0 {
 		t.Error("refused commits were not logged at warn level")
 	}
-	h.ctrl.RefuseCommits(nil)
+	// The refusals end only under the next plan: a commit rank 0 still
+	// had in flight (its writer lags the store, and a step can complete
+	// as w1 dies) would otherwise be accepted under the old plan and move
+	// the committed step before the replacement's plan is published.
 	w1b := h.start("w1")
 	h.publish("w0", "w1")
+	if s := h.ctrl.Snapshot().Committed.Step; s != committed {
+		t.Fatalf("committed step moved to %d before the next plan", s)
+	}
+	h.ctrl.RefuseCommits(nil)
 	h.finishes(w0, w1b)
 	loaded := false
 	for _, e := range h.logs.FilterMessage("loaded checkpoint").All() {
