@@ -35,6 +35,11 @@ func TestDecodeBudgetBoundsMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("decodes 8 images of 4 Mpixels")
 	}
+	if raceEnabled {
+		// Measured under -race: peaks of 594 and 608 MB against the bound
+		// of 224 MB, the detector's shadow memory counted in the RSS.
+		t.Skip("the race detector's shadow memory is in the RSS the bound is about")
+	}
 	dir := t.TempDir()
 	for c := range 2 {
 		d := filepath.Join(dir, fmt.Sprintf("c%d", c))
