@@ -23,10 +23,12 @@ const budgetSide = 2048
 
 // TestDecodeBudgetBoundsMemory decodes four large images at once, in a
 // child process so that its peak RSS is its own: with a budget of one
-// image, the peak stays under the baseline plus 2.5 images' decoding
-// memory (one decoding, the previous one's garbage not yet collected, and
-// slack for the collector's timing); with a budget of all four it does
-// not (the bound is real). Measured on 2 cores: 157 MB against 392 MB.
+// image, the peak stays under the baseline plus 3 images' decoding memory
+// (one decoding, the previous one's garbage not yet collected, and slack
+// for the collector's timing); with a budget of all four it does not (the
+// bound is real). Measured on 2 cores: 157 MB against 392 MB; under heavy
+// load (load average 7-10) the one-image peak reached 190 MB in 40 runs,
+// within 20 MB of the earlier bound of 2.5 images (209 MB), now 249 MB.
 func TestDecodeBudgetBoundsMemory(t *testing.T) {
 	if dir := os.Getenv("DATA_BUDGET_CHILD"); dir != "" {
 		budgetChild(dir)
@@ -63,14 +65,14 @@ func TestDecodeBudgetBoundsMemory(t *testing.T) {
 		return base, peak
 	}
 	base, peak := run(pixels)
-	bound := base + 5*perImage/2
+	bound := base + 3*perImage
 	t.Logf("budget of one image: baseline %d MB, peak %d MB (bound %d MB)", base>>20, peak>>20, bound>>20)
 	if peak > bound {
 		t.Fatalf("peak RSS %d MB over the bound %d MB", peak>>20, bound>>20)
 	}
 	base4, peak4 := run(4 * pixels)
 	t.Logf("budget of four images: baseline %d MB, peak %d MB", base4>>20, peak4>>20)
-	if peak4 <= base4+5*perImage/2 {
+	if peak4 <= base4+3*perImage {
 		t.Fatalf("without a binding budget the peak (%d MB) is within the bound too: the test shows nothing", peak4>>20)
 	}
 }
