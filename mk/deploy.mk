@@ -52,6 +52,6 @@ image-cuda:
 CLUSTER_LOG ?= $(or $(TMPDIR),/tmp)/ringtrain-cluster-e2e.log
 cluster-e2e: image
 	@RINGTRAIN_CLUSTER=1 RINGTRAIN_IMAGES=$(abspath $(IMAGE_OUT)) $(GO) test -count=1 -timeout 40m -v -run TestCluster ./deploy/cluster/ > $(CLUSTER_LOG) 2>&1; rc=$$?; \
-		grep -E '^(=== RUN|\s*--- |FAIL|ok|PASS)|(PROBES|RING|PYTORCH|BROKEN|recovered|scaled|first step|audit|checkpoints|leader after the kill):' $(CLUSTER_LOG); \
+		grep -E '^(=== RUN|\s*--- |FAIL|ok|PASS)|(PROBES|RING|PYTORCH|BROKEN|LINGER|recovered|scaled|first step|audit|checkpoints|leader after the kill):' $(CLUSTER_LOG); \
 		if [ $$rc -ne 0 ]; then tail -40 $(CLUSTER_LOG); echo "cluster-e2e failed; full log: $(CLUSTER_LOG)"; exit $$rc; fi; \
 		grep '^cluster: ' $(CLUSTER_LOG) | tail -1
