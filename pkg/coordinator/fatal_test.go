@@ -56,3 +56,22 @@ func TestLongFailureReasonsAreCut(t *testing.T) {
 		t.Fatal("a short reason changed")
 	}
 }
+
+// A failed job retried by a new spec is always a new generation, also when
+// its plan and status come out as they were (no live workers: waiting): a
+// worker lingering on the failure watches for a newer generation, and
+// would otherwise never learn of the retry (seen in e2e TestLinger).
+func TestRetryOfAFailedJobIsANewGeneration(t *testing.T) {
+	clear(joinRev)
+	s := initialState()
+	s = mustApply(t, s, spec(1, 4))
+	if s.Status != StatusWaiting {
+		t.Fatalf("no workers: status %s", s.Status)
+	}
+	s = mustApply(t, s, Command{Op: opReportFailure, Failure: &FailureCommand{WorkerID: "a", Generation: s.Generation, Reason: "bad input", Fatal: true}})
+	failed := s.Generation
+	s = mustApply(t, s, spec(1, 4))
+	if s.Status != StatusWaiting || s.Generation <= failed {
+		t.Fatalf("retried: status %s generation %d, want waiting after generation %d", s.Status, s.Generation, failed)
+	}
+}

@@ -322,9 +322,12 @@ func applySetSpec(s *JobState, c *SetSpecCommand) error {
 	if s.Status == StatusDone {
 		return ErrJobDone
 	}
-	if s.Status == StatusFailed {
+	retry := s.Status == StatusFailed
+	if retry {
 		// A coordinator started again retries the job: the user may
-		// have fixed the input.
+		// have fixed the input. Always under a new generation, so that
+		// every watcher (a worker lingering on the failure) sees the
+		// retry, even when the plan and status come out as they were.
 		s.Status = StatusWaiting
 	}
 	hash := c.ConfigHash
@@ -342,7 +345,7 @@ func applySetSpec(s *JobState, c *SetSpecCommand) error {
 		s.StartWorkers = c.StartWorkers
 		s.Live = nil
 	}
-	replan(s, false)
+	replan(s, retry)
 	return nil
 }
 
