@@ -192,10 +192,11 @@ func (d *leaderDuty) stop() {
 
 // SpecImposed delivers, once, the outcome of imposing ServiceConfig.Spec
 // when this replica first leads (a failure to replicate is retried while
-// it leads; after a lost leadership, the next one tries again): nil when the spec is in force (applied,
-// or the job's already), or why the job refused it (ErrSpecMismatch: steps
-// are committed under another spec; ErrJobDone). It has one reader; with
-// no Spec, or before this replica leads, nothing is delivered.
+// it leads; after a lost leadership, the next one tries again): nil when
+// the spec is in force (applied, or the job's already), or why the job
+// refused it (ErrSpecMismatch: steps are committed under another spec;
+// ErrJobDone; ErrInvalid). It has one reader; with no Spec, or before this
+// replica leads, nothing is delivered.
 func (s *Service) SpecImposed() <-chan error { return s.imposed }
 
 // StopImposing keeps this replica from imposing ServiceConfig.Spec when
